@@ -1,0 +1,148 @@
+"""M2HModel: every trainable part of M2HVideo, and the epsilon prediction of paper Algorithm 1, line 15.
+
+    eps = UNet( concat(z_t, f_c) + E_pose(p_h),  A(f_pi, f_clip) )
+    f_pi = H( concat(E(x_id) + E_id(p_id), Arc(x_id)), E_pose(p_h) )          (Eq. 2)
+
+Frozen parts (VAE, CLIP image encoder, ArcFace) live outside this module (`m2h_core.encoders`); their outputs
+come in through `M2HInputs`. Everything that does not depend on the timestep is computed once by
+`encode_conditions` into an `M2HConditioning`; `denoise` is the only per-step work.
+
+Classifier-free guidance: the unconditional branch drops the identity tokens f_pi and the CLIP clothing tokens
+(both set to zero before the key/value projections); the clothing latents f_c and the pose keep conditioning it.
+Training drops them together with probability `cond_dropout` so the model learns that branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from torch import nn
+
+from ..config import M2HConfig
+from .adapter import AdapterKV, project_all
+from .head_encoder import HeadEncoder
+from .id_encoder import IdentityEncoder
+from .pose_encoder import PoseEncoder
+from .unet import build_unet, run_unet
+
+
+@dataclass
+class M2HInputs:
+    """Conditioning inputs for a batch of B clips of F frames (h, w = latent size; H, W = pixel size)."""
+
+    clothing_latents: torch.Tensor  # (B, F, c, h, w)  VAE(v ⊙ M_c), scaled
+    pose_images: torch.Tensor  # (B, F, 3, H, W) in [-1, 1]
+    identity_latent: torch.Tensor  # (B, c, h, w)  VAE(x_id), scaled
+    identity_landmarks: torch.Tensor  # (B, 3, H, W) in [-1, 1]   p_id
+    arcface: torch.Tensor  # (B, 512) ArcFace(x_id)
+    clip_tokens: torch.Tensor  # (B, F, Tc, cross_attention_dim)  CLIP(v ⊙ M_c)
+
+    def to(self, device=None, dtype=None) -> "M2HInputs":
+        return M2HInputs(**{f.name: getattr(self, f.name).to(device=device, dtype=dtype) for f in fields(self)})
+
+    def check(self, cfg: M2HConfig) -> None:
+        """Raise ValueError with an actionable message when the shapes do not fit together."""
+        b, f, c, h, w = self.clothing_latents.shape
+        pb, pf, _, ph, pw = self.pose_images.shape
+        if (pb, pf) != (b, f):
+            raise ValueError(f"pose images are {pb} clips x {pf} frames but clothing latents are {b} x {f}: "
+                             "give one pose image per clothing frame")
+        if (ph // cfg.vae.downscale, pw // cfg.vae.downscale) != (h, w):
+            raise ValueError(f"pose images are {ph}x{pw} px but the clothing latents are {h}x{w} "
+                             f"(= {h * cfg.vae.downscale}x{w * cfg.vae.downscale} px): resize them to the frame size")
+        if tuple(self.identity_latent.shape) != (b, c, h, w):
+            raise ValueError(f"identity latent has shape {tuple(self.identity_latent.shape)}, expected {(b, c, h, w)}"
+                             " (encode the identity image at the video's size)")
+        if self.arcface.shape != (b, cfg.head.arcface_dim):
+            raise ValueError(f"ArcFace embedding has shape {tuple(self.arcface.shape)}, expected "
+                             f"({b}, {cfg.head.arcface_dim})")
+        if self.clip_tokens.shape[:2] != (b, f) or self.clip_tokens.shape[-1] != cfg.unet.cross_attention_dim:
+            raise ValueError(f"CLIP tokens have shape {tuple(self.clip_tokens.shape)}, expected ({b}, {f}, T, "
+                             f"{cfg.unet.cross_attention_dim}) — is the CLIP image encoder the one this model uses?")
+        for fl in fields(self):
+            if not torch.isfinite(getattr(self, fl.name)).all():
+                raise ValueError(f"{fl.name} contains NaN or inf")
+
+
+@dataclass
+class M2HConditioning:
+    """Timestep-independent conditioning of a whole video; `window` slices frames for context windows."""
+
+    unet_input: torch.Tensor  # (B, F, 2c, h, w): [0, f_c] + E_pose(p_h); z_t is written into the first c channels
+    kv: AdapterKV
+    latent_channels: int
+
+    @property
+    def num_frames(self) -> int:
+        return self.unet_input.shape[1]
+
+    def window(self, index: torch.Tensor | slice | None) -> tuple[torch.Tensor, dict]:
+        base = self.unet_input if index is None else self.unet_input[:, index]
+        return base, self.kv.frames(index)
+
+
+class M2HModel(nn.Module):
+    def __init__(self, cfg: M2HConfig, unet: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.unet.latent_channels
+        self.pose_encoder = PoseEncoder(cfg.head.pose_channels, 2 * c)
+        self.id_encoder = IdentityEncoder(cfg.head.id_channels, c)
+        self.head_encoder = HeadEncoder(cfg.head, c, cfg.head.pose_channels[-1], cfg.unet.cross_attention_dim,
+                                        fuse=cfg.use_head_encoder)
+        self.unet = unet if unet is not None else build_unet(cfg)
+
+    # -- once per video -------------------------------------------------------------------------------------
+    def encode_conditions(self, inputs: M2HInputs, drop: torch.Tensor | None = None,
+                          classifier_free: bool = False) -> M2HConditioning:
+        """Pose encoding, E_id, H (Eq. 2) and the adapter's keys/values.
+
+        drop: (B,) bool — clips whose identity and CLIP tokens are dropped (training's condition dropout).
+        classifier_free: return a 2B batch [conditional; unconditional] so both CFG branches run as one batch.
+        """
+        inputs.check(self.cfg)
+        b, f = inputs.clothing_latents.shape[:2]
+        pose_feats, pose_residual = self.pose_encoder(inputs.pose_images.flatten(0, 1))
+        pose_feats = pose_feats.unflatten(0, (b, f))
+        pose_residual = pose_residual.unflatten(0, (b, f))
+        id_latent = inputs.identity_latent + self.id_encoder(inputs.identity_landmarks)
+        f_pi = self.head_encoder(id_latent, inputs.arcface, pose_feats)
+        clip = inputs.clip_tokens.to(f_pi.dtype)
+        if drop is not None:
+            keep = (~drop).to(f_pi.dtype).view(b, 1, 1, 1)
+            f_pi, clip = f_pi * keep, clip * keep
+        unet_input = torch.cat([torch.zeros_like(inputs.clothing_latents), inputs.clothing_latents], dim=2)
+        unet_input = unet_input + pose_residual
+        if classifier_free:
+            f_pi = torch.cat([f_pi, torch.zeros_like(f_pi)])
+            clip = torch.cat([clip, torch.zeros_like(clip)])
+            unet_input = torch.cat([unet_input, unet_input])
+        return M2HConditioning(unet_input, project_all(self.unet, clip, f_pi), self.cfg.unet.latent_channels)
+
+    # -- once per step ---------------------------------------------------------------------------------------
+    def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: M2HConditioning,
+                frames: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """z_t (B', Fw, c, h, w) for the frames `frames` of the conditioned video -> predicted noise, same shape.
+
+        B' is the conditioning's batch (2B for classifier-free batches: pass z_t already repeated).
+        """
+        base, kv = cond.window(frames)
+        if z_t.shape[0] != base.shape[0] or z_t.shape[1] != base.shape[1]:
+            raise ValueError(f"z_t has {tuple(z_t.shape[:2])} clips x frames but the conditioning window has "
+                             f"{tuple(base.shape[:2])}")
+        c = cond.latent_channels
+        sample = torch.cat([base[:, :, :c] + z_t.to(base.dtype), base[:, :, c:]], dim=2)
+        t = torch.as_tensor(t, device=z_t.device)
+        if t.ndim == 0:
+            t = t.expand(z_t.shape[0])
+        return run_unet(self.unet, sample, t, kv)
+
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, inputs: M2HInputs,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Epsilon prediction for a batch of clips (training)."""
+        return self.denoise(z_t, t, self.encode_conditions(inputs, drop=drop))
+
+    # -- parameter groups ------------------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items()}
