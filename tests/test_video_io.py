@@ -1,0 +1,211 @@
+"""Round trips for every output format, decode errors, and the centre-crop/resize geometry."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from m2h_core.video_io import (
+    CropInfo,
+    VideoReadError,
+    center_crop_resize,
+    compute_center_crop,
+    crop_resize_keypoints,
+    crop_resize_masks,
+    fps_fraction,
+    read_image,
+    read_video,
+    write_video,
+)
+
+
+def _frames(n: int = 12, h: int = 64, w: int = 96) -> np.ndarray:
+    """Smooth moving gradients: compress well, so round-trip error is small but frames differ."""
+    yy, xx = np.mgrid[:h, :w]
+    out = [
+        np.stack([(xx * 2 + i * 5) % 256, (yy * 3) % 256, np.full_like(xx, 60 + 10 * i)], -1) for i in range(n)
+    ]
+    return np.stack(out).astype(np.uint8)
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".webm", ".mov", ".gif"])
+@pytest.mark.parametrize("fps", [Fraction(30000, 1001), Fraction(8)])
+def test_container_round_trip(tmp_path: Path, ext: str, fps: Fraction) -> None:
+    frames = _frames()
+    path = tmp_path / f"clip{ext}"
+    info = write_video(path, frames, float(fps))
+    assert info.fps == fps
+    clip = read_video(path)
+    assert clip.frames.shape == frames.shape
+    assert clip.frames.dtype == np.uint8
+    if ext == ".gif" and fps.denominator != 1:
+        # GIF delays are 1/100 s; 30000/1001 cannot be stored, the closest whole-cs rate is read back.
+        assert abs(clip.fps - float(fps)) < 0.2
+        assert "1/100" in info.note
+    else:
+        assert clip.fps == pytest.approx(float(fps), abs=1e-9)
+    err = np.abs(clip.frames.astype(int) - frames.astype(int)).mean()
+    assert err < 4.0, err
+    # frames keep their order (each frame has a distinct blue level)
+    assert np.all(np.diff(clip.frames[:, :, :, 2].mean(axis=(1, 2))) > 5)
+
+
+def test_png_folder_round_trip_is_lossless(tmp_path: Path) -> None:
+    frames = _frames(5)
+    info = write_video(tmp_path / "seq", frames, 8)
+    assert sorted(p.name for p in (tmp_path / "seq").iterdir())[0] == "frame_00000.png"
+    clip = read_video(tmp_path / "seq")
+    assert clip.fps == 8.0 and info.num_frames == 5
+    np.testing.assert_array_equal(clip.frames, frames)
+    glob_clip = read_video(str(tmp_path / "seq" / "frame_*.png"), fps=12.5, start=1, stride=2)
+    np.testing.assert_array_equal(glob_clip.frames, frames[1::2])
+    assert glob_clip.fps == 12.5
+
+
+def test_image_sequence_natural_order(tmp_path: Path) -> None:
+    frames = _frames(11, 16, 16)
+    for i, f in enumerate(frames):  # unpadded names: lexical order would put 10 before 2
+        cv2.imwrite(str(tmp_path / f"{i}.jpg"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    clip = read_video(tmp_path)
+    order = clip.frames[:, :, :, 2].mean(axis=(1, 2))
+    assert np.all(np.diff(order) > 5)
+
+
+def test_odd_size_padded_or_cropped_and_reported(tmp_path: Path) -> None:
+    frames = _frames(4, 63, 97)
+    info = write_video(tmp_path / "odd.mp4", frames, 24)
+    assert (info.height, info.width) == (64, 98) and "padded" in info.note
+    clip = read_video(tmp_path / "odd.mp4")
+    assert clip.frames.shape == (4, 64, 98, 3)
+    info = write_video(tmp_path / "odd_c.mp4", frames, 24, even="crop")
+    assert (info.height, info.width) == (62, 96) and "cropped" in info.note
+    assert read_video(tmp_path / "odd_c.mp4").frames.shape == (4, 62, 96, 3)
+
+
+def test_selection_start_stride_max(tmp_path: Path) -> None:
+    frames = _frames(12)
+    write_video(tmp_path / "a.mp4", frames, 8, crf=0)
+    full = read_video(tmp_path / "a.mp4")
+    part = read_video(tmp_path / "a.mp4", start=2, stride=3, max_frames=3)
+    assert part.num_frames == 3
+    np.testing.assert_array_equal(part.frames, full.frames[2:11:3])
+
+
+def test_corrupt_and_non_video_files(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(VideoReadError):
+        read_video(junk)
+    text = tmp_path / "notes.mov"
+    text.write_text("this is not a video\n" * 50)
+    with pytest.raises(VideoReadError, match="notes.mov"):
+        read_video(text)
+    good = tmp_path / "good.mp4"
+    write_video(good, _frames(6), 8)
+    truncated = tmp_path / "trunc.mp4"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(VideoReadError):
+        read_video(truncated)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VideoReadError, match="no PNG/JPG"):
+        read_video(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        read_video(tmp_path / "missing.mp4")
+
+
+def test_start_past_end_is_an_error(tmp_path: Path) -> None:
+    write_video(tmp_path / "a.mp4", _frames(4), 8)
+    with pytest.raises(VideoReadError, match="selects none"):
+        read_video(tmp_path / "a.mp4", start=10)
+
+
+def test_read_image_modes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(gray, "L").save(tmp_path / "g.png")
+    g = read_image(tmp_path / "g.png")
+    assert g.shape == (16, 16, 3) and np.array_equal(g[..., 0], gray) and np.array_equal(g[..., 2], gray)
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:4, :, 3] = 255  # top opaque red, bottom fully transparent
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    a = read_image(tmp_path / "a.png")
+    assert tuple(a[0, 0]) == (200, 0, 0)
+    assert tuple(a[7, 7]) == (255, 255, 255)  # transparent -> white
+
+    # EXIF orientation 6 (rotate 90 CW for display): stored 10x20 (HxW) displays as 20x10
+    img = Image.fromarray(np.zeros((10, 20, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img.save(tmp_path / "r.jpg", exif=exif)
+    assert read_image(tmp_path / "r.jpg").shape == (20, 10, 3)
+
+
+def test_fps_fraction() -> None:
+    assert fps_fraction(30000 / 1001) == Fraction(30000, 1001)
+    assert fps_fraction(24000 / 1001) == Fraction(24000, 1001)
+    assert fps_fraction(8) == 8 and fps_fraction(12.5) == Fraction(25, 2)
+    with pytest.raises(ValueError):
+        fps_fraction(0)
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+
+def test_paper_crop_ubc_like() -> None:
+    """UBC fashion is 720x940 (WxH); 2:1 H:W crops the width to 470 and resizes to 256x512."""
+    info = compute_center_crop(940, 720, 512, 256)
+    assert info.crop_box == (125, 0, 595, 940)
+    assert (info.crop_width, info.crop_height) == (470, 940)
+    assert info.scale_x == pytest.approx(256 / 470) and info.scale_y == pytest.approx(512 / 940)
+    text = info.describe()
+    assert "250 px of width" in text and "256x512" in text
+
+
+def test_crop_height_when_too_tall() -> None:
+    info = compute_center_crop(1000, 200, 512, 256)
+    assert info.crop_box == (0, 300, 200, 700)
+
+
+def test_center_crop_resize_frames_masks_keypoints_exact() -> None:
+    # 8x12 (HxW) source; target 2:1 H:W at 4x2 -> crop x 4..8 (width 4), then exact 2x area downscale
+    src = np.zeros((1, 8, 12, 3), np.uint8)
+    src[0, 2:4, 6:8] = 200  # one 2x2 block -> output pixel (row 1, col 1)
+    out, info = center_crop_resize(src, 4, 2)
+    assert out.shape == (1, 4, 2, 3)
+    assert info.crop_box == (4, 0, 8, 8)
+    assert out[0, 1, 1, 0] == 200 and out[0].sum() == 200 * 3
+    # the block centre (6.5, 2.5) in source maps exactly to output pixel centre (1, 1)
+    pts = np.array([[[6.5, 2.5, 0.9]]])
+    mapped = crop_resize_keypoints(pts, info)
+    np.testing.assert_allclose(mapped, [[[1.0, 1.0, 0.9]]])
+    np.testing.assert_allclose(info.unmap_points(mapped), pts)
+    # crop-box edges map to the output edges
+    edges = info.map_points(np.array([[3.5, -0.5], [7.5, 7.5]]))
+    np.testing.assert_allclose(edges, [[-0.5, -0.5], [1.5, 3.5]])
+    mask = np.zeros((1, 8, 12), bool)
+    mask[0, 2:4, 6:8] = True
+    mask[0, :, :4] = True  # outside the crop: must vanish
+    m = crop_resize_masks(mask, info)
+    assert m.dtype == bool and m.shape == (1, 4, 2)
+    assert m[0, 1, 1] and m.sum() == 1
+
+
+def test_keypoint_tracks_blob_under_non_integer_scale() -> None:
+    h, w = 300, 400
+    cx, cy = 211.3, 140.7
+    yy, xx = np.mgrid[:h, :w]
+    blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * 12.0**2)).astype(np.float32)
+    out, info = center_crop_resize(blob[None], 128, 64)
+    assert isinstance(info, CropInfo)
+    o = out[0].astype(np.float64)
+    oy, ox = np.mgrid[: o.shape[0], : o.shape[1]]
+    centroid = np.array([(o * ox).sum() / o.sum(), (o * oy).sum() / o.sum()])
+    expected = info.map_points(np.array([cx, cy]))
+    np.testing.assert_allclose(centroid, expected, atol=0.05)
