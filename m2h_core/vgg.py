@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -86,8 +87,16 @@ def resolve_weights_file(
     )
 
 
-def build_vgg16_features() -> nn.Sequential:
-    """The 31-module VGG16 ``features`` stack (conv3x3+ReLU, 2x2 max-pools), randomly initialised."""
+def build_vgg16_features(device: str | torch.device | None = None) -> nn.Sequential:
+    """The 31-module VGG16 ``features`` stack (conv3x3+ReLU, 2x2 max-pools), randomly initialised.
+
+    ``device="meta"`` builds it without allocating or initialising weights (shapes only).
+    """
+    with torch.device(device) if device is not None else nullcontext():
+        return _build_layers()
+
+
+def _build_layers() -> nn.Sequential:
     layers: list[nn.Module] = []
     in_ch = 3
     for item in _VGG16_CFG:
@@ -115,7 +124,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def vgg16_features_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Keep the ``features.N.*`` entries of a torchvision VGG16 state dict, renamed to ``N.*``; check shapes."""
-    template = build_vgg16_features().state_dict()
+    template = build_vgg16_features("meta").state_dict()
     prefix = "features."
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -137,8 +146,9 @@ def vgg16_features_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, to
 def load_vgg16(path: str | os.PathLike[str] | None = None) -> nn.Sequential:
     """Load torchvision's ImageNet VGG16 ``features`` (frozen, eval) from `path` or the default model folders."""
     file = resolve_weights_file(path, VGG16_FILENAME, "vgg", f"torchvision's ImageNet VGG16 weights, {VGG16_URL}")
-    features = build_vgg16_features()
-    features.load_state_dict(vgg16_features_state_dict(_read_state_dict(file)))
+    state = vgg16_features_state_dict(_read_state_dict(file))
+    features = build_vgg16_features("meta").to_empty(device="cpu")
+    features.load_state_dict(state)
     return _freeze(features)
 
 
@@ -187,7 +197,7 @@ class VGGFeatures(nn.Module):
     def random(cls, seed: int = 0, layers: Sequence[str] = MIRROR_LOSS_LAYERS) -> VGGFeatures:
         """A randomly initialised stand-in (tests, tiny demos): same shapes, meaningless features."""
         gen = torch.Generator().manual_seed(seed)
-        features = build_vgg16_features()
+        features = build_vgg16_features("meta").to_empty(device="cpu")
         with torch.no_grad():
             for m in features:
                 if isinstance(m, nn.Conv2d):
