@@ -45,6 +45,12 @@ def sincos_2d(h: int, w: int, dim: int, device=None, dtype=None) -> torch.Tensor
     return code.to(dtype)
 
 
+def pad_to_multiple(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Replicate-pad the last two dims up to a multiple of p (any latent size multiple of 1 works)."""
+    ph, pw = -x.shape[-2] % p, -x.shape[-1] % p
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
 class CrossAttentionLayer(nn.Module):
     """Pre-norm cross-attention (queries attend to pose tokens) + feed-forward, both residual."""
 
@@ -85,14 +91,13 @@ class HeadEncoder(nn.Module):
 
     def num_tokens(self, latent_hw: tuple[int, int]) -> int:
         p = self.cfg.token_patch
-        return (latent_hw[0] // p) * (latent_hw[1] // p) + self.cfg.arcface_tokens
+        return -(-latent_hw[0] // p) * -(-latent_hw[1] // p) + self.cfg.arcface_tokens
 
     def queries(self, id_latent: torch.Tensor, arcface: torch.Tensor) -> torch.Tensor:
         """id_latent (B, c, h, w) = E(x_id) + E_id(p_id); arcface (B, 512) -> query tokens (B, Tq, dim)."""
         p = self.cfg.token_patch
-        b, _, h, w = id_latent.shape
-        if h % p or w % p:
-            raise ValueError(f"latent size {h}x{w} is not a multiple of the head encoder's token patch {p}")
+        id_latent = pad_to_multiple(id_latent, p)
+        h, w = id_latent.shape[-2:]
         tok = self.id_in(rearrange(id_latent, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p))
         tok = tok + sincos_2d(h // p, w // p, self.cfg.dim, tok.device, tok.dtype)
         arc = self.arc_norm(rearrange(self.arc_in(arcface.to(tok.dtype)), "b (n d) -> b n d", n=self.cfg.arcface_tokens))
@@ -101,7 +106,7 @@ class HeadEncoder(nn.Module):
     def pose_tokens(self, pose_features: torch.Tensor) -> torch.Tensor:
         """pose_features (N, C, h, w) -> (N, hw/p^2, dim), pooled to the identity token grid."""
         p = self.cfg.token_patch
-        pooled = F.avg_pool2d(pose_features, p)
+        pooled = F.avg_pool2d(pad_to_multiple(pose_features, p), p)
         tok = self.pose_in(rearrange(pooled, "n c h w -> n (h w) c"))
         return tok + sincos_2d(pooled.shape[-2], pooled.shape[-1], self.cfg.dim, tok.device, tok.dtype)
 

@@ -92,6 +92,7 @@ class M2HModel(nn.Module):
         self.head_encoder = HeadEncoder(cfg.head, c, cfg.head.pose_channels[-1], cfg.unet.cross_attention_dim,
                                         fuse=cfg.use_head_encoder)
         self.unet = unet if unet is not None else build_unet(cfg)
+        self.pose_chunk = 16  # frames per E_pose call: full-resolution pose features dominate memory on long videos
 
     # -- once per video -------------------------------------------------------------------------------------
     def encode_conditions(self, inputs: M2HInputs, drop: torch.Tensor | None = None,
@@ -103,7 +104,10 @@ class M2HModel(nn.Module):
         """
         inputs.check(self.cfg)
         b, f = inputs.clothing_latents.shape[:2]
-        pose_feats, pose_residual = self.pose_encoder(inputs.pose_images.flatten(0, 1))
+        poses = inputs.pose_images.flatten(0, 1)
+        parts = [self.pose_encoder(poses[i: i + self.pose_chunk]) for i in range(0, poses.shape[0], self.pose_chunk)]
+        pose_feats = torch.cat([p[0] for p in parts])
+        pose_residual = torch.cat([p[1] for p in parts])
         pose_feats = pose_feats.unflatten(0, (b, f))
         pose_residual = pose_residual.unflatten(0, (b, f))
         id_latent = inputs.identity_latent + self.id_encoder(inputs.identity_landmarks)
