@@ -23,6 +23,7 @@ from .models.m2h import M2HModel
 FORMAT = "m2hvideo"
 FORMAT_VERSION = "1"
 PARTS = ("pose_encoder", "id_encoder", "head_encoder", "unet")
+EMBEDDED_PREFIXES = ("vae.", "clip_vision.")  # optional frozen encoders of self-contained (tiny) checkpoints
 
 
 class CheckpointError(ValueError):
@@ -46,9 +47,14 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
 
 
 def save_checkpoint(model: M2HModel, path: str | os.PathLike, dtype: torch.dtype | None = None,
-                    extra: dict[str, object] | None = None) -> None:
+                    extra: dict[str, object] | None = None, encoders=None) -> None:
+    """Write the model (and, for small self-contained models, the frozen VAE/CLIP as `vae.*`/`clip_vision.*`)."""
+    state = dict(model.state_dict())
+    if encoders is not None:
+        state.update({f"vae.{k}": v for k, v in encoders.vae.state_dict().items()})
+        state.update({f"clip_vision.{k}": v for k, v in encoders.clip.state_dict().items()})
     tensors = {k: (v if dtype is None or not v.is_floating_point() else v.to(dtype)).detach().contiguous().cpu()
-               for k, v in model.state_dict().items()}
+               for k, v in state.items()}
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.cfg.to_json(),
                 "base_model": model.cfg.base_model}
     for k, v in (extra or {}).items():
@@ -102,7 +108,7 @@ def load_checkpoint(path: str | os.PathLike, expect_base: str | None = None, dev
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     wrong = [k for k in own if k in sd and sd[k].shape != own[k].shape]
-    unexpected = [k for k in sd if k not in own]
+    unexpected = [k for k in sd if k not in own and not k.startswith(EMBEDDED_PREFIXES)]
     if missing or wrong or unexpected:
         raise CheckpointError(f"{path.name} does not match its own config: {len(missing)} missing (e.g. {missing[:3]}),"
                               f" {len(wrong)} of another shape (e.g. {wrong[:3]}), {len(unexpected)} unexpected "
@@ -110,5 +116,5 @@ def load_checkpoint(path: str | os.PathLike, expect_base: str | None = None, dev
     for k, v in sd.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"{path.name}: tensor {k} contains NaN/inf (a diverged training run?)")
-    model.load_state_dict(sd)
+    model.load_state_dict({k: v for k, v in sd.items() if not k.startswith(EMBEDDED_PREFIXES)})
     return model.to(device=device, dtype=dtype).eval()

@@ -1,0 +1,86 @@
+"""Loading everything inference needs (M2H model + frozen VAE and CLIP) from files on disk.
+
+An M2H checkpoint holds every trainable part (including the whole UNet). The frozen encoders come from:
+- the M2H checkpoint itself when it embeds them (`vae.*`, `clip_vision.*` keys: small self-contained models such
+  as the tiny demo's), or
+- the SD-1.5 base checkpoint (VAE) and a CLIP ViT-L/14 image-encoder file (`clip_vision`).
+Without an M2H checkpoint, the model is assembled from the base files (SD-1.5 UNet + optional AnimateDiff motion
+module) with the M2H parts freshly initialised: the starting point for training, not for generation.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from safetensors.torch import load_file
+from transformers import CLIPVisionModelWithProjection
+
+from .base_weights import hf_clip_config, load_clip_vision, load_motion_adapter, load_sd15
+from .checkpoint import load_checkpoint, read_config
+from .config import M2HConfig
+from .encoders import FrozenEncoders
+from .models.m2h import M2HModel
+from .models.unet import build_unet
+
+ENCODER_PREFIXES = ("vae.", "clip_vision.")
+
+
+@dataclass
+class M2HPipeline:
+    model: M2HModel
+    encoders: FrozenEncoders
+
+    @property
+    def cfg(self) -> M2HConfig:
+        return self.model.cfg
+
+    def to(self, device=None, dtype=None) -> "M2HPipeline":
+        self.model.to(device=device, dtype=dtype)
+        self.encoders.to(device=device, dtype=dtype)
+        return self
+
+
+def embedded_encoders(path: str | os.PathLike, cfg: M2HConfig) -> FrozenEncoders | None:
+    """The VAE and CLIP stored inside an M2H checkpoint, or None if it has none."""
+    sd = load_file(str(path))
+    vae_sd = {k[4:]: v for k, v in sd.items() if k.startswith("vae.")}
+    clip_sd = {k[12:]: v for k, v in sd.items() if k.startswith("clip_vision.")}
+    if not vae_sd or not clip_sd:
+        return None
+    vae = AutoencoderKL(**cfg.vae.vae_kwargs())
+    vae.load_state_dict(vae_sd)
+    clip = CLIPVisionModelWithProjection(hf_clip_config(cfg))
+    clip.load_state_dict(clip_sd, strict=False)
+    return FrozenEncoders(vae.eval().requires_grad_(False), clip.eval().requires_grad_(False), cfg)
+
+
+def load_pipeline(checkpoint: str | os.PathLike | None = None, base: str | os.PathLike | None = None,
+                  clip_vision: str | os.PathLike | None = None, motion_module: str | os.PathLike | None = None,
+                  config: M2HConfig | None = None, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32) -> M2HPipeline:
+    """Assemble the pipeline from local files; a missing file is named with what it is for."""
+    if checkpoint is not None:
+        cfg = read_config(checkpoint)
+        model = load_checkpoint(checkpoint)
+        encoders = embedded_encoders(checkpoint, cfg)
+    else:
+        cfg = config or M2HConfig()
+        if base is None:
+            raise ValueError("give an M2H checkpoint, or an SD-1.5 base checkpoint to start training from")
+        unet2d, _ = load_sd15(base, cfg)
+        motion = load_motion_adapter(motion_module, cfg) if motion_module and cfg.use_motion else None
+        model = M2HModel(cfg, unet=build_unet(cfg, unet2d, motion))
+        encoders = None
+    if encoders is None:
+        missing = [n for n, p in (("an SD-1.5 base checkpoint (for its VAE)", base),
+                                  ("a CLIP ViT-L/14 image encoder (clip_vision)", clip_vision)) if p is None]
+        if missing:
+            raise ValueError(f"{Path(checkpoint).name if checkpoint else 'this model'} does not embed its VAE and "
+                             f"CLIP image encoder: also give {' and '.join(missing)}")
+        _, vae = load_sd15(base, cfg)
+        encoders = FrozenEncoders(vae.eval().requires_grad_(False), load_clip_vision(clip_vision, cfg), cfg)
+    return M2HPipeline(model.eval(), encoders).to(device, dtype)
