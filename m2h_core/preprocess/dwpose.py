@@ -336,19 +336,14 @@ class DWPoseDetector:
 
 
 def render_poses(poses: Sequence[PoseFrame | PoseResult | None], height: int, width: int, *, body: bool = True,
-                 hands: bool = False, face: bool = False, score_threshold: float = 0.3,
+                 hands: bool = False, face: bool = False, feet: bool = False, score_threshold: float = 0.3,
                  line_width: int | None = None) -> np.ndarray:
-    """(N, H, W, 3) uint8 pose images; body only by default (mannequins have no face or hands).
-    Frames without a pose are black."""
-    out = np.zeros((len(poses), height, width, 3), np.uint8)
+    """(N, H, W, 3) uint8 pose images via :func:`m2h_core.pose_render.draw_pose`; body only by default
+    (mannequins have no face or hands). Frames without a pose are black; poses are rescaled to the canvas."""
+    out = np.zeros((len(poses), int(height), int(width), 3), np.uint8)
     for i, p in enumerate(poses):
-        if isinstance(p, PoseResult):
-            p = p.pose
-        if p is None:
-            continue
-        if (p.width, p.height) not in ((width, height), (0, 0)) and p.width and p.height:
-            p = p.scaled(width / p.width, height / p.height)
-        out[i] = draw_pose(p, height, width, body=body, hands=hands, face=face, score_threshold=score_threshold,
-                           line_width=line_width)
+        p = p.pose if isinstance(p, PoseResult) else p
+        if p is not None:
+            out[i] = draw_pose(p, height, width, body=body, hands=hands, face=face, feet=feet,
+                               score_threshold=score_threshold, line_width=line_width)
     return out
-
