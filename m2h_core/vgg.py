@@ -109,7 +109,9 @@ def _build_layers() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A flat tensor state dict from .safetensors or a .pth/.pt (``torch.load(weights_only=True)``)."""
+    path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -146,7 +148,7 @@ def vgg16_features_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, to
 def load_vgg16(path: str | os.PathLike[str] | None = None) -> nn.Sequential:
     """Load torchvision's ImageNet VGG16 ``features`` (frozen, eval) from `path` or the default model folders."""
     file = resolve_weights_file(path, VGG16_FILENAME, "vgg", f"torchvision's ImageNet VGG16 weights, {VGG16_URL}")
-    state = vgg16_features_state_dict(_read_state_dict(file))
+    state = vgg16_features_state_dict(read_state_dict(file))
     features = build_vgg16_features("meta").to_empty(device="cpu")
     features.load_state_dict(state)
     return _freeze(features)
@@ -201,8 +203,8 @@ class VGGFeatures(nn.Module):
         with torch.no_grad():
             for m in features:
                 if isinstance(m, nn.Conv2d):
-                    fan_in = m.in_channels * 9
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+                    bound = (6.0 / (m.in_channels * 9)) ** 0.5  # He-uniform: keeps activations O(1)
+                    m.weight.uniform_(-bound, bound, generator=gen)
                     m.bias.zero_()
         return cls(layers, features=features)
 
