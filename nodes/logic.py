@@ -1,0 +1,481 @@
+"""What the nodes do, as plain functions on tensors and arrays: no ComfyUI import, tested in CI.
+
+ComfyUI conventions: IMAGE is a float tensor [B, H, W, C] in 0..1 (a video is the batch), MASK [B, H, W].
+m2h_core works in (N, 3, H, W) [0, 1] tensors and numpy uint8 frames. The functions here convert between the
+two, fit inputs to the model's size (centre crop + resize, described in words for the log), check what users
+get wrong (frame counts, single images, sizes) with messages that say what to do, and place the identity
+photo for the head encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger("M2HVideo")
+
+SIZE_MULTIPLE = 8
+
+
+class M2HInputError(ValueError):
+    """An input the user must change, with what to do."""
+
+
+# ------------------------------------------------------------------------------------------ conversions
+
+
+def as_image_batch(images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """Check a ComfyUI IMAGE ([B, H, W, C] or [H, W, C]) and return [B, H, W, 3] float32 on the CPU."""
+    if not isinstance(images, torch.Tensor):
+        raise M2HInputError(f"{name} must be an IMAGE tensor, got {type(images).__name__}")
+    x = images if images.ndim == 4 else images[None] if images.ndim == 3 else None
+    if x is None or x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
+        raise M2HInputError(f"{name} is empty or not an image batch (shape {tuple(images.shape)})")
+    if x.shape[-1] == 4:
+        x = x[..., :3]
+    elif x.shape[-1] == 1:
+        x = x.expand(*x.shape[:-1], 3)
+    elif x.shape[-1] != 3:
+        raise M2HInputError(f"{name} has {x.shape[-1]} channels; expected an RGB IMAGE [B, H, W, 3]")
+    return x.detach().float().cpu().clamp(0, 1)
+
+
+def as_mask_batch(masks: torch.Tensor, name: str = "masks") -> torch.Tensor:
+    """ComfyUI MASK ([B, H, W], [H, W] or [B, 1, H, W]) -> [B, H, W] float32 on the CPU."""
+    if not isinstance(masks, torch.Tensor):
+        raise M2HInputError(f"{name} must be a MASK tensor, got {type(masks).__name__}")
+    m = masks
+    if m.ndim == 2:
+        m = m[None]
+    elif m.ndim == 4 and m.shape[1] == 1:
+        m = m[:, 0]
+    elif m.ndim == 4 and m.shape[-1] in (1, 3, 4):  # an IMAGE wired as mask
+        m = m[..., :3].mean(-1)
+    if m.ndim != 3 or 0 in m.shape:
+        raise M2HInputError(f"{name} has shape {tuple(masks.shape)}; expected a MASK batch [B, H, W]")
+    return m.detach().float().cpu().clamp(0, 1)
+
+
+def images_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, H, W, 3] 0..1 -> (B, H, W, 3) uint8 RGB."""
+    return (images.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
+
+
+def uint8_to_images(frames: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> [B, H, W, 3] float32 0..1."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).float() / 255.0
+
+
+def bhwc_to_nchw(images: torch.Tensor) -> torch.Tensor:
+    return images.permute(0, 3, 1, 2).contiguous()
+
+
+def nchw_to_bhwc(frames: torch.Tensor) -> torch.Tensor:
+    return frames.permute(0, 2, 3, 1).contiguous()
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def check_video_batch(n: int, name: str = "frames") -> None:
+    """A video must have at least 2 frames; a single image is almost always a wiring mistake."""
+    if n < 2:
+        raise M2HInputError(
+            f"{name} is a single image (batch of 1), but M2HVideo generates a video. Load the mannequin video "
+            "with Load Video -> Get Video Components and connect its 'images' output. To animate one still "
+            "image, repeat it first (Repeat Image Batch, amount >= 2).")
+
+
+def check_frame_counts(**counts: int) -> None:
+    """Every per-frame input must have the same number of frames; say which differ and how to fix it."""
+    values = {k: int(v) for k, v in counts.items() if v is not None}
+    if len(set(values.values())) > 1:
+        desc = ", ".join(f"{k}: {v}" for k, v in values.items())
+        lo = min(values.values())
+        raise M2HInputError(
+            f"frame counts differ ({desc}). Every input needs one entry per video frame. Make them all come from "
+            f"the same video (same Load Video / frame cap), or trim the longer ones to {lo} frames "
+            "(e.g. Image From Batch / a frame-load cap).")
+
+
+def check_size_multiple(height: int, width: int, multiple: int = SIZE_MULTIPLE, name: str = "frames") -> None:
+    if height % multiple or width % multiple:
+        h2, w2 = height - height % multiple, width - width % multiple
+        raise M2HInputError(
+            f"{name} are {width}x{height} (WxH), not a multiple of {multiple}. Set the sampler's resize to "
+            f"crop_to_model, or crop/resize the video to e.g. {w2}x{h2} first.")
+
+
+# ------------------------------------------------------------------------------------------ geometry
+
+
+@dataclass
+class Fitted:
+    """Inputs brought to one working size, and what was done (for the log)."""
+
+    frames: torch.Tensor  # [N, H, W, 3]
+    masks: torch.Tensor  # [N, H, W]
+    poses: torch.Tensor  # [N, H, W, 3]
+    height: int
+    width: int
+    notes: list[str] = field(default_factory=list)
+
+
+def fit_images(images: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, str]:
+    """Centre-crop [B, H, W, C] images to the aspect width:height and resize; returns the result and a note."""
+    from m2h_core.video_io import center_crop_resize
+
+    if tuple(images.shape[1:3]) == (height, width):
+        return images, f"{width}x{height}: already the working size"
+    out, info = center_crop_resize(images.numpy().astype(np.float32), height, width)
+    return torch.from_numpy(np.clip(out, 0, 1)).float(), info.describe()
+
+
+def fit_masks(masks: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, str]:
+    from m2h_core.video_io import compute_center_crop, crop_resize_masks
+
+    if tuple(masks.shape[1:3]) == (height, width):
+        return masks, f"{width}x{height}: already the working size"
+    info = compute_center_crop(masks.shape[1], masks.shape[2], height, width)
+    out = crop_resize_masks(masks.numpy().astype(np.float32), info)
+    return torch.from_numpy(np.clip(out, 0, 1)).float(), info.describe()
+
+
+def prepare_sampler_inputs(frames: torch.Tensor, masks: torch.Tensor, poses: torch.Tensor, model_height: int,
+                           model_width: int, resize: str = "crop_to_model") -> Fitted:
+    """Validate and fit the per-frame inputs of the sampler.
+
+    ``resize='crop_to_model'``: every input is centre-cropped/resized to the model's size (each from its own
+    size, so masks or poses made at another resolution still line up when they share the video's framing).
+    ``resize='keep'``: the frames' own size is used (must be a multiple of 8); masks and poses are resized to it.
+    """
+    frames = as_image_batch(frames, "frames")
+    masks = as_mask_batch(masks, "clothing_mask")
+    poses = as_image_batch(poses, "pose_images")
+    check_frame_counts(frames=frames.shape[0], clothing_mask=masks.shape[0], pose_images=poses.shape[0])
+    check_video_batch(frames.shape[0])
+    if resize == "keep":
+        h, w = int(frames.shape[1]), int(frames.shape[2])
+        check_size_multiple(h, w)
+    elif resize == "crop_to_model":
+        h, w = int(model_height), int(model_width)
+    else:
+        raise M2HInputError(f"resize must be 'crop_to_model' or 'keep', got {resize!r}")
+    notes = []
+    frames, n1 = fit_images(frames, h, w)
+    masks, n2 = fit_masks(masks, h, w)
+    poses, n3 = fit_images(poses, h, w)
+    notes += [f"frames: {n1}", f"clothing masks: {n2}", f"pose images: {n3}"]
+    if float(masks.amax()) <= 0:
+        raise M2HInputError("the clothing mask is empty in every frame, so no clothing would be kept. Check the "
+                            "segmentation's clothing_classes (or your masks: white = clothing).")
+    return Fitted(frames, masks, poses, h, w, notes)
+
+
+# ------------------------------------------------------------------------------------------ masks
+
+
+def parse_clothing_classes(text: str) -> tuple[str, ...]:
+    """'upper, pants' -> ('upper', 'pants'); validated against m2h_core's groups with a helpful message."""
+    from m2h_core.preprocess.parsing import ACCESSORY_GROUPS, BODY_GROUPS, CLOTHING_GROUPS
+
+    groups = tuple(g.strip().lower() for g in text.replace(";", ",").split(",") if g.strip())
+    if not groups:
+        raise M2HInputError(f"clothing_classes is empty; use e.g. '{', '.join(CLOTHING_GROUPS)}'")
+    bad = [g for g in groups if g in BODY_GROUPS]
+    if bad:
+        raise M2HInputError(f"{bad} are body parts, not clothing (a bare mannequin parses as them); choose from "
+                            f"{', '.join(CLOTHING_GROUPS + ACCESSORY_GROUPS)}")
+    unknown = [g for g in groups if g not in CLOTHING_GROUPS + ACCESSORY_GROUPS]
+    if unknown:
+        raise M2HInputError(f"unknown clothing classes {unknown}; choose from "
+                            f"{', '.join(CLOTHING_GROUPS + ACCESSORY_GROUPS)}")
+    return groups
+
+
+def refine_masks(masks: np.ndarray, *, grow: int = 0, feather: int = 0, fill_holes: bool = True,
+                 temporal_window: int = 1) -> np.ndarray:
+    """(N, H, W) masks (bool or 0..1) -> float32 (N, H, W): temporal vote, fill holes, grow/shrink, feather."""
+    from m2h_core.preprocess.masks import binarize, refine_mask, temporal_smooth_masks
+
+    m = np.stack([binarize(x) for x in np.asarray(masks)])
+    if temporal_window > 1:
+        m = temporal_smooth_masks(m, int(temporal_window), "majority")
+    out = [refine_mask(x, fill=fill_holes, grow_px=int(grow), feather_px=int(feather)) for x in m]
+    return np.stack(out).astype(np.float32)
+
+
+def segment(frames: torch.Tensor, parser: Any | None, clothing_classes: str, *, grow: int = 0, feather: int = 0,
+            fill_holes: bool = True, temporal_window: int = 1, masks: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(clothing mask [N,H,W], clothing image [N,H,W,3], person mask [N,H,W]) for the segmentation node.
+
+    With ``masks`` (user-supplied), ``parser`` is not used; masks of another size are centre-crop-resized.
+    """
+    images = as_image_batch(frames, "frames")
+    n, h, w = images.shape[:3]
+    if masks is not None:
+        user = as_mask_batch(masks, "masks")
+        if user.shape[0] == 1 and n > 1:
+            log.info("M2H Segmentation: one mask given for %d frames; using it for every frame", n)
+            user = user.expand(n, -1, -1)
+        check_frame_counts(frames=n, masks=user.shape[0])
+        if tuple(user.shape[1:]) != (h, w):
+            user, note = fit_masks(user, h, w)
+            log.info("M2H Segmentation: masks resized to the frames: %s", note)
+        cloth = refine_masks((user.numpy() > 0.5), grow=grow, feather=feather, fill_holes=fill_holes,
+                             temporal_window=temporal_window)
+        person = cloth.copy()
+    else:
+        if parser is None:
+            raise M2HInputError("no human-parsing model and no masks: connect your own masks or put a parsing "
+                                "model in ComfyUI/models/human_parsing/")
+        groups = parse_clothing_classes(clothing_classes)
+        res = parser.parse(images_to_uint8(images), groups, fill_holes=False, grow_px=0, temporal_window=1)
+        cloth = refine_masks(res.clothing_mask, grow=grow, feather=feather, fill_holes=fill_holes,
+                             temporal_window=temporal_window)
+        person = res.person_mask.astype(np.float32)
+    cloth_t = torch.from_numpy(cloth).float()
+    person_t = torch.from_numpy(np.ascontiguousarray(person)).float()
+    if float(cloth_t.amax()) <= 0:
+        log.warning("M2H Segmentation: the clothing mask is empty in every frame (classes: %s)", clothing_classes)
+    return cloth_t, images * cloth_t[..., None], person_t
+
+
+# ------------------------------------------------------------------------------------------ poses
+
+
+@dataclass
+class PoseSequence:
+    """The M2H_POSE value: one PoseFrame (or None) per frame, the frame size and per-frame status."""
+
+    poses: list
+    width: int
+    height: int
+    status: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.poses)
+
+
+def estimate_poses(frames: torch.Tensor, detector: Any, *, smoothing: str = "one_euro", fill_missing: str =
+                   "interpolate", fps: float = 30.0, progress=None) -> PoseSequence:
+    """Run a DWPoseDetector-like object on [N, H, W, 3] frames; fill gaps and smooth."""
+    from m2h_core.preprocess.smoothing import smooth_pose_sequence
+
+    images = as_image_batch(frames, "frames")
+    n, h, w = images.shape[:3]
+    results = detector.detect(images_to_uint8(images), progress=progress)
+    poses = [r.pose for r in results]
+    found = sum(p is not None for p in poses)
+    if found == 0:
+        raise M2HInputError(f"no person was found in any of the {n} frames. Check that the video shows the whole "
+                            "mannequin (not cropped at the shoulders) and is not too dark.")
+    if found < n:
+        log.info("M2H DWPose: no person in %d of %d frames (%s)", n - found, n, fill_missing)
+    sm = smooth_pose_sequence(poses, fps=float(fps), fill=fill_missing if fill_missing != "none" else "none",
+                              smooth=smoothing == "one_euro")
+    return PoseSequence(sm.poses, w, h, sm.status)
+
+
+def render_pose_images(seq: PoseSequence, *, hands: bool = False, face: bool = False, feet: bool = False
+                       ) -> torch.Tensor:
+    from m2h_core.pose_render import draw_pose_sequence
+
+    arr = draw_pose_sequence(seq.poses, seq.height, seq.width, body=True, hands=hands, face=face, feet=feet)
+    return uint8_to_images(arr)
+
+
+# ------------------------------------------------------------------------------------------ identity
+
+
+@dataclass
+class HeadConditioning:
+    """The M2H_HEAD_COND value: everything the sampler needs from the identity photo, at (height, width)."""
+
+    identity_image: torch.Tensor  # (3, H, W) 0..1: x_id placed at the working size
+    landmark_image: torch.Tensor  # (3, H, W) 0..1: p_id
+    arcface: torch.Tensor  # (512,)
+    height: int
+    width: int
+    placement: str = ""
+    face_box: tuple[float, float, float, float] | None = None  # in the placed image
+
+    def at_size(self, height: int, width: int) -> "HeadConditioning":
+        """Resized copy (the sampler's 'keep' mode at another size)."""
+        if (height, width) == (self.height, self.width):
+            return self
+        img, _ = fit_images(nchw_to_bhwc(self.identity_image[None]), height, width)
+        lmk, _ = fit_images(nchw_to_bhwc(self.landmark_image[None]), height, width)
+        return HeadConditioning(bhwc_to_nchw(img)[0], bhwc_to_nchw(lmk)[0], self.arcface, height, width,
+                                self.placement, None)
+
+
+HEAD_FROM_SHOULDERS = 0.42  # head width / shoulder width of an adult
+HEAD_FROM_NECK_UP = 0.62  # head centre above the neck, in shoulder widths
+
+
+def head_box_from_pose(pose: Any, height: int, width: int) -> tuple[float, float, float] | None:
+    """(centre x, centre y, head width) in a height x width image from an OpenPose-18 PoseFrame, or None.
+
+    Uses eyes/ears/nose when the mannequin has a head; otherwise (headless mannequins) the neck and shoulders.
+    """
+    if pose is None:
+        return None
+    b = np.asarray(pose.body, np.float64).copy()
+    if pose.width and pose.height and (pose.width, pose.height) != (width, height):
+        b[:, 0] *= width / pose.width
+        b[:, 1] *= height / pose.height
+    ok = b[:, 2] > 0.3
+    sh = None
+    if ok[2] and ok[5]:
+        sh = float(np.hypot(*(b[2, :2] - b[5, :2])))
+    face_pts = [i for i in (0, 14, 15, 16, 17) if ok[i]]
+    if len(face_pts) >= 2:
+        pts = b[face_pts, :2]
+        ears = [i for i in (16, 17) if ok[i]]
+        span = float(np.hypot(*(b[16, :2] - b[17, :2]))) if len(ears) == 2 else None
+        eyes = float(np.hypot(*(b[14, :2] - b[15, :2]))) if ok[14] and ok[15] else None
+        head_w = span * 1.1 if span else (eyes * 2.5 if eyes else (sh * HEAD_FROM_SHOULDERS if sh else None))
+        if head_w and head_w > 1:
+            cx, cy = pts.mean(0)
+            return float(cx), float(cy + 0.1 * head_w), float(head_w)
+    if ok[1] and sh and sh > 1:
+        cx, cy = b[1, :2]
+        return float(cx), float(cy - HEAD_FROM_NECK_UP * sh), float(sh * HEAD_FROM_SHOULDERS)
+    return None
+
+
+def place_identity(photo: np.ndarray, face_bbox: Sequence[float], points: np.ndarray, height: int, width: int,
+                   head: tuple[float, float, float] | None, face_scale: float = 1.0
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Place the identity photo in a height x width canvas.
+
+    With ``head`` = (cx, cy, head width): similarity transform taking the face box centre to the head centre and
+    its width to ``face_scale`` x head width (photo borders replicated). Without it: centre crop + resize.
+    Returns (image uint8 (H, W, 3), transformed landmark points (K, 2), 2x3 matrix, description).
+    """
+    import cv2
+
+    h0, w0 = photo.shape[:2]
+    x1, y1, x2, y2 = [float(v) for v in face_bbox[:4]]
+    if head is not None:
+        cx, cy, hw = head
+        s = face_scale * hw / max(x2 - x1, 1.0)
+        fx, fy = (x1 + x2) / 2, (y1 + y2) / 2
+        m = np.array([[s, 0, cx - s * fx], [0, s, cy - s * fy]], np.float64)
+        img = cv2.warpAffine(photo, m, (width, height), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC,
+                             borderMode=cv2.BORDER_REPLICATE)
+        desc = (f"face ({x2 - x1:.0f} px wide) scaled x{s:.3g} and moved to the head at ({cx:.0f}, {cy:.0f}) "
+                f"of the {width}x{height} frame")
+    else:
+        from m2h_core.video_io import apply_crop, compute_center_crop
+
+        info = compute_center_crop(h0, w0, height, width)
+        img = apply_crop(photo, info)
+        m = np.array([[info.scale_x, 0, (0.5 - info.x0) * info.scale_x - 0.5],
+                      [0, info.scale_y, (0.5 - info.y0) * info.scale_y - 0.5]], np.float64)
+        desc = "photo " + info.describe()
+    pts = np.asarray(points, np.float64)[:, :2]
+    pts = pts @ m[:, :2].T + m[:, 2]
+    return np.ascontiguousarray(img), pts.astype(np.float32), m, desc
+
+
+def encode_identity(photo: torch.Tensor, analyzer: Any, height: int, width: int, *, placement: str =
+                    "head_from_pose", pose: PoseSequence | None = None, reference_frame: int = 0,
+                    face_scale: float = 1.0) -> tuple[HeadConditioning, torch.Tensor]:
+    """Analyse the photo's face (``analyzer.analyze`` -> FaceResult) and build the head conditioning + preview."""
+    import cv2
+
+    from m2h_core.pose_render import draw_face_landmarks
+
+    images = as_image_batch(photo, "identity")
+    if images.shape[0] > 1:
+        log.info("M2H Head Encoder: %d identity images given; using the first", images.shape[0])
+    rgb = images_to_uint8(images[:1])[0]
+    face = analyzer.analyze(rgb)  # NoFaceError propagates with its own message
+    if getattr(face, "num_faces", 1) > 1:
+        log.info("M2H Head Encoder: %d faces in the photo; using the largest", face.num_faces)
+    points = face.landmarks if face.landmarks is not None else face.kps
+    head = None
+    if placement == "head_from_pose":
+        if pose is None:
+            raise M2HInputError("placement 'head_from_pose' needs the pose input: connect M2H DWPose's keypoints, "
+                                "or set placement to fit_photo")
+        if not len(pose):
+            raise M2HInputError("the pose input has no frames")
+        idx = min(max(int(reference_frame), 0), len(pose) - 1)
+        # the reference frame, else the nearest frame where a head position can be estimated
+        order = sorted(range(len(pose)), key=lambda i: abs(i - idx))
+        for i in order:
+            head = head_box_from_pose(pose.poses[i], pose.height, pose.width)
+            if head is not None:
+                # pose coordinates are in the video's frame; map through the same centre crop as the frames
+                from m2h_core.video_io import compute_center_crop
+
+                info = compute_center_crop(pose.height, pose.width, height, width)
+                (cx, cy), = info.map_points(np.array([[head[0], head[1]]]))
+                head = (float(cx), float(cy), float(head[2] * info.scale_x))
+                if i != idx:
+                    log.info("M2H Head Encoder: no head position in frame %d; used frame %d", idx, i)
+                break
+        if head is None:
+            log.warning("M2H Head Encoder: no head position could be estimated from the pose (no neck/shoulders "
+                        "found); falling back to fit_photo")
+    elif placement != "fit_photo":
+        raise M2HInputError(f"placement must be 'head_from_pose' or 'fit_photo', got {placement!r}")
+    img, pts, m, desc = place_identity(rgb, face.bbox, points, height, width, head, face_scale)
+    log.info("M2H Head Encoder: %s", desc)
+    lmk = draw_face_landmarks(pts, height, width)
+    x1, y1, x2, y2 = [float(v) for v in face.bbox[:4]]
+    box = np.array([[x1, y1], [x2, y2]]) @ m[:, :2].T + m[:, 2]
+    cond = HeadConditioning(
+        identity_image=bhwc_to_nchw(uint8_to_images(img[None]))[0],
+        landmark_image=bhwc_to_nchw(uint8_to_images(lmk[None]))[0],
+        arcface=torch.as_tensor(np.asarray(face.embedding, np.float32)).reshape(-1),
+        height=height, width=width, placement=desc,
+        face_box=(float(box[0, 0]), float(box[0, 1]), float(box[1, 0]), float(box[1, 1])))
+    preview = img.copy()
+    cv2.rectangle(preview, (int(box[0, 0]), int(box[0, 1])), (int(box[1, 0]), int(box[1, 1])), (0, 255, 0), 1)
+    preview = draw_face_landmarks(pts, height, width, color=(255, 64, 64), canvas=preview)
+    return cond, uint8_to_images(preview[None])
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+
+def precision_dtype(precision: str, fp16_ok: bool = False, bf16_ok: bool = False) -> torch.dtype:
+    if precision == "fp32":
+        return torch.float32
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        return torch.float16 if fp16_ok else torch.bfloat16 if bf16_ok else torch.float32
+    raise M2HInputError(f"precision must be one of auto, fp32, fp16, bf16; got {precision!r}")
+
+
+def check_context(num_frames: int, context_frames: int, context_overlap: int) -> tuple[int, int]:
+    """Clamp context settings to something valid for this video, logging what changed."""
+    cf = max(1, min(int(context_frames), num_frames))
+    co = max(0, min(int(context_overlap), cf - 1))
+    if (cf, co) != (context_frames, context_overlap):
+        log.info("M2H Sampler: context %d/%d adjusted to %d/%d for a %d-frame video", context_frames,
+                 context_overlap, cf, co, num_frames)
+    return cf, co
+
+
+def run_sampler(pipeline: Any, fitted: Fitted, head: HeadConditioning, settings: Any, progress=None, cancel=None):
+    """sample_video on fitted inputs; returns (IMAGE [N,H,W,3], latents (N,c,h,w))."""
+    from m2h_core.sampler import sample_video
+
+    head = head.at_size(fitted.height, fitted.width)
+    res = sample_video(pipeline.model, pipeline.encoders, bhwc_to_nchw(fitted.frames), fitted.masks,
+                       bhwc_to_nchw(fitted.poses), head.identity_image,
+                       head.landmark_image, head.arcface, settings, progress=progress, cancel=cancel)
+    return nchw_to_bhwc(res.frames), res.latents

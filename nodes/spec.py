@@ -1,0 +1,235 @@
+"""The pack's node table: ids, inputs (in widget order), outputs and tooltips, as plain data.
+
+This table is the single source of truth: `nodes/comfy_nodes.py` builds each node's V3 `io.Schema` from it,
+and the CI tests check every workflow JSON against it without ComfyUI installed.
+
+Released workflows store widget values *by position* (UI format) — so never reorder or insert widget inputs
+of a released node: append new ones at the end (or add a new node id).
+Imports nothing heavy (no torch, no ComfyUI).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CATEGORY = "M2HVideo"
+
+# Custom socket types (ComfyUI io_type strings).
+M2H_MODEL = "M2H_MODEL"
+M2H_POSE = "M2H_POSE"
+M2H_HEAD_COND = "M2H_HEAD_COND"
+CUSTOM_TYPES = (M2H_MODEL, M2H_POSE, M2H_HEAD_COND)
+
+# Socket-only (non-widget) types.
+SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "VIDEO", "AUDIO", *CUSTOM_TYPES}
+WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "STRING", "COMBO"}
+
+SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "unipc")  # == m2h_core.sampler.SCHEDULERS (checked by a test)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+NONE = "none"
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class In:
+    """One input. ``options_source`` names a dynamic file list (resolved by the node layer in ComfyUI)."""
+
+    id: str
+    type: str
+    tooltip: str
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    options: tuple[str, ...] | None = None
+    options_source: str | None = None
+    optional: bool = False
+    multiline: bool = False
+    control_after_generate: bool = False
+    display_name: str | None = None
+
+    @property
+    def is_widget(self) -> bool:
+        return self.type in WIDGET_TYPES
+
+
+@dataclass(frozen=True)
+class Out:
+    id: str
+    type: str
+    tooltip: str
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    node_id: str
+    display_name: str
+    description: str
+    inputs: tuple[In, ...]
+    outputs: tuple[Out, ...]
+    needs: tuple[str, ...] = ()  # optional Python modules the node cannot run without
+    output_node: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def input(self, name: str) -> In:
+        for i in self.inputs:
+            if i.id == name:
+                return i
+        raise KeyError(f"{self.node_id} has no input {name!r}")
+
+    @property
+    def widgets(self) -> tuple[In, ...]:
+        return tuple(i for i in self.inputs if i.is_widget)
+
+    def ui_widget_values_len(self) -> int:
+        """Length of a UI-format ``widgets_values`` list (seed-like widgets carry a control value after them)."""
+        return sum(2 if w.control_after_generate else 1 for w in self.widgets)
+
+
+_CLOTHING_HELP = ("Comma-separated clothing groups that make up the clothing mask. Clothing: upper, dress, coat, "
+                  "pants, skirt, jumpsuit, scarf. Accessories you may add: hat, bag, belt, glove, socks, shoes, "
+                  "sunglasses. Body parts (face, hair, arms, legs) are never clothing: a bare mannequin parses "
+                  "as them.")
+
+SEGMENTATION = NodeSpec(
+    node_id="M2HMannequinSegmentation",
+    display_name="M2H Mannequin Segmentation",
+    description="Clothing mask M_c of every frame of a mannequin video (human parsing), or your own masks "
+                "cleaned up the same way. The clothing mask decides what the generated person wears.",
+    inputs=(
+        In("frames", "IMAGE", "The mannequin video as an image batch (LoadVideo -> Get Video Components)."),
+        In("model", "COMBO", "Human-parsing model from ComfyUI/models/human_parsing/: a segformer_b2_clothes "
+           "folder (transformers), parsing_atr.onnx or parsing_lip.onnx. 'auto' picks the first one found. "
+           "Ignored when masks are connected.", default=AUTO, options_source="human_parsing"),
+        In("clothing_classes", "STRING", _CLOTHING_HELP, default="upper, dress, coat, pants, skirt, jumpsuit, scarf"),
+        In("grow", "INT", "Grow (+) or shrink (-) the clothing mask by this many pixels (at the frames' size).",
+           default=0, min=-64, max=64, step=1),
+        In("feather", "INT", "Soften the mask edge over this many pixels (0 = hard mask).", default=0, min=0,
+           max=64, step=1),
+        In("fill_holes", "BOOLEAN", "Fill holes enclosed by the clothing (buttons, prints parsed as other "
+           "labels).", default=True),
+        In("temporal_window", "INT", "Majority vote over this many neighbouring frames to remove one-frame "
+           "flicker (1 = off).", default=3, min=1, max=15, step=2),
+        In("masks", "MASK", "Optional: your own clothing masks (one per frame, white = clothing). When connected "
+           "no parsing model is loaded; grow/feather/fill still apply.", optional=True),
+    ),
+    outputs=(
+        Out("clothing_mask", "MASK", "M_c: 1 on the clothing, 0 elsewhere (soft edges when feathered)."),
+        Out("clothing_image", "IMAGE", "The frames multiplied by the clothing mask (what the model sees)."),
+        Out("person_mask", "MASK", "Everything the parser did not call background (with your own masks: the "
+            "clothing mask)."),
+    ),
+)
+
+DWPOSE = NodeSpec(
+    node_id="M2HDWPose",
+    display_name="M2H DWPose",
+    description="Body pose of every frame (DWPose, ONNX) rendered OpenPose-style, plus the keypoints.",
+    inputs=(
+        In("frames", "IMAGE", "The mannequin video as an image batch."),
+        In("detector", "COMBO", "Person detector from ComfyUI/models/dwpose/ (yolox_l.onnx).",
+           default="yolox_l.onnx", options_source="dwpose_det"),
+        In("pose_model", "COMBO", "Whole-body pose model from ComfyUI/models/dwpose/ (dw-ll_ucoco_384.onnx).",
+           default="dw-ll_ucoco_384.onnx", options_source="dwpose_pose"),
+        In("hands", "BOOLEAN", "Draw hands. Off by default: mannequin hands are unreliable and the model was "
+           "trained on body poses.", default=False),
+        In("face", "BOOLEAN", "Draw face points (off by default: mannequins have no real face).", default=False),
+        In("feet", "BOOLEAN", "Draw the feet (toes and heels) too.", default=False),
+        In("smoothing", "COMBO", "Temporal smoothing of keypoints: one_euro removes jitter; none keeps raw "
+           "detections.", default="one_euro", options=("one_euro", "none")),
+        In("fill_missing", "COMBO", "Frames where no person was found: interpolate between neighbours, hold the "
+           "last pose, or leave black.", default="interpolate", options=("interpolate", "hold", "none")),
+        In("fps", "FLOAT", "Frame rate of the video (for smoothing); connect Get Video Components' fps.",
+           default=30.0, min=1.0, max=240.0, step=0.01),
+    ),
+    outputs=(
+        Out("pose_images", "IMAGE", "OpenPose-style pose images at the frames' size, one per frame."),
+        Out("keypoints", M2H_POSE, "The keypoints (OpenPose-18 body, feet, hands, face) per frame."),
+    ),
+    needs=("onnxruntime",),
+)
+
+HEAD_ENCODER = NodeSpec(
+    node_id="M2HHeadEncoder",
+    display_name="M2H Head Encoder",
+    description="Identity conditioning from one photo: ArcFace embedding, face-landmark image p_id and the "
+                "identity image x_id placed at the model's size.",
+    inputs=(
+        In("identity", "IMAGE", "A clear photo of the person (face at least ~100 px wide). Only the first image "
+           "of a batch is used."),
+        In("model", M2H_MODEL, "The M2H model (from M2H UNet Loader): gives the working size."),
+        In("face_model", "COMBO", "insightface pack in ComfyUI/models/insightface/models/ (antelopev2 or "
+           "buffalo_l; searched recursively).", default="antelopev2", options_source="insightface"),
+        In("placement", "COMBO", "head_from_pose: scale and move the face to the mannequin's head position in the "
+           "reference frame (use for head shots). fit_photo: centre-crop the whole photo to the model's aspect "
+           "(use for full-body photos framed like the video).", default="head_from_pose",
+           options=("head_from_pose", "fit_photo")),
+        In("reference_frame", "INT", "Which frame's pose places the head (head_from_pose).", default=0, min=0,
+           max=100000, step=1),
+        In("face_scale", "FLOAT", "Face width relative to the head size estimated from the pose.", default=1.0,
+           min=0.25, max=4.0, step=0.05),
+        In("pose", M2H_POSE, "Keypoints from M2H DWPose (needed for head_from_pose).", optional=True),
+    ),
+    outputs=(
+        Out("head_cond", M2H_HEAD_COND, "Identity conditioning for M2H Sampler."),
+        Out("preview", "IMAGE", "The placed identity image with the detected box and landmarks drawn."),
+    ),
+    needs=("insightface", "onnxruntime"),
+)
+
+UNET_LOADER = NodeSpec(
+    node_id="M2HUNetLoader",
+    display_name="M2H UNet Loader",
+    description="Loads the M2HVideo model (UNet with motion modules, pose/identity encoders, head encoder, "
+                "adapter) and its frozen VAE and CLIP image encoder. Kept in memory between runs.",
+    inputs=(
+        In("m2h_checkpoint", "COMBO", "M2HVideo checkpoint from ComfyUI/models/m2hvideo/.",
+           options_source="m2hvideo"),
+        In("base_model", "COMBO", "SD-1.5 checkpoint (models/checkpoints) or diffusers folder (models/diffusers) "
+           "giving the VAE; 'none' when the M2H checkpoint embeds its VAE and CLIP.", default=NONE,
+           options_source="base"),
+        In("clip_vision", "COMBO", "CLIP ViT-L/14 image encoder from models/clip_vision ('none' when embedded).",
+           default=NONE, options_source="clip_vision"),
+        In("motion_module", "COMBO", "AnimateDiff motion module from models/animatediff_models; only used when "
+           "building from a base model (an M2H checkpoint already holds its motion modules).", default=NONE,
+           options_source="animatediff_models"),
+        In("precision", "COMBO", "Weights dtype: auto = fp16/bf16 on a GPU that supports it, fp32 on CPU.",
+           default=AUTO, options=PRECISIONS),
+    ),
+    outputs=(Out("model", M2H_MODEL, "The loaded M2HVideo pipeline."),),
+)
+
+SAMPLER = NodeSpec(
+    node_id="M2HSampler",
+    display_name="M2H Sampler",
+    description="Generates the human video: clothing frames + masks + body poses + identity -> frames.",
+    inputs=(
+        In("model", M2H_MODEL, "From M2H UNet Loader."),
+        In("frames", "IMAGE", "The mannequin video frames (the clothing source)."),
+        In("clothing_mask", "MASK", "Clothing masks, one per frame (M2H Mannequin Segmentation)."),
+        In("pose_images", "IMAGE", "Body-pose images, one per frame (M2H DWPose)."),
+        In("head_cond", M2H_HEAD_COND, "Identity conditioning (M2H Head Encoder)."),
+        In("seed", "INT", "Noise seed (the same seed gives the same video on the same device).", default=0,
+           min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+        In("steps", "INT", "Denoising steps.", default=30, min=1, max=200, step=1),
+        In("cfg", "FLOAT", "Classifier-free guidance scale (1 = off, faster).", default=7.5, min=1.0, max=20.0,
+           step=0.1),
+        In("scheduler", "COMBO", "Sampling solver.", default="ddim", options=SCHEDULERS),
+        In("context_frames", "INT", "Frames the model sees at once; longer videos are done in overlapping "
+           "windows. Lower it if you run out of GPU memory.", default=16, min=1, max=128, step=1),
+        In("context_overlap", "INT", "Frames shared by neighbouring windows (blended).", default=4, min=0,
+           max=64, step=1),
+        In("resize", "COMBO", "crop_to_model: centre-crop and resize every input to the model's training size "
+           "(logged). keep: use the frames' own size (must be a multiple of 8).", default="crop_to_model",
+           options=("crop_to_model", "keep")),
+    ),
+    outputs=(
+        Out("images", "IMAGE", "The generated frames (connect to Create Video with the source fps)."),
+        Out("latent", "LATENT", "The final latents."),
+    ),
+)
+
+NODES: tuple[NodeSpec, ...] = (SEGMENTATION, DWPOSE, HEAD_ENCODER, UNET_LOADER, SAMPLER)
+BY_ID = {n.node_id: n for n in NODES}
