@@ -19,7 +19,9 @@ VGG16_FILENAME = "vgg16-397923af.pth"
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 
 # torchvision's "D" configuration: conv widths, "M" = 2x2 max-pool.
-_VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+_VGG16_CFG: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"
+)  # fmt: skip
 
 
 def _layer_names() -> dict[str, int]:
@@ -50,7 +52,10 @@ class MissingWeightsError(FileNotFoundError):
 
 
 def model_search_dirs(subfolder: str) -> list[Path]:
-    """Folders searched for a weight file: ``$M2H_MODELS/<subfolder>``, ``$M2H_MODELS``, ``<repo>/models/<subfolder>``."""
+    """Folders searched for a weight file, in order.
+
+    ``$M2H_MODELS/<subfolder>``, ``$M2H_MODELS`` (when the variable is set), then ``<repo>/models/<subfolder>``.
+    """
     dirs: list[Path] = []
     env = os.environ.get("M2H_MODELS")
     if env:

@@ -300,7 +300,8 @@ def _make_even(frames: np.ndarray, mode: str) -> tuple[np.ndarray, str]:
     if mode == "crop":
         if h - ph < 2 or w - pw < 2:
             raise ValueError(f"frames of {w}x{h} are too small to crop to an even size")
-        return frames[:, : h - ph, : w - pw], f"cropped {w}x{h} to {w - pw}x{h - ph} (W x H, last row/column) for yuv420p"
+        note = f"cropped {w}x{h} to {w - pw}x{h - ph} (W x H, last row/column) for yuv420p"
+        return frames[:, : h - ph, : w - pw], note
     if mode != "pad":
         raise ValueError(f"even must be 'pad' or 'crop', got {mode!r}")
     padded = np.pad(frames, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")

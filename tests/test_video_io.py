@@ -209,3 +209,14 @@ def test_keypoint_tracks_blob_under_non_integer_scale() -> None:
     centroid = np.array([(o * ox).sum() / o.sum(), (o * oy).sum() / o.sum()])
     expected = info.map_points(np.array([cx, cy]))
     np.testing.assert_allclose(centroid, expected, atol=0.05)
+
+
+def test_float_and_gray_frames_are_converted_on_write(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    floats = rng.random((3, 8, 10, 3)).astype(np.float32)
+    write_video(tmp_path / "f", floats, 8)
+    np.testing.assert_array_equal(read_video(tmp_path / "f").frames, (floats * 255).round().astype(np.uint8))
+    gray = rng.integers(0, 256, (2, 8, 10), dtype=np.uint8)
+    write_video(tmp_path / "g", gray, 8)
+    back = read_video(tmp_path / "g").frames
+    assert back.shape == (2, 8, 10, 3) and np.array_equal(back[..., 1], gray)
