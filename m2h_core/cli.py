@@ -1,0 +1,98 @@
+"""The `m2h` command: `m2h demo`, `m2h generate`, `m2h doctor` (also `python -m m2h_core ...`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="mannequin video + identity photo -> human video")
+    p.add_argument("--video", required=True, help="mannequin video (mp4/webm/gif/folder of frames)")
+    p.add_argument("--identity", required=True, help="photo of the person")
+    p.add_argument("--out", required=True, help="output video (.mp4/.webm/.gif, or a folder for PNGs)")
+    p.add_argument("--checkpoint", required=True, help="M2H checkpoint (.safetensors)")
+    p.add_argument("--base", help="SD-1.5 checkpoint for the VAE (unless the M2H checkpoint embeds it)")
+    p.add_argument("--clip-vision", help="CLIP ViT-L/14 image encoder (unless embedded)")
+    p.add_argument("--masks", help="clothing masks (folder/video/.npy) instead of the parsing model")
+    p.add_argument("--poses", help="pose video/folder instead of running DWPose")
+    p.add_argument("--models-dir", action="append", default=[],
+                   help="folder(s) with DWPose / parsing / insightface files (also $M2H_MODELS)")
+    p.add_argument("--parser", default="auto", help="parsing model file/folder name (default: first found)")
+    p.add_argument("--face-pack", default="antelopev2", help="insightface pack (antelopev2 or buffalo_l)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
+    p.add_argument("--scheduler", default="ddim", choices=["ddim", "euler", "dpmpp_2m", "unipc"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=None, help="use at most this many frames")
+    p.add_argument("--context", type=int, default=None, help="frames the model sees at once (default: model's)")
+    p.add_argument("--overlap", type=int, default=4)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--precision", default="fp16" if _cuda() else "fp32", choices=sorted(DTYPES))
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="train a tiny M2H model on synthetic clips and animate a mannequin (CPU)")
+    p.add_argument("--out", default="m2h_demo_out", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test)")
+    p.add_argument("--device", default="cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="m2h", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
+    _add_generate(sub)
+    d = sub.add_parser("doctor", help="list every model file the pack can use and where it looked")
+    d.add_argument("--models-dir", action="append", default=[])
+    a = ap.parse_args(argv)
+    if a.command == "doctor":
+        from .preprocess.model_files import doctor, format_doctor
+        print(format_doctor(doctor(a.models_dir)))
+        return 0
+    if a.command == "demo":
+        from .demo import run_demo
+        report = run_demo(a.out, quick=a.quick, seed=a.seed, device=a.device)
+        print(report.summary() if hasattr(report, "summary") else report)
+        return 0
+    return _generate(a)
+
+
+def _generate(a) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .generate import generate
+    from .pipeline import load_pipeline
+    from .sampler import SamplerSettings
+
+    dtype = getattr(torch, DTYPES[a.precision])
+    pipe = load_pipeline(a.checkpoint, base=a.base, clip_vision=a.clip_vision, device=a.device, dtype=dtype)
+    settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
+                               context_frames=a.context or pipe.cfg.num_frames, context_overlap=a.overlap)
+    dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
+    bar = tqdm(total=a.steps, desc="sampling", unit="step")
+    report = generate(pipe, a.video, a.identity, a.out, settings=settings, masks=a.masks, poses=a.poses,
+                      max_frames=a.frames, parser=a.parser, face_pack=a.face_pack, search_dirs=dirs,
+                      progress=lambda i, n: bar.update(i - bar.n))
+    bar.close()
+    for note in report.notes:
+        print("note:", note, file=sys.stderr)
+    print(f"wrote {report.out}: {report.num_frames} frames, {report.size[0]}x{report.size[1]}, {report.fps:g} fps")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
