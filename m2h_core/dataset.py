@@ -1,0 +1,301 @@
+"""Training data: the on-disk clip cache written by `train/prepare_data.py`, and datasets that sample from it.
+
+Cache layout (one folder per video; everything at the source resolution, cropping happens when sampling)::
+
+    CACHE/
+      split.json                    {"seed": s, "train": [ids...], "test": [ids...]}   (90/10, seeded)
+      failed.json                   [{"video": path, "reason": "..."}]                (videos that were skipped)
+      <id>/
+        meta.json                   {"version": 1, "source": path, "num_frames": N, "height": H, "width": W,
+                                     "fps": f, "frames_with_face": K, "has_reference": bool}
+        frames/00000.png            v_h, RGB human frames
+        clothing_masks/00000.png    M_c, 8-bit grey (0 / 255)
+        face_masks/00000.png        M_id, 8-bit grey (0 / 255)
+        poses/00000.png             p_h, rendered OpenPose-18 body pose (RGB, black background)
+        keypoints.json              per-frame keypoints (`m2h_core.pose_render.save_openpose_json` layout)
+        landmarks/00000.png         p_id of every frame: the face-landmark image (black where no face)
+        identity.safetensors        arcface (N, 512) float32 (L2-normalised ArcFace of each frame's face),
+                                    face_boxes (N, 4) float32 x1, y1, x2, y2 (source pixels), has_face (N,) uint8
+        reference/                  optional: a separate identity photo used instead of another frame
+          image.png, landmarks.png, identity.safetensors {arcface (512,), face_box (4,)}
+
+A video folder is written under a temporary name and renamed into place when complete, so a folder with a
+`meta.json` is always whole (what makes `prepare_data` resumable).
+
+Sampling (paper Sec. IV-B): `num_frames` = 8 frames, every `stride` = 4th frame, from a random start. Videos
+shorter than the 29-frame span get a smaller stride ((N-1)//(F-1), at least 1); videos with fewer than F frames
+loop (indices wrap around). The identity image x_id (with its landmark image p_id and ArcFace embedding) is a
+*different* frame of the same video that has a face - one not among the sampled frames when possible - unless
+the video has a `reference/` identity. Frames, masks, poses and the identity are centre-cropped to the 2:1 (H:W)
+training aspect and resized with the *same* transform (`m2h_core.video_io` geometry: area/bicubic for images,
+nearest for masks). `scale` multiplies the output size (0.5 = the progressive-resolution half phase).
+
+Randomness is a pure function of (seed, sample position), so a resumed run sees exactly the samples it would
+have seen (`ResumableSampler`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+from safetensors.numpy import load_file as load_np
+from torch.utils.data import Dataset, Sampler
+
+from .video_io import CropInfo, apply_crop, compute_center_crop, crop_resize_masks
+
+CACHE_VERSION = 1
+SUBDIRS = ("frames", "clothing_masks", "face_masks", "poses", "landmarks")
+
+
+class CacheError(ValueError):
+    """A clip cache that cannot be used, with what is wrong and how to fix it."""
+
+
+# ------------------------------------------------------------------------------------------------- sampling
+
+
+def sample_frame_indices(num_video_frames: int, num_frames: int, stride: int, rng: np.random.Generator
+                         ) -> np.ndarray:
+    """`num_frames` indices, `stride` apart, from a random start (see module docstring for short videos)."""
+    n = int(num_video_frames)
+    if n < 1:
+        raise ValueError("a video needs at least one frame")
+    if n < num_frames:  # loop
+        start = int(rng.integers(0, n))
+        return (start + np.arange(num_frames)) % n
+    stride = max(1, min(int(stride), (n - 1) // max(1, num_frames - 1)))
+    span = (num_frames - 1) * stride + 1
+    start = int(rng.integers(0, n - span + 1))
+    return start + stride * np.arange(num_frames)
+
+
+def pick_identity_frame(has_face: np.ndarray, exclude: Sequence[int], rng: np.random.Generator) -> int:
+    """A frame with a face that is not in `exclude` if there is one, else any frame with a face."""
+    faces = np.flatnonzero(np.asarray(has_face).astype(bool))
+    if faces.size == 0:
+        raise CacheError("no frame of this video has a face; prepare_data should have skipped it")
+    others = np.setdiff1d(faces, np.asarray(exclude))
+    pool = others if others.size else faces
+    return int(pool[rng.integers(0, pool.size)])
+
+
+def output_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
+class ResumableSampler(Sampler):
+    """Endless (clip, position) stream: position p is the p-th sample of the run, the clip a seeded permutation
+    per epoch. `start` resumes at a position; `rank`/`world` shard positions across processes (p ≡ rank mod world).
+    """
+
+    def __init__(self, num_clips: int, seed: int = 0, start: int = 0, rank: int = 0, world: int = 1):
+        if num_clips < 1:
+            raise ValueError("the dataset is empty")
+        self.n, self.seed, self.start, self.rank, self.world = num_clips, seed, start, rank, world
+
+    def clip_at(self, position: int) -> int:
+        epoch, k = divmod(position, self.n)
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return int(perm[k])
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        p = self.start + self.rank
+        while True:
+            yield self.clip_at(p), p
+            p += self.world
+
+
+def _index(idx) -> tuple[int, int]:
+    if isinstance(idx, (tuple, list)):
+        return int(idx[0]), int(idx[1])
+    return int(idx), int(idx)
+
+
+# ------------------------------------------------------------------------------------------------- transforms
+
+
+def _img_tensor(a: np.ndarray) -> torch.Tensor:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(a)).movedim(-1, -3).float() / 255.0
+
+
+def _mask_tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a).astype(np.float32))
+
+
+def transform_sample(frames: np.ndarray, clothing: np.ndarray, face: np.ndarray, poses: np.ndarray,
+                     id_image: np.ndarray, id_landmarks: np.ndarray, height: int, width: int
+                     ) -> tuple[dict[str, torch.Tensor], CropInfo]:
+    """Centre-crop to width:height and resize, the same transform for frames (N,H,W,3), masks (N,H,W) bool and
+    poses (N,H,W,3); the identity image/landmarks get the same transform computed for their own size."""
+    info = compute_center_crop(frames.shape[1], frames.shape[2], height, width)
+    id_info = compute_center_crop(id_image.shape[0], id_image.shape[1], height, width)
+    out = {
+        "frames": _img_tensor(apply_crop(frames, info)),
+        "clothing_masks": _mask_tensor(crop_resize_masks(clothing.astype(bool), info)),
+        "face_masks": _mask_tensor(crop_resize_masks(face.astype(bool), info)),
+        "pose_images": _img_tensor(apply_crop(poses, info)),
+        "identity_image": _img_tensor(apply_crop(id_image, id_info)),
+        "identity_landmarks": _img_tensor(apply_crop(id_landmarks, id_info)),
+    }
+    return out, info
+
+
+# ------------------------------------------------------------------------------------------------- on-disk cache
+
+
+def _read_png(path: Path, gray: bool = False) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR)
+    if img is None:
+        raise CacheError(f"{path} is missing or unreadable; re-run prepare_data for this video "
+                         f"(delete the folder {path.parent.parent} first)")
+    return img if gray else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def write_png(path: Path, img: np.ndarray) -> None:
+    if img.ndim == 3:
+        img = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
+    elif img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f"could not write {path}")
+
+
+def frame_name(i: int) -> str:
+    return f"{i:05d}.png"
+
+
+@dataclass
+class CachedVideo:
+    id: str
+    path: Path
+    num_frames: int
+    has_face: np.ndarray
+    arcface: np.ndarray
+    reference: dict | None
+
+
+def list_complete(root: str | os.PathLike) -> list[str]:
+    """Ids of the complete video folders of a cache (those with meta.json)."""
+    root = Path(root)
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and (p / "meta.json").is_file())
+
+
+def read_split(root: str | os.PathLike) -> dict:
+    path = Path(root) / "split.json"
+    if not path.is_file():
+        raise CacheError(f"{path} does not exist: run train/prepare_data.py --out {root} first")
+    return json.loads(path.read_text())
+
+
+class ClipCacheDataset(Dataset):
+    """Samples from a prepare_data cache. Items: dict of tensors (see `transform_sample`) plus `arcface` (512,),
+    `frame_indices` (F,), `identity_index`, `clip` and `position`. Index with an int or a (clip, position) pair
+    (from `ResumableSampler`)."""
+
+    def __init__(self, root: str | os.PathLike, split: str | None = "train", *, num_frames: int = 8,
+                 stride: int = 4, height: int = 512, width: int = 256, scale: float = 1.0, seed: int = 0,
+                 ids: Sequence[str] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise CacheError(f"clip cache {self.root} does not exist: run train/prepare_data.py --out {self.root}")
+        if ids is None:
+            ids = read_split(self.root)[split] if split else list_complete(self.root)
+        missing = [i for i in ids if not (self.root / i / "meta.json").is_file()]
+        if missing:
+            raise CacheError(f"{len(missing)} videos of the '{split}' split are not in {self.root} "
+                             f"(e.g. {missing[:3]}); re-run prepare_data")
+        if not ids:
+            raise CacheError(f"the '{split}' split of {self.root} is empty")
+        self.videos = [self._load(i) for i in ids]
+        self.num_frames, self.stride = num_frames, stride
+        self.height, self.width, self.scale, self.seed = height, width, scale, seed
+
+    def _load(self, vid: str) -> CachedVideo:
+        d = self.root / vid
+        meta = json.loads((d / "meta.json").read_text())
+        if meta.get("version") != CACHE_VERSION:
+            raise CacheError(f"{d} was written by cache version {meta.get('version')}; this code reads "
+                             f"{CACHE_VERSION}: re-run prepare_data into a new folder")
+        ident = load_np(str(d / "identity.safetensors"))
+        ref = None
+        if meta.get("has_reference"):
+            r = load_np(str(d / "reference" / "identity.safetensors"))
+            ref = {"arcface": r["arcface"].astype(np.float32)}
+        return CachedVideo(vid, d, int(meta["num_frames"]), ident["has_face"].astype(bool),
+                           ident["arcface"].astype(np.float32), ref)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, idx) -> dict:
+        clip, position = _index(idx)
+        v = self.videos[clip % len(self.videos)]
+        rng = np.random.default_rng([self.seed, position, clip])
+        ind = sample_frame_indices(v.num_frames, self.num_frames, self.stride, rng)
+        read = lambda sub, gray=False: np.stack([_read_png(v.path / sub / frame_name(i), gray) for i in ind])  # noqa: E731
+        frames, poses = read("frames"), read("poses")
+        clothing, face = read("clothing_masks", True) > 127, read("face_masks", True) > 127
+        if v.reference is not None:
+            id_img = _read_png(v.path / "reference" / "image.png")
+            id_lmk = _read_png(v.path / "reference" / "landmarks.png")
+            arcface, id_index = v.reference["arcface"], -1
+        else:
+            id_index = pick_identity_frame(v.has_face, ind, rng)
+            id_img = _read_png(v.path / "frames" / frame_name(id_index))
+            id_lmk = _read_png(v.path / "landmarks" / frame_name(id_index))
+            arcface = v.arcface[id_index]
+        h, w = output_size(self.height, self.width, self.scale)
+        out, _ = transform_sample(frames, clothing, face, poses, id_img, id_lmk, h, w)
+        out.update(arcface=torch.from_numpy(np.array(arcface, np.float32)), frame_indices=torch.from_numpy(ind),
+                   identity_index=id_index, clip=clip, position=position)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------- in memory
+
+
+def _clip_field(clip, *names):
+    for n in names:
+        if hasattr(clip, n):
+            return getattr(clip, n)
+    raise AttributeError(f"SyntheticClip has none of {names}")
+
+
+class SyntheticClipDataset(Dataset):
+    """The same sampling and transform over in-memory `m2h_core.synthetic.SyntheticClip`s (demo, tests).
+
+    The human frames are v_h; the clip's separate identity image / landmarks / embedding are x_id, p_id, Arc."""
+
+    def __init__(self, clips: Sequence, *, num_frames: int = 8, stride: int = 4, height: int = 64, width: int = 32,
+                 scale: float = 1.0, seed: int = 0):
+        if not clips:
+            raise ValueError("no synthetic clips given")
+        self.clips = list(clips)
+        self.num_frames, self.stride = num_frames, stride
+        self.height, self.width, self.scale, self.seed = height, width, scale, seed
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, idx) -> dict:
+        clip_i, position = _index(idx)
+        c = self.clips[clip_i % len(self.clips)]
+        frames = np.asarray(_clip_field(c, "human_frames", "human", "frames"))
+        rng = np.random.default_rng([self.seed, position, clip_i])
+        ind = sample_frame_indices(len(frames), self.num_frames, self.stride, rng)
+        h, w = output_size(self.height, self.width, self.scale)
+        out, _ = transform_sample(frames[ind], np.asarray(c.clothing_mask)[ind], np.asarray(c.face_mask)[ind],
+                                  np.asarray(c.pose_images)[ind], np.asarray(c.identity_image),
+                                  np.asarray(c.identity_landmarks), h, w)
+        out.update(arcface=torch.from_numpy(np.asarray(c.identity_embedding, np.float32).copy()),
+                   frame_indices=torch.from_numpy(ind), identity_index=-1, clip=clip_i, position=position)
+        return out

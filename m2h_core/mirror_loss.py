@@ -1,0 +1,209 @@
+"""The mirror loss (paper Sec. III-D, Eq. 5-6): a pixel-space face loss through a one-step x0 estimate.
+
+One-step x0
+-----------
+The forward process (Eq. 1) is  z_t = √ᾱ_t · z_0 + √(1-ᾱ_t) · ε.  Solving for z_0 and replacing the true noise by
+the network's prediction ε̂ gives DDIM's "predicted x0" (Song et al. 2021, Eq. 12):
+
+    z̃_0 = (z_t - √(1-ᾱ_t) · ε̂) / √ᾱ_t                        (`one_step_x0`)
+
+It is exact when ε̂ = ε. Writing σ = √((1-ᾱ)/ᾱ) (the noise level of the *unscaled* latent z_t/√ᾱ) the same thing
+reads z̃_0 = √(σ²+1) · z_t - σ · ε̂.
+
+The paper's Eq. 5, z̃_0 = z_t/(σ²+1) - σ/√(σ²+1) · ε_θ, is *not* this: it is EDM preconditioning with σ_data = 1
+(c_skip = 1/(σ²+1), c_out = -σ/√(σ²+1)) applied to the unscaled latent x = z_0 + σ·n with a network whose raw
+output is v-like (as in SVD training code). With SD-1.5's epsilon-prediction UNet and DDIM, plugging ε̂ into
+Eq. 5 does not recover z_0 even for a perfect prediction, so we use the DDIM expression above.
+
+Why a weight
+------------
+The estimate divides by √ᾱ_t: its error is z̃_0 - z_0 = -σ_t (ε̂ - ε), with σ_t ≈ 14.6 at t = 999 of SD-1.5's
+schedule. Unweighted, the loss at large t would be dominated by amplified noise and its gradient would swamp
+L_diff. We weight each clip's mirror loss by ᾱ_t (`weighting="alpha_bar"`, the default): in latent terms
+ᾱ_t · |z̃_0 - z_0|² = (1-ᾱ_t) · |ε̂ - ε|², which is bounded by the ε error itself, so the weighted term is at most
+of L_diff's scale at every t, goes smoothly to zero where x0 is meaningless (pure noise), and keeps full weight
+where the face is actually formed (small t). Optionally `t_max` also skips clips with t > t_max entirely (they
+are then not decoded, which saves time). `weighting="none"` gives the paper's unweighted form.
+
+Eq. 6 and its normalisation
+---------------------------
+    L_mir = α Σ_i ‖(v_h - v_g) ⊙ M_id‖² + β Σ_i Σ_l ‖φ_l(v_h ⊙ M_id) - φ_l(v_g ⊙ M_id)‖²
+
+The sums are normalised so the numbers do not depend on resolution or crop size: the pixel term is the mean
+squared error over face-mask pixels (and channels), the perceptual term for layer l is the squared feature
+difference summed and divided by (C_l × face-mask area at that layer's resolution); both are averaged over the
+frames that have a face. φ = VGG16 relu1_2, relu2_2, relu3_3 (`m2h_core.vgg`); the paper names relu3_4 but
+VGG16 has no such layer (it exists only in VGG19), so its last block-3 ReLU, relu3_3, is used.
+
+Face-crop decoding
+------------------
+Decoding the whole frame through the VAE decoder is the expensive part. With `crop=True` (default) only a
+window of latent cells around the face is decoded: per frame the face-mask bounding box plus `margin` latent
+cells of context on every side; one crop size per batch (the largest box), positioned per frame and clamped to
+the latent. Everything outside the mask contributes nothing to Eq. 6 (both images are masked before VGG, and
+VGG's zero padding equals the masked-out zeros), so the only approximation is the decoder's context at the crop
+border (and its mid-block attention seeing a window instead of the frame) - the same approximation tiled VAE
+decoding makes. Frames without face pixels, and clips skipped by `t_max`, are not decoded at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def alphas_cumprod_at(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """ᾱ_t from a diffusers scheduler (anything with `alphas_cumprod`) for timesteps t (B,), on like's device in
+    float32 (float64 when `like` is float64), shaped (B, 1, ...) to broadcast against `like` (B, ...)."""
+    ac = scheduler.alphas_cumprod
+    ac = ac if isinstance(ac, torch.Tensor) else torch.as_tensor(ac)
+    t = torch.as_tensor(t, device=ac.device).long()
+    if t.ndim == 0:
+        t = t.expand(like.shape[0])
+    if t.min() < 0 or t.max() >= ac.shape[0]:
+        raise ValueError(f"timesteps must lie in [0, {ac.shape[0] - 1}], got {t.min().item()}..{t.max().item()}")
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    a = ac[t].to(device=like.device, dtype=dtype)
+    return a.view(-1, *([1] * (like.ndim - 1)))
+
+
+def one_step_x0(z_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor, scheduler) -> torch.Tensor:
+    """DDIM's predicted x0: (z_t - √(1-ᾱ_t)·ε̂) / √ᾱ_t, per sample (t is (B,) or a scalar). See module docstring."""
+    a = alphas_cumprod_at(scheduler, t, z_t)
+    x0 = (z_t.to(a.dtype) - (1 - a).sqrt() * eps_pred.to(a.dtype)) / a.sqrt()
+    return x0.to(eps_pred.dtype)
+
+
+def mirror_weight(t: torch.Tensor, scheduler, weighting: str = "alpha_bar", t_max: int | None = None
+                  ) -> torch.Tensor:
+    """Per-clip weight (B,) of the mirror loss: ᾱ_t ('alpha_bar') or 1 ('none'), zero above t_max."""
+    t = torch.as_tensor(t).long().reshape(-1)
+    if weighting == "alpha_bar":
+        w = alphas_cumprod_at(scheduler, t, t.float()).reshape(-1)
+    elif weighting == "none":
+        w = torch.ones(t.shape, dtype=torch.float32)
+    else:
+        raise ValueError(f"mirror weighting must be 'alpha_bar' or 'none', got {weighting!r}")
+    if t_max is not None:
+        w = w * (t.to(w.device) <= t_max).float()
+    return w
+
+
+def face_crop_boxes(face_masks: torch.Tensor, downscale: int, latent_hw: tuple[int, int], margin: int = 2
+                    ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Latent-cell crop windows around the faces of (N, H, W) masks.
+
+    Returns (boxes (N, 2) = top-left (y, x) in latent cells, (ch, cw) the common crop size in cells). Each box
+    contains its frame's face bounding box (rounded outwards to whole cells) plus `margin` cells per side where
+    the latent allows; frames without a face get box (0, 0) (the caller skips them).
+    """
+    n = face_masks.shape[0]
+    lh, lw = latent_hw
+    m = face_masks.bool()
+    rows, cols = m.any(dim=2), m.any(dim=1)  # (N, H), (N, W)
+    has = rows.any(dim=1)
+    if not has.any():
+        return torch.zeros(n, 2, dtype=torch.long), (0, 0)
+    ar_h = torch.arange(m.shape[1], device=m.device)
+    ar_w = torch.arange(m.shape[2], device=m.device)
+    big = 1 << 30
+    y0 = torch.where(rows, ar_h, big).amin(1) // downscale
+    y1 = torch.where(rows, ar_h, -1).amax(1) // downscale + 1  # exclusive, in cells
+    x0 = torch.where(cols, ar_w, big).amin(1) // downscale
+    x1 = torch.where(cols, ar_w, -1).amax(1) // downscale + 1
+    ch = int(min(lh, ((y1 - y0)[has]).max().item() + 2 * margin))
+    cw = int(min(lw, ((x1 - x0)[has]).max().item() + 2 * margin))
+    # centre the window on the box, then clamp into the latent
+    top = ((y0 + y1 - ch) // 2).clamp(0, lh - ch)
+    left = ((x0 + x1 - cw) // 2).clamp(0, lw - cw)
+    boxes = torch.stack([top, left], 1).cpu()
+    boxes[~has.cpu()] = 0
+    return boxes, (ch, cw)
+
+
+def _crop(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], scale: int) -> torch.Tensor:
+    """Crop (N, C, H, W) at boxes (N, 2) given in cells of `scale` pixels, size in cells."""
+    h, w = size[0] * scale, size[1] * scale
+    return torch.stack([x[i, :, y * scale: y * scale + h, xx * scale: xx * scale + w]
+                        for i, (y, xx) in enumerate(boxes.tolist())])
+
+
+@dataclass
+class MirrorLossOutput:
+    loss: torch.Tensor  # scalar: α·pixel + β·perceptual, weighted and averaged over the batch's clips
+    pixel: torch.Tensor  # scalar (detached): weighted face-masked MSE
+    perceptual: torch.Tensor  # scalar (detached): weighted perceptual term
+    frames_decoded: int
+    decoded_pixels: int  # H*W per decoded frame, times frames (for the crop-vs-full benchmark)
+
+
+class MirrorLoss(nn.Module):
+    """Eq. 6 on the one-step x0 estimate. `vgg`: a frozen `m2h_core.vgg.VGGFeatures` (may be None when beta=0)."""
+
+    def __init__(self, vgg: nn.Module | None, alpha: float = 0.05, beta: float = 0.001, *, crop: bool = True,
+                 margin: int = 2, weighting: str = "alpha_bar", t_max: int | None = None):
+        super().__init__()
+        if beta and vgg is None:
+            raise ValueError("the perceptual term (beta > 0) needs a VGG16 (m2h_core.vgg.VGGFeatures)")
+        if weighting not in ("alpha_bar", "none"):
+            raise ValueError(f"mirror weighting must be 'alpha_bar' or 'none', got {weighting!r}")
+        self.vgg = vgg
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.crop, self.margin = bool(crop), int(margin)
+        self.weighting, self.t_max = weighting, t_max
+
+    def forward(self, z_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
+                face_masks: torch.Tensor, encoders, scheduler) -> MirrorLossOutput:
+        """z_t, eps_pred (B, F, c, h, w); t (B,); target = ground-truth frames v_h (B, F, 3, H, W) in [0, 1];
+        face_masks M_id (B, F, H, W) in {0, 1}; encoders: `FrozenEncoders` (its VAE decoder is used with grad)."""
+        b, f = z_t.shape[:2]
+        if target.shape[:2] != (b, f) or face_masks.shape[:2] != (b, f):
+            raise ValueError(f"mirror loss: latents are {b}x{f} clips x frames but targets are "
+                             f"{tuple(target.shape[:2])} and face masks {tuple(face_masks.shape[:2])}")
+        if face_masks.ndim == 5:
+            face_masks = face_masks[:, :, 0]
+        zero = eps_pred.sum() * 0.0
+        w_clip = mirror_weight(t, scheduler, self.weighting, self.t_max).to(z_t.device)  # (B,)
+        empty = MirrorLossOutput(zero, zero.detach(), zero.detach(), 0, 0)
+        if self.alpha == 0 and self.beta == 0:
+            return empty
+        x0 = one_step_x0(z_t, eps_pred, t, scheduler)  # (B, F, c, h, w)
+        masks = face_masks.to(z_t.device).float().flatten(0, 1)  # (N, H, W)
+        has_face = masks.flatten(1).sum(1) > 0
+        w_frame = w_clip.repeat_interleave(f)
+        sel = (has_face & (w_frame > 0)).nonzero().flatten()
+        if sel.numel() == 0:
+            return empty
+        lat = x0.flatten(0, 1)[sel]
+        gt = target.to(z_t.device).flatten(0, 1)[sel].float()
+        mk = masks[sel]
+        scale = gt.shape[-1] // lat.shape[-1]
+        if self.crop:
+            boxes, size = face_crop_boxes(mk, scale, tuple(lat.shape[-2:]), self.margin)
+            lat = _crop(lat, boxes, size, 1)
+            gt = _crop(gt, boxes, size, scale)
+            mk = _crop(mk[:, None], boxes, size, scale)[:, 0]
+        pred = encoders.decode(lat, grad=True).float()  # (n, 3, Hc, Wc), unclamped
+        mk4 = mk[:, None]
+        area = mk.flatten(1).sum(1).clamp_min(1.0)  # (n,)
+        pixel = ((pred - gt) * mk4).square().flatten(1).sum(1) / (3 * area)
+        perceptual = torch.zeros_like(pixel)
+        if self.beta:
+            fp, fg = self.vgg(pred * mk4), self.vgg(gt * mk4)
+            for name in fp:
+                d = (fp[name] - fg[name]).square()
+                m_l = F.interpolate(mk4, size=d.shape[-2:], mode="area")
+                denom = (d.shape[1] * m_l.flatten(1).sum(1)).clamp_min(1e-6)
+                perceptual = perceptual + d.flatten(1).sum(1) / denom
+        w = w_frame[sel]
+        # average over frames that have a face, per clip, then over the batch (all clips count, so a clip with
+        # no visible face simply contributes zero)
+        per_frame = self.alpha * pixel + self.beta * perceptual
+        frames_with_face = has_face.view(b, f).sum(1).clamp_min(1).float().repeat_interleave(f)[sel]
+        norm = w / frames_with_face / b
+        loss = (per_frame * norm).sum()
+        return MirrorLossOutput(loss, (pixel * norm).sum().detach(), (perceptual * norm).sum().detach(),
+                                int(sel.numel()), int(sel.numel() * pred.shape[-1] * pred.shape[-2]))

@@ -1,0 +1,91 @@
+"""Clip sampling, the shared crop/resize transform, the on-disk cache and the resumable sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from m2h_core.dataset import (
+    ResumableSampler,
+    SyntheticClipDataset,
+    pick_identity_frame,
+    sample_frame_indices,
+    transform_sample,
+)
+
+
+def test_frame_indices_stride_clamp_and_loop():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ind = sample_frame_indices(100, 8, 4, rng)
+        assert len(ind) == 8 and (np.diff(ind) == 4).all() and ind[0] >= 0 and ind[-1] < 100
+    starts = {int(sample_frame_indices(100, 8, 4, np.random.default_rng(s))[0]) for s in range(30)}
+    assert len(starts) > 5  # random start
+    short = sample_frame_indices(15, 8, 4, rng)  # 29-frame span does not fit: stride clamps to 2
+    assert (np.diff(short) == 2).all() and short[-1] < 15
+    tiny = sample_frame_indices(5, 8, 4, rng)  # fewer frames than asked: loops
+    assert len(tiny) == 8 and set(tiny.tolist()) == set(range(5))
+    assert sample_frame_indices(8, 8, 4, rng).tolist() == list(range(8))
+
+
+def test_identity_frame_is_another_frame_with_a_face():
+    has_face = np.array([1, 1, 0, 1, 1, 0, 1, 1], bool)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        i = pick_identity_frame(has_face, [0, 1, 3, 4], rng)
+        assert i in (6, 7)
+    assert pick_identity_frame(has_face, list(range(8)), rng) in np.flatnonzero(has_face)
+
+
+def test_same_transform_for_frames_masks_poses():
+    """A marker drawn at the same place in frame, masks and pose lands at the same place after crop+resize."""
+    n, h, w = 2, 128, 100  # 100:128 is wider than 1:2 -> width is cropped to 64, then halved
+    frames = np.zeros((n, h, w, 3), np.uint8)
+    poses = np.zeros((n, h, w, 3), np.uint8)
+    cloth = np.zeros((n, h, w), bool)
+    face = np.zeros((n, h, w), bool)
+    frames[:, 40:60, 28:48] = 255
+    poses[:, 40:60, 28:48] = 200
+    cloth[:, 40:60, 28:48] = True
+    face[:, 40:60, 28:48] = True
+    idimg = np.zeros((80, 40, 3), np.uint8)
+    out, info = transform_sample(frames, cloth, face, poses, idimg, idimg, 64, 32)
+    assert (info.crop_width, info.crop_height) == (64, 128) and info.x0 == 18
+    assert out["frames"].shape == (2, 3, 64, 32) and out["clothing_masks"].shape == (2, 64, 32)
+    assert out["identity_image"].shape == (3, 64, 32)
+    m = out["clothing_masks"][0] > 0.5
+    assert torch.equal(m, out["face_masks"][0] > 0.5)
+    assert torch.equal(m, out["frames"][0, 0] > 0.5)
+    assert torch.equal(m, out["pose_images"][0, 0] > 0.4)
+    ys, xs = m.nonzero(as_tuple=True)
+    # source box y 40..60, x 28..48 -> crop x 10..30 -> halved: y 20..30, x 5..15
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (20, 29, 5, 14)
+
+
+def test_synthetic_dataset_scale_and_determinism():
+    from m2h_core.synthetic import generate_clip
+
+    clips = [generate_clip(s, n_frames=20, height=128, width=64) for s in (1, 2)]
+    ds = SyntheticClipDataset(clips, height=64, width=32)
+    a, b = ds[(1, 7)], ds[(1, 7)]
+    assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["frame_indices"], b["frame_indices"])
+    assert a["frames"].shape == (8, 3, 64, 32) and a["arcface"].shape == (512,)
+    assert (np.diff(a["frame_indices"].numpy()) == 2).all()  # 20 frames: stride clamped to 2
+    ds.scale = 0.5
+    half = ds[(1, 7)]
+    assert half["frames"].shape == (8, 3, 32, 16) and half["pose_images"].shape == (8, 3, 32, 16)
+    assert half["face_masks"].shape == (8, 32, 16) and half["identity_landmarks"].shape == (3, 32, 16)
+    assert float(a["frames"].min()) >= 0 and float(a["frames"].max()) <= 1
+
+
+def test_resumable_sampler_positions():
+    s = ResumableSampler(5, seed=3)
+    it = iter(s)
+    seq = [next(it) for _ in range(12)]
+    assert [p for _, p in seq] == list(range(12))
+    assert sorted(c for c, _ in seq[:5]) == list(range(5))  # a permutation per epoch
+    it2 = iter(ResumableSampler(5, seed=3, start=7))
+    assert [next(it2) for _ in range(5)] == seq[7:12]
+    r0, r1 = iter(ResumableSampler(5, 3, 0, 0, 2)), iter(ResumableSampler(5, 3, 0, 1, 2))
+    assert [next(r0) for _ in range(3)] == seq[0:6:2] and [next(r1) for _ in range(3)] == seq[1:6:2]
