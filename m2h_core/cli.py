@@ -94,5 +94,20 @@ def _generate(a) -> int:
     return 0
 
 
+def entry() -> int:
+    """Console entry point: known input problems print one clear line instead of a traceback."""
+    from .checkpoint import CheckpointError
+    from .sampler import SamplingCancelled, SamplingError
+
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, CheckpointError, SamplingCancelled, SamplingError) as e:
+        print(f"m2h: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(entry())

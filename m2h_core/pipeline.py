@@ -39,6 +39,8 @@ class M2HPipeline:
         return self.model.cfg
 
     def to(self, device=None, dtype=None) -> "M2HPipeline":
+        if dtype == next(self.model.parameters()).dtype:
+            dtype = None  # diffusers warns on every dtype cast, even a no-op one
         self.model.to(device=device, dtype=dtype)
         self.encoders.to(device=device, dtype=dtype)
         return self
