@@ -40,7 +40,11 @@ def build_unet(cfg: M2HConfig, unet2d: UNet2DConditionModel | None = None,
                motion: MotionAdapter | None = None) -> nn.Module:
     """The M2H UNet from an optional loaded 2-D UNet (random if None) and motion adapter (random if None)."""
     if unet2d is None:
-        unet2d = UNet2DConditionModel(**cfg.unet.unet_kwargs())
+        # Built like a loaded SD-1.5 UNet (z_t channels only) and then widened, so a random model starts with
+        # zero weights on the clothing channels exactly as a loaded one does.
+        kw = cfg.unet.unet_kwargs()
+        kw["in_channels"] = cfg.unet.latent_channels
+        unet2d = UNet2DConditionModel(**kw)
     widen_conv_in(unet2d, 2 * cfg.unet.latent_channels)
     unet: nn.Module = unet2d
     if cfg.use_motion:
