@@ -299,3 +299,83 @@ class SyntheticClipDataset(Dataset):
         out.update(arcface=torch.from_numpy(np.asarray(c.identity_embedding, np.float32).copy()),
                    frame_indices=torch.from_numpy(ind), identity_index=-1, clip=clip_i, position=position)
         return out
+
+
+# ------------------------------------------------------------------------------------------------- writing
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """x1, y1, x2, y2 (exclusive) of a bool mask's bounding box; zeros when empty."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        return np.zeros(4, np.float32)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+
+
+def write_cached_video(root: str | os.PathLike, vid: str, *, frames: np.ndarray, clothing_masks: np.ndarray,
+                       face_masks: np.ndarray, pose_images: np.ndarray, poses: Sequence, landmarks: np.ndarray,
+                       arcface: np.ndarray, face_boxes: np.ndarray, has_face: np.ndarray, fps: float,
+                       source: str, reference: dict | None = None) -> Path:
+    """Write one video folder of the cache layout (see module docstring) atomically: everything goes into a
+    temporary folder that is renamed to `<root>/<vid>` at the end. `poses`: per-frame `PoseFrame` or None.
+    `reference`: optional {"image", "landmarks" (H,W,3) uint8, "arcface" (512,), "face_box" (4,)}."""
+    import shutil
+
+    from safetensors.numpy import save_file as save_np
+
+    from .pose_render import save_openpose_json
+
+    root = Path(root)
+    n = len(frames)
+    for name, arr in (("clothing_masks", clothing_masks), ("face_masks", face_masks), ("pose_images", pose_images),
+                      ("landmarks", landmarks), ("arcface", arcface), ("face_boxes", face_boxes),
+                      ("has_face", has_face), ("poses", poses)):
+        if len(arr) != n:
+            raise ValueError(f"{vid}: {n} frames but {len(arr)} {name}")
+    final = root / vid
+    tmp = root / f".tmp-{vid}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for sub in SUBDIRS:
+        (tmp / sub).mkdir(parents=True)
+    for i in range(n):
+        write_png(tmp / "frames" / frame_name(i), np.asarray(frames[i], np.uint8))
+        write_png(tmp / "clothing_masks" / frame_name(i), np.asarray(clothing_masks[i]).astype(bool))
+        write_png(tmp / "face_masks" / frame_name(i), np.asarray(face_masks[i]).astype(bool))
+        write_png(tmp / "poses" / frame_name(i), np.asarray(pose_images[i], np.uint8))
+        write_png(tmp / "landmarks" / frame_name(i), np.asarray(landmarks[i], np.uint8))
+    save_openpose_json(list(poses), tmp / "keypoints.json")
+    save_np({"arcface": np.ascontiguousarray(arcface, np.float32),
+             "face_boxes": np.ascontiguousarray(face_boxes, np.float32),
+             "has_face": np.ascontiguousarray(has_face, np.uint8)}, str(tmp / "identity.safetensors"))
+    if reference is not None:
+        (tmp / "reference").mkdir()
+        write_png(tmp / "reference" / "image.png", np.asarray(reference["image"], np.uint8))
+        write_png(tmp / "reference" / "landmarks.png", np.asarray(reference["landmarks"], np.uint8))
+        save_np({"arcface": np.ascontiguousarray(reference["arcface"], np.float32),
+                 "face_box": np.ascontiguousarray(reference.get("face_box", np.zeros(4)), np.float32)},
+                str(tmp / "reference" / "identity.safetensors"))
+    h, w = np.asarray(frames[0]).shape[:2]
+    meta = {"version": CACHE_VERSION, "source": str(source), "num_frames": n, "height": int(h), "width": int(w),
+            "fps": float(fps), "frames_with_face": int(np.asarray(has_face).astype(bool).sum()),
+            "has_reference": reference is not None}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def write_split(root: str | os.PathLike, seed: int = 0, test_fraction: float = 0.1) -> dict:
+    """Seeded train/test split over the cache's complete videos (a function of the seed and the set of ids)."""
+    ids = list_complete(root)
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    n_test = int(round(test_fraction * len(ids)))
+    if len(ids) >= 2 and test_fraction > 0:
+        n_test = max(1, min(len(ids) - 1, n_test))
+    test = sorted(ids[i] for i in perm[:n_test])
+    split = {"seed": seed, "test_fraction": test_fraction, "train": sorted(set(ids) - set(test)), "test": test}
+    tmp = Path(root) / ".split.json.tmp"
+    tmp.write_text(json.dumps(split, indent=1))
+    os.replace(tmp, Path(root) / "split.json")
+    return split
