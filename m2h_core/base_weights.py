@@ -65,9 +65,11 @@ def identify_checkpoint(sd: dict[str, torch.Tensor]) -> str:
         return "sd3"
     if any(".double_blocks." in k for k in keys):
         return "flux"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"  # OpenCLIP ViT-H text encoder (SD-1.x uses cond_stage_model.transformer.*)
     k = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-    if k in sd:
-        return "sd15" if sd[k].shape[1] == 768 else "sd2"
+    if k in sd and sd[k].shape[1] == 1024:
+        return "sd2"  # SD-2.x cross-attends to 1024-wide OpenCLIP tokens (SD-1.x: 768)
     if any(k.startswith("model.diffusion_model.") for k in keys):
         return "sd15"  # small configs (tests, tiny) keep SD-1.5's layout and are checked by shape on load
     return "unknown"
@@ -77,14 +79,16 @@ def _check_family(sd: dict, cfg: M2HConfig, name: str) -> None:
     family = identify_checkpoint(sd)
     if family == "unknown":
         raise BaseWeightsError(f"{name} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.' keys)")
-    if cfg.base_model == "sd15" and family != "sd15":
+    if family != "sd15":  # every preset (tiny included) keeps SD-1.5's layout
         raise BaseWeightsError(f"{name} is an {family.upper()} checkpoint; M2HVideo is built on Stable Diffusion 1.5. "
                                "Pick an SD-1.5 checkpoint (e.g. v1-5-pruned-emaonly.safetensors).")
 
 
-def _load_strict(module: torch.nn.Module, sd: dict, name: str, part: str) -> None:
+def _load_strict(module: torch.nn.Module, sd: dict, name: str, part: str, optional: tuple[str, ...] = ()) -> None:
+    """Load `sd` into `module`; every key of the module must be there with its shape, except keys ending in one
+    of `optional` (buffers the module computes itself), which keep the module's own values when absent."""
     own = module.state_dict()
-    missing = [k for k in own if k not in sd]
+    missing = [k for k in own if k not in sd and not k.endswith(optional)]
     unexpected = [k for k in sd if k not in own]
     wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
     if missing or wrong:
@@ -173,7 +177,10 @@ def load_motion_adapter(path: str | os.PathLike, cfg: M2HConfig) -> MotionAdapte
     adapter = MotionAdapter(**cfg.unet.motion_kwargs())
     if not cfg.unet.motion_mid_block:
         sd = {k: v for k, v in sd.items() if not k.startswith("mid_block")}
-    _load_strict(adapter, {k: v for k, v in sd.items() if "pos_encoder" not in k}, path.name, "motion module")
+    # The sinusoidal position tables (`pos_encoder.pe` in AnimateDiff files, dropped by diffusers' converter;
+    # absent from v1 files) are deterministic: the adapter's own `pos_embed.pe` for its max length is used.
+    sd = {k: v for k, v in sd.items() if "pos_encoder" not in k and not k.endswith("pos_embed.pe")}
+    _load_strict(adapter, sd, path.name, "motion module", optional=("pos_embed.pe",))
     return adapter
 
 
