@@ -1,19 +1,19 @@
 """`m2h generate`: mannequin video file + identity photo -> human video file (paper Fig. 2b, end to end).
 
     read video -> centre-crop/resize to the model's size (2:1) -> clothing masks (parsing model, or --masks)
-    -> body poses (DWPose, or --poses) -> identity: ArcFace embedding + landmark image (insightface)
-    -> sample_video -> write the video at the source fps.
+    -> body poses (DWPose, or --poses) -> identity: ArcFace embedding + landmark image (insightface), the photo's
+    face moved onto the mannequin's head (identity.py) -> sample_video -> write the video at the source fps.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from .identity import PlacedIdentity, head_from_poses, prepare_identity
 from .pipeline import M2HPipeline
 from .sampler import SamplerSettings, sample_video
 from .video_io import center_crop_resize, read_image, read_video, write_video
@@ -45,15 +45,16 @@ def clothing_masks(frames: np.ndarray, masks: str | None, parser: str, search_di
     return load_parser(parser, search_dirs=search_dirs).parse(frames, temporal_window=3).clothing_mask
 
 
-def pose_images(frames: np.ndarray, poses: str | None, fps: float, search_dirs: list[str],
-                notes: list[str]) -> np.ndarray:
+def body_poses(frames: np.ndarray, poses: str | None, fps: float, search_dirs: list[str],
+               notes: list[str]) -> tuple[np.ndarray, list | None]:
+    """Pose images p_m at the frames' size, and the keypoints when DWPose produced them (None for a pose video)."""
     h, w = frames.shape[1:3]
     if poses:
         clip = read_video(poses, fps=fps)
         out, _ = center_crop_resize(clip.frames, h, w)
         if len(out) != len(frames):
             raise ValueError(f"the pose video has {len(out)} frames but the mannequin video {len(frames)}")
-        return out
+        return out, None
     from .preprocess.dwpose import DWPoseDetector, render_poses
     from .preprocess.smoothing import smooth_pose_sequence
 
@@ -64,20 +65,21 @@ def pose_images(frames: np.ndarray, poses: str | None, fps: float, search_dirs: 
     smoothed = smooth_pose_sequence(found, fps=fps)
     if smoothed.filled_frames:
         notes.append(f"no person detected in frames {smoothed.filled_frames}: poses filled from neighbours")
-    return render_poses(smoothed.poses, h, w)
+    return render_poses(smoothed.poses, h, w), smoothed.poses
 
 
-def identity_inputs(image: np.ndarray, h: int, w: int, pack: str, search_dirs: list[str],
-                    notes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The identity photo at the video's size, its landmark image p_id and ArcFace embedding."""
+def identity_inputs(photo: np.ndarray, h: int, w: int, keypoints: list | None, pack: str, search_dirs: list[str],
+                    notes: list[str]) -> PlacedIdentity:
+    """x_id placed on the mannequin's head (or centre-cropped without keypoints), p_id and ArcFace."""
     from .preprocess.face import FaceAnalyzer
 
-    ident, info = center_crop_resize(image[None], h, w)
-    notes.append(f"identity photo: {info.describe()}")
-    face = FaceAnalyzer(pack, search_dirs=search_dirs).analyze(ident[0])
+    face = FaceAnalyzer(pack, search_dirs=search_dirs).analyze(photo)
     if face.num_faces > 1:
         notes.append(f"{face.num_faces} faces in the identity photo: using the largest")
-    return ident[0], face.landmark_image, face.embedding
+    head = head_from_poses(keypoints, h, w, h, w)[0] if keypoints else None
+    placed = prepare_identity(photo, face, h, w, head)
+    notes.append(f"identity photo: {placed.description}")
+    return placed
 
 
 def generate(pipe: M2HPipeline, video: str, identity: str, out: str, *, settings: SamplerSettings,
@@ -91,11 +93,11 @@ def generate(pipe: M2HPipeline, video: str, identity: str, out: str, *, settings
     frames, info = center_crop_resize(clip.frames, h, w)
     notes.append(f"video: {info.describe()}")
     m = clothing_masks(frames, masks, parser, dirs)
-    p = pose_images(frames, poses, clip.fps, dirs, notes)
-    ident, landmarks, arcface = identity_inputs(read_image(identity), h, w, face_pack, dirs, notes)
+    p, keypoints = body_poses(frames, poses, clip.fps, dirs, notes)
+    ident = identity_inputs(read_image(identity), h, w, keypoints, face_pack, dirs, notes)
     result = sample_video(pipe.model, pipe.encoders, to_tensor(frames), torch.from_numpy(m.astype(np.float32)),
-                          to_tensor(p), to_tensor(ident[None])[0], to_tensor(landmarks[None])[0],
-                          torch.from_numpy(np.asarray(arcface, np.float32)), settings, progress=progress)
+                          to_tensor(p), to_tensor(ident.image[None])[0], to_tensor(ident.landmark_image[None])[0],
+                          torch.from_numpy(ident.arcface), settings, progress=progress)
     pixels = (result.frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
     write_video(out, pixels, clip.fps)
     return GenerateReport(out=out, num_frames=len(pixels), fps=clip.fps, size=(h, w), notes=notes)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+
+from m2h_core.identity import head_from_poses, prepare_identity
 
 log = logging.getLogger("M2HVideo")
 
@@ -315,84 +317,10 @@ class HeadConditioning:
                                 self.placement, None)
 
 
-HEAD_FROM_SHOULDERS = 0.42  # head width / shoulder width of an adult
-HEAD_FROM_NECK_UP = 0.62  # head centre above the neck, in shoulder widths
-
-
-def head_box_from_pose(pose: Any, height: int, width: int) -> tuple[float, float, float] | None:
-    """(centre x, centre y, head width) in a height x width image from an OpenPose-18 PoseFrame, or None.
-
-    Uses eyes/ears/nose when the mannequin has a head; otherwise (headless mannequins) the neck and shoulders.
-    """
-    if pose is None:
-        return None
-    b = np.asarray(pose.body, np.float64).copy()
-    if pose.width and pose.height and (pose.width, pose.height) != (width, height):
-        b[:, 0] *= width / pose.width
-        b[:, 1] *= height / pose.height
-    ok = b[:, 2] > 0.3
-    sh = None
-    if ok[2] and ok[5]:
-        sh = float(np.hypot(*(b[2, :2] - b[5, :2])))
-    face_pts = [i for i in (0, 14, 15, 16, 17) if ok[i]]
-    if len(face_pts) >= 2:
-        pts = b[face_pts, :2]
-        ears = [i for i in (16, 17) if ok[i]]
-        span = float(np.hypot(*(b[16, :2] - b[17, :2]))) if len(ears) == 2 else None
-        eyes = float(np.hypot(*(b[14, :2] - b[15, :2]))) if ok[14] and ok[15] else None
-        head_w = span * 1.1 if span else (eyes * 2.5 if eyes else (sh * HEAD_FROM_SHOULDERS if sh else None))
-        if head_w and head_w > 1:
-            cx, cy = pts.mean(0)
-            return float(cx), float(cy + 0.1 * head_w), float(head_w)
-    if ok[1] and sh and sh > 1:
-        cx, cy = b[1, :2]
-        return float(cx), float(cy - HEAD_FROM_NECK_UP * sh), float(sh * HEAD_FROM_SHOULDERS)
-    return None
-
-
-def place_identity(photo: np.ndarray, face_bbox: Sequence[float], points: np.ndarray, height: int, width: int,
-                   head: tuple[float, float, float] | None, face_scale: float = 1.0
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """Place the identity photo in a height x width canvas.
-
-    With ``head`` = (cx, cy, head width): similarity transform taking the face box centre to the head centre and
-    its width to ``face_scale`` x head width (photo borders replicated). Without it: centre crop + resize.
-    Returns (image uint8 (H, W, 3), transformed landmark points (K, 2), 2x3 matrix, description).
-    """
-    import cv2
-
-    h0, w0 = photo.shape[:2]
-    x1, y1, x2, y2 = [float(v) for v in face_bbox[:4]]
-    if head is not None:
-        cx, cy, hw = head
-        s = face_scale * hw / max(x2 - x1, 1.0)
-        fx, fy = (x1 + x2) / 2, (y1 + y2) / 2
-        m = np.array([[s, 0, cx - s * fx], [0, s, cy - s * fy]], np.float64)
-        img = cv2.warpAffine(photo, m, (width, height), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC,
-                             borderMode=cv2.BORDER_REPLICATE)
-        desc = (f"face ({x2 - x1:.0f} px wide) scaled x{s:.3g} and moved to the head at ({cx:.0f}, {cy:.0f}) "
-                f"of the {width}x{height} frame")
-    else:
-        from m2h_core.video_io import apply_crop, compute_center_crop
-
-        info = compute_center_crop(h0, w0, height, width)
-        img = apply_crop(photo, info)
-        m = np.array([[info.scale_x, 0, (0.5 - info.x0) * info.scale_x - 0.5],
-                      [0, info.scale_y, (0.5 - info.y0) * info.scale_y - 0.5]], np.float64)
-        desc = "photo " + info.describe()
-    pts = np.asarray(points, np.float64)[:, :2]
-    pts = pts @ m[:, :2].T + m[:, 2]
-    return np.ascontiguousarray(img), pts.astype(np.float32), m, desc
-
-
 def encode_identity(photo: torch.Tensor, analyzer: Any, height: int, width: int, *, placement: str =
                     "head_from_pose", pose: PoseSequence | None = None, reference_frame: int = 0,
                     face_scale: float = 1.0) -> tuple[HeadConditioning, torch.Tensor]:
     """Analyse the photo's face (``analyzer.analyze`` -> FaceResult) and build the head conditioning + preview."""
-    import cv2
-
-    from m2h_core.pose_render import draw_face_landmarks
-
     images = as_image_batch(photo, "identity")
     if images.shape[0] > 1:
         log.info("M2H Head Encoder: %d identity images given; using the first", images.shape[0])
@@ -400,7 +328,6 @@ def encode_identity(photo: torch.Tensor, analyzer: Any, height: int, width: int,
     face = analyzer.analyze(rgb)  # NoFaceError propagates with its own message
     if getattr(face, "num_faces", 1) > 1:
         log.info("M2H Head Encoder: %d faces in the photo; using the largest", face.num_faces)
-    points = face.landmarks if face.landmarks is not None else face.kps
     head = None
     if placement == "head_from_pose":
         if pose is None:
@@ -408,41 +335,22 @@ def encode_identity(photo: torch.Tensor, analyzer: Any, height: int, width: int,
                                 "or set placement to fit_photo")
         if not len(pose):
             raise M2HInputError("the pose input has no frames")
-        idx = min(max(int(reference_frame), 0), len(pose) - 1)
-        # the reference frame, else the nearest frame where a head position can be estimated
-        order = sorted(range(len(pose)), key=lambda i: abs(i - idx))
-        for i in order:
-            head = head_box_from_pose(pose.poses[i], pose.height, pose.width)
-            if head is not None:
-                # pose coordinates are in the video's frame; map through the same centre crop as the frames
-                from m2h_core.video_io import compute_center_crop
-
-                info = compute_center_crop(pose.height, pose.width, height, width)
-                (cx, cy), = info.map_points(np.array([[head[0], head[1]]]))
-                head = (float(cx), float(cy), float(head[2] * info.scale_x))
-                if i != idx:
-                    log.info("M2H Head Encoder: no head position in frame %d; used frame %d", idx, i)
-                break
+        head, used = head_from_poses(pose.poses, pose.height, pose.width, height, width, reference_frame)
         if head is None:
             log.warning("M2H Head Encoder: no head position could be estimated from the pose (no neck/shoulders "
                         "found); falling back to fit_photo")
+        elif used != min(max(int(reference_frame), 0), len(pose) - 1):
+            log.info("M2H Head Encoder: no head position in frame %d; used frame %d", reference_frame, used)
     elif placement != "fit_photo":
         raise M2HInputError(f"placement must be 'head_from_pose' or 'fit_photo', got {placement!r}")
-    img, pts, m, desc = place_identity(rgb, face.bbox, points, height, width, head, face_scale)
-    log.info("M2H Head Encoder: %s", desc)
-    lmk = draw_face_landmarks(pts, height, width)
-    x1, y1, x2, y2 = [float(v) for v in face.bbox[:4]]
-    box = np.array([[x1, y1], [x2, y2]]) @ m[:, :2].T + m[:, 2]
+    placed = prepare_identity(rgb, face, height, width, head, face_scale)
+    log.info("M2H Head Encoder: %s", placed.description)
     cond = HeadConditioning(
-        identity_image=bhwc_to_nchw(uint8_to_images(img[None]))[0],
-        landmark_image=bhwc_to_nchw(uint8_to_images(lmk[None]))[0],
-        arcface=torch.as_tensor(np.asarray(face.embedding, np.float32)).reshape(-1),
-        height=height, width=width, placement=desc,
-        face_box=(float(box[0, 0]), float(box[0, 1]), float(box[1, 0]), float(box[1, 1])))
-    preview = img.copy()
-    cv2.rectangle(preview, (int(box[0, 0]), int(box[0, 1])), (int(box[1, 0]), int(box[1, 1])), (0, 255, 0), 1)
-    preview = draw_face_landmarks(pts, height, width, color=(255, 64, 64), canvas=preview)
-    return cond, uint8_to_images(preview[None])
+        identity_image=bhwc_to_nchw(uint8_to_images(placed.image[None]))[0],
+        landmark_image=bhwc_to_nchw(uint8_to_images(placed.landmark_image[None]))[0],
+        arcface=torch.from_numpy(placed.arcface), height=height, width=width, placement=placed.description,
+        face_box=placed.face_box)
+    return cond, uint8_to_images(placed.preview[None])
 
 
 # ------------------------------------------------------------------------------------------ sampling

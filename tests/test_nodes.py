@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from m2h_core import identity
 from nodes import logic, spec
 from nodes.logic import M2HInputError
 
@@ -320,16 +321,16 @@ def test_estimate_poses_no_person_anywhere():
 
 
 def test_head_position_from_pose_with_and_without_a_head():
-    cx, cy, hw = logic.head_box_from_pose(_pose(), 80, 48)
+    cx, cy, hw = identity.head_box_from_pose(_pose(), 80, 48)
     assert 20 < cx < 28 and 8 < cy < 18 and 4 < hw < 12
-    cx2, cy2, hw2 = logic.head_box_from_pose(_pose(head=False), 80, 48)  # headless mannequin
-    assert abs(cx2 - 24) < 1 and cy2 < 25 and hw2 == pytest.approx(16 * logic.HEAD_FROM_SHOULDERS)
+    cx2, cy2, hw2 = identity.head_box_from_pose(_pose(head=False), 80, 48)  # headless mannequin
+    assert abs(cx2 - 24) < 1 and cy2 < 25 and hw2 == pytest.approx(16 * identity.HEAD_FROM_SHOULDERS)
     # poses made at another size are rescaled
-    cx3, cy3, _ = logic.head_box_from_pose(_pose(), 160, 96)
+    cx3, cy3, _ = identity.head_box_from_pose(_pose(), 160, 96)
     assert cx3 == pytest.approx(2 * cx) and cy3 == pytest.approx(2 * cy)
     empty = _pose()
     empty.body[:, 2] = 0
-    assert logic.head_box_from_pose(empty, 80, 48) is None
+    assert identity.head_box_from_pose(empty, 80, 48) is None
 
 
 # ------------------------------------------------------------------------------------------ identity
@@ -372,7 +373,7 @@ def test_encode_identity_head_from_pose_places_the_face_on_the_head():
     seq = logic.PoseSequence([_pose(), _pose(head=False)], 48, 80)
     cond, _ = logic.encode_identity(photo, FakeFaceAnalyzer(), 80, 48, placement="head_from_pose", pose=seq)
     x1, y1, x2, y2 = cond.face_box
-    cx, cy, hw = logic.head_box_from_pose(seq.poses[0], 80, 48)
+    cx, cy, hw = identity.head_box_from_pose(seq.poses[0], 80, 48)
     assert (x1 + x2) / 2 == pytest.approx(cx, abs=0.01) and (y1 + y2) / 2 == pytest.approx(cy, abs=0.01)
     assert x2 - x1 == pytest.approx(hw, rel=1e-3)
     # landmark dots sit inside the placed face box
