@@ -241,6 +241,16 @@ class ClipCacheDataset(Dataset):
         v = self.videos[clip % len(self.videos)]
         rng = np.random.default_rng([self.seed, position, clip])
         ind = sample_frame_indices(v.num_frames, self.num_frames, self.stride, rng)
+        return self._build(v, ind, rng, clip, position)
+
+    def window(self, clip: int, num_frames: int | None = None, start: int = 0, stride: int = 1) -> dict:
+        """A deterministic window (evaluation): frames start, start+stride, ... (clamped to the video)."""
+        v = self.videos[clip]
+        n = min(num_frames or v.num_frames, max(1, (v.num_frames - start + stride - 1) // stride))
+        ind = start + stride * np.arange(n)
+        return self._build(v, ind, np.random.default_rng([self.seed, clip]), clip, -1)
+
+    def _build(self, v: CachedVideo, ind: np.ndarray, rng: np.random.Generator, clip: int, position: int) -> dict:
         read = lambda sub, gray=False: np.stack([_read_png(v.path / sub / frame_name(i), gray) for i in ind])  # noqa: E731
         frames, poses = read("frames"), read("poses")
         clothing, face = read("clothing_masks", True) > 127, read("face_masks", True) > 127
@@ -256,7 +266,7 @@ class ClipCacheDataset(Dataset):
         h, w = output_size(self.height, self.width, self.scale)
         out, _ = transform_sample(frames, clothing, face, poses, id_img, id_lmk, h, w)
         out.update(arcface=torch.from_numpy(np.array(arcface, np.float32)), frame_indices=torch.from_numpy(ind),
-                   identity_index=id_index, clip=clip, position=position)
+                   identity_index=id_index, clip=clip, position=position, id=v.id)
         return out
 
 

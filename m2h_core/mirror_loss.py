@@ -192,9 +192,10 @@ class MirrorLoss(nn.Module):
         pixel = ((pred - gt) * mk4).square().flatten(1).sum(1) / (3 * area)
         perceptual = torch.zeros_like(pixel)
         if self.beta:
-            fp, fg = self.vgg(pred * mk4), self.vgg(gt * mk4)
-            for name in fp:
-                d = (fp[name] - fg[name]).square()
+            feats = self.vgg(torch.cat([pred * mk4, gt * mk4]))  # one VGG pass for both
+            n = pred.shape[0]
+            for name, fpg in feats.items():
+                d = (fpg[:n] - fpg[n:]).square()
                 m_l = F.interpolate(mk4, size=d.shape[-2:], mode="area")
                 denom = (d.shape[1] * m_l.flatten(1).sum(1)).clamp_min(1e-6)
                 perceptual = perceptual + d.flatten(1).sum(1) / denom
