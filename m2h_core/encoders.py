@@ -72,8 +72,7 @@ class FrozenEncoders:
         lead = latents.shape[:-3]
         flat = latents.reshape(-1, *latents.shape[-3:])
         with torch.set_grad_enabled(grad):
-            out = [self.vae.decode(z / self.vae.config.scaling_factor).sample for z in
-                   (flat[i: i + self.chunk].to(self.dtype) for i in range(0, flat.shape[0], self.chunk))]
+            out = [self.vae.decode(z / self.vae.config.scaling_factor).sample for z in self._chunks(flat)]
         x = (torch.cat(out).float() + 1) / 2
         x = x.clamp(0, 1) if not grad else x
         return x.reshape(*lead, *x.shape[-3:])

@@ -28,7 +28,6 @@ from m2h_core.models.m2h import M2HModel
 from m2h_core.models.unet import build_unet
 from tests.fixtures import (
     build_sd15_parts,
-    motion_diffusers_to_original,
     random_inputs,
     save_state_dict,
     sd15_ldm_state_dict,
@@ -39,6 +38,9 @@ from tests.fixtures import (
     write_sd15_single_file,
     write_sdxl_like_file,
 )
+from tests.fixtures import single_thread  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def assert_same_state(a: torch.nn.Module, b: torch.nn.Module):

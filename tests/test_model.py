@@ -14,17 +14,19 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor2_0
 
 import m2h_core.models.adapter as adapter_mod
 from m2h_core.config import sd15, tiny
 from m2h_core.models.adapter import AdapterKV, HeadClothingAdapterProcessor, match_distribution, project_all
-from m2h_core.models.m2h import M2HConditioning, M2HInputs, M2HModel
+from m2h_core.models.m2h import M2HConditioning, M2HModel
 from m2h_core.models.unet import build_unet, run_unet, widen_conv_in
 from tests.fixtures import build_m2h_model, build_motion_adapter, build_sd15_parts, random_inputs, randomize_
+from tests.fixtures import single_thread  # noqa: F401  (fixture)
 
 T = torch.tensor
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _cfg(**changes):
@@ -136,6 +138,7 @@ def test_input_checks_name_the_problem(model):
         "pose images are 1 clips x 3 frames": dict(pose_images=torch.zeros(1, 3, 3, 64, 32)),
         "resize them to the frame size": dict(pose_images=torch.zeros(1, 2, 3, 128, 32)),
         "identity latent has shape": dict(identity_latent=torch.zeros(1, 4, 8, 8)),
+        "identity landmark image has shape": dict(identity_landmarks=torch.zeros(1, 3, 32, 16)),
         "ArcFace embedding has shape": dict(arcface=torch.zeros(1, 128)),
         "CLIP tokens have shape": dict(clip_tokens=torch.zeros(1, 2, 1, 768)),
         "arcface contains NaN": dict(arcface=torch.full((1, 512), float("nan"))),
@@ -145,6 +148,31 @@ def test_input_checks_name_the_problem(model):
             dataclasses.replace(good, **change).check(model.cfg)
     with pytest.raises(ValueError, match="conditioning window"):
         model.denoise(torch.zeros(1, 1, 4, 16, 8), T(1), model.encode_conditions(good))
+
+
+@torch.no_grad()
+def test_frozen_encoders_feed_the_model(model):
+    """Pixels -> M2HInputs through the (random) VAE and CLIP encoder, at full and half size; decode back."""
+    from m2h_core.encoders import FrozenEncoders
+
+    enc = FrozenEncoders.random(model.cfg, seed=0)
+    enc.chunk = 3  # several chunks per call
+    g = torch.Generator().manual_seed(0)
+    for H, W in ((64, 32), (32, 16)):
+        frames = torch.rand(1, 4, 3, H, W, generator=g)
+        masks = (torch.rand(1, 4, H, W, generator=g) > 0.5).float()
+        inputs = enc.make_inputs(frames, masks, torch.rand(1, 4, 3, H, W, generator=g),
+                                 torch.rand(1, 3, H, W, generator=g), torch.rand(1, 3, H, W, generator=g),
+                                 torch.randn(1, 512, generator=g))
+        inputs.check(model.cfg)
+        assert inputs.clip_tokens.shape == (1, 4, 1, model.cfg.unet.cross_attention_dim)
+        # the clothing latents are those of the masked frames, chunking does not change them
+        torch.testing.assert_close(inputs.clothing_latents[0, 3], enc.encode(frames[0, 3] * masks[0, 3]))
+        out = model(inputs.clothing_latents, T([5]), inputs)
+        pixels = enc.decode(out)
+        assert pixels.shape == (1, 4, 3, H, W) and 0 <= pixels.min() and pixels.max() <= 1
+    enc64 = FrozenEncoders.random(model.cfg, seed=0).to(dtype=torch.float64)
+    assert enc64.decode(torch.randn(2, 4, 16, 8)).shape == (2, 3, 64, 32)  # float32 latents, float64 VAE
 
 
 # -- Eq. 3: the distribution-aware head-clothing adapter -------------------------------------------------------------
@@ -417,7 +445,6 @@ def test_context_window_with_motion_couples_frames(model):
 # -- the paper's size -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 @torch.inference_mode()
 def test_sd15_preset_builds_and_runs_one_forward():
     """SD-1.5 UNet + AnimateDiff motion + A + H with random weights, one epsilon prediction on a 64x32 latent."""

@@ -54,6 +54,9 @@ class M2HInputs:
         if tuple(self.identity_latent.shape) != (b, c, h, w):
             raise ValueError(f"identity latent has shape {tuple(self.identity_latent.shape)}, expected {(b, c, h, w)}"
                              " (encode the identity image at the video's size)")
+        if tuple(self.identity_landmarks.shape) != (b, 3, ph, pw):
+            raise ValueError(f"identity landmark image has shape {tuple(self.identity_landmarks.shape)}, expected "
+                             f"{(b, 3, ph, pw)} (draw p_id at the video's size)")
         if self.arcface.shape != (b, cfg.head.arcface_dim):
             raise ValueError(f"ArcFace embedding has shape {tuple(self.arcface.shape)}, expected "
                              f"({b}, {cfg.head.arcface_dim})")
