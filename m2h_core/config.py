@@ -167,8 +167,11 @@ class M2HConfig:
         for k, v in d.items():
             if k in sub:
                 fields = {f.name: f for f in dataclasses.fields(sub[k])}
-                kw[k] = sub[k](**{kk: tuple(vv) if isinstance(vv, list) else vv for kk, vv in v.items()
-                                  if kk in fields})
+                unknown = set(v) - set(fields)
+                if unknown:  # silently dropping them could rebuild another architecture than was saved
+                    raise ValueError(f"unknown M2H config keys {sorted(f'{k}.{kk}' for kk in unknown)} "
+                                     "(written by a newer version?)")
+                kw[k] = sub[k](**{kk: tuple(vv) if isinstance(vv, list) else vv for kk, vv in v.items()})
             else:
                 kw[k] = v
         return cls(**kw)

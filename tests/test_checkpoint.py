@@ -154,6 +154,11 @@ def test_unreadable_config(tmp_path, saved):
                  config=json.dumps({**json.loads(tiny().to_json()), "new_feature": 1}))
     with pytest.raises(CheckpointError, match="unknown M2H config keys"):
         load_checkpoint(p)
+    newer = json.loads(tiny().to_json())
+    newer["head"]["gated"] = True
+    p = _rewrite(saved[0], tmp_path / "future_sub.safetensors", config=json.dumps(newer))
+    with pytest.raises(CheckpointError, match=r"unknown M2H config keys \['head.gated'\]"):
+        load_checkpoint(p)
     p = _rewrite(saved[0], tmp_path / "no_cfg.safetensors", config=None)
     with pytest.raises(CheckpointError, match="its model config can't be read"):
         load_checkpoint(p)
