@@ -3,6 +3,7 @@
     python benchmarks/bench_train_step.py                 # tiny preset, CPU (default)
     python benchmarks/bench_train_step.py --preset sd15 --frames 2 --device cuda   # the paper's sizes
     python benchmarks/bench_train_step.py --decoder-only  # + SD-1.5-sized VAE decode+backward, crop vs full
+    python benchmarks/bench_train_step.py --flops --skip-step   # SD-1.5 sizes by FLOP count (meta device, no memory)
 
 Prints key=value lines: step_s_nomirror, step_s_crop, step_s_full, mirror_overhead_crop (fraction of the
 no-mirror step), mirror_overhead_full, decoded_pixels_crop/full. Target: mirror_overhead_crop <= 0.30.
@@ -21,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from m2h_core.encoders import FrozenEncoders  # noqa: E402
 from m2h_core.mirror_loss import MirrorLoss  # noqa: E402
 from m2h_core.training import TrainConfig, Trainer  # noqa: E402
 
@@ -77,7 +79,6 @@ def bench_decoder_sd15(device: str, n: int = 2) -> dict[str, float]:
     """SD-1.5 VAE decoder (random weights) + VGG: forward+backward for one 512x256 frame, full vs a face crop of
     8x6 latent cells (a ~40x30 px face + 2-cell margin)."""
     from m2h_core.config import sd15
-    from m2h_core.encoders import FrozenEncoders
     from m2h_core.training import make_train_scheduler
     from m2h_core.vgg import VGGFeatures
 
@@ -108,6 +109,74 @@ def bench_decoder_sd15(device: str, n: int = 2) -> dict[str, float]:
     return out
 
 
+def flops_sd15(frames: int = 8, face_px: tuple[int, int] = (40, 30), margin: int = 2) -> dict[str, float]:
+    """FLOPs of one SD-1.5-sized training step (batch 1, `frames` frames) and of the mirror loss, counted with
+    torch's FlopCounterMode on the meta device (no memory, no weights), at 512x256 and at the half phase.
+    The face is `face_px` (h, w) at 512x256 (UBC framing), i.e. ceil(px/8) cells + `margin` cells per side."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from m2h_core.config import sd15
+    from m2h_core.models.adapter import project_all
+    from m2h_core.models.m2h import M2HConditioning, M2HInputs, M2HModel
+    from m2h_core.vgg import VGGFeatures, build_vgg16_features
+
+    cfg = sd15()
+    with torch.device("meta"):
+        model = M2HModel(cfg)
+        enc = FrozenEncoders.random(cfg)
+    vgg = VGGFeatures(features=build_vgg16_features("meta"))
+    dev, b, f = "meta", 1, frames
+
+    def count(fn) -> float:
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return float(fc.get_total_flops())
+
+    out: dict[str, float] = {}
+    for tag, (hh, ww) in (("", (512, 256)), ("_half", (256, 128))):
+        h, w = hh // 8, ww // 8
+
+        def step():
+            r = lambda *s: torch.randn(*s, device=dev)  # noqa: E731
+            inp = M2HInputs(r(b, f, 4, h, w), r(b, f, 3, hh, ww), r(b, 4, h, w), r(b, 3, hh, ww), r(b, 512),
+                            r(b, f, 1, 768))
+            pf, pr = model.pose_encoder(inp.pose_images.flatten(0, 1))
+            pf, pr = pf.unflatten(0, (b, f)), pr.unflatten(0, (b, f))
+            fpi = model.head_encoder(inp.identity_latent + model.id_encoder(inp.identity_landmarks), inp.arcface, pf)
+            ui = torch.cat([torch.zeros_like(inp.clothing_latents), inp.clothing_latents], 2) + pr
+            cond = M2HConditioning(ui, project_all(model.unet, inp.clip_tokens, fpi), 4)
+            model.denoise(r(b, f, 4, h, w), torch.tensor([500], device=dev), cond).sum().backward()
+
+        def encoders():
+            with torch.no_grad():
+                x = torch.randn(b * f, 3, hh, ww, device=dev)
+                enc.vae.encode(x)  # E(v_h)
+                enc.vae.encode(x)  # E(v_h ⊙ M_c)
+                enc.vae.encode(torch.randn(b, 3, hh, ww, device=dev))  # E(x_id)
+                enc.clip(pixel_values=torch.randn(b * f, 3, 224, 224, device=dev))
+
+        def mirror(ch, cw):
+            def fn():
+                z = torch.randn(b * f, 4, ch, cw, device=dev, requires_grad=True)
+                x = enc.vae.decode(z).sample
+                feats = vgg(torch.cat([x, x.detach()]))
+                sum(v.sum() for v in feats.values()).backward()
+            return count(fn)
+
+        s = hh / 512
+        cells = (min(h, -(-round(face_px[0] * s) // 8) + 2 * margin),
+                 min(w, -(-round(face_px[1] * s) // 8) + 2 * margin))
+        total = count(step) + count(encoders)
+        full, crop = mirror(h, w), mirror(*cells)
+        out[f"sd15{tag}_step_tflops"] = total / 1e12
+        out[f"sd15{tag}_mirror_full_tflops"] = full / 1e12
+        out[f"sd15{tag}_mirror_crop_tflops"] = crop / 1e12
+        out[f"sd15{tag}_crop_cells"] = f"{cells[0]}x{cells[1]}"
+        out[f"sd15{tag}_mirror_overhead_full_flops"] = full / total
+        out[f"sd15{tag}_mirror_overhead_crop_flops"] = crop / total
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny", choices=("tiny", "sd15"))
@@ -116,12 +185,17 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per mode (median)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--decoder-only", action="store_true", help="also time the SD-1.5 VAE decoder crop vs full")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--flops", action="store_true", help="also count SD-1.5-sized step / mirror FLOPs (meta device)")
+    ap.add_argument("--skip-step", action="store_true", help="skip the timed steps")
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads (1 is steadiest on a shared CPU)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    print(f"preset={a.preset} device={a.device} frames={a.frames} batch={a.batch_size} threads={torch.get_num_threads()}")
-    res = bench_step(a.preset, a.frames, a.batch_size, a.steps, a.device)
+    print(f"preset={a.preset} device={a.device} frames={a.frames} batch={a.batch_size} "
+          f"threads={torch.get_num_threads()}")
+    res = {} if a.skip_step else bench_step(a.preset, a.frames, a.batch_size, a.steps, a.device)
+    if a.flops:
+        res.update(flops_sd15(a.frames))
     if a.decoder_only:
         res.update(bench_decoder_sd15(a.device))
     for k, v in res.items():

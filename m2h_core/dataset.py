@@ -251,7 +251,9 @@ class ClipCacheDataset(Dataset):
         return self._build(v, ind, np.random.default_rng([self.seed, clip]), clip, -1)
 
     def _build(self, v: CachedVideo, ind: np.ndarray, rng: np.random.Generator, clip: int, position: int) -> dict:
-        read = lambda sub, gray=False: np.stack([_read_png(v.path / sub / frame_name(i), gray) for i in ind])  # noqa: E731
+        def read(sub: str, gray: bool = False) -> np.ndarray:
+            return np.stack([_read_png(v.path / sub / frame_name(i), gray) for i in ind])
+
         frames, poses = read("frames"), read("poses")
         clothing, face = read("clothing_masks", True) > 127, read("face_masks", True) > 127
         if v.reference is not None:

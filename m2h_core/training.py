@@ -45,7 +45,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .checkpoint import atomic_save_file, load_checkpoint, save_checkpoint
 from .config import M2HConfig, preset
