@@ -653,7 +653,8 @@ class Trainer:
                                item["identity_image"], item["identity_landmarks"], item["arcface"],
                                SamplerSettings(steps=self.tc.validation_steps,
                                                guidance_scale=self.tc.validation_guidance, seed=self.tc.seed,
-                                               context_frames=min(self.tc.num_frames, item["frames"].shape[0])))
+                                               context_frames=(ctx := min(self.tc.num_frames, item["frames"].shape[0])),
+                                               context_overlap=min(4, ctx // 2)))
         finally:
             model.train()
         both = torch.cat([item["frames"], res.frames], dim=-1)

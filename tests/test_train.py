@@ -101,11 +101,13 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 
 
 def test_lora_checkpoint_is_a_plain_m2h_checkpoint(tmp_path):
-    tr = Trainer(_tc(tmp_path, lora_rank=4, max_steps=1, progressive=False, mirror=False))
+    tr = Trainer(_tc(tmp_path, lora_rank=4, max_steps=1, progressive=False, mirror=False, validate_every=1,
+                     validation_steps=2))
     n_lora = sum(p.numel() for n, p in tr.model.named_parameters() if "lora_" in n and p.requires_grad)
     frozen = [n for n, p in tr.model.named_parameters() if not p.requires_grad]
     assert n_lora > 0 and any("attn1.to_q.base_layer" in n for n in frozen)
     res = tr.run(resume=None)
+    assert (tmp_path / "run" / "validation" / "step_00000001.gif").is_file()  # sample_video ran on the model
     model = load_checkpoint(res.final_checkpoint)
     batch = next(tr._loader(1.0))
     inputs = tr.encoders.make_inputs(batch["frames"], batch["clothing_masks"], batch["pose_images"],
