@@ -171,11 +171,14 @@ def sample_video(model: M2HModel, encoders: FrozenEncoders, frames: torch.Tensor
                  pose_images: torch.Tensor, identity_image: torch.Tensor, identity_landmarks: torch.Tensor,
                  arcface: torch.Tensor, settings: SamplerSettings | None = None,
                  progress: Callable[[int, int], None] | None = None,
-                 cancel: Callable[[], bool] | None = None) -> SampleResult:
+                 cancel: Callable[[], bool] | None = None,
+                 offload_device: str | torch.device | None = None) -> SampleResult:
     """Generate the human video.
 
     frames (N, 3, H, W) mannequin/clothing frames in [0, 1]; clothing_masks (N, H, W) in {0, 1};
     pose_images (N, 3, H, W) in [0, 1]; identity_image, identity_landmarks (3, H, W) in [0, 1]; arcface (512,).
+    offload_device (e.g. "cpu"): keep only the stage that runs on the accelerator — the VAE and CLIP are moved
+    there while the UNet denoises, and the UNet while the VAE decodes.
     """
     settings = settings or SamplerSettings()
     if clothing_masks.ndim == 4:
@@ -188,6 +191,15 @@ def sample_video(model: M2HModel, encoders: FrozenEncoders, frames: torch.Tensor
         dtype = next(model.parameters()).dtype
         inputs = inputs.to(next(model.parameters()).device, dtype)
         cond = model.encode_conditions(inputs, classifier_free=settings.guidance_scale != 1.0)
-    latents = denoise_latents(model, cond, tuple(inputs.clothing_latents.shape), settings, progress, cancel)
+        latent_shape = tuple(inputs.clothing_latents.shape)
+        del inputs  # full-resolution pose images are not needed any more
+    device = encoders.device
+    if offload_device is not None:
+        encoders.to(offload_device)
+    latents = denoise_latents(model, cond, latent_shape, settings, progress, cancel)
+    del cond
+    if offload_device is not None:
+        model.to(offload_device)
+        encoders.to(device)
     pixels = encoders.decode(latents[0])
     return SampleResult(frames=pixels.float().cpu(), latents=latents[0].float().cpu())

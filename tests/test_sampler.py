@@ -135,3 +135,12 @@ def test_bad_inputs(setup):
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         sample_video(model, enc, bad, masks, poses, ident, lm, arc, s)
+
+
+def test_offload_gives_the_same_video(setup):
+    cfg, model, enc = setup
+    args = video(6, cfg)
+    s = SamplerSettings(steps=2, seed=3)
+    a = sample_video(model, enc, *args, settings=s)
+    b = sample_video(model, enc, *args, settings=s, offload_device="cpu")
+    assert torch.equal(a.frames, b.frames)
