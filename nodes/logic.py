@@ -183,20 +183,15 @@ def prepare_sampler_inputs(frames: torch.Tensor, masks: torch.Tensor, poses: tor
 
 def parse_clothing_classes(text: str) -> tuple[str, ...]:
     """'upper, pants' -> ('upper', 'pants'); validated against m2h_core's groups with a helpful message."""
-    from m2h_core.preprocess.parsing import ACCESSORY_GROUPS, BODY_GROUPS, CLOTHING_GROUPS
+    from m2h_core.preprocess.parsing import CLOTHING_GROUPS, validate_clothing_groups
 
     groups = tuple(g.strip().lower() for g in text.replace(";", ",").split(",") if g.strip())
     if not groups:
         raise M2HInputError(f"clothing_classes is empty; use e.g. '{', '.join(CLOTHING_GROUPS)}'")
-    bad = [g for g in groups if g in BODY_GROUPS]
-    if bad:
-        raise M2HInputError(f"{bad} are body parts, not clothing (a bare mannequin parses as them); choose from "
-                            f"{', '.join(CLOTHING_GROUPS + ACCESSORY_GROUPS)}")
-    unknown = [g for g in groups if g not in CLOTHING_GROUPS + ACCESSORY_GROUPS]
-    if unknown:
-        raise M2HInputError(f"unknown clothing classes {unknown}; choose from "
-                            f"{', '.join(CLOTHING_GROUPS + ACCESSORY_GROUPS)}")
-    return groups
+    try:
+        return validate_clothing_groups(groups)
+    except ValueError as e:
+        raise M2HInputError(str(e)) from None
 
 
 def refine_masks(masks: np.ndarray, *, grow: int = 0, feather: int = 0, fill_holes: bool = True,

@@ -47,6 +47,19 @@ def _norm(name: str) -> str:
     return name.strip().lower().replace(" ", "-").replace("_", "-")
 
 
+def validate_clothing_groups(groups: Iterable[str]) -> tuple[str, ...]:
+    """The groups, or ValueError for body groups (bare mannequin parts parse as them) and unknown names."""
+    groups = tuple(groups)
+    choices = ", ".join(CLOTHING_GROUPS + ACCESSORY_GROUPS)
+    bad = [g for g in groups if g in BODY_GROUPS]
+    if bad:
+        raise ValueError(f"{bad} are body parts, not clothing (a bare mannequin parses as them); choose from {choices}")
+    unknown = [g for g in groups if g not in CLOTHING_GROUPS + ACCESSORY_GROUPS]
+    if unknown:
+        raise ValueError(f"unknown clothing groups {unknown}; choose from {choices}")
+    return groups
+
+
 @dataclass(frozen=True)
 class LabelSet:
     """A parser's label names (index = class id) and, per label, its canonical group."""
@@ -66,15 +79,7 @@ class LabelSet:
 
     def clothing_ids(self, groups: Iterable[str] = DEFAULT_CLOTHING) -> list[int]:
         """Label ids making up M_c. Raises ValueError for body groups (bare mannequin parts) or unknown groups."""
-        groups = tuple(groups)
-        bad = [g for g in groups if g in BODY_GROUPS]
-        if bad:
-            raise ValueError(f"{bad} are body parts, not clothing (a bare mannequin parses as them); "
-                             f"choose from {CLOTHING_GROUPS + ACCESSORY_GROUPS}")
-        unknown = [g for g in groups if g not in CLOTHING_GROUPS + ACCESSORY_GROUPS]
-        if unknown:
-            raise ValueError(f"unknown clothing groups {unknown}; choose from {CLOTHING_GROUPS + ACCESSORY_GROUPS}")
-        return self.ids(groups)
+        return self.ids(validate_clothing_groups(groups))
 
     def person_ids(self) -> list[int]:
         """Every label except background."""
