@@ -1,0 +1,139 @@
+"""Training the tiny preset's VAE (the CPU demo's stand-in for SD-1.5's pretrained autoencoder).
+
+The `tiny` preset's `AutoencoderKL` has no pretrained weights: randomly initialised, its latents mean nothing and
+its decoder cannot draw a person, so a diffusion model trained on top of it could not either. The demo therefore
+first trains it briefly as what SD-1.5's VAE is - a KL-regularised autoencoder (Rombach et al. 2022):
+
+    L = |x - D(z)|_1 + |x - D(z)|^2 + kl_weight * KL(q(z|x) || N(0, I)),   z ~ q(z|x)
+
+on the kinds of images the M2H model feeds it (human and mannequin frames, clothing-only frames on black, identity
+images). The KL weight is small (as in SD's 1e-6 "f8" VAE), so latents are near-deterministic and their scale is
+arbitrary; `latent_scale` measures it and the config's `scaling_factor` is set to 1/std - exactly how SD-1.5's
+0.18215 was chosen - so the diffusion model sees unit-variance latents.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+
+
+@dataclass
+class VAETrainResult:
+    steps: int
+    seconds: float
+    recon_psnr: float  # on the held-out images, with the posterior mode
+    scaling_factor: float
+    losses: list[float]
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return float("inf") if mse <= 0 else 10 * math.log10(1.0 / mse)
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] -> reconstructions through the posterior mode, in [0, 1]."""
+    out = []
+    for i in range(0, images.shape[0], chunk):
+        x = images[i: i + chunk] * 2 - 1
+        out.append(((vae.decode(vae.encode(x).latent_dist.mode()).sample + 1) / 2).clamp(0, 1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def latent_scale(vae: AutoencoderKL, images: torch.Tensor, chunk: int = 64) -> float:
+    """1 / std of the (unscaled) posterior-mode latents of `images`: the `scaling_factor` for unit variance."""
+    zs = [vae.encode(images[i: i + chunk] * 2 - 1).latent_dist.mode() for i in range(0, images.shape[0], chunk)]
+    return float(1.0 / torch.cat(zs).float().std().clamp_min(1e-6))
+
+
+def set_scaling_factor(vae: AutoencoderKL, value: float) -> None:
+    vae.register_to_config(scaling_factor=float(value))
+
+
+def thumbnail_latents(x: torch.Tensor, latent_channels: int, down: int) -> torch.Tensor:
+    """The anchor for the first latent channels: the image in [-1, 1] average-pooled by the VAE's downscale
+    (3 colour channels; the remaining latent channels stay free for detail)."""
+    return F.avg_pool2d(x, down)[:, : min(3, latent_channels)]
+
+
+def init_low_variance(vae: AutoencoderKL, logvar: float = -8.0) -> None:
+    """Start the posterior's log-variance at `logvar` (std ~0.02) instead of 0.
+
+    A freshly initialised KL-VAE samples latents with std 1 around means that are much smaller than that, so its
+    decoder first sees almost pure noise and learns only the average image; with a tiny KL weight the variance
+    would take thousands of steps to shrink. SD's VAE ends up near-deterministic anyway, so start there.
+    """
+    conv = vae.quant_conv if getattr(vae, "quant_conv", None) is not None else vae.encoder.conv_out
+    c = conv.out_channels // 2
+    with torch.no_grad():
+        conv.bias[c:].fill_(logvar)
+        conv.weight[c:].mul_(0.1)
+
+
+def train_tiny_vae(vae: AutoencoderKL, images: torch.Tensor, *, steps: int = 300, batch_size: int = 16,
+                   lr: float = 2e-3, kl_weight: float = 1e-6, anchor_weight: float = 1.0,
+                   anchor_fraction: float = 0.6, holdout: torch.Tensor | None = None, seed: int = 0,
+                   progress: Callable[[int, int, float], None] | None = None, progress_every: int = 25
+                   ) -> VAETrainResult:
+    """Train `vae` in place on `images` (N, 3, H, W) in [0, 1], then set its scaling factor (see module doc).
+
+    Adam with a cosine decay to 5 % of `lr` (a short warm-up of 5 % of the steps). `progress(step, steps, loss)` is
+    called every `progress_every` steps. The VAE is returned in eval mode with gradients off (it is frozen after).
+    """
+    g = torch.Generator().manual_seed(seed)
+    init_low_variance(vae)
+    vae.train().requires_grad_(True)
+    opt = torch.optim.Adam(vae.parameters(), lr=lr, betas=(0.9, 0.99))
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    n = images.shape[0]
+    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    perm = torch.randperm(n, generator=g)
+    pos = 0
+    for step in range(steps):
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        idx = perm[pos: pos + batch_size]
+        pos += batch_size
+        x = images[idx]
+        if torch.rand((), generator=g) < 0.5:  # horizontal flips: the figures are left/right symmetric
+            x = x.flip(-1)
+        x = x * 2 - 1
+        dist = vae.encode(x).latent_dist
+        z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        kl = 0.5 * (dist.mean ** 2 + dist.var - 1.0 - dist.logvar).sum(dim=(1, 2, 3)).mean()
+        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + kl_weight * kl
+        w = anchor_weight * max(0.0, 1.0 - step / max(1.0, anchor_fraction * steps))
+        if w > 0:  # thumbnail anchor (see `thumbnail_latents`): encoder -> thumbnail, decoder from the thumbnail
+            target = thumbnail_latents(x, vae.config.latent_channels, down)
+            k = target.shape[1]
+            rec_t = vae.decode(torch.cat([target, z[:, k:].detach()], 1)).sample
+            loss = loss + w * (F.mse_loss(dist.mean[:, :k], target) + (rec_t - x).abs().mean())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if progress is not None and ((step + 1) % progress_every == 0 or step + 1 == steps):
+            progress(step + 1, steps, float(np.mean(losses[-progress_every:])))
+    vae.eval().requires_grad_(False)
+    check = holdout if holdout is not None else images[:64]
+    psnr = _psnr(reconstruct(vae, check), check)
+    scale = latent_scale(vae, images[: min(n, 256)])
+    set_scaling_factor(vae, scale)
+    return VAETrainResult(steps, time.perf_counter() - t0, psnr, scale, losses)

@@ -1,0 +1,88 @@
+"""The built-in CPU demo (`m2h_core.demo.run_demo`) in its quick form: every stage runs and every file is usable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from m2h_core.demo import STAND_INS, DemoSettings, run_demo
+
+KEYS = ("clothing_psnr", "clothing_ssim", "head_colour_similarity", "head_psnr")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    lines: list[str] = []
+    report = run_demo(out, quick=True, seed=0, progress=lines.append)
+    return out, report, lines
+
+
+def test_quick_demo_writes_every_file(quick_run):
+    out, report, _ = quick_run
+    for name in ("contact_sheet.png", "m2h_tiny.safetensors", "metrics.json", "README.txt"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert report.video.name in ("result.mp4", "result.gif") and report.video.is_file()
+    assert report.seconds < 60
+
+
+def test_quick_demo_video_has_frames_size_and_fps(quick_run):
+    from m2h_core.video_io import read_video
+
+    _, report, _ = quick_run
+    s = DemoSettings.quick()
+    clip = read_video(str(report.video))
+    assert clip.num_frames == s.test_frames == report.num_frames
+    assert (clip.height, clip.width) == (64 * s.video_scale, 32 * s.video_scale) == report.video_size
+    assert clip.fps == pytest.approx(s.fps, rel=1e-3)
+
+
+def test_quick_demo_metrics_have_both_models(quick_run):
+    out, report, _ = quick_run
+    m = json.loads((out / "metrics.json").read_text())
+    for model in ("trained", "untrained"):
+        for k in KEYS:
+            assert isinstance(m[model][k], float) and np.isfinite(m[model][k]), (model, k)
+    assert set(m["definitions"]) >= set(KEYS)
+    assert m["test_case"]["identity_in_training_set"] is False
+    assert m["training"]["steps"] == DemoSettings.quick().train_steps
+    assert m == json.loads(json.dumps(report.metrics))
+
+
+def test_quick_demo_reports_progress_by_stage(quick_run):
+    _, _, lines = quick_run
+    text = "\n".join(lines)
+    for stage in ("[1/5 data]", "[2/5 vae]", "[3/5 train]", "[4/5 sample]", "[5/5 write]"):
+        assert stage in text
+    s = DemoSettings.quick()
+    assert f"step {s.train_steps}/{s.train_steps}" in text and f"step {s.vae_steps}/{s.vae_steps}" in text
+
+
+def test_quick_demo_readme_names_the_stand_ins(quick_run):
+    out, _, _ = quick_run
+    text = (out / "README.txt").read_text()
+    for name, _ in STAND_INS:
+        assert name in text
+    for word in ("CLIP ViT-L/14", "ArcFace", "DWPose", "parsing", "SD-1.5"):
+        assert word in text
+
+
+def test_quick_demo_checkpoint_loads_as_a_pipeline(quick_run):
+    from m2h_core.pipeline import load_pipeline
+    from m2h_core.sampler import SamplerSettings, sample_video
+
+    out, report, _ = quick_run
+    pipe = load_pipeline(out / "m2h_tiny.safetensors")
+    assert pipe.cfg.name == "tiny"
+    assert pipe.cfg.vae.scaling_factor == pytest.approx(report.metrics["vae"]["scaling_factor"])
+    assert pipe.encoders.vae.config.scaling_factor == pytest.approx(pipe.cfg.vae.scaling_factor)
+    n, h, w = 4, pipe.cfg.height, pipe.cfg.width
+    frames = torch.rand(n, 3, h, w)
+    masks = torch.zeros(n, h, w)
+    masks[:, 20:40, 8:24] = 1
+    res = sample_video(pipe.model, pipe.encoders, frames, masks, torch.rand(n, 3, h, w), torch.rand(3, h, w),
+                       torch.rand(3, h, w), torch.randn(512), SamplerSettings(steps=2, context_frames=4))
+    assert res.frames.shape == (n, 3, h, w) and torch.isfinite(res.frames).all()
