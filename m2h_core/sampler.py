@@ -55,10 +55,11 @@ class SampleResult:
     latents: torch.Tensor  # (N, c, h, w) scaled latents, float32 on the CPU
 
 
-def make_scheduler(name: str, num_train_timesteps: int = 1000):
-    """SD-1.5's noise schedule (scaled_linear 0.00085..0.012) with the chosen solver."""
+def make_scheduler(name: str, num_train_timesteps: int = 1000, prediction_type: str = "epsilon"):
+    """SD-1.5's noise schedule (scaled_linear 0.00085..0.012) with the chosen solver; `prediction_type` is the
+    model's (M2HConfig.prediction_type: "epsilon", or "v_prediction" for the tiny demo)."""
     common = dict(num_train_timesteps=num_train_timesteps, beta_start=0.00085, beta_end=0.012,
-                  beta_schedule="scaled_linear", steps_offset=1)
+                  beta_schedule="scaled_linear", steps_offset=1, prediction_type=prediction_type)
     if name == "ddim":
         return DDIMScheduler(clip_sample=False, set_alpha_to_one=False, timestep_spacing="leading", **common)
     if name == "euler":
@@ -110,7 +111,7 @@ def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[
                     cancel: Callable[[], bool] | None = None) -> torch.Tensor:
     """The reverse process over context windows. latent_shape = (B, N, c, h, w). Returns float32 latents."""
     device = next(model.parameters()).device
-    scheduler = make_scheduler(settings.scheduler)
+    scheduler = make_scheduler(settings.scheduler, prediction_type=model.cfg.prediction_type)
     scheduler.set_timesteps(settings.steps, device=device)
     generator = torch.Generator("cpu").manual_seed(settings.seed)
     latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32).to(device)

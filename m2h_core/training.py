@@ -502,7 +502,12 @@ class Trainer:
         z_t = self.noise_scheduler.add_noise(z0, noise, t)
         with self.accelerator.autocast():
             eps = self.ddp_model(z_t, t, inputs, drop)
-        l_diff = F.mse_loss(eps.float(), noise)
+        if self.cfg.prediction_type == "v_prediction":  # the tiny demo: v = √ᾱ ε - √(1-ᾱ) z_0; ε̂ for L_mir from v̂
+            l_diff = F.mse_loss(eps.float(), self.noise_scheduler.get_velocity(z0, noise, t))
+            ab = self.noise_scheduler.alphas_cumprod.to(dev)[t].view(-1, *([1] * (z_t.dim() - 1)))
+            eps = ab.sqrt() * eps + (1 - ab).sqrt() * z_t
+        else:
+            l_diff = F.mse_loss(eps.float(), noise)
         out = {"l_diff": l_diff.detach()}
         if self.mirror is not None:
             with self.accelerator.autocast():
