@@ -325,6 +325,7 @@ def test_without_head_encoder_no_attention_is_used():
                 assert not torch.allclose(before, after, atol=1e-3)
                 continue
             torch.testing.assert_close(before, after, rtol=0, atol=0)
+            assert len(he.layers) == 0  # no parameters that never get a gradient (DDP would fail on them)
             # the additive path written out: grid tokens + pooled pose tokens, ArcFace tokens + mean pose token
             q = he.queries(id_lat, inputs.arcface).repeat_interleave(3, dim=0)
             kv = he.pose_tokens(feats.flatten(0, 1))

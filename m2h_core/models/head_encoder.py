@@ -83,8 +83,9 @@ class HeadEncoder(nn.Module):
         self.arc_in = nn.Linear(cfg.arcface_dim, cfg.arcface_tokens * cfg.dim)
         self.arc_norm = nn.LayerNorm(cfg.dim)
         self.pose_in = nn.Linear(pose_channels, cfg.dim)
+        # "w/o H" builds no attention layers: parameters that never get a gradient would break DDP
         self.layers = nn.ModuleList(
-            [CrossAttentionLayer(cfg.dim, cfg.num_heads, cfg.ff_mult) for _ in range(cfg.num_layers)]
+            [CrossAttentionLayer(cfg.dim, cfg.num_heads, cfg.ff_mult) for _ in range(cfg.num_layers if fuse else 0)]
         )
         self.norm_out = nn.LayerNorm(cfg.dim)
         self.proj_out = nn.Linear(cfg.dim, out_dim)
