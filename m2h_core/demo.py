@@ -86,7 +86,7 @@ class DemoSettings:
     vae_steps: int = 300
     vae_batch: int = 16
     vae_lr: float = 2e-3
-    train_steps: int = 200
+    train_steps: int = 600
     batch_size: int = 2
     num_frames: int = 8
     frame_stride: int = 2
@@ -250,7 +250,8 @@ def identity_metrics(pred: torch.Tensor, case: _TestCase) -> dict[str, float]:
         diffs.append(d)
     d = np.nanmean(np.stack(diffs), 0)
     # the same colours against the mannequin input: a model that copied the mannequin's grey head scores high here
-    m_diff = np.abs(_region_colours(pred, case.head_masks > 0.5) - _region_colours(case.mannequin, case.head_masks > 0.5))
+    head = case.head_masks > 0.5
+    m_diff = np.abs(_region_colours(pred, head) - _region_colours(case.mannequin, head))
     return {"head_colour_similarity": float(1 - np.nanmean(d)),
             "head_colour_similarity_to_mannequin": float(1 - np.nanmean(m_diff.mean(1))),
             "head_psnr": float(masked_psnr(_nhwc(pred), _nhwc(case.ground_truth), case.head_masks.numpy() > 0.5))}
@@ -277,8 +278,10 @@ def _label(img: np.ndarray, text: str) -> np.ndarray:
 
 def contact_sheet(rows: list[tuple[str, np.ndarray]], identity: np.ndarray, frames: list[int], scale: int = 3
                   ) -> np.ndarray:
-    """rows: (label, (N, H, W, 3) uint8); the identity image on the left of every row's first cell column."""
-    up = lambda a: cv2.resize(a, (a.shape[1] * scale, a.shape[0] * scale), interpolation=cv2.INTER_NEAREST)  # noqa: E731
+    """rows: (label, (N, H, W, 3) uint8) at `frames`; the identity image sits left of the second (result) row."""
+    def up(a: np.ndarray) -> np.ndarray:
+        return cv2.resize(a, (a.shape[1] * scale, a.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+
     gap = np.full((identity.shape[0] * scale, 4, 3), 255, np.uint8)
     out_rows = []
     for i, (name, vid) in enumerate(rows):

@@ -84,5 +84,6 @@ def test_quick_demo_checkpoint_loads_as_a_pipeline(quick_run):
     masks = torch.zeros(n, h, w)
     masks[:, 20:40, 8:24] = 1
     res = sample_video(pipe.model, pipe.encoders, frames, masks, torch.rand(n, 3, h, w), torch.rand(3, h, w),
-                       torch.rand(3, h, w), torch.randn(512), SamplerSettings(steps=2, context_frames=4, context_overlap=2))
+                       torch.rand(3, h, w), torch.randn(512),
+                       SamplerSettings(steps=2, context_frames=4, context_overlap=2))
     assert res.frames.shape == (n, 3, h, w) and torch.isfinite(res.frames).all()
