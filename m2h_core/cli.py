@@ -65,9 +65,22 @@ def main(argv: list[str] | None = None) -> int:
     if a.command == "demo":
         from .demo import run_demo
         report = run_demo(a.out, quick=a.quick, seed=a.seed, device=a.device)
-        print(report.summary() if hasattr(report, "summary") else report)
+        print(_demo_summary(report))
         return 0
     return _generate(a)
+
+
+def _demo_summary(report) -> str:
+    m = report.metrics
+    lines = [f"demo finished in {report.seconds:.0f} s; files in {report.out_dir}:"]
+    for name in ("video", "contact_sheet", "checkpoint", "metrics_json", "readme"):
+        lines.append(f"  {name:14s} {getattr(report, name)}")
+    rows = [(k, m["trained"][k], m["untrained"][k]) for k in m.get("trained", {})
+            if isinstance(m["trained"][k], (int, float)) and k in m.get("untrained", {})]
+    if rows:
+        lines.append(f"  {'metric':36s} {'trained':>9s} {'untrained':>9s}")
+        lines += [f"  {k:36s} {t:9.3f} {u:9.3f}" for k, t, u in rows]
+    return "\n".join(lines)
 
 
 def _generate(a) -> int:
