@@ -11,7 +11,8 @@ Cache layout (one folder per video; everything at the source resolution, croppin
         frames/00000.png            v_h, RGB human frames
         clothing_masks/00000.png    M_c, 8-bit grey (0 / 255)
         face_masks/00000.png        M_id, 8-bit grey (0 / 255)
-        poses/00000.png             p_h, rendered OpenPose-18 body pose (RGB, black background)
+        poses/00000.png             p_h, rendered OpenPose-18 body pose (RGB, black background; only used when
+                                    keypoints.json is absent)
         keypoints.json              per-frame keypoints (`m2h_core.pose_render.save_openpose_json` layout)
         landmarks/00000.png         p_id of every frame: the face-landmark image (black where no face)
         identity.safetensors        arcface (N, 512) float32 (L2-normalised ArcFace of each frame's face),
@@ -28,7 +29,13 @@ loop (indices wrap around). The identity image x_id (with its landmark image p_i
 *different* frame of the same video that has a face - one not among the sampled frames when possible - unless
 the video has a `reference/` identity. Frames, masks, poses and the identity are centre-cropped to the 2:1 (H:W)
 training aspect and resized with the *same* transform (`m2h_core.video_io` geometry: area/bicubic for images,
-nearest for masks). `scale` multiplies the output size (0.5 = the progressive-resolution half phase).
+nearest for masks). The pose images p_h are *drawn* at the output size from the cached keypoints mapped through
+that transform (`CropInfo.map_points` + `draw_pose`, default line width), exactly as inference draws them at
+the working size; the stored pose PNGs are cropped/resized only for caches without keypoints. `scale`
+multiplies the output size (0.5 = the progressive-resolution half phase).
+
+The split is stable: `write_split` keeps the assignments of an existing split.json (same seed and test
+fraction) and assigns only videos that are new, each by a seeded hash of its id.
 
 Randomness is a pure function of (seed, sample position), so a resumed run sees exactly the samples it would
 have seen (`ResumableSampler`).
@@ -48,7 +55,8 @@ import torch
 from safetensors.numpy import load_file as load_np
 from torch.utils.data import Dataset, Sampler
 
-from .video_io import CropInfo, apply_crop, compute_center_crop, crop_resize_masks
+from .pose_render import PoseFrame, draw_pose, load_openpose_json
+from .video_io import CropInfo, apply_crop, compute_center_crop, crop_resize_keypoints, crop_resize_masks
 
 CACHE_VERSION = 1
 SUBDIRS = ("frames", "clothing_masks", "face_masks", "poses", "landmarks")
@@ -130,18 +138,45 @@ def _mask_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a).astype(np.float32))
 
 
-def transform_sample(frames: np.ndarray, clothing: np.ndarray, face: np.ndarray, poses: np.ndarray,
-                     id_image: np.ndarray, id_landmarks: np.ndarray, height: int, width: int
+def map_pose(pose: PoseFrame | None, info: CropInfo) -> PoseFrame | None:
+    """A source-pixel pose through the crop + resize `info`, as a pose of the output frame."""
+    if pose is None:
+        return None
+
+    def tf(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else crop_resize_keypoints(a, info).astype(np.float32)
+
+    return PoseFrame(body=tf(pose.body), hands=tf(pose.hands), face=tf(pose.face), feet=tf(pose.feet),
+                     width=info.out_width, height=info.out_height)
+
+
+def draw_poses(keypoints: Sequence[PoseFrame | None], info: CropInfo) -> np.ndarray:
+    """(N, out_h, out_w, 3) uint8 body-pose images drawn at the output size (what inference feeds the model)."""
+    out = np.zeros((len(keypoints), info.out_height, info.out_width, 3), np.uint8)
+    for i, p in enumerate(keypoints):
+        if p is not None:
+            out[i] = draw_pose(map_pose(p, info), info.out_height, info.out_width)
+    return out
+
+
+def transform_sample(frames: np.ndarray, clothing: np.ndarray, face: np.ndarray, poses: np.ndarray | None,
+                     id_image: np.ndarray, id_landmarks: np.ndarray, height: int, width: int,
+                     keypoints: Sequence[PoseFrame | None] | None = None
                      ) -> tuple[dict[str, torch.Tensor], CropInfo]:
     """Centre-crop to width:height and resize, the same transform for frames (N,H,W,3), masks (N,H,W) bool and
-    poses (N,H,W,3); the identity image/landmarks get the same transform computed for their own size."""
+    poses (N,H,W,3); the identity image/landmarks get the same transform computed for their own size.
+    With `keypoints` (per frame, source pixels) the pose images are drawn from them at the output size instead
+    of cropping/resizing `poses`."""
     info = compute_center_crop(frames.shape[1], frames.shape[2], height, width)
     id_info = compute_center_crop(id_image.shape[0], id_image.shape[1], height, width)
+    if keypoints is None and poses is None:
+        raise ValueError("transform_sample needs pose images or keypoints")
     out = {
         "frames": _img_tensor(apply_crop(frames, info)),
         "clothing_masks": _mask_tensor(crop_resize_masks(clothing.astype(bool), info)),
         "face_masks": _mask_tensor(crop_resize_masks(face.astype(bool), info)),
-        "pose_images": _img_tensor(apply_crop(poses, info)),
+        "pose_images": _img_tensor(draw_poses(keypoints, info) if keypoints is not None
+                                   else apply_crop(poses, info)),
         "identity_image": _img_tensor(apply_crop(id_image, id_info)),
         "identity_landmarks": _img_tensor(apply_crop(id_landmarks, id_info)),
     }
@@ -180,6 +215,8 @@ class CachedVideo:
     has_face: np.ndarray
     arcface: np.ndarray
     reference: dict | None
+    has_keypoints: bool = False  # keypoints.json present: pose images are drawn from it
+    src_size: tuple[int, int] = (0, 0)  # (height, width) of the cached frames
 
 
 def list_complete(root: str | os.PathLike) -> list[str]:
@@ -231,7 +268,22 @@ class ClipCacheDataset(Dataset):
             r = load_np(str(d / "reference" / "identity.safetensors"))
             ref = {"arcface": r["arcface"].astype(np.float32)}
         return CachedVideo(vid, d, int(meta["num_frames"]), ident["has_face"].astype(bool),
-                           ident["arcface"].astype(np.float32), ref)
+                           ident["arcface"].astype(np.float32), ref, (d / "keypoints.json").is_file(),
+                           (int(meta["height"]), int(meta["width"])))
+
+    @staticmethod
+    def _keypoints(v: CachedVideo, ind: np.ndarray) -> list[PoseFrame] | None:
+        """The keypoints (source pixels) of frames `ind`; read per item, not kept in memory."""
+        if not v.has_keypoints:
+            return None
+        kps = load_openpose_json(v.path / "keypoints.json")
+        if len(kps) != v.num_frames:
+            raise CacheError(f"{v.path}/keypoints.json has {len(kps)} frames, meta.json says {v.num_frames}; "
+                             f"re-run prepare_data for this video (delete the folder {v.path} first)")
+        out = [kps[int(i)] for i in ind]
+        for k in out:  # the source frame size (a frame without a person is saved with canvas 0 x 0)
+            k.height, k.width = v.src_size
+        return out
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -254,7 +306,9 @@ class ClipCacheDataset(Dataset):
         def read(sub: str, gray: bool = False) -> np.ndarray:
             return np.stack([_read_png(v.path / sub / frame_name(i), gray) for i in ind])
 
-        frames, poses = read("frames"), read("poses")
+        frames = read("frames")
+        keypoints = self._keypoints(v, ind)
+        poses = read("poses") if keypoints is None else None
         clothing, face = read("clothing_masks", True) > 127, read("face_masks", True) > 127
         if v.reference is not None:
             id_img = _read_png(v.path / "reference" / "image.png")
@@ -266,7 +320,7 @@ class ClipCacheDataset(Dataset):
             id_lmk = _read_png(v.path / "landmarks" / frame_name(id_index))
             arcface = v.arcface[id_index]
         h, w = output_size(self.height, self.width, self.scale)
-        out, _ = transform_sample(frames, clothing, face, poses, id_img, id_lmk, h, w)
+        out, _ = transform_sample(frames, clothing, face, poses, id_img, id_lmk, h, w, keypoints=keypoints)
         out.update(arcface=torch.from_numpy(np.array(arcface, np.float32)), frame_indices=torch.from_numpy(ind),
                    identity_index=id_index, clip=clip, position=position, id=v.id)
         return out
@@ -378,14 +432,41 @@ def write_cached_video(root: str | os.PathLike, vid: str, *, frames: np.ndarray,
     return final
 
 
+def _hash_unit(seed: int, vid: str) -> float:
+    """A uniform number in [0, 1) from (seed, video id) - stable across runs and machines."""
+    import hashlib
+
+    h = hashlib.sha256(f"{int(seed)}:{vid}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
 def write_split(root: str | os.PathLike, seed: int = 0, test_fraction: float = 0.1) -> dict:
-    """Seeded train/test split over the cache's complete videos (a function of the seed and the set of ids)."""
+    """Seeded train/test split over the cache's complete videos.
+
+    A fresh split is a seeded permutation (exactly round(fraction * n) test videos, at least one of each when
+    there are two or more). When split.json exists with the same seed and test fraction, its assignments are
+    kept (videos no longer in the cache are dropped) and only new videos are assigned, each to 'test' when a
+    seeded hash of its id is below `test_fraction` - adding videos never moves a video between the splits."""
     ids = list_complete(root)
-    perm = np.random.default_rng(seed).permutation(len(ids))
-    n_test = int(round(test_fraction * len(ids)))
-    if len(ids) >= 2 and test_fraction > 0:
-        n_test = max(1, min(len(ids) - 1, n_test))
-    test = sorted(ids[i] for i in perm[:n_test])
+    old = None
+    path = Path(root) / "split.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = None
+    if old and old.get("seed") == seed and old.get("test_fraction") == test_fraction:
+        present = set(ids)
+        old_test = set(old.get("test", [])) & present
+        old_train = set(old.get("train", [])) & present
+        new = [i for i in ids if i not in old_test and i not in old_train]
+        test = sorted(old_test | {i for i in new if _hash_unit(seed, i) < test_fraction})
+    else:
+        perm = np.random.default_rng(seed).permutation(len(ids))
+        n_test = int(round(test_fraction * len(ids)))
+        if len(ids) >= 2 and test_fraction > 0:
+            n_test = max(1, min(len(ids) - 1, n_test))
+        test = sorted(ids[i] for i in perm[:n_test])
     split = {"seed": seed, "test_fraction": test_fraction, "train": sorted(set(ids) - set(test)), "test": test}
     tmp = Path(root) / ".split.json.tmp"
     tmp.write_text(json.dumps(split, indent=1))
