@@ -19,11 +19,16 @@ half checkpoint; only the newest `keep_last` are kept. No pickle anywhere. `resu
 newest one: model, optimizer, lr schedule, RNG states and data position are restored, so a resumed run follows
 the same trajectory as an uninterrupted one.
 
-Distributed / precision: HF accelerate (`accelerate launch --config_file ...` for DDP / FSDP / DeepSpeed,
+Distributed / precision: HF accelerate (`accelerate launch --config_file ...` for DDP or DeepSpeed,
 `mixed_precision`), `gradient_checkpointing` on the UNet. Our own sampler shards data positions across ranks.
-Optimizer moments are saved in our safetensors format for single-process and DDP runs; under FSDP/DeepSpeed
-the optimizer is sharded by accelerate and its moments are not saved (a resumed run restarts Adam's moments and
-says so).
+FSDP is not supported yet (resuming into a sharded model and LoRA checkpoints are not FSDP-aware): the Trainer
+raises a clear error under an FSDP accelerate config; use DDP with gradient checkpointing / LoRA instead.
+Optimizer moments are saved in our safetensors format for single-process and DDP runs; under DeepSpeed the
+optimizer is sharded by accelerate and its moments are not saved (a resumed run restarts Adam's moments and
+says so). Each rank's RNG states are saved (keyed by rank); a rank the saving run did not have is re-seeded
+from (seed, rank, step). fp16: the GradScaler state is saved and restored, the lr schedule does not advance on
+steps the scaler skipped, and a non-finite loss skips its step with a warning (the run aborts after
+`max_nonfinite_steps` such steps in a row).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from .encoders import FrozenEncoders
 from .mirror_loss import MirrorLoss
 from .models.m2h import M2HModel
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: RNG states per rank, GradScaler state (version 1 still loads)
 CKPT_PREFIX = "step_"
 
 
@@ -86,6 +91,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
+    max_nonfinite_steps: int = 5  # consecutive non-finite losses (each step skipped) before the run aborts
     progressive: bool = True  # half resolution for the first half_res_fraction of the steps
     half_res_fraction: float = 0.5
     cond_dropout: float = 0.1
@@ -142,7 +148,7 @@ class TrainConfig:
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         for name in ("max_steps", "batch_size", "grad_accum", "num_frames", "frame_stride", "checkpoint_every",
-                     "keep_last"):
+                     "keep_last", "max_nonfinite_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.cond_dropout < 1:
@@ -166,6 +172,32 @@ class TrainConfig:
         cfg.adapter.enabled = self.adapter_enabled
         cfg.adapter.normalize = self.adapter_normalize
         return cfg
+
+
+def checkpoint_model_config(tc: TrainConfig) -> M2HConfig:
+    """The model config of `tc.init_checkpoint` (it, not the YAML's preset, is what gets trained and saved:
+    prediction_type, sizes, scaling factors). Raises ValueError when the YAML's model switches or sizes say
+    otherwise, rather than silently training something else than the config file describes."""
+    from .checkpoint import read_config
+
+    cfg = read_config(tc.init_checkpoint)
+    yaml_cfg = tc.model_config()
+    conflicts = []
+    if cfg.name in ("tiny", "sd15") and cfg.name != tc.preset:
+        conflicts.append(f"preset: {tc.preset} (checkpoint: {cfg.name})")
+    for key, mine, theirs in (("use_head_encoder", yaml_cfg.use_head_encoder, cfg.use_head_encoder),
+                              ("adapter_enabled", yaml_cfg.adapter.enabled, cfg.adapter.enabled),
+                              ("adapter_normalize", yaml_cfg.adapter.normalize, cfg.adapter.normalize)):
+        if mine != theirs:
+            conflicts.append(f"{key}: {mine} (checkpoint: {theirs})")
+    for key in ("height", "width"):
+        if getattr(tc, key) and int(getattr(tc, key)) != getattr(cfg, key):
+            conflicts.append(f"{key}: {getattr(tc, key)} (checkpoint: {getattr(cfg, key)})")
+    if conflicts:
+        raise ValueError(f"the training config contradicts init_checkpoint {tc.init_checkpoint}: "
+                         f"{'; '.join(conflicts)}. The checkpoint's model config is used for training; set these "
+                         "keys to the checkpoint's values (or leave height/width out)")
+    return cfg
 
 
 def parse_value(text: str) -> Any:
@@ -218,11 +250,9 @@ def build_components(tc: TrainConfig, cfg: M2HConfig) -> tuple[M2HModel, FrozenE
     need_vgg = tc.mirror and tc.beta > 0
     if tc.random_init and tc.base is None:
         torch.manual_seed(tc.seed)
-        model = M2HModel(cfg)
+        model = load_checkpoint(tc.init_checkpoint) if tc.init_checkpoint else M2HModel(cfg)
         encoders = FrozenEncoders.random(cfg, seed=tc.seed)
         vgg = (VGGFeatures.from_file(tc.vgg) if tc.vgg else VGGFeatures.random(tc.seed)) if need_vgg else None
-        if tc.init_checkpoint:
-            model = load_checkpoint(tc.init_checkpoint)
         return model, encoders, vgg
     from .base_weights import load_clip_vision, load_motion_adapter, load_sd15
     from .models.unet import build_unet
@@ -294,28 +324,37 @@ class _StateView:
 # ================================================================================================ state files
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
+def _rng_state(generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's RNG states: torch CPU, its current CUDA device, numpy, python and the trainer's noise
+    generator. Keys are relative ("torch", "generator", ...); `Trainer.save` prefixes them with the rank."""
+    tensors = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["cuda"] = torch.cuda.get_rng_state()
     np_state = np.random.get_state()
-    tensors["rng.numpy.keys"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
+    tensors["numpy.keys"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
     meta = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
             "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
     return tensors, meta
 
 
-def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    if torch.cuda.is_available():
-        states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-        if len(states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(states)
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(tensors["torch"])
+    generator.set_state(tensors["generator"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
     n = meta["numpy"]
-    np.random.set_state((n[0], tensors["rng.numpy.keys"].numpy().astype(np.uint32), n[1], n[2], n[3]))
+    np.random.set_state((n[0], tensors["numpy.keys"].numpy().astype(np.uint32), n[1], n[2], n[3]))
     p = meta["python"]
     random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def _reseed_rng(seed: int, rank: int, step: int, generator: torch.Generator) -> None:
+    """Fresh, distinct per-rank RNG states derived from (seed, rank, step) (resuming with another world size)."""
+    s64 = int(np.random.SeedSequence([seed, rank, step]).generate_state(2, np.uint64)[0])
+    torch.manual_seed(s64)  # also every CUDA device of this process
+    generator.manual_seed(s64)
+    np.random.seed(s64 % 2**32)
+    random.seed(s64)
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -407,21 +446,29 @@ class Trainer:
         from accelerate import Accelerator
 
         self.tc = tc
-        self.cfg = model.cfg if model is not None else tc.model_config()
-        mult = size_multiple(self.cfg)
-        for name, v in (("height", self.cfg.height), ("width", self.cfg.width)):
-            if v % (mult * (2 if tc.progressive else 1)):
-                raise ValueError(f"{name} {v} must be a multiple of {mult * (2 if tc.progressive else 1)} for this "
-                                 f"model{' with the half-resolution phase' if tc.progressive else ''}")
+        if model is not None:
+            self.cfg = model.cfg
+        elif tc.init_checkpoint:
+            self.cfg = checkpoint_model_config(tc)
+        else:
+            self.cfg = tc.model_config()
+        self._check_size(self.cfg)
         # gradient accumulation is done here (train_step), not by accelerate, so accelerate's backward does not
         # rescale the loss a second time
         self.accelerator = accelerator or Accelerator(mixed_precision=tc.mixed_precision)
+        if self.accelerator.distributed_type.value == "FSDP":
+            raise NotImplementedError(
+                "FSDP is not supported by this trainer yet (resuming and LoRA checkpoints need FSDP-aware state "
+                "dict handling); use DDP (accelerate multi-GPU) with gradient_checkpointing / lora_rank to save "
+                "memory")
         self.device = self.accelerator.device
         self.log = log_fn or (lambda s: self.accelerator.print(s))
         self.out = Path(tc.output_dir)
         if model is None or encoders is None or (vgg is None and tc.mirror and tc.beta > 0):
             m, e, v = build_components(tc, self.cfg)
             model, encoders, vgg = model or m, encoders or e, vgg if vgg is not None else v
+        self.cfg = model.cfg  # what is trained (prediction_type) and written into checkpoints
+        self._check_size(self.cfg)
         self.encoders = encoders
         wdtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(tc.mixed_precision, torch.float32)
         if self.device.type != "cuda":
@@ -450,8 +497,17 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(tc.seed * 1000 + self.accelerator.process_index)
         self.step = 0
         self.position = 0  # samples consumed, all ranks together
+        self.nonfinite_in_a_row = 0
+        self.skipped_steps = 0
         self.tb = None
         self.logs: list[StepLog] = []
+
+    def _check_size(self, cfg: M2HConfig) -> None:
+        mult = size_multiple(cfg) * (2 if self.tc.progressive else 1)
+        for name, v in (("height", cfg.height), ("width", cfg.width)):
+            if v % mult:
+                raise ValueError(f"{name} {v} must be a multiple of {mult} for this model"
+                                 f"{' with the half-resolution phase' if self.tc.progressive else ''}")
 
     # ---------------------------------------------------------------------------------------------- data
     def _make_dataset(self):
@@ -534,17 +590,46 @@ class Trainer:
                 acc.backward(terms["loss"] / n)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / n
-        if self.tc.max_grad_norm and self.tc.max_grad_norm > 0:
-            acc.clip_grad_norm_(self.params, self.tc.max_grad_norm)
+        # every rank takes the same decision (a NaN on one rank reaches the others through the gradients)
+        finite = bool(acc.gather(torch.tensor([float(math.isfinite(sums["loss"]))], device=self.device)).min() > 0)
+        if finite and self.tc.max_grad_norm and self.tc.max_grad_norm > 0:
+            # the prepared model's parameters: under a sharded wrapper self.params are not what holds the grads
+            norm = acc.clip_grad_norm_(list(self.ddp_model.parameters()), self.tc.max_grad_norm)
+            if norm is not None and acc.scaler is None and not torch.isfinite(torch.as_tensor(norm)).all():
+                finite = False  # without a GradScaler nothing else would keep NaN/inf out of the weights
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite_in_a_row += 1
+            self.skipped_steps += 1
+            if self.nonfinite_in_a_row >= self.tc.max_nonfinite_steps:
+                raise FloatingPointError(
+                    f"loss or gradients non-finite ({sums['loss']}) for {self.nonfinite_in_a_row} steps in a row "
+                    f"(up to step {self.step + 1}); lower the lr or use bf16 instead of fp16. The weights were "
+                    "not updated by these steps and the last checkpoint is intact.")
+            self.log(f"warning: non-finite loss/gradients ({sums['loss']}) at step {self.step + 1}: step skipped "
+                     f"({self.nonfinite_in_a_row} in a row, {self.skipped_steps} in this run)")
+            return sums
+        self.nonfinite_in_a_row = 0
         self.optimizer.step()
-        self.lr_scheduler.step()
+        if not acc.optimizer_step_was_skipped:  # fp16: the GradScaler skipped an overflowing step
+            self.lr_scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(sums["loss"]):
-            raise FloatingPointError(f"loss became {sums['loss']} at step {self.step + 1}; lower the lr or use "
-                                     "bf16 instead of fp16. The last checkpoint is intact.")
         return sums
 
     # ---------------------------------------------------------------------------------------------- checkpoints
+    def _clean_stale_tmp(self) -> None:
+        """Remove `.tmp-step_*` folders a crash during save() left behind (main process only)."""
+        root = self.out / "checkpoints"
+        if self.accelerator.is_main_process and root.is_dir():
+            for stale in root.glob(f".tmp-{CKPT_PREFIX}*"):
+                shutil.rmtree(stale, ignore_errors=True)
+
+    def _gather_rng_states(self) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        """Every rank's RNG states, in rank order (collective: all ranks call it)."""
+        from accelerate.utils import gather_object
+
+        return list(gather_object([_rng_state(self.generator)]))
+
     def save(self) -> Path:
         """Write checkpoints/step_XXXXXXXX atomically (temp folder + rename) and prune old ones."""
         acc = self.accelerator
@@ -553,18 +638,21 @@ class Trainer:
         final = root / f"{CKPT_PREFIX}{self.step:08d}"
         unwrapped = acc.unwrap_model(self.ddp_model)
         full_sd = acc.get_state_dict(self.ddp_model) if acc.distributed_type.value in ("FSDP", "DEEPSPEED") else None
+        rng_states = self._gather_rng_states()
         if acc.is_main_process:
             root.mkdir(parents=True, exist_ok=True)
+            self._clean_stale_tmp()
             tmp = root / f".tmp-{final.name}-{os.getpid()}"
-            if tmp.exists():
-                shutil.rmtree(tmp)
             tmp.mkdir()
             sd = merged_state_dict(unwrapped) if full_sd is None else full_sd
             meta = {"step": self.step, "data_position": self.position, "train_config": self.tc.to_dict()}
             save_checkpoint(_StateView(self.cfg, {k: v.float() for k, v in sd.items()}), tmp / "m2h.safetensors",
                             extra=meta)
-            tensors, rng_meta = _rng_state()
-            tensors["rng.generator"] = self.generator.get_state()
+            tensors: dict[str, torch.Tensor] = {}
+            rng_meta = []
+            for rank, (rt, rm) in enumerate(rng_states):  # one set per rank: ranks must not share noise
+                tensors.update({f"rng.{rank}.{k}": v.detach().cpu().clone() for k, v in rt.items()})
+                rng_meta.append(rm)
             opt_meta: dict[str, Any] = {}
             if acc.distributed_type.value in ("NO", "MULTI_GPU", "MULTI_CPU", "MULTI_NPU", "MULTI_XPU"):
                 ot, opt_meta = optimizer_to_tensors(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
@@ -579,7 +667,7 @@ class Trainer:
                      "max_steps": self.tc.max_steps, "optimizer": opt_meta, "optimizer_saved": bool(opt_meta),
                      "lr_scheduler": _jsonable(self.lr_scheduler.state_dict()), "rng": rng_meta,
                      "param_names": self.param_names, "train_config": self.tc.to_dict(),
-                     "world_size": acc.num_processes}
+                     "world_size": acc.num_processes, "grad_scaler": self._scaler_state()}
             (tmp / "training_state.json").write_text(json.dumps(state))
             if final.exists():
                 shutil.rmtree(final)
@@ -596,7 +684,7 @@ class Trainer:
         if not state_path.is_file():
             raise FileNotFoundError(f"{d} is not a training checkpoint (no training_state.json)")
         state = json.loads(state_path.read_text())
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (1, STATE_VERSION):
             raise ValueError(f"{d}: training state version {state.get('version')}, expected {STATE_VERSION}")
         if state["param_names"] != self.param_names:
             raise ValueError(f"{d} was written for a different set of trainable parameters (other LoRA rank or "
@@ -609,19 +697,48 @@ class Trainer:
                 for name in self.param_names:
                     params[name].copy_(tensors[f"param.{name}"])
         else:
-            sd = load_file(str(d / "m2h.safetensors"), device=str(self.device))
+            sd = load_file(str(d / "m2h.safetensors"))  # on the CPU; load_state_dict copies to the device
             unwrapped.load_state_dict(sd)
         if state.get("optimizer_saved"):
             opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
-            optimizer_from_tensors(opt, {k: v.to(self.device) for k, v in tensors.items() if k.startswith("opt.")},
+            # CPU tensors: torch moves the moments to their parameter's device and keeps `step` on the CPU
+            # (a `step` on the GPU makes Adam sync with .item() for every parameter at every step)
+            optimizer_from_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("opt.")},
                                    state["optimizer"])
         else:
             self.log("note: this checkpoint has no optimizer moments (sharded run); Adam restarts its moments")
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        _set_rng_state(tensors, state["rng"])
-        self.generator.set_state(tensors["rng.generator"])
+        self._load_scaler_state(state.get("grad_scaler"))
         self.step = int(state["step"])
         self.position = int(state["data_position"])
+        self._load_rng(tensors, state)
+
+    def _scaler_state(self) -> dict[str, Any] | None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is None:
+            return None
+        return {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in scaler.state_dict().items()}
+
+    def _load_scaler_state(self, sd: dict[str, Any] | None) -> None:
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and sd:
+            scaler.load_state_dict(sd)
+        elif scaler is not None:
+            self.log("note: this checkpoint has no GradScaler state; the fp16 loss scale restarts")
+
+    def _load_rng(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        rank = self.accelerator.process_index
+        prefix = f"rng.{rank}."
+        if prefix + "generator" in tensors:
+            _set_rng_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                           state["rng"][rank], self.generator)
+        elif "rng.generator" in tensors and rank == 0 and self.accelerator.num_processes == 1:  # version 1
+            legacy = {"torch": tensors["rng.torch"], "generator": tensors["rng.generator"],
+                      "numpy.keys": tensors["rng.numpy.keys"]}
+            _set_rng_state(legacy, state["rng"], self.generator)
+        else:  # more ranks than the run that saved it (or a version-1 multi-process state)
+            _reseed_rng(self.tc.seed, rank, self.step, self.generator)
+            self.log(f"note: no saved RNG state for rank {rank}; re-seeded from (seed, rank, step)")
 
     def resume(self, spec: str | None) -> bool:
         """spec: None (fresh), 'auto' (newest checkpoint in output_dir, if any) or a checkpoint folder."""
@@ -690,6 +807,7 @@ class Trainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "train_config.json").write_text(json.dumps(tc.to_dict(), indent=1))
+            self._clean_stale_tmp()
         self.resume(resume)
         if tc.tensorboard and acc.is_main_process and self.tb is None:
             try:

@@ -197,3 +197,154 @@ def test_cli_grid_and_bad_input(tmp_path):
     proc = _run_cli(["--random-init", "--data", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")])
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "prepare_data" in log
+
+
+# ------------------------------------------------------------------------------------------ review fixes
+
+
+class _AsRank:
+    """The real accelerator, reporting another rank / world size (what load() keys the RNG states by)."""
+
+    def __init__(self, acc, rank: int, world: int, **overrides):
+        self._acc, self.process_index, self.num_processes = acc, rank, world
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name):
+        return getattr(self._acc, name)
+
+
+def test_init_checkpoint_model_config_is_the_checkpoints(tmp_path):
+    """prediction_type (the training target) and the config saved into checkpoints come from init_checkpoint;
+    a YAML that contradicts the checkpoint's switches or sizes fails clearly."""
+    from m2h_core.checkpoint import read_config, save_checkpoint
+    from m2h_core.config import tiny
+    from m2h_core.models.m2h import M2HModel
+
+    cfg = tiny()
+    cfg.prediction_type = "v_prediction"
+    cfg.num_frames = 4
+    torch.manual_seed(0)
+    init = tmp_path / "init.safetensors"
+    save_checkpoint(M2HModel(cfg), init)
+    tr = Trainer(_tc(tmp_path, init_checkpoint=str(init), mirror=False, progressive=False))
+    assert tr.cfg.prediction_type == "v_prediction" and tr.cfg.num_frames == 4  # compute_loss's target
+    saved = tr.save()
+    assert read_config(saved / "m2h.safetensors").prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match="contradicts init_checkpoint.*use_head_encoder"):
+        Trainer(_tc(tmp_path, init_checkpoint=str(init), use_head_encoder=False))
+    with pytest.raises(ValueError, match="height: 128"):
+        Trainer(_tc(tmp_path, init_checkpoint=str(init), height=128))
+    with pytest.raises(ValueError, match="preset: sd15"):
+        Trainer(_tc(tmp_path, init_checkpoint=str(init), preset="sd15"))
+
+
+def test_checkpoint_rng_per_rank_grad_scaler_and_stale_tmp(tmp_path, monkeypatch):
+    a = Trainer(_tc(tmp_path, mirror=False))
+    a.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1234.0, growth_interval=7)
+    rank1 = torch.Generator().manual_seed(777)
+    own = a._gather_rng_states()[0]
+    fake1 = ({**own[0], "generator": rank1.get_state()}, own[1])
+    monkeypatch.setattr(a, "_gather_rng_states", lambda: [own, fake1])  # a 2-process run, seen from rank 0
+    stale = tmp_path / "run" / "checkpoints" / ".tmp-step_00000001-999"
+    stale.mkdir(parents=True)
+    (stale / "m2h.safetensors").write_bytes(b"half written")
+    a.step = 2
+    ckpt = a.save()
+    assert not stale.exists() and [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == [ckpt.name]
+    state = json.loads((ckpt / "training_state.json").read_text())
+    assert state["grad_scaler"]["scale"] == 1234.0 and state["grad_scaler"]["growth_interval"] == 7
+
+    def restored(rank: int, world: int, **kw) -> Trainer:
+        t = Trainer(_tc(tmp_path, mirror=False))
+        t.accelerator = _AsRank(t.accelerator, rank, world, **kw)
+        t.load(ckpt)
+        return t
+
+    r0 = restored(0, 2, scaler=torch.amp.GradScaler("cpu"))
+    assert torch.equal(r0.generator.get_state(), own[0]["generator"])
+    assert r0.accelerator.scaler.get_scale() == 1234.0 and r0.accelerator.scaler.get_growth_interval() == 7
+    r1 = restored(1, 2)
+    assert torch.equal(r1.generator.get_state(), rank1.get_state())
+    r2, r2b = restored(2, 3), restored(2, 3)  # a rank the saving run did not have: deterministic fresh seed
+    assert torch.equal(r2.generator.get_state(), r2b.generator.get_state())
+    assert not torch.equal(r2.generator.get_state(), own[0]["generator"])
+    assert not torch.equal(r2.generator.get_state(), rank1.get_state())
+    # a run started later cleans up what a crash in save() left behind, before it resumes
+    stale.mkdir()
+    Trainer(_tc(tmp_path, mirror=False)).run(resume="auto", stop_after=0)
+    assert not stale.exists()
+
+
+def test_lora_resume_clips_prepared_params_and_keeps_optimizer_step_on_cpu(tmp_path, monkeypatch):
+    """Grad clipping gets the prepared model's parameters (what a sharded wrapper holds the grads in), and
+    resume hands the optimizer CPU tensors: torch places the moments and keeps `step` on the CPU."""
+    tc = _tc(tmp_path, lora_rank=2, mirror=False, progressive=False)
+    tr = Trainer(tc)
+    clipped = []
+    real_clip = tr.accelerator.clip_grad_norm_
+
+    def spy(params, max_norm):
+        clipped.append(list(params))
+        return real_clip(clipped[-1], max_norm)
+
+    monkeypatch.setattr(tr.accelerator, "clip_grad_norm_", spy)
+    tr.train_step([next(tr._loader(1.0))])
+    prepared = list(tr.ddp_model.parameters())
+    assert len(clipped) == 1 and len(clipped[0]) == len(prepared) > len(tr.params)
+    assert all(a is b for a, b in zip(clipped[0], prepared))
+    tr.step = 1
+    ckpt = tr.save()
+    b = Trainer(tc)
+    b.device = torch.device("meta")  # load must not move anything to self.device itself
+    b.load(ckpt)
+    opt = b.optimizer.optimizer if hasattr(b.optimizer, "optimizer") else b.optimizer
+    assert len(opt.state) == len(b.params)
+    for p, st in opt.state.items():
+        assert st["step"].device.type == "cpu" and float(st["step"]) == 1.0
+        assert st["exp_avg"].device == p.device
+    with pytest.raises(NotImplementedError, match="FSDP is not supported"):
+        from accelerate.utils import DistributedType
+
+        Trainer(tc, accelerator=_AsRank(tr.accelerator, 0, 2, distributed_type=DistributedType.FSDP))
+
+
+def test_load_onto_cpu_index_device(tmp_path):
+    tr = Trainer(_tc(tmp_path, mirror=False))
+    ckpt = tr.save()
+    b = Trainer(_tc(tmp_path, mirror=False))
+    b.device = torch.device("cpu", 0)  # e.g. accelerate on a CPU host with an index
+    b.load(ckpt)
+
+
+def test_nonfinite_loss_skips_the_step_and_scaler_skips_keep_the_lr_schedule(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    tr = Trainer(_tc(tmp_path, mirror=False, progressive=False, warmup_steps=10, max_nonfinite_steps=3))
+    batch = next(tr._loader(1.0))
+    real = tr.compute_loss
+
+    def nan_loss(b, generator=None):
+        out = real(b, generator)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    before = _params(tr.model)
+    monkeypatch.setattr(tr, "compute_loss", nan_loss)
+    for _ in range(2):
+        tr.train_step([batch])
+    assert tr.skipped_steps == 2 and tr.lr_scheduler.last_epoch == 0
+    after = _params(tr.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the weights never saw the NaN
+    monkeypatch.setattr(tr, "compute_loss", real)
+    tr.train_step([batch])  # a finite step resets the run of non-finite ones
+    assert tr.nonfinite_in_a_row == 0 and tr.lr_scheduler.last_epoch == 1
+    monkeypatch.setattr(tr, "compute_loss", nan_loss)
+    tr.train_step([batch])
+    tr.train_step([batch])
+    with pytest.raises(FloatingPointError, match="3 steps in a row"):
+        tr.train_step([batch])
+    # fp16: a step the GradScaler skipped does not advance the lr schedule
+    monkeypatch.setattr(tr, "compute_loss", real)
+    monkeypatch.setattr(Accelerator, "optimizer_step_was_skipped", property(lambda self: True))
+    tr.train_step([batch])
+    assert tr.lr_scheduler.last_epoch == 1
