@@ -5,7 +5,7 @@ naive    = the same for a straightforward sampler: separate cond / uncond passes
            every step
 memory   = peak RSS growth of a whole `sample_video` call for 64 frames / for 16 frames   target <= 1.25
 
-    python benchmarks/bench_sampler.py [--steps 20] [--preset tiny]
+    python benchmarks/bench_sampler.py [--steps 50] [--preset tiny] [--threads 1]
 """
 
 from __future__ import annotations
@@ -80,45 +80,61 @@ def speed(cfg, steps):
     return unet, ours, naive
 
 
-def child(cfg_name, n):
+def sized(cfg_name, size):
     cfg = preset(cfg_name)
+    if size:
+        cfg.height, cfg.width = (int(v) for v in size.lower().split("x"))
+    return cfg
+
+
+def child(cfg_name, n, size=None, steps=2):
+    cfg = sized(cfg_name, size)
     torch.manual_seed(0)
     model, enc = M2HModel(cfg).eval(), FrozenEncoders.random(cfg)
     args = inputs(cfg, n)
     sample_video(model, enc, *inputs(cfg, 2), settings=SamplerSettings(steps=1))  # allocator warm-up
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    sample_video(model, enc, *args, settings=SamplerSettings(steps=2, context_frames=cfg.num_frames))
+    sample_video(model, enc, *args, settings=SamplerSettings(steps=steps, context_frames=cfg.num_frames))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"growth_kib": peak - base, "peak_kib": peak}))
 
 
-def memory(cfg_name, n):
-    out = subprocess.run([sys.executable, __file__, "--child", str(n), "--preset", cfg_name], check=True,
+def memory(cfg_name, n, size=None, steps=2):
+    cmd = [sys.executable, __file__, "--child", str(n), "--preset", cfg_name, "--steps", str(steps)]
+    out = subprocess.run(cmd + (["--size", size] if size else []), check=True,
                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(out)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--size", default=None, help="HxW pixels instead of the preset's (e.g. 128x64)")
+    ap.add_argument("--memory-only", action="store_true", help="skip the speed figures (large presets on a CPU)")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.child:
-        return child(a.preset, a.child)
-    cfg = preset(a.preset)
+        return child(a.preset, a.child, a.size, a.steps)
+    cfg = sized(a.preset, a.size)
     print(f"preset={a.preset} frames={cfg.num_frames} size={cfg.height}x{cfg.width} steps={a.steps} "
           f"threads={torch.get_num_threads()}")
-    unet, ours, naive = speed(cfg, a.steps)
-    print(f"one UNet forward (cond+uncond batch): {unet * 1e3:.1f} ms")
-    print(f"sampler:  {ours:.2f} s  = {ours / (a.steps * unet):.2f} x steps*UNet")
-    print(f"naive:    {naive:.2f} s  = {naive / (a.steps * unet):.2f} x steps*UNet")
-    m16, m64 = memory(a.preset, 16), memory(a.preset, 64)
+    if not a.memory_only:
+        unet, ours, naive = speed(cfg, a.steps)
+        print(f"one UNet forward (cond+uncond batch): {unet * 1e3:.1f} ms")
+        print(f"sampler:  {ours:.2f} s  = {ours / (a.steps * unet):.2f} x steps*UNet")
+        print(f"naive:    {naive:.2f} s  = {naive / (a.steps * unet):.2f} x steps*UNet")
+    mem_steps = a.steps if a.memory_only else 2
+    m16, m64 = memory(a.preset, 16, a.size, mem_steps), memory(a.preset, 64, a.size, mem_steps)
     print(f"peak RSS growth during sampling: 16 frames {m16['growth_kib'] / 1024:.1f} MiB, "
           f"64 frames {m64['growth_kib'] / 1024:.1f} MiB (peak RSS {m16['peak_kib'] / 1024:.0f} / "
           f"{m64['peak_kib'] / 1024:.0f} MiB)")
-    print(f"sampler_overhead={ours / (a.steps * unet):.3f}")
-    print(f"naive_overhead={naive / (a.steps * unet):.3f}")
+    if not a.memory_only:
+        print(f"sampler_overhead={ours / (a.steps * unet):.3f}")
+        print(f"naive_overhead={naive / (a.steps * unet):.3f}")
     print(f"memory_ratio_64_vs_16={m64['peak_kib'] / m16['peak_kib']:.3f}")
     print(f"memory_growth_ratio_64_vs_16={max(m64['growth_kib'], 1) / max(m16['growth_kib'], 1):.3f}")
 
