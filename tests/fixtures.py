@@ -27,7 +27,6 @@ import os
 import re
 from pathlib import Path
 
-import pytest
 import torch
 from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
@@ -68,20 +67,6 @@ def _seeded(seed: int):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         yield
-
-
-@pytest.fixture
-def single_thread():
-    """Run a test on one intra-op thread (use: `pytestmark = pytest.mark.usefixtures("single_thread")`).
-
-    The tiny models issue thousands of very small ops; with several threads on a shared/loaded CPU, OpenMP
-    synchronisation dominates (measured 5x slower; the sd15 forward too: 92 s -> 36 s on 2 busy cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 # -- SD-1.5 single file (LDM layout) ------------------------------------------------------------------------------

@@ -38,9 +38,7 @@ from tests.fixtures import (
     write_sd15_single_file,
     write_sdxl_like_file,
 )
-from tests.fixtures import single_thread  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def assert_same_state(a: torch.nn.Module, b: torch.nn.Module):

@@ -21,10 +21,8 @@ from m2h_core.checkpoint import (
     save_checkpoint,
 )
 from m2h_core.config import M2HConfig, tiny
-from tests.fixtures import single_thread  # noqa: F401  (fixture)
 from tests.fixtures import write_m2h_checkpoint, write_sd15_single_file
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

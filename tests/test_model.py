@@ -22,11 +22,9 @@ from m2h_core.models.adapter import AdapterKV, HeadClothingAdapterProcessor, mat
 from m2h_core.models.m2h import M2HConditioning, M2HModel
 from m2h_core.models.unet import build_unet, run_unet, widen_conv_in
 from tests.fixtures import build_m2h_model, build_motion_adapter, build_sd15_parts, random_inputs, randomize_
-from tests.fixtures import single_thread  # noqa: F401  (fixture)
 
 T = torch.tensor
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _cfg(**changes):
