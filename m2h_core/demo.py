@@ -7,8 +7,14 @@
               from the same clip), plus one held-out test case: a mannequin clip (clothing frames, clothing masks
               and body poses from the *mannequin* rendering) and the identity of a different, unseen person. The
               generator renders the same outfit + motion + scene with that identity as a human: the ground truth.
+              A training clip's identity image x_id wears the clip's own outfit (as in the paper's data, where x_id is
+              another frame of the video); at test time it is another person in other clothes.
+              `identity_other_outfit=True` trains with x_id in another outfit instead (measured at 600 steps:
+              clothing PSNR/SSIM 11.85/0.316 vs 11.83/0.303, head colour similarity 0.78 vs 0.81: off by default).
 2. vae      - the tiny preset's AutoencoderKL is random otherwise; it is trained briefly on synthetic frames
-              (`m2h_core.tiny_vae`) so its latents mean something, and embedded in the checkpoint.
+              (`m2h_core.tiny_vae`) so its latents mean something, and embedded in the checkpoint. Its quality caps
+              the head: at 300 steps x batch 16 it reconstructed thumbnail-level blobs (held-out head colour
+              similarity 0.82, as low as the M2H result); 1000 steps x batch 8 (same compute) reach 0.92.
 3. train    - the tiny M2H model with the real trainer (`m2h_core.training.Trainer`: L_diff + pixel mirror loss,
               condition dropout, Adam).
 4. sample   - the real sampler (`m2h_core.sampler.sample_video`, DDIM + CFG, context windows) on the held-out
@@ -29,6 +35,7 @@ Threads: on a machine that is already busy, two PyTorch threads on two cores are
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import tempfile
@@ -66,8 +73,8 @@ STAND_INS = (
     ("clothing / face masks", "exact masks from the synthetic generator instead of a human-parsing model "
                               "(SCHP / SegFormer) and face detection"),
     ("face landmarks p_id", "the generator's 68 landmarks of the identity image instead of a landmark detector"),
-    ("VAE", "the tiny preset's 2-level AutoencoderKL (4x down, 4 latent channels), trained for a few hundred steps in "
-            "this demo, instead of SD-1.5's pretrained VAE (8x down)"),
+    ("VAE", "the tiny preset's 2-level AutoencoderKL (4x down, 4 latent channels), trained for ~1000 small-batch "
+            "steps in this demo, instead of SD-1.5's pretrained VAE (8x down)"),
     ("UNet + motion modules", "the tiny preset's 2-level UNet with AnimateDiff-style motion modules, trained from "
                               "random init, instead of SD-1.5's UNet + AnimateDiff v2 (~1.4 B parameters)"),
     ("VGG for the mirror loss", "not used: the perceptual term is off (beta = 0); the mirror loss keeps its "
@@ -83,9 +90,10 @@ class DemoSettings:
     clip_frames: int = 24  # frames per training clip
     test_frames: int = 16  # frames of the held-out mannequin video
     fps: float = 8.0
-    vae_steps: int = 300
-    vae_batch: int = 16
+    vae_steps: int = 1000
+    vae_batch: int = 8
     vae_lr: float = 2e-3
+    vae_anchor_fraction: float = 0.15  # thumbnail anchor for the first 15 % of the VAE steps (see tiny_vae)
     train_steps: int = 600
     batch_size: int = 2
     num_frames: int = 8
@@ -93,6 +101,11 @@ class DemoSettings:
     lr: float = 1e-3
     warmup_steps: int = 10
     mirror_alpha: float = 1.0
+    mirror_weighting: str = "alpha_bar"  # TrainConfig.mirror_weighting
+    identity_mask: str = "face"  # M_id for the mirror loss: "face" (skin only) or "head" (face + hair)
+    cond_dropout: float = 0.1
+    identity_other_outfit: bool = False  # True: training x_id shows the same person in another outfit (see doc)
+    vae_max_images: int = 0  # > 0: at most this many VAE training images (every k-th frame of the clips)
     progressive: bool = False
     prediction_type: str = "v_prediction"  # see run_demo's docstring
     sample_steps: int = 20
@@ -193,6 +206,24 @@ def _head_masks(clip: SyntheticClip, scale_y: float, height: int, width: int, pe
     return out
 
 
+def _with_head_mask(clip: SyntheticClip) -> SyntheticClip:
+    """The clip with its face mask (the mirror loss's M_id) widened to the whole head: face skin + hair."""
+    head = _head_masks(clip, 1.0, clip.human.shape[1], clip.human.shape[2], clip.person_mask) & ~clip.clothing_mask
+    return dataclasses.replace(clip, face_mask=head | clip.face_mask)
+
+
+def _with_other_outfit(clip: SyntheticClip) -> SyntheticClip:
+    """The clip with its identity image x_id (and p_id) re-rendered: the same person in another outfit and scene.
+
+    The generator's identity image wears the clip's own outfit, so a model trained on it can read the clothing off
+    x_id; at test time x_id is another person's photo in other clothes. With x_id in other clothes in training too,
+    only the head (skin, hair, face) in x_id is informative, which is what H and A are meant to carry."""
+    other_seed = int(np.random.SeedSequence([int(clip.seed), 11]).generate_state(1)[0])
+    h, w = clip.human.shape[1:3]
+    donor = generate_clip(other_seed, n_frames=1, height=h, width=w, identity=clip.identity)
+    return dataclasses.replace(clip, identity_image=donor.identity_image, identity_landmarks=donor.identity_landmarks)
+
+
 def _make_test_case(seed: int, n_frames: int, H: int, W: int, src_scale: int) -> _TestCase:
     """A held-out mannequin clip + the identity of another held-out person; both seeds are outside the training
     set's seed stream."""
@@ -211,14 +242,19 @@ def _make_test_case(seed: int, n_frames: int, H: int, W: int, src_scale: int) ->
                      face_masks=man["face_masks"], head_masks=torch.from_numpy(head), clip=gt, donor=donor)
 
 
-def _vae_images(clips: list[SyntheticClip], H: int, W: int) -> torch.Tensor:
-    """What the VAE sees in M2H: human frames, mannequin frames, clothing-only frames on black, identity images."""
+def _vae_images(clips: list[SyntheticClip], H: int, W: int, max_images: int = 0) -> torch.Tensor:
+    """What the VAE sees in M2H: human frames, mannequin frames, clothing-only frames on black, identity images.
+
+    max_images > 0: every k-th frame of each clip, k chosen so that about `max_images` images come out."""
     out = []
-    for c in clips:
-        hum, _ = transform_sample(c.human, c.clothing_mask, c.face_mask, c.pose_images, c.identity_image,
-                                  c.identity_landmarks, H, W)
-        man, _ = transform_sample(c.mannequin, c.clothing_mask, c.face_mask, c.pose_images, c.identity_image,
-                                  c.identity_landmarks, H, W)
+    n_frames = sum(len(c.human) for c in clips)
+    k = max(1, -(-3 * n_frames // max(1, max_images - len(clips)))) if max_images > 0 else 1
+    for i, c in enumerate(clips):
+        sl = slice(i % k, None, k)
+        hum, _ = transform_sample(c.human[sl], c.clothing_mask[sl], c.face_mask[sl], c.pose_images[sl],
+                                  c.identity_image, c.identity_landmarks, H, W)
+        man, _ = transform_sample(c.mannequin[sl], c.clothing_mask[sl], c.face_mask[sl], c.pose_images[sl],
+                                  c.identity_image, c.identity_landmarks, H, W)
         out += [hum["frames"], man["frames"], hum["frames"] * hum["clothing_masks"][:, None],
                 hum["identity_image"][None]]
     return torch.cat(out)
@@ -384,10 +420,11 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         # 2. VAE ----------------------------------------------------------------------------------------------
         t0 = time.perf_counter()
         encoders = FrozenEncoders.random(cfg, seed=seed)
-        images = _vae_images(clips, H, W)
+        images = _vae_images(clips, H, W, s.vae_max_images)
         say(f"[2/5 vae] training the tiny VAE on {len(images)} frames for {s.vae_steps} steps")
         vres = train_tiny_vae(encoders.vae, images, steps=s.vae_steps, batch_size=s.vae_batch, lr=s.vae_lr,
-                              seed=seed, holdout=torch.cat([case.ground_truth, case.mannequin]),
+                              anchor_fraction=s.vae_anchor_fraction, seed=seed,
+                              holdout=torch.cat([case.ground_truth, case.mannequin]),
                               progress=lambda i, n, loss: say(f"[2/5 vae] step {i}/{n} loss {loss:.4f}"),
                               progress_every=max(1, s.vae_steps // 6))
         cfg.vae.scaling_factor = vres.scaling_factor  # stored in the checkpoint's config
@@ -410,8 +447,12 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
                          max_steps=s.train_steps, batch_size=s.batch_size, lr=s.lr, adam_beta1=0.9,
                          warmup_steps=min(s.warmup_steps, max(0, s.train_steps // 4)),
                          progressive=s.progressive, mirror=s.mirror_alpha > 0, alpha=s.mirror_alpha, beta=0.0,
+                         mirror_weighting=s.mirror_weighting, cond_dropout=s.cond_dropout,
                          output_dir=tmp.name, seed=seed, checkpoint_every=10 ** 9, log_every=10 ** 9)
-        dataset = SyntheticClipDataset(clips, num_frames=s.num_frames, stride=s.frame_stride, height=H, width=W,
+        train_clips = clips if s.identity_mask == "face" else [_with_head_mask(c) for c in clips]
+        if s.identity_other_outfit:
+            train_clips = [_with_other_outfit(c) for c in train_clips]
+        dataset = SyntheticClipDataset(train_clips, num_frames=s.num_frames, stride=s.frame_stride, height=H, width=W,
                                        seed=seed)
         trainer = Trainer(tc, model=model, encoders=encoders, vgg=None, dataset=dataset,
                           accelerator=Accelerator(cpu=dev.type == "cpu"), log_fn=lambda m: say(f"[3/5 train] {m}"))

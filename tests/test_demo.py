@@ -87,3 +87,21 @@ def test_quick_demo_checkpoint_loads_as_a_pipeline(quick_run):
                        torch.rand(3, h, w), torch.randn(512),
                        SamplerSettings(steps=2, context_frames=4, context_overlap=2))
     assert res.frames.shape == (n, 3, h, w) and torch.isfinite(res.frames).all()
+
+
+def test_training_identity_image_is_the_same_person_in_other_clothes():
+    """x_id in training must not show the target outfit (at test time it is another person's photo)."""
+    from m2h_core.demo import _with_head_mask, _with_other_outfit
+    from m2h_core.synthetic import generate_clip
+
+    clip = generate_clip(3, n_frames=4, height=128, width=64)
+    other = _with_other_outfit(clip)
+    assert other.identity == clip.identity
+    assert np.array_equal(other.identity_embedding, clip.identity_embedding)
+    assert other.identity_image.shape == clip.identity_image.shape
+    assert not np.array_equal(other.identity_image, clip.identity_image)
+    assert other.identity_landmarks.any()  # p_id is drawn, not blank
+    assert np.array_equal(other.human, clip.human)  # the training target is untouched
+    head = _with_head_mask(clip).face_mask
+    assert (head >= clip.face_mask).all() and head.sum() > clip.face_mask.sum()  # face + hair
+    assert not (head & clip.clothing_mask).any()
