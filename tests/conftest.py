@@ -8,7 +8,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes over a minute on a CPU; still part of CI (deselect with -m 'not slow')")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def single_thread():
     """Every test on one intra-op thread: the tiny models issue thousands of very small ops, and on a 2-core
     (possibly shared) CI machine OpenMP synchronisation dominates them (measured 5x slower with 2 threads; the

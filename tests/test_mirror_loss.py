@@ -12,15 +12,6 @@ from m2h_core.training import make_train_scheduler
 from m2h_core.vgg import VGGFeatures
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, 2+ threads of tiny ops mostly wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def parts():
     cfg = tiny()

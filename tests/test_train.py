@@ -26,15 +26,6 @@ from m2h_core.training import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, 2+ threads of tiny ops mostly wait on each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tc(tmp_path, **kw) -> TrainConfig:
     base = dict(preset="tiny", random_init=True, synthetic_clips=2, synthetic_frames=12, num_frames=4,
                 frame_stride=2, batch_size=1, max_steps=4, lr=1e-3, checkpoint_every=2, keep_last=2,
