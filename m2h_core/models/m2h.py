@@ -41,8 +41,11 @@ class M2HInputs:
     def to(self, device=None, dtype=None) -> "M2HInputs":
         return M2HInputs(**{f.name: getattr(self, f.name).to(device=device, dtype=dtype) for f in fields(self)})
 
-    def check(self, cfg: M2HConfig) -> None:
-        """Raise ValueError with an actionable message when the shapes do not fit together."""
+    def check(self, cfg: M2HConfig, finite: bool = True) -> None:
+        """Raise ValueError with an actionable message when the shapes do not fit together.
+
+        finite: also check for NaN/inf (a device sync per tensor: the trainer skips it and catches non-finite
+        losses instead)."""
         b, f, c, h, w = self.clothing_latents.shape
         pb, pf, _, ph, pw = self.pose_images.shape
         if (pb, pf) != (b, f):
@@ -63,7 +66,7 @@ class M2HInputs:
         if self.clip_tokens.shape[:2] != (b, f) or self.clip_tokens.shape[-1] != cfg.unet.cross_attention_dim:
             raise ValueError(f"CLIP tokens have shape {tuple(self.clip_tokens.shape)}, expected ({b}, {f}, T, "
                              f"{cfg.unet.cross_attention_dim}) — is the CLIP image encoder the one this model uses?")
-        for fl in fields(self):
+        for fl in fields(self) if finite else ():
             if not torch.isfinite(getattr(self, fl.name)).all():
                 raise ValueError(f"{fl.name} contains NaN or inf")
 
@@ -105,7 +108,7 @@ class M2HModel(nn.Module):
         drop: (B,) bool — clips whose identity and CLIP tokens are dropped (training's condition dropout).
         classifier_free: return a 2B batch [conditional; unconditional] so both CFG branches run as one batch.
         """
-        inputs.check(self.cfg)
+        inputs.check(self.cfg, finite=not torch.is_grad_enabled())
         b, f = inputs.clothing_latents.shape[:2]
         poses = inputs.pose_images.flatten(0, 1)
         parts = [self.pose_encoder(poses[i: i + self.pose_chunk]) for i in range(0, poses.shape[0], self.pose_chunk)]
