@@ -19,13 +19,14 @@ half checkpoint; only the newest `keep_last` are kept. No pickle anywhere. `resu
 newest one: model, optimizer, lr schedule, RNG states and data position are restored, so a resumed run follows
 the same trajectory as an uninterrupted one.
 
-Distributed / precision: HF accelerate (`accelerate launch --config_file ...` for DDP or DeepSpeed,
+Distributed / precision: HF accelerate (`accelerate launch --config_file ...` for DDP, FSDP or DeepSpeed,
 `mixed_precision`), `gradient_checkpointing` on the UNet. Our own sampler shards data positions across ranks.
-FSDP is not supported yet (resuming into a sharded model and LoRA checkpoints are not FSDP-aware): the Trainer
-raises a clear error under an FSDP accelerate config; use DDP with gradient checkpointing / LoRA instead.
-Optimizer moments are saved in our safetensors format for single-process and DDP runs; under DeepSpeed the
-optimizer is sharded by accelerate and its moments are not saved (a resumed run restarts Adam's moments and
-says so). Each rank's RNG states are saved (keyed by rank); a rank the saving run did not have is re-seeded
+Under FSDP (1 or 2) the checkpoint still holds whole tensors: the model and Adam's moments are gathered to rank 0
+with PyTorch's distributed state-dict API (`sharded_state.py`) and scattered back on resume, so an FSDP run can
+resume without FSDP and vice versa (moments are stored keyed by parameter name under FSDP, by position otherwise,
+and converted on load). Not under FSDP: LoRA (refused) and validation videos (skipped: the sampler calls
+sub-modules whose parameters are sharded). Under DeepSpeed the optimizer is sharded by accelerate and its moments
+are not saved (a resumed run restarts Adam's moments and says so). Each rank's RNG states are saved (keyed by rank); a rank the saving run did not have is re-seeded
 from (seed, rank, step). fp16: the GradScaler state is saved and restored, the lr schedule does not advance on
 steps the scaler skipped, and a non-finite loss skips its step with a warning (the run aborts after
 `max_nonfinite_steps` such steps in a row).
@@ -58,6 +59,8 @@ from .dataset import ClipCacheDataset, ResumableSampler, SyntheticClipDataset
 from .encoders import FrozenEncoders
 from .mirror_loss import MirrorLoss
 from .models.m2h import M2HModel
+from .sharded_state import PREFIX as SHARDED_PREFIX
+from .sharded_state import gather_model_state, gather_optimizer_state, set_model_state, set_optimizer_state
 
 STATE_VERSION = 2  # 2: RNG states per rank, GradScaler state (version 1 still loads)
 CKPT_PREFIX = "step_"
@@ -384,6 +387,40 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def _optimizer_state_keyed(tensors: dict[str, torch.Tensor], meta: dict[str, Any], names: list[str],
+                           by_name: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Saved optimizer state -> keyed by parameter name (`sharded_state`) or by position (`optimizer_from_tensors`).
+
+    Positions index `names` (the trainable parameters in optimizer order, the same in every run of a config)."""
+    saved_by_name = meta.get("keyed_by") == "name"
+    if saved_by_name:
+        t = {k: v for k, v in tensors.items() if k.startswith(SHARDED_PREFIX)}
+    else:
+        t = {k: v for k, v in tensors.items() if k.startswith("opt.")}
+    if saved_by_name == by_name:
+        return t, meta
+    index = {n: i for i, n in enumerate(names)}
+    out_t: dict[str, torch.Tensor] = {}
+    out_s: dict[str, Any] = {}
+    if by_name:  # opt.<pid>.<key> -> optf.<key>.<name>
+        for key, v in t.items():
+            _, pid, k = key.split(".", 2)
+            out_t[f"{SHARDED_PREFIX}{k}.{names[int(pid)]}"] = v
+        for key, v in meta.get("scalars", {}).items():
+            pid, k = key.split(".", 1)
+            out_s[f"{k}.{names[int(pid)]}"] = v
+        groups = [dict(g, params=[names[int(p)] for p in g["params"]]) for g in meta["param_groups"]]
+        return out_t, {"param_groups": groups, "scalars": out_s, "keyed_by": "name"}
+    for key, v in t.items():  # optf.<key>.<name> -> opt.<pid>.<key>
+        k, name = key[len(SHARDED_PREFIX):].split(".", 1)
+        out_t[f"opt.{index[name]}.{k}"] = v
+    for key, v in meta.get("scalars", {}).items():
+        k, name = key.split(".", 1)
+        out_s[f"{index[name]}.{k}"] = v
+    groups = [dict(g, params=[index[p] for p in g["params"]]) for g in meta["param_groups"]]
+    return out_t, {"param_groups": groups, "scalars": out_s}
+
+
 def _jsonable(d: dict) -> dict:
     out = {}
     for k, v in d.items():
@@ -456,11 +493,11 @@ class Trainer:
         # gradient accumulation is done here (train_step), not by accelerate, so accelerate's backward does not
         # rescale the loss a second time
         self.accelerator = accelerator or Accelerator(mixed_precision=tc.mixed_precision)
-        if self.accelerator.distributed_type.value == "FSDP":
-            raise NotImplementedError(
-                "FSDP is not supported by this trainer yet (resuming and LoRA checkpoints need FSDP-aware state "
-                "dict handling); use DDP (accelerate multi-GPU) with gradient_checkpointing / lora_rank to save "
-                "memory")
+        self.sharded = self.accelerator.distributed_type.value == "FSDP"
+        if self.sharded and tc.lora_rank > 0:
+            raise ValueError(
+                "LoRA (lora_rank > 0) under FSDP is not supported: LoRA exists for small GPUs, where the full model "
+                "is frozen and FSDP has little to shard; use LoRA on one GPU or DDP, or FSDP without LoRA")
         self.device = self.accelerator.device
         self.log = log_fn or (lambda s: self.accelerator.print(s))
         self.out = Path(tc.output_dir)
@@ -637,7 +674,14 @@ class Trainer:
         root = self.out / "checkpoints"
         final = root / f"{CKPT_PREFIX}{self.step:08d}"
         unwrapped = acc.unwrap_model(self.ddp_model)
-        full_sd = acc.get_state_dict(self.ddp_model) if acc.distributed_type.value in ("FSDP", "DEEPSPEED") else None
+        inner_opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        full_sd = None
+        sharded_opt: tuple[dict[str, torch.Tensor], dict[str, Any]] = ({}, {})
+        if self.sharded:  # collective: every rank takes part, rank 0 receives whole tensors (sharded_state.py)
+            full_sd = gather_model_state(self.ddp_model)
+            sharded_opt = gather_optimizer_state(self.ddp_model, inner_opt)
+        elif acc.distributed_type.value == "DEEPSPEED":
+            full_sd = acc.get_state_dict(self.ddp_model)
         rng_states = self._gather_rng_states()
         if acc.is_main_process:
             root.mkdir(parents=True, exist_ok=True)
@@ -654,9 +698,11 @@ class Trainer:
                 tensors.update({f"rng.{rank}.{k}": v.detach().cpu().clone() for k, v in rt.items()})
                 rng_meta.append(rm)
             opt_meta: dict[str, Any] = {}
-            if acc.distributed_type.value in ("NO", "MULTI_GPU", "MULTI_CPU", "MULTI_NPU", "MULTI_XPU"):
-                ot, opt_meta = optimizer_to_tensors(self.optimizer.optimizer if hasattr(self.optimizer, "optimizer")
-                                                    else self.optimizer)
+            if self.sharded:
+                ot, opt_meta = sharded_opt
+                tensors.update(ot)
+            elif acc.distributed_type.value in ("NO", "MULTI_GPU", "MULTI_CPU", "MULTI_NPU", "MULTI_XPU"):
+                ot, opt_meta = optimizer_to_tensors(inner_opt)
                 tensors.update(ot)
             if self.tc.lora_rank > 0:
                 for name, p in unwrapped.named_parameters():
@@ -698,13 +744,22 @@ class Trainer:
                     params[name].copy_(tensors[f"param.{name}"])
         else:
             sd = load_file(str(d / "m2h.safetensors"))  # on the CPU; load_state_dict copies to the device
-            unwrapped.load_state_dict(sd)
+            if self.sharded:
+                set_model_state(self.ddp_model, sd)
+            else:
+                unwrapped.load_state_dict(sd)
         if state.get("optimizer_saved"):
             opt = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
-            # CPU tensors: torch moves the moments to their parameter's device and keeps `step` on the CPU
-            # (a `step` on the GPU makes Adam sync with .item() for every parameter at every step)
-            optimizer_from_tensors(opt, {k: v for k, v in tensors.items() if k.startswith("opt.")},
-                                   state["optimizer"])
+            # saved by an FSDP run (keyed by parameter name) or not (keyed by position): convert to what this run
+            # uses, so a run can resume with or without FSDP
+            ot, om = _optimizer_state_keyed(tensors, state["optimizer"], self.param_names,
+                                            by_name=self.sharded)
+            if self.sharded:
+                set_optimizer_state(self.ddp_model, opt, ot, om)
+            else:
+                # CPU tensors: torch moves the moments to their parameter's device and keeps `step` on the CPU
+                # (a `step` on the GPU makes Adam sync with .item() for every parameter at every step)
+                optimizer_from_tensors(opt, ot, om)
         else:
             self.log("note: this checkpoint has no optimizer moments (sharded run); Adam restarts its moments")
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -761,6 +816,12 @@ class Trainer:
         from .video_io import write_video
 
         acc = self.accelerator
+        if self.sharded:
+            if not getattr(self, "_said_no_fsdp_validation", False):
+                self.log("note: no validation videos under FSDP (the sampler calls sharded sub-modules); render "
+                         "them from a checkpoint with `m2h generate` or train/evaluate.py")
+                self._said_no_fsdp_validation = True
+            return None
         if not acc.is_main_process:
             return None
         ds = self.val_dataset if getattr(self, "val_dataset", None) is not None else self.dataset

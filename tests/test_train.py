@@ -293,7 +293,7 @@ def test_lora_resume_clips_prepared_params_and_keeps_optimizer_step_on_cpu(tmp_p
     for p, st in opt.state.items():
         assert st["step"].device.type == "cpu" and float(st["step"]) == 1.0
         assert st["exp_avg"].device == p.device
-    with pytest.raises(NotImplementedError, match="FSDP is not supported"):
+    with pytest.raises(ValueError, match="LoRA .* under FSDP is not supported"):
         from accelerate.utils import DistributedType
 
         Trainer(tc, accelerator=_AsRank(tr.accelerator, 0, 2, distributed_type=DistributedType.FSDP))

@@ -4,7 +4,7 @@
     python train/train.py --config train/configs/sd15.yaml --data CACHE \\
         --base v1-5-pruned-emaonly.safetensors --clip-vision clip_vision_vit_l14.safetensors \\
         --motion-module mm_sd_v15_v2.safetensors --vgg vgg16-397923af.pth
-    accelerate launch --config_file acc.yaml train/train.py --config ...        # DDP / DeepSpeed (no FSDP yet)
+    accelerate launch --config_file acc.yaml train/train.py --config ...        # DDP / FSDP / DeepSpeed
 
     --resume auto        continue from the newest checkpoint in the output folder (the default)
     --set key=value      any config key (repeatable), e.g. --set lora_rank=16 --set batch_size=2
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"=== run {sub} -> {tc.output_dir}")
         try:
             trainer = Trainer(tc)
-        except (ValueError, FileNotFoundError, NotImplementedError) as e:  # missing weights, bad sizes, FSDP
+        except (ValueError, FileNotFoundError, NotImplementedError) as e:  # missing weights, bad sizes
             print(f"error: {e}", file=sys.stderr)
             return 2
         result = trainer.run(resume=resume, stop_after=a.stop_after)

@@ -14,7 +14,9 @@ Switches (Table III ablation): `normalize=False` -> plain addition z_clip + z_pi
 identity branch: one cross-attention over the concatenation [f_clip; f_pi] with the UNet's own projections.
 
 Keys/values depend only on the conditioning, never on the timestep: `project_kv` computes them once per video
-(`AdapterKV`), and the processors read them from `cross_attention_kwargs["m2h_kv"]` at every step.
+(`AdapterKV`), and the processors read them from `cross_attention_kwargs["m2h_kv"]` at every step. Training
+(one step per conditioning) passes the tokens instead (`project_all(..., lazy=True)`) and each processor projects
+them inside its attention module's forward: under FSDP a module's weights are only whole during its own forward.
 """
 
 from __future__ import annotations
@@ -42,13 +44,19 @@ class AdapterKV:
     """Per-layer keys/values for the whole video: name -> tensors of shape (B, F, heads, T, head_dim)."""
 
     kv: dict[str, tuple[torch.Tensor, ...]]
+    tokens: tuple[torch.Tensor, torch.Tensor] | None = None  # lazy: (f_clip, f_pi) (B, F, T, D), projected per layer
 
     def frames(self, index: torch.Tensor | slice | None) -> dict[str, tuple[torch.Tensor, ...]]:
         """Select frames (a window) and flatten to the UNet's (B*F, heads, T, d) layout."""
         out = {}
         for name, tensors in self.kv.items():
             out[name] = tuple((t if index is None else t[:, index]).flatten(0, 1) for t in tensors)
+        if self.tokens is not None:
+            out[TOKENS] = tuple(t if index is None else t[:, index] for t in self.tokens)
         return out
+
+
+TOKENS = "__tokens__"  # m2h_kv key of the lazy (f_clip, f_pi) tokens
 
 
 class PassThroughProcessor(AttnProcessor2_0):
@@ -83,9 +91,12 @@ class HeadClothingAdapterProcessor(nn.Module):
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states=None,
                  attention_mask=None, temb=None, m2h_kv: dict | None = None, *args, **kwargs) -> torch.Tensor:
-        if m2h_kv is None or self.name not in m2h_kv:
+        if m2h_kv is not None and self.name not in m2h_kv and TOKENS in m2h_kv:
+            kv = tuple(t.flatten(0, 1) for t in self.project_kv(attn, *m2h_kv[TOKENS]))
+        elif m2h_kv is None or self.name not in m2h_kv:
             raise RuntimeError(f"{self.name}: no M2H keys/values passed; call the UNet through M2HModel")
-        kv = m2h_kv[self.name]
+        else:
+            kv = m2h_kv[self.name]
         q = rearrange(attn.to_q(hidden_states), "n l (h d) -> n h l d", h=attn.heads)
         attend = lambda k, v: rearrange(  # noqa: E731
             F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype)), "n h l d -> n l (h d)")
@@ -120,8 +131,13 @@ def install_adapter(unet: nn.Module, cfg: AdapterConfig) -> dict[str, HeadClothi
     return installed
 
 
-def project_all(unet: nn.Module, clip_tokens: torch.Tensor, id_tokens: torch.Tensor) -> AdapterKV:
-    """Keys/values of every adapter layer for the whole video (computed once, reused at every step)."""
+def project_all(unet: nn.Module, clip_tokens: torch.Tensor, id_tokens: torch.Tensor, lazy: bool = False
+                ) -> AdapterKV:
+    """Keys/values of every adapter layer for the whole video (computed once, reused at every step).
+
+    lazy: keep the tokens and let each layer project them in its own forward (training, FSDP)."""
+    if lazy:
+        return AdapterKV({}, (clip_tokens, id_tokens))
     kv = {}
     for name, module in unet.named_modules():
         if is_spatial_cross_attention(name, module):

@@ -102,11 +102,13 @@ class M2HModel(nn.Module):
 
     # -- once per video -------------------------------------------------------------------------------------
     def encode_conditions(self, inputs: M2HInputs, drop: torch.Tensor | None = None,
-                          classifier_free: bool = False) -> M2HConditioning:
+                          classifier_free: bool = False, precompute_kv: bool = True) -> M2HConditioning:
         """Pose encoding, E_id, H (Eq. 2) and the adapter's keys/values.
 
         drop: (B,) bool — clips whose identity and CLIP tokens are dropped (training's condition dropout).
         classifier_free: return a 2B batch [conditional; unconditional] so both CFG branches run as one batch.
+        precompute_kv: project A's keys/values here, once (sampling); False: each adapter layer projects the tokens
+        in its own forward (training: used once anyway, and FSDP-wrapped blocks only have whole weights then).
         """
         inputs.check(self.cfg, finite=not torch.is_grad_enabled())
         b, f = inputs.clothing_latents.shape[:2]
@@ -128,7 +130,8 @@ class M2HModel(nn.Module):
             f_pi = torch.cat([f_pi, torch.zeros_like(f_pi)])
             clip = torch.cat([clip, torch.zeros_like(clip)])
             unet_input = torch.cat([unet_input, unet_input])
-        return M2HConditioning(unet_input, project_all(self.unet, clip, f_pi), self.cfg.unet.latent_channels)
+        return M2HConditioning(unet_input, project_all(self.unet, clip, f_pi, lazy=not precompute_kv),
+                               self.cfg.unet.latent_channels)
 
     # -- once per step ---------------------------------------------------------------------------------------
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: M2HConditioning,
@@ -151,7 +154,7 @@ class M2HModel(nn.Module):
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, inputs: M2HInputs,
                 drop: torch.Tensor | None = None) -> torch.Tensor:
         """Epsilon prediction for a batch of clips (training)."""
-        return self.denoise(z_t, t, self.encode_conditions(inputs, drop=drop))
+        return self.denoise(z_t, t, self.encode_conditions(inputs, drop=drop, precompute_kv=False))
 
     # -- parameter groups ------------------------------------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
