@@ -146,6 +146,14 @@ class M2HConfig:
     use_head_encoder: bool = True  # False: "w/o H" — identity tokens + pose tokens added, no attention
     use_motion: bool = True
     prediction_type: str = "epsilon"
+    # what of x_id the model sees: "head" = x_id ⊙ M_head (`identity.head_only`), "full" = the whole image. The
+    # field's default is "full" so checkpoints written before it existed load as they were trained; the presets
+    # say "head".
+    identity_input: str = "full"
+
+    def __post_init__(self):
+        if self.identity_input not in ("head", "full"):
+            raise ValueError(f"identity_input must be 'head' or 'full', got {self.identity_input!r}")
 
     @property
     def latent_size(self) -> tuple[int, int]:
@@ -183,7 +191,7 @@ class M2HConfig:
 
 def sd15() -> M2HConfig:
     """The paper's model: SD-1.5 UNet + AnimateDiff v2 motion modules, SD-1.5 VAE, CLIP ViT-L/14, 512x256."""
-    return M2HConfig()
+    return M2HConfig(identity_input="head")
 
 
 def tiny() -> M2HConfig:
@@ -194,6 +202,7 @@ def tiny() -> M2HConfig:
     return M2HConfig(
         name="tiny",
         base_model="tiny",
+        identity_input="head",
         height=64,
         width=32,
         num_frames=8,

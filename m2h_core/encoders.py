@@ -105,8 +105,10 @@ class FrozenEncoders:
 
         frames (B, F, 3, H, W), clothing_masks (B, F, H, W) or (B, F, 1, H, W) in {0,1}, pose_images (B, F, 3, H, W),
         identity_image and identity_landmarks (B, 3, H, W), all in [0, 1]; arcface (B, 512).
-        The clothing frame is v ⊙ M_c; E and CLIP see it, pose images and p_id go in as [-1, 1].
+        The clothing frame is v ⊙ M_c; E and CLIP see it, pose images and p_id go in as [-1, 1]. With
+        `cfg.identity_input == "head"` E sees x_id ⊙ M_head (`identity.head_only`, M_head from p_id).
         """
+        from .identity import head_only
         from .models.m2h import M2HInputs
 
         if clothing_masks.ndim == frames.ndim - 1:
@@ -118,6 +120,8 @@ class FrozenEncoders:
             raise ValueError(f"frames are {tuple(frames.shape[-2:])} px, masks {tuple(clothing_masks.shape[-2:])}, "
                              f"poses {tuple(pose_images.shape[-2:])}: resize them to one size")
         clothing = frames * clothing_masks.to(frames.dtype)
+        if self.cfg.identity_input == "head":
+            identity_image = head_only(identity_image, identity_landmarks)
         return M2HInputs(
             clothing_latents=self.encode(clothing),
             pose_images=pose_images.to(self.device, self.dtype) * 2 - 1,

@@ -5,6 +5,8 @@ a head in that frame. A user's photo is arbitrary: `place_identity` moves and sc
 position estimated from the mannequin's pose (`head_box_from_pose`; headless mannequins: from neck and shoulders),
 or, without a pose, centre-crops the photo to the video's aspect ratio ("fit_photo"). The landmark image p_id is
 drawn from the same transformed landmarks, so x_id and p_id stay aligned.
+
+`head_only` keeps only the head of x_id (`M2HConfig.identity_input == "head"`): see its docstring.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from .pose_render import draw_face_landmarks
 from .video_io import apply_crop, compute_center_crop
@@ -119,8 +122,12 @@ class PlacedIdentity:
 
 
 def prepare_identity(photo: np.ndarray, face: Any, height: int, width: int,
-                     head: tuple[float, float, float] | None = None, face_scale: float = 1.0) -> PlacedIdentity:
-    """From the photo (uint8 RGB) and its analysed face (FaceResult: bbox, landmarks or kps, embedding)."""
+                     head: tuple[float, float, float] | None = None, face_scale: float = 1.0,
+                     identity_input: str = "full") -> PlacedIdentity:
+    """From the photo (uint8 RGB) and its analysed face (FaceResult: bbox, landmarks or kps, embedding).
+
+    identity_input: the model's `M2HConfig.identity_input`; with "head" the preview dims what the model will not
+    see (everything outside `head_region`). x_id itself stays whole: the model masks it (`FrozenEncoders`)."""
     import cv2
 
     points = face.landmarks if face.landmarks is not None else face.kps
@@ -129,7 +136,59 @@ def prepare_identity(photo: np.ndarray, face: Any, height: int, width: int,
     x1, y1, x2, y2 = [float(v) for v in face.bbox[:4]]
     box = np.array([[x1, y1], [x2, y2]]) @ m[:, :2].T + m[:, 2]
     preview = img.copy()
+    if identity_input == "head":
+        m, _ = head_region(torch.from_numpy(lmk).permute(2, 0, 1)[None].float() / 255)
+        keep = m[0, 0].numpy()[..., None]
+        preview = (preview * (0.25 + 0.75 * keep)).round().astype(np.uint8)
     cv2.rectangle(preview, (int(box[0, 0]), int(box[0, 1])), (int(box[1, 0]), int(box[1, 1])), (0, 255, 0), 1)
     preview = draw_face_landmarks(pts, height, width, color=(255, 64, 64), canvas=preview)
     return PlacedIdentity(img, lmk, np.asarray(face.embedding, np.float32).reshape(-1), desc,
                           (float(box[0, 0]), float(box[0, 1]), float(box[1, 0]), float(box[1, 1])), preview)
+
+
+# Head region around the 68 landmarks (jaw to brows), in landmark-box widths / heights: the hair and forehead
+# reach ~0.8 box heights above the brows, the ears and hair ~0.3 box widths to each side.
+HEAD_MARGIN_SIDE = 0.3
+HEAD_MARGIN_TOP = 0.8
+HEAD_MARGIN_BOTTOM = 0.1
+
+
+def head_region(identity_landmarks: torch.Tensor, threshold: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head masks from p_id: an ellipse around the drawn landmarks, widened for hair and ears.
+
+    identity_landmarks (B, 3, H, W) in [0, 1] (white landmarks on black). Returns (masks (B, 1, H, W) in {0, 1},
+    found (B,) bool); a sample whose p_id is empty (no landmarks) gets an all-ones mask and found = False.
+    """
+    b, _, h, w = identity_landmarks.shape
+    on = identity_landmarks.amax(1) > threshold  # (B, H, W)
+    ys = torch.arange(h, device=on.device, dtype=torch.float32)
+    xs = torch.arange(w, device=on.device, dtype=torch.float32)
+    masks = torch.ones(b, 1, h, w, device=on.device)
+    found = on.flatten(1).any(1)
+    for i in torch.nonzero(found).flatten().tolist():
+        rows = torch.nonzero(on[i].any(1)).flatten()
+        cols = torch.nonzero(on[i].any(0)).flatten()
+        y1, y2 = float(rows[0]), float(rows[-1]) + 1
+        x1, x2 = float(cols[0]), float(cols[-1]) + 1
+        bw, bh = x2 - x1, y2 - y1
+        top, bottom = y1 - HEAD_MARGIN_TOP * bh, y2 + HEAD_MARGIN_BOTTOM * bh
+        left, right = x1 - HEAD_MARGIN_SIDE * bw, x2 + HEAD_MARGIN_SIDE * bw
+        cy, cx = (top + bottom) / 2, (left + right) / 2
+        ry, rx = max((bottom - top) / 2, 1.0), max((right - left) / 2, 1.0)
+        ell = ((ys[:, None] + 0.5 - cy) / ry) ** 2 + ((xs[None, :] + 0.5 - cx) / rx) ** 2 <= 1.0
+        masks[i, 0] = ell.float()
+    return masks, found
+
+
+def head_only(identity_image: torch.Tensor, identity_landmarks: torch.Tensor) -> torch.Tensor:
+    """x_id ⊙ M_head: the identity image with everything but the head blacked out (paper Eq. 2's input, our choice).
+
+    The paper's x_id is "randomly selected from the frames in v_h" (Sec. III-D): a whole frame, wearing the clip's
+    own clothes. A model trained that way can copy the *clothing* from x_id (at test time another person in other
+    clothes), and we measured exactly that in the tiny demo (the identity photo's trousers showed up in the
+    result). Keeping only the head (the region the mirror loss supervises, and what the paper's user study shows
+    as "the face image") removes that shortcut. Black is the masked-out colour, as for the clothing frame v ⊙ M_c.
+    Samples without landmarks are kept whole. (B, 3, H, W) in [0, 1] -> same.
+    """
+    masks, _ = head_region(identity_landmarks)
+    return identity_image * masks.to(identity_image.dtype)

@@ -21,7 +21,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from .base_weights import hf_clip_config, load_clip_vision, load_motion_adapter, load_sd15
 from .checkpoint import load_checkpoint, read_config
-from .config import M2HConfig
+from .config import M2HConfig, sd15
 from .encoders import FrozenEncoders
 from .models.m2h import M2HModel
 from .models.unet import build_unet
@@ -70,7 +70,7 @@ def load_pipeline(checkpoint: str | os.PathLike | None = None, base: str | os.Pa
         model = load_checkpoint(checkpoint)
         encoders = embedded_encoders(checkpoint, cfg)
     else:
-        cfg = config or M2HConfig()
+        cfg = config or sd15()
         if base is None:
             raise ValueError("give an M2H checkpoint, or an SD-1.5 base checkpoint to start training from")
         unet2d, _ = load_sd15(base, cfg)

@@ -274,7 +274,8 @@ class M2HHeadEncoder(_M2HNode):
                  ", ".join(analyzer.providers))
         cfg = model.cfg
         cond, preview = logic.encode_identity(identity, analyzer, cfg.height, cfg.width, placement=placement,
-                                              pose=pose, reference_frame=reference_frame, face_scale=face_scale)
+                                              pose=pose, reference_frame=reference_frame, face_scale=face_scale,
+                                              identity_input=cfg.identity_input)
         return io.NodeOutput(cond, preview)
 
 

@@ -314,7 +314,7 @@ class HeadConditioning:
 
 def encode_identity(photo: torch.Tensor, analyzer: Any, height: int, width: int, *, placement: str =
                     "head_from_pose", pose: PoseSequence | None = None, reference_frame: int = 0,
-                    face_scale: float = 1.0) -> tuple[HeadConditioning, torch.Tensor]:
+                    face_scale: float = 1.0, identity_input: str = "full") -> tuple[HeadConditioning, torch.Tensor]:
     """Analyse the photo's face (``analyzer.analyze`` -> FaceResult) and build the head conditioning + preview."""
     images = as_image_batch(photo, "identity")
     if images.shape[0] > 1:
@@ -338,7 +338,7 @@ def encode_identity(photo: torch.Tensor, analyzer: Any, height: int, width: int,
             log.info("M2H Head Encoder: no head position in frame %d; used frame %d", reference_frame, used)
     elif placement != "fit_photo":
         raise M2HInputError(f"placement must be 'head_from_pose' or 'fit_photo', got {placement!r}")
-    placed = prepare_identity(rgb, face, height, width, head, face_scale)
+    placed = prepare_identity(rgb, face, height, width, head, face_scale, identity_input)
     log.info("M2H Head Encoder: %s", placed.description)
     cond = HeadConditioning(
         identity_image=bhwc_to_nchw(uint8_to_images(placed.image[None]))[0],

@@ -174,7 +174,8 @@ HEAD_ENCODER = NodeSpec(
     ),
     outputs=(
         Out("head_cond", M2H_HEAD_COND, "Identity conditioning for M2H Sampler."),
-        Out("preview", "IMAGE", "The placed identity image with the detected box and landmarks drawn."),
+        Out("preview", "IMAGE", "The placed identity image with the detected box and landmarks drawn; what the "
+                                "model does not see (outside the head, for head-only models) is dimmed."),
     ),
     needs=("insightface", "onnxruntime"),
 )

@@ -20,7 +20,7 @@ from m2h_core.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from m2h_core.config import M2HConfig, tiny
+from m2h_core.config import M2HConfig, sd15, tiny
 from tests.fixtures import write_m2h_checkpoint, write_sd15_single_file
 
 
@@ -189,3 +189,14 @@ def test_expect_base_mismatch(saved):
 def test_config_json_round_trip():
     for cfg in (tiny(), M2HConfig()):
         assert M2HConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_config_without_identity_input_loads_as_full_image_and_presets_use_head():
+    """Checkpoints written before `identity_input` existed were trained on whole x_id images: they must load as
+    "full"; the presets train head-only; a typo is refused."""
+    d = json.loads(tiny().to_json())
+    del d["identity_input"]
+    assert M2HConfig.from_dict(d).identity_input == "full"
+    assert tiny().identity_input == "head" and sd15().identity_input == "head"
+    with pytest.raises(ValueError, match="identity_input"):
+        M2HConfig(identity_input="face")

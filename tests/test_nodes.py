@@ -381,6 +381,23 @@ def test_encode_identity_head_from_pose_places_the_face_on_the_head():
     assert xs.min() >= x1 - 2 and xs.max() <= x2 + 2 and ys.min() >= y1 - 2 and ys.max() <= y2 + 2
 
 
+def test_encode_identity_preview_dims_what_a_head_only_model_does_not_see():
+    photo = torch.full((1, 120, 120, 3), 0.8)
+    seq = logic.PoseSequence([_pose()], 48, 80)
+    full, pv_full = logic.encode_identity(photo, FakeFaceAnalyzer(), 80, 48, pose=seq)
+    head, pv_head = logic.encode_identity(photo, FakeFaceAnalyzer(), 80, 48, pose=seq, identity_input="head")
+    assert torch.equal(full.identity_image, head.identity_image)  # the model masks x_id itself
+    m, found = identity.head_region(head.landmark_image[None])
+    inside = m[0, 0] > 0.5
+    assert found.all() and 0 < inside.float().mean() < 0.5
+    plain = ((pv_full[0] - 0.8).abs() < 0.01).all(-1)  # photo pixels, not the drawn box / landmarks
+    assert (plain & ~inside).sum() > 100
+    assert (pv_head[0][plain & ~inside] < 0.8 * 0.5).all()
+    x1, y1, x2, y2 = (int(round(v)) for v in head.face_box)
+    cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+    assert inside[cy, cx] and torch.equal(pv_head[0, cy, cx], pv_full[0, cy, cx])
+
+
 def test_encode_identity_errors():
     photo = torch.rand(1, 64, 64, 3)
     from m2h_core.preprocess.face import NoFaceError
