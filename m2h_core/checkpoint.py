@@ -31,7 +31,10 @@ class CheckpointError(ValueError):
 
 
 def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]) -> None:
-    """safetensors `save_file` to a temp file in the same folder, fsync, then rename over `path`."""
+    """safetensors `save_file` to a temp file in the same folder, fsync, then rename over `path`.
+
+    The file gets the permissions a plain `open()` would give it (0666 minus the umask), not mkstemp's 0600: a
+    ComfyUI server running as another user must be able to read the checkpoints training wrote."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -40,6 +43,9 @@ def atomic_save_file(tensors: dict[str, torch.Tensor], path: str | os.PathLike, 
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

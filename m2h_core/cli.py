@@ -48,6 +48,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--train-vae", action="store_true",
+                   help="train the tiny VAE here instead of loading the pretrained one shipped in m2h_core/assets")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.command == "demo":
         from .demo import run_demo
-        report = run_demo(a.out, quick=a.quick, seed=a.seed, device=a.device)
+        settings = None
+        if a.train_vae:
+            from .demo import DemoSettings
+
+            settings = DemoSettings.quick() if a.quick else DemoSettings()
+            settings.vae_source = "train"
+        report = run_demo(a.out, quick=a.quick, seed=a.seed, device=a.device, settings=settings)
         print(_demo_summary(report))
         return 0
     return _generate(a)

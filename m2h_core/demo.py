@@ -11,10 +11,13 @@
               another frame of the video); at test time it is another person in other clothes.
               `identity_other_outfit=True` trains with x_id in another outfit instead (measured at 600 steps:
               clothing PSNR/SSIM 11.85/0.316 vs 11.83/0.303, head colour similarity 0.78 vs 0.81: off by default).
-2. vae      - the tiny preset's AutoencoderKL is random otherwise; it is trained briefly on synthetic frames
-              (`m2h_core.tiny_vae`) so its latents mean something, and embedded in the checkpoint. Its quality caps
-              the head: at 300 steps x batch 16 it reconstructed thumbnail-level blobs (held-out head colour
-              similarity 0.82, as low as the M2H result); 1000 steps x batch 8 (same compute) reach 0.92.
+2. vae      - the paper freezes SD-1.5's *pretrained* VAE; the tiny preset's AutoencoderKL has no published
+              weights, so the package ships one pretrained on synthetic frames of its own seed stream
+              (`m2h_core/assets/tiny_vae.safetensors`, ~1 MB, made by `python -m m2h_core.tiny_vae`: 12000 steps x
+              batch 8, ~25 min on one core). It is embedded in the demo's checkpoint. `--train-vae` (vae_source=
+              "train") trains one here instead, as the first version of this demo did: 1000 steps (~110 s) gave
+              thumbnail-level reconstructions in which no head colour was visible, and the M2H result cannot be
+              sharper than its VAE.
 3. train    - the tiny M2H model with the real trainer (`m2h_core.training.Trainer`: L_diff + pixel mirror loss,
               condition dropout, Adam).
 4. sample   - the real sampler (`m2h_core.sampler.sample_video`, DDIM + CFG, context windows) on the held-out
@@ -57,7 +60,8 @@ from .metrics import masked_psnr, masked_ssim
 from .models.m2h import M2HModel
 from .sampler import SamplerSettings, sample_video
 from .synthetic import SyntheticClip, generate_clip, generate_dataset
-from .tiny_vae import reconstruct, train_tiny_vae
+from .tiny_vae import (SHIPPED_VAE, _psnr, load_vae_weights, reconstruct, train_tiny_vae,
+                       vae_training_images)
 from .video_io import write_video
 
 __all__ = ["DemoSettings", "DemoReport", "run_demo", "STAND_INS"]
@@ -73,8 +77,9 @@ STAND_INS = (
     ("clothing / face masks", "exact masks from the synthetic generator instead of a human-parsing model "
                               "(SCHP / SegFormer) and face detection"),
     ("face landmarks p_id", "the generator's 68 landmarks of the identity image instead of a landmark detector"),
-    ("VAE", "the tiny preset's 2-level AutoencoderKL (4x down, 4 latent channels), trained for ~1000 small-batch "
-            "steps in this demo, instead of SD-1.5's pretrained VAE (8x down)"),
+    ("VAE", "the tiny preset's AutoencoderKL (4x down, 4 latent channels), pretrained on synthetic frames and "
+            "shipped with the package (m2h_core/assets/tiny_vae.safetensors, `python -m m2h_core.tiny_vae` re-makes "
+            "it), instead of SD-1.5's pretrained VAE (8x down)"),
     ("UNet + motion modules", "the tiny preset's 2-level UNet with AnimateDiff-style motion modules, trained from "
                               "random init, instead of SD-1.5's UNet + AnimateDiff v2 (~1.4 B parameters)"),
     ("VGG for the mirror loss", "not used: the perceptual term is off (beta = 0); the mirror loss keeps its "
@@ -90,7 +95,9 @@ class DemoSettings:
     clip_frames: int = 24  # frames per training clip
     test_frames: int = 16  # frames of the held-out mannequin video
     fps: float = 8.0
-    vae_steps: int = 1000
+    vae_source: str = "shipped"  # "shipped": the pretrained tiny VAE in m2h_core/assets; "train": train one here
+    vae_path: str = ""  # another file written by tiny_vae.save_vae (vae_source="shipped")
+    vae_steps: int = 1000  # vae_source="train" (or the shipped file is missing)
     vae_batch: int = 8
     vae_lr: float = 2e-3
     vae_anchor_fraction: float = 0.15  # thumbnail anchor for the first 15 % of the VAE steps (see tiny_vae)
@@ -108,6 +115,7 @@ class DemoSettings:
     vae_max_images: int = 0  # > 0: at most this many VAE training images (every k-th frame of the clips)
     progressive: bool = False
     prediction_type: str = "v_prediction"  # see run_demo's docstring
+    unet_channels: tuple[int, ...] = (16, 32)  # the tiny preset's UNet widths (block_out_channels)
     sample_steps: int = 20
     guidance_scale: float = 2.0
     scheduler: str = "ddim"
@@ -116,8 +124,8 @@ class DemoSettings:
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(n_train_clips=3, clip_frames=12, test_frames=8, vae_steps=12, vae_batch=8, train_steps=6,
-                   batch_size=1, sample_steps=3, sheet_frames=4)
+        return cls(n_train_clips=3, clip_frames=12, test_frames=8, vae_source="train", vae_steps=12, vae_batch=8,
+                   train_steps=6, batch_size=1, sample_steps=3, sheet_frames=4)
 
 
 @dataclass
@@ -242,24 +250,6 @@ def _make_test_case(seed: int, n_frames: int, H: int, W: int, src_scale: int) ->
                      face_masks=man["face_masks"], head_masks=torch.from_numpy(head), clip=gt, donor=donor)
 
 
-def _vae_images(clips: list[SyntheticClip], H: int, W: int, max_images: int = 0) -> torch.Tensor:
-    """What the VAE sees in M2H: human frames, mannequin frames, clothing-only frames on black, identity images.
-
-    max_images > 0: every k-th frame of each clip, k chosen so that about `max_images` images come out."""
-    out = []
-    n_frames = sum(len(c.human) for c in clips)
-    k = max(1, -(-3 * n_frames // max(1, max_images - len(clips)))) if max_images > 0 else 1
-    for i, c in enumerate(clips):
-        sl = slice(i % k, None, k)
-        hum, _ = transform_sample(c.human[sl], c.clothing_mask[sl], c.face_mask[sl], c.pose_images[sl],
-                                  c.identity_image, c.identity_landmarks, H, W)
-        man, _ = transform_sample(c.mannequin[sl], c.clothing_mask[sl], c.face_mask[sl], c.pose_images[sl],
-                                  c.identity_image, c.identity_landmarks, H, W)
-        out += [hum["frames"], man["frames"], hum["frames"] * hum["clothing_masks"][:, None],
-                hum["identity_image"][None]]
-    return torch.cat(out)
-
-
 def _region_colours(frames: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
     """Mean RGB (in [0, 1]) of each frame over its mask; NaN where the mask is empty. -> (N, 3)."""
     f = frames.permute(0, 2, 3, 1).numpy().astype(np.float64)
@@ -337,7 +327,7 @@ def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> s
         "M2HVideo tiny CPU demo",
         "======================",
         "",
-        "What ran: a synthetic dataset of human clips was generated; the tiny VAE was trained on its frames; the",
+        "What ran: a synthetic dataset of human clips was generated; the tiny VAE was loaded (or trained); the",
         "tiny M2H model was trained on the human clips with the real trainer (L_diff + pixel mirror loss); then the",
         "real sampler turned a HELD-OUT mannequin clip (clothing frames, clothing masks and body poses from the",
         "mannequin rendering) into a person with a HELD-OUT identity (identity image, landmark image and embedding",
@@ -402,6 +392,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         cfg = tiny()
         cfg.num_frames = s.num_frames
         cfg.prediction_type = s.prediction_type
+        cfg.unet.block_out_channels = tuple(s.unet_channels)
         H, W = cfg.height, cfg.width
         say(f"[demo] {'quick' if quick else 'full'} run, seed {seed}, {n_threads} CPU thread(s), device {dev}, "
             f"load average {load0:.1f} -> {out}")
@@ -420,16 +411,26 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         # 2. VAE ----------------------------------------------------------------------------------------------
         t0 = time.perf_counter()
         encoders = FrozenEncoders.random(cfg, seed=seed)
-        images = _vae_images(clips, H, W, s.vae_max_images)
-        say(f"[2/5 vae] training the tiny VAE on {len(images)} frames for {s.vae_steps} steps")
-        vres = train_tiny_vae(encoders.vae, images, steps=s.vae_steps, batch_size=s.vae_batch, lr=s.vae_lr,
-                              anchor_fraction=s.vae_anchor_fraction, seed=seed,
-                              holdout=torch.cat([case.ground_truth, case.mannequin]),
-                              progress=lambda i, n, loss: say(f"[2/5 vae] step {i}/{n} loss {loss:.4f}"),
-                              progress_every=max(1, s.vae_steps // 6))
+        holdout = torch.cat([case.ground_truth, case.mannequin])
+        vres = None
+        if s.vae_source == "shipped":
+            try:
+                vres = load_vae_weights(encoders.vae, s.vae_path or SHIPPED_VAE)
+                vres.recon_psnr = _psnr(reconstruct(encoders.vae, holdout), holdout)
+                say(f"[2/5 vae] pretrained tiny VAE {s.vae_path or SHIPPED_VAE} ({vres.steps} steps, made by "
+                    f"`python -m m2h_core.tiny_vae`): held-out reconstruction PSNR {vres.recon_psnr:.2f} dB")
+            except (FileNotFoundError, ValueError) as e:
+                say(f"[2/5 vae] {e}\n[2/5 vae] training a tiny VAE here instead ({s.vae_steps} steps)")
+        if vres is None:
+            images = vae_training_images(clips, H, W, s.vae_max_images)
+            say(f"[2/5 vae] training the tiny VAE on {len(images)} frames for {s.vae_steps} steps")
+            vres = train_tiny_vae(encoders.vae, images, steps=s.vae_steps, batch_size=s.vae_batch, lr=s.vae_lr,
+                                  anchor_fraction=s.vae_anchor_fraction, seed=seed, holdout=holdout,
+                                  progress=lambda i, n, loss: say(f"[2/5 vae] step {i}/{n} loss {loss:.4f}"),
+                                  progress_every=max(1, s.vae_steps // 6))
+            say(f"[2/5 vae] done in {vres.seconds:.0f}s: held-out reconstruction PSNR {vres.recon_psnr:.2f} dB, "
+                f"latent scaling factor {vres.scaling_factor:.4f}")
         cfg.vae.scaling_factor = vres.scaling_factor  # stored in the checkpoint's config
-        say(f"[2/5 vae] done in {vres.seconds:.0f}s: held-out reconstruction PSNR {vres.recon_psnr:.2f} dB, "
-            f"latent scaling factor {vres.scaling_factor:.4f}")
         stages["vae"] = time.perf_counter() - t0
 
         # 3. M2H training ------------------------------------------------------------------------------------------

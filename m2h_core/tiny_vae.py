@@ -17,12 +17,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+
+from .dataset import transform_sample
+
+if TYPE_CHECKING:
+    from .synthetic import SyntheticClip
+
+SHIPPED_VAE = Path(__file__).resolve().parent / "assets" / "tiny_vae.safetensors"
 
 
 @dataclass
@@ -58,6 +66,24 @@ def latent_scale(vae: AutoencoderKL, images: torch.Tensor, chunk: int = 64) -> f
 
 def set_scaling_factor(vae: AutoencoderKL, value: float) -> None:
     vae.register_to_config(scaling_factor=float(value))
+
+
+def vae_training_images(clips: list[SyntheticClip], H: int, W: int, max_images: int = 0) -> torch.Tensor:
+    """What the VAE sees in M2H: human frames, mannequin frames, clothing-only frames on black, identity images.
+
+    max_images > 0: every k-th frame of each clip, k chosen so that about `max_images` images come out."""
+    out = []
+    n_frames = sum(len(c.human) for c in clips)
+    k = max(1, -(-3 * n_frames // max(1, max_images - len(clips)))) if max_images > 0 else 1
+    for i, c in enumerate(clips):
+        sl = slice(i % k, None, k)
+        hum, _ = transform_sample(c.human[sl], c.clothing_mask[sl], c.face_mask[sl], c.pose_images[sl],
+                                  c.identity_image, c.identity_landmarks, H, W)
+        man, _ = transform_sample(c.mannequin[sl], c.clothing_mask[sl], c.face_mask[sl], c.pose_images[sl],
+                                  c.identity_image, c.identity_landmarks, H, W)
+        out += [hum["frames"], man["frames"], hum["frames"] * hum["clothing_masks"][:, None],
+                hum["identity_image"][None]]
+    return torch.cat(out)
 
 
 def thumbnail_latents(x: torch.Tensor, latent_channels: int, down: int) -> torch.Tensor:
@@ -137,3 +163,101 @@ def train_tiny_vae(vae: AutoencoderKL, images: torch.Tensor, *, steps: int = 300
     scale = latent_scale(vae, images[: min(n, 256)])
     set_scaling_factor(vae, scale)
     return VAETrainResult(steps, time.perf_counter() - t0, psnr, scale, losses)
+
+
+# ---------------------------------------------------------------------------------------------------- shipped VAE
+
+
+def save_vae(vae: AutoencoderKL, path: str | Path, result: VAETrainResult, extra: dict | None = None) -> None:
+    """The VAE's weights as safetensors, with its config and how it was trained in the metadata (atomic write)."""
+    import json
+
+    from .checkpoint import atomic_save_file
+
+    meta = {"format": "m2hvideo-tiny-vae", "config": json.dumps(dict(vae.config)),
+            "steps": str(result.steps), "recon_psnr": f"{result.recon_psnr:.3f}",
+            "scaling_factor": repr(float(result.scaling_factor))}
+    meta.update({k: str(v) for k, v in (extra or {}).items()})
+    atomic_save_file({k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}, Path(path), meta)
+
+
+def load_vae_weights(vae: AutoencoderKL, path: str | Path = SHIPPED_VAE) -> VAETrainResult:
+    """Load a VAE written by `save_vae` into `vae` (eval, frozen) and set its scaling factor.
+
+    A missing file, another format, or weights for another VAE size raise ValueError / FileNotFoundError naming
+    the file and how to (re)make it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    remake = ("re-create it with `python -m m2h_core.tiny_vae --out %s`, or run the demo with --train-vae" % path)
+    if not path.is_file():
+        raise FileNotFoundError(f"tiny VAE weights not found: {path}; {remake}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        sd = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); {remake}") from e
+    if meta.get("format") != "m2hvideo-tiny-vae":
+        raise ValueError(f"{path} is not a tiny-VAE file written by m2h_core.tiny_vae.save_vae; {remake}")
+    want = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in sd.items()}
+    if want != got:
+        raise ValueError(f"{path} holds a VAE of another size than this config's "
+                         f"({len(got)} tensors vs {len(want)} expected); {remake}")
+    vae.load_state_dict(sd)
+    vae.eval().requires_grad_(False)
+    scale = float(meta["scaling_factor"])
+    set_scaling_factor(vae, scale)
+    return VAETrainResult(int(meta.get("steps", 0)), 0.0, float(meta.get("recon_psnr", "nan")), scale, [])
+
+
+def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 12000, batch_size: int = 8, lr: float = 2e-3,
+             n_clips: int = 120, clip_frames: int = 16, seed: int = 1234, anchor_fraction: float = 0.15,
+             progress: Callable[[str], None] | None = print) -> VAETrainResult:
+    """Train the tiny preset's VAE on synthetic clips (their own seed stream, apart from the demo's) and save it.
+
+    This is how `assets/tiny_vae.safetensors` is made: the demo loads it instead of spending most of its minutes
+    on a VAE (SD-1.5's VAE is pretrained too); `m2h demo --train-vae` trains one from scratch instead."""
+    from .config import tiny
+    from .synthetic import generate_dataset
+
+    cfg = tiny()
+    H, W = cfg.height, cfg.width
+    say = progress or (lambda _m: None)
+    clips = generate_dataset(n_clips, seed, n_frames=clip_frames, height=2 * H, width=2 * W)
+    hold = generate_dataset(4, seed + 1, n_frames=8, height=2 * H, width=2 * W)
+    images = vae_training_images(clips, H, W)
+    holdout = vae_training_images(hold, H, W)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(**cfg.vae.vae_kwargs())
+    say(f"[tiny vae] {len(images)} images from {n_clips} clips, {steps} steps x batch {batch_size}")
+    res = train_tiny_vae(vae, images, steps=steps, batch_size=batch_size, lr=lr, anchor_fraction=anchor_fraction,
+                         holdout=holdout, seed=seed, progress_every=max(1, steps // 20),
+                         progress=lambda i, n, loss: say(f"[tiny vae] step {i}/{n} loss {loss:.4f}"))
+    say(f"[tiny vae] held-out reconstruction PSNR {res.recon_psnr:.2f} dB in {res.seconds:.0f} s -> {out}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_vae(vae, out, res, {"seed": seed, "n_clips": n_clips, "clip_frames": clip_frames, "batch_size": batch_size,
+                             "lr": lr, "seconds": round(res.seconds)})
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m m2h_core.tiny_vae", description=pretrain.__doc__)
+    ap.add_argument("--out", default=str(SHIPPED_VAE))
+    ap.add_argument("--steps", type=int, default=12000)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--clips", type=int, default=120)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (0: PyTorch's default)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    pretrain(a.out, steps=a.steps, batch_size=a.batch_size, n_clips=a.clips, seed=a.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -200,3 +200,19 @@ def test_config_without_identity_input_loads_as_full_image_and_presets_use_head(
     assert tiny().identity_input == "head" and sd15().identity_input == "head"
     with pytest.raises(ValueError, match="identity_input"):
         M2HConfig(identity_input="face")
+
+
+def test_written_files_are_readable_by_others_as_with_open(tmp_path):
+    """mkstemp makes 0600 files; a checkpoint must get open()'s 0666 & ~umask so another user (a ComfyUI service)
+    can read it."""
+    import os
+    import stat
+
+    from m2h_core.checkpoint import atomic_save_file
+
+    old = os.umask(0o022)
+    try:
+        atomic_save_file({"x": torch.zeros(1)}, tmp_path / "a.safetensors", {"format": "test"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.safetensors").stat().st_mode) == 0o644

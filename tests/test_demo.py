@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from m2h_core.demo import STAND_INS, DemoSettings, run_demo
 
@@ -105,3 +106,28 @@ def test_training_identity_image_is_the_same_person_in_other_clothes():
     head = _with_head_mask(clip).face_mask
     assert (head >= clip.face_mask).all() and head.sum() > clip.face_mask.sum()  # face + hair
     assert not (head & clip.clothing_mask).any()
+
+
+def test_quick_demo_with_the_shipped_vae_and_its_fallback(tmp_path):
+    """The full demo's default: the pretrained tiny VAE from m2h_core/assets, embedded in the checkpoint; a missing
+    file falls back to training one, saying so."""
+    from m2h_core.pipeline import load_pipeline
+    from m2h_core.tiny_vae import SHIPPED_VAE
+
+    s = DemoSettings.quick()
+    s.vae_source = "shipped"
+    lines: list[str] = []
+    rep = run_demo(tmp_path / "a", settings=s, progress=lines.append)
+    text = "\n".join(lines)
+    assert "pretrained tiny VAE" in text and "training the tiny VAE" not in text
+    assert rep.metrics["vae"]["heldout_recon_psnr"] > 20.0  # the demo's own held-out clip, not the file's claim
+    vae = load_pipeline(rep.checkpoint).encoders.vae
+    shipped = load_file(str(SHIPPED_VAE))
+    for k, v in vae.state_dict().items():
+        assert torch.equal(v, shipped[k]), k
+
+    s.vae_path = str(tmp_path / "nowhere.safetensors")
+    lines.clear()
+    run_demo(tmp_path / "b", settings=s, progress=lines.append)
+    text = "\n".join(lines)
+    assert "nowhere.safetensors" in text and "training the tiny VAE on" in text
