@@ -96,14 +96,26 @@ class Identity:
         return np.concatenate([col, style, shape])
 
 
-def identity_embedding(identity: Identity, dim: int = 512, seed: int = 20240611) -> np.ndarray:
+def identity_embedding(identity: Identity, dim: int = 512, seed: int = 20240611, linear_dims: int = 128
+                       ) -> np.ndarray:
     """Stand-in ArcFace embedding: random Fourier features of :meth:`Identity.features` with a fixed seeded
-    projection, L2-normalised. Same identity -> same vector; cosine ~ exp(-|df|^2 / 2) between identities."""
+    projection, L2-normalised. Same identity -> same vector; cosine ~ exp(-|df|^2 / 2) between identities.
+
+    linear_dims > 0: that many of the `dim` entries are instead a fixed random *linear* projection of the centred
+    attributes (skin / hair / eye colour, style, shape), as real face-recognition embeddings also carry such
+    attributes linearly; different people still have cosine ~0 on average."""
     f = identity.features()
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((dim, f.size))
     b = rng.uniform(0, 2 * np.pi, dim)
     e = np.cos(w @ f + b)
+    if linear_dims > 0:
+        centre = np.concatenate([np.full(9, 1.5), np.full(len(HAIR_STYLES), 1.5 / len(HAIR_STYLES)),
+                                 np.full(len(FACE_SHAPES), 1.5 / len(FACE_SHAPES))])
+        a = rng.standard_normal((linear_dims, f.size)) / np.sqrt(f.size)
+        rff = e[: dim - linear_dims] / np.sqrt(dim - linear_dims)
+        lin = a @ (f - centre) / np.sqrt(linear_dims)
+        e = np.concatenate([rff, lin])
     return (e / np.linalg.norm(e)).astype(np.float32)
 
 

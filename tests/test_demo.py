@@ -50,6 +50,7 @@ def test_quick_demo_metrics_have_both_models(quick_run):
     assert set(m["definitions"]) >= set(KEYS)
     assert m["test_case"]["identity_in_training_set"] is False
     assert m["training"]["steps"] == DemoSettings.quick().train_steps
+    assert m["heldout_mean"]["trained"]["cases"] == DemoSettings.quick().eval_cases
     assert m == json.loads(json.dumps(report.metrics))
 
 

@@ -205,8 +205,8 @@ def _run_and_capture(model, inputs, z, t):
     name, attn = _adapter_layers(model.unet)[0]
     cap = _Capture(attn, name)
     try:
-        with torch.no_grad():
-            out = model(z, t, inputs)
+        with torch.no_grad():  # keys/values precomputed, as the sampler does (training's lazy path: see below)
+            out = model.denoise(z, t, model.encode_conditions(inputs))
     finally:
         cap.handle.remove()
     assert cap.calls, "the adapter layer was not called"
