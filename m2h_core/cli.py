@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 def _demo_summary(report) -> str:
     m = report.metrics
     lines = [f"demo finished in {report.seconds:.0f} s; files in {report.out_dir}:"]
-    for name in ("video", "contact_sheet", "checkpoint", "metrics_json", "readme"):
-        lines.append(f"  {name:14s} {getattr(report, name)}")
+    for name in ("video", "contact_sheet", "identity_sheet", "checkpoint", "metrics_json", "readme"):
+        if getattr(report, name, None) is not None:
+            lines.append(f"  {name:14s} {getattr(report, name)}")
     rows = [(k, m["trained"][k], m["untrained"][k]) for k in m.get("trained", {})
             if isinstance(m["trained"][k], (int, float)) and k in m.get("untrained", {})]
     if rows:

@@ -126,6 +126,7 @@ class DemoSettings:
     sample_steps: int = 20
     guidance_scale: float = 1.5
     eval_cases: int = 3  # held-out (mannequin clip, person) pairs scored; the first one is shown
+    identity_sheet_people: int = 5  # identity_sheet.png: the shown clip with this many other held-out people
     scheduler: str = "ddim"
     sheet_frames: int = 6
     video_scale: int = 4  # result.mp4 is upscaled (nearest) this many times: 64x32 px is tiny on screen
@@ -133,7 +134,8 @@ class DemoSettings:
     @classmethod
     def quick(cls) -> "DemoSettings":
         return cls(n_train_clips=3, clip_frames=12, test_frames=8, vae_source="train", vae_steps=12, vae_batch=8,
-                   train_steps=6, batch_size=1, sample_steps=3, sheet_frames=4, eval_cases=1)
+                   train_steps=6, batch_size=1, sample_steps=3, sheet_frames=4, eval_cases=1,
+                   identity_sheet_people=2)
 
 
 @dataclass
@@ -151,6 +153,7 @@ class DemoReport:
     fps: float = 0.0
     video_size: tuple[int, int] = (0, 0)  # (height, width) of result video frames
     threads: int = 1
+    identity_sheet: Path | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -336,6 +339,39 @@ def contact_sheet(rows: list[tuple[str, np.ndarray]], identity: np.ndarray, fram
     return np.concatenate([head, sheet], 0)
 
 
+def identity_sheet(columns: list[tuple[np.ndarray, np.ndarray, np.ndarray]], frame: int, scale: int = 3
+                   ) -> np.ndarray:
+    """One mannequin frame, several people: per column the identity photo, the result and the ground truth.
+
+    columns: (identity image (H, W, 3), result video (N, H, W, 3), ground-truth video (N, H, W, 3)), uint8."""
+    def up(a: np.ndarray) -> np.ndarray:
+        return cv2.resize(a, (a.shape[1] * scale, a.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+
+    rows = []
+    for name, pick in (("identity photo", lambda c: c[0]), (f"result, frame {frame}", lambda c: c[1][frame]),
+                       ("ground truth", lambda c: c[2][frame])):
+        cells = []
+        for c in columns:
+            cells += [up(pick(c)), np.full((c[0].shape[0] * scale, 4, 3), 255, np.uint8)]
+        rows.append(_label(np.concatenate(cells[:-1], 1), name))
+    head = _label(np.full((0, rows[0].shape[1], 3), 255, np.uint8), "one held-out mannequin clip, held-out people")
+    return np.concatenate([head] + rows, 0)
+
+
+def _identity_variants(case: _TestCase, n: int, seed: int, H: int, W: int, n_frames: int):
+    """n more held-out people for the same mannequin clip: (x_id, p_id, embedding, ground truth (N, 3, H, W))."""
+    out = []
+    for k in range(n):
+        s_id = int(np.random.SeedSequence([int(seed), 13, k]).generate_state(1)[0])
+        donor = generate_clip(s_id, n_frames=1, height=2 * H, width=2 * W)
+        gt = generate_clip(case.clip.seed, n_frames=n_frames, height=2 * H, width=2 * W, identity=donor.identity)
+        hum, _ = transform_sample(gt.human, gt.clothing_mask, gt.face_mask, gt.pose_images, donor.identity_image,
+                                  donor.identity_landmarks, H, W)
+        out.append((hum["identity_image"], hum["identity_landmarks"],
+                    torch.from_numpy(donor.identity_embedding.copy()), hum["frames"]))
+    return out
+
+
 def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> str:
     t, u = metrics["trained"], metrics["untrained"]
     lines = [
@@ -352,6 +388,7 @@ def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> s
         "Files:",
         "  result.mp4 / result.gif   the generated video (upscaled x%d, nearest neighbour)" % settings.video_scale,
         "  contact_sheet.png         rows: mannequin input | trained result | ground truth | untrained model",
+        "  identity_sheet.png        the same mannequin clip with other held-out people: photo | result | truth",
         "  m2h_tiny.safetensors      the trained model with its VAE and CLIP embedded (load_pipeline(path))",
         "  metrics.json              trained vs untrained, on the held-out clip (and the mean over all pairs)",
         "",
@@ -514,6 +551,14 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
                                  other.identity_image, other.identity_landmarks, other.arcface, settings_s)
                 extra_scores[name].append(_score(r.frames, other))
             say(f"[4/5 sample] scored held-out pair {k + 1}/{s.eval_cases}")
+        id_columns = []
+        if s.identity_sheet_people > 0:  # the same mannequin clip with other held-out people
+            nf = min(s.num_frames, s.test_frames)
+            for x_id, p_id, arc, gt in _identity_variants(case, s.identity_sheet_people, seed, H, W, nf):
+                r = sample_video(model, encoders, case.mannequin[:nf], case.clothing_masks[:nf],
+                                 case.pose_images[:nf], x_id, p_id, arc, settings_s)
+                id_columns.append((_to_uint8(x_id[None])[0], _to_uint8(r.frames), _to_uint8(gt)))
+            say(f"[4/5 sample] the same clip with {s.identity_sheet_people} more held-out people")
         stages["sample"] = time.perf_counter() - t0
 
         # 5. outputs --------------------------------------------------------------------------------------------------
@@ -573,6 +618,11 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
                               _to_uint8(case.identity_image[None])[0], picks)
         sheet_path = out / "contact_sheet.png"
         cv2.imwrite(str(sheet_path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        id_sheet_path = None
+        if id_columns:
+            id_sheet_path = out / "identity_sheet.png"
+            img = identity_sheet(id_columns, frame=min(s.num_frames, s.test_frames) // 2)
+            cv2.imwrite(str(id_sheet_path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         ckpt = out / "m2h_tiny.safetensors"
         save_checkpoint(model, ckpt, encoders=encoders,
                         extra={"demo": "m2h tiny CPU demo", "seed": seed, "train_steps": trainer.step,
@@ -593,4 +643,5 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         say(f"[demo] done in {total:.0f}s -> {out}")
     return DemoReport(out_dir=out, video=video, contact_sheet=sheet_path, checkpoint=ckpt, metrics_json=mpath,
                       readme=readme, metrics=metrics, seconds=total, stage_seconds=stages,
-                      num_frames=len(big), fps=s.fps, video_size=(big.shape[1], big.shape[2]), threads=n_threads)
+                      num_frames=len(big), fps=s.fps, video_size=(big.shape[1], big.shape[2]), threads=n_threads,
+                      identity_sheet=id_sheet_path)

@@ -24,8 +24,13 @@ def quick_run(tmp_path_factory):
 
 def test_quick_demo_writes_every_file(quick_run):
     out, report, _ = quick_run
-    for name in ("contact_sheet.png", "m2h_tiny.safetensors", "metrics.json", "README.txt"):
+    for name in ("contact_sheet.png", "identity_sheet.png", "m2h_tiny.safetensors", "metrics.json", "README.txt"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    import cv2
+
+    sheet = cv2.imread(str(report.identity_sheet))  # 3 labelled rows of 64 px x3, one column per person
+    n = DemoSettings.quick().identity_sheet_people
+    assert sheet.shape[0] > 3 * 64 * 3 and sheet.shape[1] == n * 32 * 3 + (n - 1) * 4
     assert report.video.name in ("result.mp4", "result.gif") and report.video.is_file()
     assert report.seconds < 60
 
