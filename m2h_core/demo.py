@@ -572,14 +572,13 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         t0 = time.perf_counter()
         say("[5/5 write] metrics, video, contact sheet, checkpoint, README")
         vae_rec = reconstruct(encoders.vae, case.ground_truth)
+        shown = {name: _score(results[name], case) for name in ("trained", "untrained")}
         metrics = {
             "num_frames": s.test_frames,
-            "trained": _score(results["trained"], case),
-            "untrained": _score(results["untrained"], case),
+            "trained": shown["trained"],
+            "untrained": shown["untrained"],
             "vae_reconstruction_of_ground_truth": _score(vae_rec, case),
-            "heldout_mean": {name: _mean_scores([metrics_case] + extra_scores[name])
-                             for name, metrics_case in (("trained", _score(results["trained"], case)),
-                                                        ("untrained", _score(results["untrained"], case)))},
+            "heldout_mean": {name: _mean_scores([shown[name]] + extra_scores[name]) for name in shown},
             "definitions": {
                 "clothing_psnr": "PSNR (dB) over the clothing-mask pixels, generated vs ground-truth human frames",
                 "clothing_ssim": "SSIM (11x11 Gaussian window) averaged over the clothing-mask pixels",

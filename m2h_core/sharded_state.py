@@ -5,6 +5,8 @@ Under FSDP every rank holds a shard of each parameter and of its Adam moments; o
 can resume on another number of GPUs or without FSDP. PyTorch's `torch.distributed.checkpoint.state_dict` API
 gathers and scatters them for FSDP1 and FSDP2 alike: the optimizer state comes keyed by parameter *name*, which we
 store as `optf.<state key>.<parameter name>` (the state keys - exp_avg, exp_avg_sq, step - have no dots).
+`encode_optimizer_state` / `decode_optimizer_state` are that file layout for both keyings (non-FSDP runs store
+`opt.<position>.<state key>`); `rekey_optimizer_state` converts between them, so runs resume across the two.
 
 Gathering and setting are collective: every rank calls them. Gathered tensors live on rank 0's CPU only
 (`cpu_offload`), so no rank needs room for the whole model on its GPU.
@@ -16,7 +18,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["gather_model_state", "gather_optimizer_state", "set_model_state", "set_optimizer_state"]
+__all__ = ["gather_model_state", "gather_optimizer_state", "set_model_state", "set_optimizer_state",
+           "encode_optimizer_state", "decode_optimizer_state", "rekey_optimizer_state"]
 
 PREFIX = "optf."
 
@@ -34,26 +37,61 @@ def gather_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=_options(cpu_offload=True))
 
 
+def encode_optimizer_state(osd: dict[str, Any], by_name: bool) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A torch-style optimizer state dict -> (safetensors tensors, JSON meta), in our file layout.
+
+    Keyed by position (`Optimizer.state_dict()`): tensors `opt.<pid>.<key>`, scalars `<pid>.<key>`. Keyed by
+    parameter name (the distributed API; names contain dots): tensors `optf.<key>.<name>`, scalars `<key>.<name>`.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for p, st in osd["state"].items():
+        for k, v in st.items():
+            if "." in k:
+                raise ValueError(f"optimizer state key {k!r} contains a dot; cannot encode it")
+            if isinstance(v, torch.Tensor):
+                tensors[f"{PREFIX}{k}.{p}" if by_name else f"opt.{p}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars[f"{k}.{p}" if by_name else f"{p}.{k}"] = v
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in osd["param_groups"]]
+    meta: dict[str, Any] = {"param_groups": groups, "scalars": scalars}
+    if by_name:
+        meta["keyed_by"] = "name"
+    return tensors, meta
+
+
+def decode_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of `encode_optimizer_state` (the layout is read from the meta): a torch-style state dict."""
+    by_name = meta.get("keyed_by") == "name"
+    state: dict[Any, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        if by_name and key.startswith(PREFIX):
+            k, p = key[len(PREFIX):].split(".", 1)
+        elif not by_name and key.startswith("opt."):
+            _, p, k = key.split(".", 2)
+        else:
+            continue
+        state.setdefault(p if by_name else int(p), {})[k] = v
+    for key, v in meta.get("scalars", {}).items():
+        k, p = key.split(".", 1) if by_name else key.split(".", 1)[::-1]
+        state.setdefault(p if by_name else int(p), {})[k] = v
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def rekey_optimizer_state(osd: dict[str, Any], mapping: dict) -> dict[str, Any]:
+    """The same state with its parameter keys (positions <-> names) mapped through `mapping`."""
+    return {"state": {mapping[p]: st for p, st in osd["state"].items()},
+            "param_groups": [dict(g, params=[mapping[p] for p in g["params"]]) for g in osd["param_groups"]]}
+
+
 def gather_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
                            ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, JSON meta) of the optimizer's full state on rank 0; ({}, {}) on the others (collective)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     osd = get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
-    if not osd:
-        return {}, {}
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for name, st in osd["state"].items():
-        for k, v in st.items():
-            if "." in k:
-                raise ValueError(f"optimizer state key {k!r} contains a dot; cannot encode it")
-            if isinstance(v, torch.Tensor):
-                tensors[f"{PREFIX}{k}.{name}"] = v.detach().contiguous().cpu()
-            else:
-                scalars[f"{k}.{name}"] = v
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in osd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars, "keyed_by": "name"}
+    return encode_optimizer_state(osd, by_name=True) if osd else ({}, {})
 
 
 def set_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -68,13 +106,4 @@ def set_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     """Inverse of `gather_optimizer_state`; each rank passes the whole state (collective)."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    state: dict[str, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        if key.startswith(PREFIX):
-            k, name = key[len(PREFIX):].split(".", 1)
-            state.setdefault(name, {})[k] = v
-    for key, v in meta.get("scalars", {}).items():
-        k, name = key.split(".", 1)
-        state.setdefault(name, {})[k] = v
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    set_optimizer_state_dict(model, optimizer, {"state": state, "param_groups": groups}, options=_options())
+    set_optimizer_state_dict(model, optimizer, decode_optimizer_state(tensors, meta), options=_options())

@@ -187,7 +187,6 @@ def load_vae_weights(vae: AutoencoderKL, path: str | Path = SHIPPED_VAE) -> VAET
     A missing file, another format, or weights for another VAE size raise ValueError / FileNotFoundError naming
     the file and how to (re)make it."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = Path(path)
     remake = ("re-create it with `python -m m2h_core.tiny_vae --out %s`, or run the demo with --train-vae" % path)
@@ -196,7 +195,7 @@ def load_vae_weights(vae: AutoencoderKL, path: str | Path = SHIPPED_VAE) -> VAET
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        sd = load_file(str(path))
+            sd = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
         raise ValueError(f"{path} is not a readable safetensors file ({e}); {remake}") from e
     if meta.get("format") != "m2hvideo-tiny-vae":

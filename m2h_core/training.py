@@ -26,10 +26,10 @@ with PyTorch's distributed state-dict API (`sharded_state.py`) and scattered bac
 resume without FSDP and vice versa (moments are stored keyed by parameter name under FSDP, by position otherwise,
 and converted on load). Not under FSDP: LoRA (refused) and validation videos (skipped: the sampler calls
 sub-modules whose parameters are sharded). Under DeepSpeed the optimizer is sharded by accelerate and its moments
-are not saved (a resumed run restarts Adam's moments and says so). Each rank's RNG states are saved (keyed by rank); a rank the saving run did not have is re-seeded
-from (seed, rank, step). fp16: the GradScaler state is saved and restored, the lr schedule does not advance on
-steps the scaler skipped, and a non-finite loss skips its step with a warning (the run aborts after
-`max_nonfinite_steps` such steps in a row).
+are not saved (a resumed run restarts Adam's moments and says so). Each rank's RNG states are saved (keyed by
+rank); a rank the saving run did not have is re-seeded from (seed, rank, step). fp16: the GradScaler state is
+saved and restored, the lr schedule does not advance on steps the scaler skipped, and a non-finite loss skips its
+step with a warning (the run aborts after `max_nonfinite_steps` such steps in a row).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ from .dataset import ClipCacheDataset, ResumableSampler, SyntheticClipDataset
 from .encoders import FrozenEncoders
 from .mirror_loss import MirrorLoss
 from .models.m2h import M2HModel
-from .sharded_state import PREFIX as SHARDED_PREFIX
-from .sharded_state import gather_model_state, gather_optimizer_state, set_model_state, set_optimizer_state
+from .sharded_state import (decode_optimizer_state, encode_optimizer_state, gather_model_state, gather_optimizer_state,
+                            rekey_optimizer_state, set_model_state, set_optimizer_state)
 
 STATE_VERSION = 2  # 2: RNG states per rank, GradScaler state (version 1 still loads)
 CKPT_PREFIX = "step_"
@@ -361,30 +361,12 @@ def _reseed_rng(seed: int, rank: int, step: int, generator: torch.Generator) -> 
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"opt.{pid}.{k}"] = v.detach().contiguous().cpu()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
+    return encode_optimizer_state(opt.state_dict(), by_name=False)
 
 
 def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
                            ) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    for key, v in meta.get("scalars", {}).items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    opt.load_state_dict(decode_optimizer_state(tensors, meta))
 
 
 def _optimizer_state_keyed(tensors: dict[str, torch.Tensor], meta: dict[str, Any], names: list[str],
@@ -392,33 +374,11 @@ def _optimizer_state_keyed(tensors: dict[str, torch.Tensor], meta: dict[str, Any
     """Saved optimizer state -> keyed by parameter name (`sharded_state`) or by position (`optimizer_from_tensors`).
 
     Positions index `names` (the trainable parameters in optimizer order, the same in every run of a config)."""
-    saved_by_name = meta.get("keyed_by") == "name"
-    if saved_by_name:
-        t = {k: v for k, v in tensors.items() if k.startswith(SHARDED_PREFIX)}
-    else:
-        t = {k: v for k, v in tensors.items() if k.startswith("opt.")}
-    if saved_by_name == by_name:
-        return t, meta
-    index = {n: i for i, n in enumerate(names)}
-    out_t: dict[str, torch.Tensor] = {}
-    out_s: dict[str, Any] = {}
-    if by_name:  # opt.<pid>.<key> -> optf.<key>.<name>
-        for key, v in t.items():
-            _, pid, k = key.split(".", 2)
-            out_t[f"{SHARDED_PREFIX}{k}.{names[int(pid)]}"] = v
-        for key, v in meta.get("scalars", {}).items():
-            pid, k = key.split(".", 1)
-            out_s[f"{k}.{names[int(pid)]}"] = v
-        groups = [dict(g, params=[names[int(p)] for p in g["params"]]) for g in meta["param_groups"]]
-        return out_t, {"param_groups": groups, "scalars": out_s, "keyed_by": "name"}
-    for key, v in t.items():  # optf.<key>.<name> -> opt.<pid>.<key>
-        k, name = key[len(SHARDED_PREFIX):].split(".", 1)
-        out_t[f"opt.{index[name]}.{k}"] = v
-    for key, v in meta.get("scalars", {}).items():
-        k, name = key.split(".", 1)
-        out_s[f"{index[name]}.{k}"] = v
-    groups = [dict(g, params=[index[p] for p in g["params"]]) for g in meta["param_groups"]]
-    return out_t, {"param_groups": groups, "scalars": out_s}
+    if (meta.get("keyed_by") == "name") == by_name:
+        return tensors, meta
+    osd = decode_optimizer_state(tensors, meta)
+    mapping = dict(enumerate(names)) if by_name else {n: i for i, n in enumerate(names)}
+    return encode_optimizer_state(rekey_optimizer_state(osd, mapping), by_name)
 
 
 def _jsonable(d: dict) -> dict:
