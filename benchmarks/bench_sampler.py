@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2h_core.config import preset  # noqa: E402
-from m2h_core.encoders import FrozenEncoders  # noqa: E402
+from m2h_core.inference.encoders import FrozenEncoders  # noqa: E402
 from m2h_core.models.m2h import M2HModel  # noqa: E402
-from m2h_core.sampler import SamplerSettings, make_scheduler, sample_video  # noqa: E402
+from m2h_core.inference.sampler import SamplerSettings, make_scheduler, sample_video  # noqa: E402
 
 
 def inputs(cfg, n):

@@ -22,9 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from m2h_core.encoders import FrozenEncoders  # noqa: E402
-from m2h_core.mirror_loss import MirrorLoss  # noqa: E402
-from m2h_core.training import TrainConfig, Trainer  # noqa: E402
+from m2h_core.inference.encoders import FrozenEncoders  # noqa: E402
+from m2h_core.training.mirror_loss import MirrorLoss  # noqa: E402
+from m2h_core.training.config import TrainConfig  # noqa: E402
+from m2h_core.training.trainer import Trainer  # noqa: E402
 
 
 def time_steps(tr: Trainer, batch: dict, n: int, warmup: int = 1) -> float:
@@ -79,7 +80,7 @@ def bench_decoder_sd15(device: str, n: int = 2) -> dict[str, float]:
     """SD-1.5 VAE decoder (random weights) + VGG: forward+backward for one 512x256 frame, full vs a face crop of
     8x6 latent cells (a ~40x30 px face + 2-cell margin)."""
     from m2h_core.config import sd15
-    from m2h_core.training import make_train_scheduler
+    from m2h_core.training.components import make_train_scheduler
     from m2h_core.vgg import VGGFeatures
 
     cfg = sd15()

@@ -49,7 +49,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--train-vae", action="store_true",
-                   help="train the tiny VAE here instead of loading the pretrained one shipped in m2h_core/assets")
+                   help="train the tiny VAE here instead of loading the pretrained one shipped in m2h_core/demo/assets")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         print(format_doctor(doctor(a.models_dir)))
         return 0
     if a.command == "demo":
-        from .demo import run_demo
+        from .demo.run import run_demo
         settings = None
         if a.train_vae:
-            from .demo import DemoSettings
+            from .demo.run import DemoSettings
 
             settings = DemoSettings.quick() if a.quick else DemoSettings()
             settings.vae_source = "train"
@@ -96,9 +96,9 @@ def _generate(a) -> int:
     import torch
     from tqdm import tqdm
 
-    from .generate import generate
-    from .pipeline import load_pipeline
-    from .sampler import SamplerSettings
+    from .inference.generate import generate
+    from .inference.pipeline import load_pipeline
+    from .inference.sampler import SamplerSettings
 
     dtype = getattr(torch, DTYPES[a.precision])
     pipe = load_pipeline(a.checkpoint, base=a.base, clip_vision=a.clip_vision, device=a.device, dtype=dtype)
@@ -119,7 +119,7 @@ def _generate(a) -> int:
 def entry() -> int:
     """Console entry point: known input problems print one clear line instead of a traceback."""
     from .checkpoint import CheckpointError
-    from .sampler import SamplingCancelled, SamplingError
+    from .inference.sampler import SamplingCancelled, SamplingError
 
     try:
         return main()

@@ -157,7 +157,7 @@ def _mtime(path: str | None) -> float:
 
 
 def load_m2h_model(checkpoint: str, base: str, clip_vision: str, motion: str, precision: str) -> M2HModelHandle:
-    from m2h_core.pipeline import load_pipeline
+    from m2h_core.inference.pipeline import load_pipeline
 
     mm = _mm()
     device = mm.get_torch_device()
@@ -295,7 +295,7 @@ class M2HSampler(_M2HNode):
     def execute(cls, model, frames, clothing_mask, pose_images, head_cond, seed, steps, cfg, scheduler,
                 context_frames, context_overlap, resize) -> io.NodeOutput:
         cls.check_available()
-        from m2h_core.sampler import SamplerSettings
+        from m2h_core.inference.sampler import SamplerSettings
 
         fitted = logic.prepare_sampler_inputs(frames, clothing_mask, pose_images, model.cfg.height,
                                               model.cfg.width, resize)

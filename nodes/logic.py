@@ -375,7 +375,7 @@ def check_context(num_frames: int, context_frames: int, context_overlap: int) ->
 
 def run_sampler(pipeline: Any, fitted: Fitted, head: HeadConditioning, settings: Any, progress=None, cancel=None):
     """sample_video on fitted inputs; returns (IMAGE [N,H,W,3], latents (N,c,h,w))."""
-    from m2h_core.sampler import sample_video
+    from m2h_core.inference.sampler import sample_video
 
     head = head.at_size(fitted.height, fitted.width)
     res = sample_video(pipeline.model, pipeline.encoders, bhwc_to_nchw(fitted.frames), fitted.masks,

@@ -25,7 +25,7 @@ CUSTOM_TYPES = (M2H_MODEL, M2H_POSE, M2H_HEAD_COND)
 SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "VIDEO", "AUDIO", *CUSTOM_TYPES}
 WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "STRING", "COMBO"}
 
-SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "unipc")  # == m2h_core.sampler.SCHEDULERS (checked by a test)
+SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "unipc")  # == m2h_core.inference.sampler.SCHEDULERS (checked by a test)
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 NONE = "none"
 AUTO = "auto"

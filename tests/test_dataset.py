@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from m2h_core.dataset import (
+from m2h_core.training.dataset import (
     ResumableSampler,
     SyntheticClipDataset,
     pick_identity_frame,
@@ -63,7 +63,7 @@ def test_same_transform_for_frames_masks_poses():
 
 
 def test_synthetic_dataset_scale_and_determinism():
-    from m2h_core.synthetic import generate_clip
+    from m2h_core.demo.synthetic import generate_clip
 
     clips = [generate_clip(s, n_frames=20, height=128, width=64) for s in (1, 2)]
     ds = SyntheticClipDataset(clips, height=64, width=32)
@@ -92,7 +92,7 @@ def test_resumable_sampler_positions():
 
 def _landscape_cache(root, n=3, h=256, w=384):
     """One cached video from a landscape source (the 2:1 crop keeps 128 of 384 px, then resizes x 1/4)."""
-    from m2h_core.dataset import write_cached_video
+    from m2h_core.training.dataset import write_cached_video
     from m2h_core.pose_render import PoseFrame, draw_pose
 
     poses = []
@@ -116,7 +116,7 @@ def _landscape_cache(root, n=3, h=256, w=384):
 def test_cache_pose_images_are_drawn_at_the_output_size_like_inference(tmp_path):
     """The pose image is drawn from the keypoints mapped through the crop, at the output size with the default
     line width (what inference does), not drawn at the source size and then shrunk."""
-    from m2h_core.dataset import ClipCacheDataset
+    from m2h_core.training.dataset import ClipCacheDataset
     from m2h_core.pose_render import PoseFrame, draw_pose
     from m2h_core.video_io import apply_crop, compute_center_crop
 
@@ -149,7 +149,7 @@ def test_cache_pose_images_are_drawn_at_the_output_size_like_inference(tmp_path)
 def test_write_split_is_stable_when_videos_are_added(tmp_path):
     import json
 
-    from m2h_core.dataset import write_split
+    from m2h_core.training.dataset import write_split
 
     def add(names):
         for n in names:

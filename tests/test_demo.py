@@ -1,4 +1,4 @@
-"""The built-in CPU demo (`m2h_core.demo.run_demo`) in its quick form: every stage runs and every file is usable."""
+"""The built-in CPU demo (`m2h_core.demo.run.run_demo`) in its quick form: every stage runs and every file is usable."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from m2h_core.demo import STAND_INS, DemoSettings, run_demo
+from m2h_core.demo.run import STAND_INS, DemoSettings, run_demo
 
 KEYS = ("clothing_psnr", "clothing_ssim", "head_colour_similarity", "head_psnr")
 
@@ -78,8 +78,8 @@ def test_quick_demo_readme_names_the_stand_ins(quick_run):
 
 
 def test_quick_demo_checkpoint_loads_as_a_pipeline(quick_run):
-    from m2h_core.pipeline import load_pipeline
-    from m2h_core.sampler import SamplerSettings, sample_video
+    from m2h_core.inference.pipeline import load_pipeline
+    from m2h_core.inference.sampler import SamplerSettings, sample_video
 
     out, report, _ = quick_run
     pipe = load_pipeline(out / "m2h_tiny.safetensors")
@@ -98,8 +98,8 @@ def test_quick_demo_checkpoint_loads_as_a_pipeline(quick_run):
 
 def test_training_identity_image_is_the_same_person_in_other_clothes():
     """x_id in training must not show the target outfit (at test time it is another person's photo)."""
-    from m2h_core.demo import _with_head_mask, _with_other_outfit
-    from m2h_core.synthetic import generate_clip
+    from m2h_core.demo.run import _with_head_mask, _with_other_outfit
+    from m2h_core.demo.synthetic import generate_clip
 
     clip = generate_clip(3, n_frames=4, height=128, width=64)
     other = _with_other_outfit(clip)
@@ -117,8 +117,8 @@ def test_training_identity_image_is_the_same_person_in_other_clothes():
 def test_quick_demo_with_the_shipped_vae_and_its_fallback(tmp_path):
     """The full demo's default: the pretrained tiny VAE from m2h_core/assets, embedded in the checkpoint; a missing
     file falls back to training one, saying so."""
-    from m2h_core.pipeline import load_pipeline
-    from m2h_core.tiny_vae import SHIPPED_VAE
+    from m2h_core.inference.pipeline import load_pipeline
+    from m2h_core.demo.tiny_vae import SHIPPED_VAE
 
     s = DemoSettings.quick()
     s.vae_source = "shipped"

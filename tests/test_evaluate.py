@@ -66,8 +66,8 @@ def test_prepare_data_resumes_and_reports_failures(tmp_path):
     reason; a second run skips the finished video and retries only the failed ones."""
     import numpy as np
 
-    from m2h_core.dataset import ClipCacheDataset
-    from m2h_core.synthetic import generate_clip
+    from m2h_core.training.dataset import ClipCacheDataset
+    from m2h_core.demo.synthetic import generate_clip
     from m2h_core.video_io import write_video
 
     videos = tmp_path / "videos"

@@ -14,9 +14,9 @@ import torch
 from m2h_core.checkpoint import save_checkpoint
 from m2h_core.cli import main
 from m2h_core.config import tiny
-from m2h_core.encoders import FrozenEncoders
+from m2h_core.inference.encoders import FrozenEncoders
 from m2h_core.models.m2h import M2HModel
-from m2h_core.synthetic import generate_clip
+from m2h_core.demo.synthetic import generate_clip
 from m2h_core.video_io import read_video, write_video
 
 from .test_preprocess_builders import build_dwpose_pair, build_face_pack, build_segformer

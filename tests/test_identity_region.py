@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from m2h_core.config import tiny
-from m2h_core.dataset import transform_sample
-from m2h_core.encoders import FrozenEncoders
+from m2h_core.training.dataset import transform_sample
+from m2h_core.inference.encoders import FrozenEncoders
 from m2h_core.identity import head_only, head_region
-from m2h_core.synthetic import generate_clip
+from m2h_core.demo.synthetic import generate_clip
 
 
 def _identity(seed: int):

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from m2h_core.config import tiny
-from m2h_core.encoders import FrozenEncoders
-from m2h_core.mirror_loss import MirrorLoss, face_crop_boxes, mirror_weight, one_step_x0
-from m2h_core.training import make_train_scheduler
+from m2h_core.inference.encoders import FrozenEncoders
+from m2h_core.training.mirror_loss import MirrorLoss, face_crop_boxes, mirror_weight, one_step_x0
+from m2h_core.training.components import make_train_scheduler
 from m2h_core.vgg import VGGFeatures
 
 

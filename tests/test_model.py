@@ -151,7 +151,7 @@ def test_input_checks_name_the_problem(model):
 @torch.no_grad()
 def test_frozen_encoders_feed_the_model(model):
     """Pixels -> M2HInputs through the (random) VAE and CLIP encoder, at full and half size; decode back."""
-    from m2h_core.encoders import FrozenEncoders
+    from m2h_core.inference.encoders import FrozenEncoders
 
     enc = FrozenEncoders.random(model.cfg, seed=0)
     enc.chunk = 3  # several chunks per call

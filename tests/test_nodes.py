@@ -90,7 +90,7 @@ def test_spec_is_consistent():
 
 
 def test_spec_matches_m2h_core():
-    from m2h_core.sampler import SCHEDULERS
+    from m2h_core.inference.sampler import SCHEDULERS
 
     assert tuple(spec.SCHEDULERS) == tuple(SCHEDULERS)
     from m2h_core.preprocess.parsing import DEFAULT_CLOTHING
@@ -427,9 +427,9 @@ def test_head_conditioning_resizes_for_keep_mode():
 @pytest.fixture(scope="module")
 def tiny_pipeline():
     from m2h_core.config import tiny
-    from m2h_core.encoders import FrozenEncoders
+    from m2h_core.inference.encoders import FrozenEncoders
     from m2h_core.models.m2h import M2HModel
-    from m2h_core.pipeline import M2HPipeline
+    from m2h_core.inference.pipeline import M2HPipeline
 
     cfg = tiny()
     torch.manual_seed(0)
@@ -437,7 +437,7 @@ def tiny_pipeline():
 
 
 def test_run_sampler_end_to_end_tiny(tiny_pipeline):
-    from m2h_core.sampler import SamplerSettings
+    from m2h_core.inference.sampler import SamplerSettings
 
     cfg = tiny_pipeline.cfg
     f, m, p = _video(n=5, h=100, w=60)
@@ -458,7 +458,7 @@ def test_run_sampler_end_to_end_tiny(tiny_pipeline):
 
 
 def test_run_sampler_cancel(tiny_pipeline):
-    from m2h_core.sampler import SamplerSettings, SamplingCancelled
+    from m2h_core.inference.sampler import SamplerSettings, SamplingCancelled
 
     cfg = tiny_pipeline.cfg
     f, m, p = _video(n=3, h=cfg.height, w=cfg.width)

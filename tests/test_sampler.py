@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from m2h_core.config import tiny
-from m2h_core.encoders import FrozenEncoders
+from m2h_core.inference.encoders import FrozenEncoders
 from m2h_core.models.m2h import M2HModel
-from m2h_core.sampler import (
+from m2h_core.inference.sampler import (
     SamplerSettings,
     SamplingCancelled,
     context_windows,

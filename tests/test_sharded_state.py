@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from m2h_core.config import tiny
 from m2h_core.models.m2h import M2HModel
-from m2h_core.training import _optimizer_state_keyed, optimizer_from_tensors, optimizer_to_tensors
+from m2h_core.training.state import _optimizer_state_keyed, optimizer_from_tensors, optimizer_to_tensors
 from tests.fixtures import random_inputs
 
 dist_ok = torch.distributed.is_available() and torch.distributed.is_gloo_available()
@@ -43,7 +43,7 @@ def _model(seed: int) -> tuple[M2HModel, torch.optim.Adam]:
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    from m2h_core.sharded_state import (gather_model_state, gather_optimizer_state, set_model_state,
+    from m2h_core.training.sharded_state import (gather_model_state, gather_optimizer_state, set_model_state,
                                         set_optimizer_state)
 
     torch.set_num_threads(1)

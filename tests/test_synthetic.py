@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from m2h_core.pose_render import draw_pose
-from m2h_core.synthetic import (
+from m2h_core.demo.synthetic import (
     MOTIONS,
     Garment,
     Identity,

@@ -8,8 +8,8 @@ from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
 from m2h_core.config import tiny
-from m2h_core.synthetic import generate_dataset
-from m2h_core.tiny_vae import (SHIPPED_VAE, VAETrainResult, _psnr, load_vae_weights, reconstruct, save_vae,
+from m2h_core.demo.synthetic import generate_dataset
+from m2h_core.demo.tiny_vae import (SHIPPED_VAE, VAETrainResult, _psnr, load_vae_weights, reconstruct, save_vae,
                                vae_training_images)
 
 
@@ -48,7 +48,7 @@ def test_save_and_load_round_trip_and_errors(tmp_path):
     for a, b in zip(vae.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
 
-    with pytest.raises(FileNotFoundError, match="missing.safetensors.*python -m m2h_core.tiny_vae"):
+    with pytest.raises(FileNotFoundError, match="missing.safetensors.*python -m m2h_core.demo.tiny_vae"):
         load_vae_weights(_vae(), tmp_path / "missing.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file at all")

@@ -15,13 +15,11 @@ import pytest
 import torch
 
 from m2h_core.checkpoint import load_checkpoint
-from m2h_core.training import (
-    TrainConfig,
-    Trainer,
-    list_checkpoints,
-    load_train_config,
-    make_train_scheduler,
-)
+from m2h_core.training.components import make_train_scheduler
+from m2h_core.training.config import TrainConfig, load_train_config
+from m2h_core.training import state as training_state
+from m2h_core.training.state import list_checkpoints
+from m2h_core.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +33,7 @@ def _tc(tmp_path, **kw) -> TrainConfig:
 
 
 def test_train_scheduler_is_the_samplers_schedule():
-    from m2h_core.sampler import make_scheduler
+    from m2h_core.inference.sampler import make_scheduler
 
     assert torch.allclose(make_train_scheduler().alphas_cumprod, make_scheduler("ddim").alphas_cumprod)
 
@@ -159,8 +157,8 @@ def test_cli_killed_midway_resumes_and_checkpoint_samples(tmp_path):
     state = json.loads((list_checkpoints(out)[-1] / "training_state.json").read_text())
     assert state["step"] == 6 and state["data_position"] == 6
 
-    from m2h_core.encoders import FrozenEncoders
-    from m2h_core.sampler import SamplerSettings, sample_video
+    from m2h_core.inference.encoders import FrozenEncoders
+    from m2h_core.inference.sampler import SamplerSettings, sample_video
 
     model = load_checkpoint(out / "m2h_final.safetensors")
     enc = FrozenEncoders.random(model.cfg)
@@ -233,9 +231,9 @@ def test_checkpoint_rng_per_rank_grad_scaler_and_stale_tmp(tmp_path, monkeypatch
     a = Trainer(_tc(tmp_path, mirror=False))
     a.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1234.0, growth_interval=7)
     rank1 = torch.Generator().manual_seed(777)
-    own = a._gather_rng_states()[0]
+    own = training_state.gather_rng_states(a)[0]
     fake1 = ({**own[0], "generator": rank1.get_state()}, own[1])
-    monkeypatch.setattr(a, "_gather_rng_states", lambda: [own, fake1])  # a 2-process run, seen from rank 0
+    monkeypatch.setattr(training_state, "gather_rng_states", lambda trainer: [own, fake1])  # a 2-process run, seen from rank 0
     stale = tmp_path / "run" / "checkpoints" / ".tmp-step_00000001-999"
     stale.mkdir(parents=True)
     (stale / "m2h.safetensors").write_bytes(b"half written")

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2h_core import metrics  # noqa: E402
 from m2h_core.checkpoint import load_checkpoint  # noqa: E402
-from m2h_core.dataset import ClipCacheDataset  # noqa: E402
-from m2h_core.encoders import FrozenEncoders  # noqa: E402
-from m2h_core.sampler import SamplerSettings, sample_video  # noqa: E402
+from m2h_core.training.dataset import ClipCacheDataset  # noqa: E402
+from m2h_core.inference.encoders import FrozenEncoders  # noqa: E402
+from m2h_core.inference.sampler import SamplerSettings, sample_video  # noqa: E402
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from m2h_core.dataset import list_complete, mask_box, write_cached_video, write_split  # noqa: E402
+from m2h_core.training.dataset import list_complete, mask_box, write_cached_video, write_split  # noqa: E402
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif", ".m4v")
 
@@ -182,9 +182,9 @@ def prepare_videos(videos: Path, out: Path, pre: Preprocessors | None = None, *,
 
 def prepare_synthetic(n: int, out: Path, *, seed: int = 0, height: int = 128, width: int = 64, frames: int = 32,
                       test_fraction: float = 0.1, log: Callable[[str], None] = print) -> dict:
-    """Write `n` synthetic clips (m2h_core.synthetic) in the cache layout; each keeps its separate identity photo
+    """Write `n` synthetic clips (m2h_core.demo.synthetic) in the cache layout; each keeps its separate identity photo
     as `reference/` (resumable like real videos)."""
-    from m2h_core.synthetic import generate_clip
+    from m2h_core.demo.synthetic import generate_clip
 
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".tmp-*"):

@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from m2h_core.training import Trainer, load_train_config, parse_value  # noqa: E402
+from m2h_core.training.config import load_train_config, parse_value  # noqa: E402
+from m2h_core.training.trainer import Trainer  # noqa: E402
 
 TABLE3 = [dict(use_head_encoder=h, adapter_enabled=a, mirror=m)
           for h, a, m in itertools.product((False, True), repeat=3)]

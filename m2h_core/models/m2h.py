@@ -3,7 +3,7 @@
     eps = UNet( concat(z_t, f_c) + E_pose(p_h),  A(f_pi, f_clip) )
     f_pi = H( concat(E(x_id) + E_id(p_id), Arc(x_id)), E_pose(p_h) )          (Eq. 2)
 
-Frozen parts (VAE, CLIP image encoder, ArcFace) live outside this module (`m2h_core.encoders`); their outputs
+Frozen parts (VAE, CLIP image encoder, ArcFace) live outside this module (`m2h_core.inference.encoders`); their outputs
 come in through `M2HInputs`. Everything that does not depend on the timestep is computed once by
 `encode_conditions` into an `M2HConditioning`; `denoise` is the only per-step work.
 

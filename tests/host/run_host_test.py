@@ -51,7 +51,7 @@ def write_models(models: Path) -> dict:
 
     from m2h_core.checkpoint import save_checkpoint
     from m2h_core.config import tiny
-    from m2h_core.encoders import FrozenEncoders
+    from m2h_core.inference.encoders import FrozenEncoders
     from tests.fixtures import build_m2h_model
     from tests.test_preprocess_builders import build_dwpose_pair, build_face_pack, build_schp
 

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from transformers import CLIPVisionModelWithProjection
 
-from .base_weights import hf_clip_config
-from .config import M2HConfig
+from ..base_weights import hf_clip_config
+from ..config import M2HConfig
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -108,8 +108,8 @@ class FrozenEncoders:
         The clothing frame is v ⊙ M_c; E and CLIP see it, pose images and p_id go in as [-1, 1]. With
         `cfg.identity_input == "head"` E sees x_id ⊙ M_head (`identity.head_only`, M_head from p_id).
         """
-        from .identity import head_only
-        from .models.m2h import M2HInputs
+        from ..identity import head_only
+        from ..models.m2h import M2HInputs
 
         if clothing_masks.ndim == frames.ndim - 1:
             clothing_masks = clothing_masks.unsqueeze(-3)

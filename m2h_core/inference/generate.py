@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .identity import PlacedIdentity, head_from_poses, prepare_identity
+from ..identity import PlacedIdentity, head_from_poses, prepare_identity
 from .pipeline import M2HPipeline
 from .sampler import SamplerSettings, sample_video
-from .video_io import center_crop_resize, read_image, read_video, write_video
+from ..video_io import center_crop_resize, read_image, read_video, write_video
 
 log = logging.getLogger("m2h")
 
@@ -36,11 +36,11 @@ def to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def clothing_masks(frames: np.ndarray, masks: str | None, parser: str, search_dirs: list[str]) -> np.ndarray:
-    from .preprocess.masks import load_mask_sequence
+    from ..preprocess.masks import load_mask_sequence
 
     if masks:
         return load_mask_sequence(masks, num_frames=len(frames), size=frames.shape[1:3])
-    from .preprocess.parsing import load_parser
+    from ..preprocess.parsing import load_parser
 
     return load_parser(parser, search_dirs=search_dirs).parse(frames, temporal_window=3).clothing_mask
 
@@ -55,8 +55,8 @@ def body_poses(frames: np.ndarray, poses: str | None, fps: float, search_dirs: l
         if len(out) != len(frames):
             raise ValueError(f"the pose video has {len(out)} frames but the mannequin video {len(frames)}")
         return out, None
-    from .preprocess.dwpose import DWPoseDetector, render_poses
-    from .preprocess.smoothing import smooth_pose_sequence
+    from ..preprocess.dwpose import DWPoseDetector, render_poses
+    from ..preprocess.smoothing import smooth_pose_sequence
 
     results = DWPoseDetector(search_dirs=search_dirs).detect(frames)
     found = [r.pose for r in results]
@@ -71,7 +71,7 @@ def body_poses(frames: np.ndarray, poses: str | None, fps: float, search_dirs: l
 def identity_inputs(photo: np.ndarray, h: int, w: int, keypoints: list | None, pack: str, search_dirs: list[str],
                     notes: list[str]) -> PlacedIdentity:
     """x_id placed on the mannequin's head (or centre-cropped without keypoints), p_id and ArcFace."""
-    from .preprocess.face import FaceAnalyzer
+    from ..preprocess.face import FaceAnalyzer
 
     face = FaceAnalyzer(pack, search_dirs=search_dirs).analyze(photo)
     if face.num_faces > 1:

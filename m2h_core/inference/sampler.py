@@ -26,7 +26,7 @@ from diffusers import (
 )
 
 from .encoders import FrozenEncoders
-from .models.m2h import M2HConditioning, M2HModel
+from ..models.m2h import M2HConditioning, M2HModel
 
 SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "unipc")
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from .dataset import transform_sample
+from ..training.dataset import transform_sample
 
 if TYPE_CHECKING:
     from .synthetic import SyntheticClip
@@ -172,7 +172,7 @@ def save_vae(vae: AutoencoderKL, path: str | Path, result: VAETrainResult, extra
     """The VAE's weights as safetensors, with its config and how it was trained in the metadata (atomic write)."""
     import json
 
-    from .checkpoint import atomic_save_file
+    from ..checkpoint import atomic_save_file
 
     meta = {"format": "m2hvideo-tiny-vae", "config": json.dumps(dict(vae.config)),
             "steps": str(result.steps), "recon_psnr": f"{result.recon_psnr:.3f}",
@@ -189,7 +189,7 @@ def load_vae_weights(vae: AutoencoderKL, path: str | Path = SHIPPED_VAE) -> VAET
     from safetensors import safe_open
 
     path = Path(path)
-    remake = ("re-create it with `python -m m2h_core.tiny_vae --out %s`, or run the demo with --train-vae" % path)
+    remake = ("re-create it with `python -m m2h_core.demo.tiny_vae --out %s`, or run the demo with --train-vae" % path)
     if not path.is_file():
         raise FileNotFoundError(f"tiny VAE weights not found: {path}; {remake}")
     try:
@@ -199,7 +199,7 @@ def load_vae_weights(vae: AutoencoderKL, path: str | Path = SHIPPED_VAE) -> VAET
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
         raise ValueError(f"{path} is not a readable safetensors file ({e}); {remake}") from e
     if meta.get("format") != "m2hvideo-tiny-vae":
-        raise ValueError(f"{path} is not a tiny-VAE file written by m2h_core.tiny_vae.save_vae; {remake}")
+        raise ValueError(f"{path} is not a tiny-VAE file written by m2h_core.demo.tiny_vae.save_vae; {remake}")
     want = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in sd.items()}
     if want != got:
@@ -219,7 +219,7 @@ def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 12000, batch_size: i
 
     This is how `assets/tiny_vae.safetensors` is made: the demo loads it instead of spending most of its minutes
     on a VAE (SD-1.5's VAE is pretrained too); `m2h demo --train-vae` trains one from scratch instead."""
-    from .config import tiny
+    from ..config import tiny
     from .synthetic import generate_dataset
 
     cfg = tiny()
@@ -245,7 +245,7 @@ def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 12000, batch_size: i
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m m2h_core.tiny_vae", description=pretrain.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m m2h_core.demo.tiny_vae", description=pretrain.__doc__)
     ap.add_argument("--out", default=str(SHIPPED_VAE))
     ap.add_argument("--steps", type=int, default=12000)
     ap.add_argument("--batch-size", type=int, default=8)

@@ -19,7 +19,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .pose_render import PoseFrame, draw_face_landmarks, draw_pose
+from ..pose_render import PoseFrame, draw_face_landmarks, draw_pose
 
 __all__ = [
     "MOTIONS", "TOP_KINDS", "BOTTOM_KINDS", "PATTERNS", "HAIR_STYLES", "FACE_SHAPES",

@@ -19,12 +19,12 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 from transformers import CLIPVisionModelWithProjection
 
-from .base_weights import hf_clip_config, load_clip_vision, load_motion_adapter, load_sd15
-from .checkpoint import load_checkpoint, read_config
-from .config import M2HConfig, sd15
+from ..base_weights import hf_clip_config, load_clip_vision, load_motion_adapter, load_sd15
+from ..checkpoint import load_checkpoint, read_config
+from ..config import M2HConfig, sd15
 from .encoders import FrozenEncoders
-from .models.m2h import M2HModel
-from .models.unet import build_unet
+from ..models.m2h import M2HModel
+from ..models.unet import build_unet
 
 ENCODER_PREFIXES = ("vae.", "clip_vision.")
 

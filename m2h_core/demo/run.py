@@ -2,7 +2,7 @@
 
 `run_demo(out_dir)` runs the whole method end to end at the `tiny` preset's size (64x32 px, latents 16x8):
 
-1. data     - a seeded synthetic dataset (`m2h_core.synthetic`): *human* renderings for training, as the paper
+1. data     - a seeded synthetic dataset (`m2h_core.demo.synthetic`): *human* renderings for training, as the paper
               trains on human videos (clothing mask, body poses and identity image/landmarks/embedding all come
               from the same clip), plus one held-out test case: a mannequin clip (clothing frames, clothing masks
               and body poses from the *mannequin* rendering) and the identity of a different, unseen person. The
@@ -13,15 +13,15 @@
               clothing PSNR/SSIM 11.85/0.316 vs 11.83/0.303, head colour similarity 0.78 vs 0.81: off by default).
 2. vae      - the paper freezes SD-1.5's *pretrained* VAE; the tiny preset's AutoencoderKL has no published
               weights, so the package ships one pretrained on synthetic frames of its own seed stream
-              (`m2h_core/assets/tiny_vae.safetensors`, ~1 MB, made by `python -m m2h_core.tiny_vae`: 12000 steps x
+              (`m2h_core/demo/assets/tiny_vae.safetensors`, ~1 MB, made by `python -m m2h_core.demo.tiny_vae`: 12000 steps x
               batch 8, ~25 min on one core). It is embedded in the demo's checkpoint. `--train-vae` (vae_source=
               "train") trains one here instead, as the first version of this demo did: 1000 steps (~110 s) gave
               thumbnail-level reconstructions in which no head colour was visible, and the M2H result cannot be
               sharper than its VAE.
-3. train    - the tiny M2H model with the real trainer (`m2h_core.training.Trainer`: L_diff + pixel mirror loss,
+3. train    - the tiny M2H model with the real trainer (`m2h_core.training.trainer.Trainer`: L_diff + pixel mirror loss,
               condition dropout, Adam, lr 2e-3), 1500 steps. The model sees only the head of x_id
               (`identity_input="head"`).
-4. sample   - the real sampler (`m2h_core.sampler.sample_video`, DDIM + CFG 1.5, context windows) on the held-out
+4. sample   - the real sampler (`m2h_core.inference.sampler.sample_video`, DDIM + CFG 1.5, context windows) on the held-out
               mannequin clip, for the trained model and for the same model before training; `eval_cases - 1` more
               held-out (clip, person) pairs are scored too (metrics.json "heldout_mean").
 
@@ -64,17 +64,17 @@ import cv2
 import numpy as np
 import torch
 
-from .checkpoint import save_checkpoint
-from .config import tiny
-from .dataset import SyntheticClipDataset, transform_sample
-from .encoders import FrozenEncoders
-from .metrics import masked_psnr, masked_ssim
-from .models.m2h import M2HModel
-from .sampler import SamplerSettings, sample_video
+from ..checkpoint import save_checkpoint
+from ..config import tiny
+from ..training.dataset import SyntheticClipDataset, transform_sample
+from ..inference.encoders import FrozenEncoders
+from ..metrics import masked_psnr, masked_ssim
+from ..models.m2h import M2HModel
+from ..inference.sampler import SamplerSettings, sample_video
 from .synthetic import SyntheticClip, generate_clip, generate_dataset
 from .tiny_vae import (SHIPPED_VAE, _psnr, load_vae_weights, reconstruct, train_tiny_vae,
                        vae_training_images)
-from .video_io import write_video
+from ..video_io import write_video
 
 __all__ = ["DemoSettings", "DemoReport", "run_demo", "STAND_INS"]
 
@@ -90,7 +90,7 @@ STAND_INS = (
                               "(SCHP / SegFormer) and face detection"),
     ("face landmarks p_id", "the generator's 68 landmarks of the identity image instead of a landmark detector"),
     ("VAE", "the tiny preset's AutoencoderKL (4x down, 4 latent channels), pretrained on synthetic frames and "
-            "shipped with the package (m2h_core/assets/tiny_vae.safetensors, `python -m m2h_core.tiny_vae` re-makes "
+            "shipped with the package (m2h_core/demo/assets/tiny_vae.safetensors, `python -m m2h_core.demo.tiny_vae` re-makes "
             "it), instead of SD-1.5's pretrained VAE (8x down)"),
     ("UNet + motion modules", "the tiny preset's 2-level UNet with AnimateDiff-style motion modules, trained from "
                               "random init, instead of SD-1.5's UNet + AnimateDiff v2 (~1.4 B parameters)"),
@@ -107,7 +107,7 @@ class DemoSettings:
     clip_frames: int = 24  # frames per training clip
     test_frames: int = 16  # frames of the held-out mannequin video
     fps: float = 8.0
-    vae_source: str = "shipped"  # "shipped": the pretrained tiny VAE in m2h_core/assets; "train": train one here
+    vae_source: str = "shipped"  # "shipped": the pretrained tiny VAE in m2h_core/demo/assets; "train": train one here
     vae_path: str = ""  # another file written by tiny_vae.save_vae (vae_source="shipped")
     vae_steps: int = 1000  # vae_source="train" (or the shipped file is missing)
     vae_batch: int = 8
@@ -483,7 +483,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
                 vres = load_vae_weights(encoders.vae, s.vae_path or SHIPPED_VAE)
                 vres.recon_psnr = _psnr(reconstruct(encoders.vae, holdout), holdout)
                 say(f"[2/5 vae] pretrained tiny VAE {s.vae_path or SHIPPED_VAE} ({vres.steps} steps, made by "
-                    f"`python -m m2h_core.tiny_vae`): held-out reconstruction PSNR {vres.recon_psnr:.2f} dB")
+                    f"`python -m m2h_core.demo.tiny_vae`): held-out reconstruction PSNR {vres.recon_psnr:.2f} dB")
             except (FileNotFoundError, ValueError) as e:
                 say(f"[2/5 vae] {e}\n[2/5 vae] training a tiny VAE here instead ({s.vae_steps} steps)")
         if vres is None:
@@ -502,7 +502,8 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         t0 = time.perf_counter()
         from accelerate import Accelerator
 
-        from .training import TrainConfig, Trainer
+        from ..training.config import TrainConfig
+        from ..training.trainer import Trainer
 
         torch.manual_seed(seed)
         model = M2HModel(cfg)

@@ -55,8 +55,8 @@ import torch
 from safetensors.numpy import load_file as load_np
 from torch.utils.data import Dataset, Sampler
 
-from .pose_render import PoseFrame, draw_pose, load_openpose_json
-from .video_io import CropInfo, apply_crop, compute_center_crop, crop_resize_keypoints, crop_resize_masks
+from ..pose_render import PoseFrame, draw_pose, load_openpose_json
+from ..video_io import CropInfo, apply_crop, compute_center_crop, crop_resize_keypoints, crop_resize_masks
 
 CACHE_VERSION = 1
 SUBDIRS = ("frames", "clothing_masks", "face_masks", "poses", "landmarks")
@@ -337,7 +337,7 @@ def _clip_field(clip, *names):
 
 
 class SyntheticClipDataset(Dataset):
-    """The same sampling and transform over in-memory `m2h_core.synthetic.SyntheticClip`s (demo, tests).
+    """The same sampling and transform over in-memory `m2h_core.demo.synthetic.SyntheticClip`s (demo, tests).
 
     The human frames are v_h; the clip's separate identity image / landmarks / embedding are x_id, p_id, Arc."""
 
@@ -389,7 +389,7 @@ def write_cached_video(root: str | os.PathLike, vid: str, *, frames: np.ndarray,
 
     from safetensors.numpy import save_file as save_np
 
-    from .pose_render import save_openpose_json
+    from ..pose_render import save_openpose_json
 
     root = Path(root)
     n = len(frames)

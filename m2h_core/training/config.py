@@ -1,0 +1,181 @@
+"""Training configuration (paper Sec. IV-B defaults): `TrainConfig`, YAML loading with command-line overrides.
+
+YAML keys have the same names as the fields (see train/configs/*.yaml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import M2HConfig, preset
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; YAML keys have the same names (see train/configs/*.yaml)."""
+
+    preset: str = "tiny"
+    # data
+    data: str | None = None  # prepare_data cache folder (its split.json 'train' split)
+    synthetic_clips: int = 0  # > 0: train on this many in-memory synthetic clips instead
+    synthetic_frames: int = 24
+    num_frames: int = 8
+    frame_stride: int = 4
+    height: int | None = None  # default: the preset's (512 x 256 for sd15)
+    width: int | None = None
+    num_workers: int = 0
+    # optimisation (paper IV-B)
+    max_steps: int = 27500
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 5e-5
+    adam_beta1: float = 0.0
+    adam_beta2: float = 0.99
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    max_nonfinite_steps: int = 5  # consecutive non-finite losses (each step skipped) before the run aborts
+    progressive: bool = True  # half resolution for the first half_res_fraction of the steps
+    half_res_fraction: float = 0.5
+    cond_dropout: float = 0.1
+    vae_sample: bool = True  # sample the VAE posterior for z_0 (False: its mode)
+    # mirror loss (Eq. 5-6)
+    mirror: bool = True
+    alpha: float = 0.05
+    beta: float = 0.001
+    mirror_crop: bool = True
+    mirror_margin: int = 2
+    mirror_weighting: str = "alpha_bar"
+    mirror_t_max: int | None = None
+    # ablations (Table III)
+    use_head_encoder: bool = True
+    adapter_enabled: bool = True
+    adapter_normalize: bool = True
+    # weights
+    random_init: bool = False
+    base: str | None = None  # SD-1.5 single file or diffusers folder
+    clip_vision: str | None = None
+    motion_module: str | None = None
+    vgg: str | None = None  # vgg16-397923af.pth / .safetensors; None: default model folders
+    init_checkpoint: str | None = None  # start from an M2H checkpoint instead of the base UNet
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    # run
+    output_dir: str = "outputs/train"
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    log_every: int = 10
+    tensorboard: bool = False
+    validate_every: int = 0  # 0: off
+    validation_steps: int = 20
+    validation_guidance: float = 7.5
+    validation_frames: int = 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; valid keys: {sorted(known)}")
+        tc = cls(**d)
+        tc.validate()
+        return tc
+
+    def validate(self) -> None:
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("max_steps", "batch_size", "grad_accum", "num_frames", "frame_stride", "checkpoint_every",
+                     "keep_last", "max_nonfinite_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.cond_dropout < 1:
+            raise ValueError("cond_dropout must be in [0, 1)")
+        if self.alpha < 0 or self.beta < 0:
+            raise ValueError("alpha and beta must be >= 0")
+        if not self.random_init and self.init_checkpoint is None and self.base is None:
+            raise ValueError("give base weights (base: SD-1.5 file, clip_vision, motion_module), an "
+                             "init_checkpoint, or random_init: true (tiny preset / tests)")
+        if not self.data and self.synthetic_clips < 1:
+            raise ValueError("no training data: set data (a train/prepare_data.py cache) or synthetic_clips")
+
+    def model_config(self) -> M2HConfig:
+        cfg = preset(self.preset)
+        if self.height:
+            cfg.height = int(self.height)
+        if self.width:
+            cfg.width = int(self.width)
+        cfg.num_frames = self.num_frames
+        cfg.use_head_encoder = self.use_head_encoder
+        cfg.adapter.enabled = self.adapter_enabled
+        cfg.adapter.normalize = self.adapter_normalize
+        return cfg
+
+
+def checkpoint_model_config(tc: TrainConfig) -> M2HConfig:
+    """The model config of `tc.init_checkpoint` (it, not the YAML's preset, is what gets trained and saved:
+    prediction_type, sizes, scaling factors). Raises ValueError when the YAML's model switches or sizes say
+    otherwise, rather than silently training something else than the config file describes."""
+    from ..checkpoint import read_config
+
+    cfg = read_config(tc.init_checkpoint)
+    yaml_cfg = tc.model_config()
+    conflicts = []
+    if cfg.name in ("tiny", "sd15") and cfg.name != tc.preset:
+        conflicts.append(f"preset: {tc.preset} (checkpoint: {cfg.name})")
+    for key, mine, theirs in (("use_head_encoder", yaml_cfg.use_head_encoder, cfg.use_head_encoder),
+                              ("adapter_enabled", yaml_cfg.adapter.enabled, cfg.adapter.enabled),
+                              ("adapter_normalize", yaml_cfg.adapter.normalize, cfg.adapter.normalize)):
+        if mine != theirs:
+            conflicts.append(f"{key}: {mine} (checkpoint: {theirs})")
+    for key in ("height", "width"):
+        if getattr(tc, key) and int(getattr(tc, key)) != getattr(cfg, key):
+            conflicts.append(f"{key}: {getattr(tc, key)} (checkpoint: {getattr(cfg, key)})")
+    if conflicts:
+        raise ValueError(f"the training config contradicts init_checkpoint {tc.init_checkpoint}: "
+                         f"{'; '.join(conflicts)}. The checkpoint's model config is used for training; set these "
+                         "keys to the checkpoint's values (or leave height/width out)")
+    return cfg
+
+
+def parse_value(text: str) -> Any:
+    """Command-line override values: YAML scalars (numbers, true/false, null) or plain strings."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_train_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
+                      ) -> TrainConfig:
+    """A YAML file (may be None) with `overrides` (key -> value) on top."""
+    import yaml
+
+    d: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"training config {p} does not exist (see train/configs/)")
+        d = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{p} must hold a mapping of training options")
+    d.update({k: v for k, v in (overrides or {}).items()})
+    return TrainConfig.from_dict(d)
+
+
+def size_multiple(cfg: M2HConfig) -> int:
+    """Pixel sizes must be multiples of this (VAE downscale x UNet downsampling x 2 for the half phase)."""
+    return cfg.vae.downscale * 2 ** (len(cfg.unet.block_out_channels) - 1)
+

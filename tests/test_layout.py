@@ -1,0 +1,18 @@
+"""The package layout is the architecture: the inference side loads no training or demo code."""
+
+import subprocess
+import sys
+
+
+def test_inference_imports_no_training_or_demo_code():
+    code = ("import sys, m2h_core.inference.generate, m2h_core.inference.pipeline, m2h_core.inference.sampler, "
+            "m2h_core.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith(('m2h_core.training', 'm2h_core.demo'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_training_and_demo_import():
+    code = "import m2h_core.training.trainer, m2h_core.demo.run; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "ok"
