@@ -1,5 +1,9 @@
 """Video and image I/O (PyAV, OpenCV, Pillow) plus the paper's centre-crop/resize geometry.
 
+Long videos at flat memory: `read_video_fitted` / `FrameStream` decode, turn upright, centre-crop and resize one
+frame at a time, so only model-size frames are ever kept; `VideoWriter` encodes frames as they come and moves the
+finished file into place atomically. `read_video` / `write_video` are the whole-array forms of the same code.
+
 Frames are always ``uint8`` RGB arrays shaped ``(N, H, W, 3)``. Supported inputs: video files (mp4, webm, mov, mkv,
 avi, gif) and image sequences (a folder of PNG/JPG frames or a glob pattern). Outputs: ``.mp4``/``.mov``/``.mkv``
 (H.264, yuv420p), ``.webm`` (VP9), ``.gif`` (adaptive palette) or a folder of PNG frames.
@@ -7,14 +11,16 @@ avi, gif) and image sequences (a folder of PNG/JPG frames or a glob pattern). Ou
 
 from __future__ import annotations
 
+import contextlib
 import glob as _glob
 import math
 import os
 import re
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -35,6 +41,7 @@ class VideoClip:
     frames: np.ndarray
     fps: float
     source: str
+    notes: list[str] = field(default_factory=list)  # what the reader handled (rotation, VFR, truncated tail...)
 
     @property
     def num_frames(self) -> int:
@@ -171,72 +178,13 @@ def _list_sequence(path: str) -> list[str]:
     return sorted(files, key=_natural_key)
 
 
-def _read_sequence(path: str, max_frames: int | None, start: int, stride: int, fps: float | None) -> VideoClip:
-    files = _list_sequence(path)
-    if not files:
-        raise VideoReadError(f"no PNG/JPG frames found in {path!r} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-    chosen = files[start::stride]
-    if max_frames is not None:
-        chosen = chosen[:max_frames]
-    if not chosen:
-        raise VideoReadError(f"{path!r} has {len(files)} frames; start={start} selects none")
-    frames = [read_image(f) for f in chosen]
-    shapes = {f.shape for f in frames}
-    if len(shapes) != 1:
-        raise VideoReadError(f"frames in {path!r} differ in size: {sorted(shapes)}")
-    return VideoClip(np.stack(frames), float(fps if fps is not None else DEFAULT_SEQUENCE_FPS), path)
-
-
 def _rotate(arr: np.ndarray, degrees: float) -> np.ndarray:
     """Apply a display-matrix rotation (counter-clockwise degrees, FFmpeg convention) to one frame."""
     k = int(round(degrees / 90.0)) % 4
     return np.ascontiguousarray(np.rot90(arr, k=k)) if k else arr
 
 
-def _read_container(path: str, max_frames: int | None, start: int, stride: int) -> VideoClip:
-    import av
-
-    try:
-        container = av.open(path)
-    except Exception as exc:  # av.error.InvalidDataError, av.FFmpegError, ...
-        raise VideoReadError(f"cannot open {path!r} as a video: {exc}") from exc
-    frames: list[np.ndarray] = []
-    try:
-        if not container.streams.video:
-            raise VideoReadError(f"{path!r} contains no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        is_gif = stream.codec_context.name == "gif"
-        index = 0
-        first_pts: int | None = None
-        end_pts: int | None = None
-        for frame in container.decode(stream):
-            if frame.pts is not None:
-                first_pts = frame.pts if first_pts is None else first_pts
-                dur = getattr(frame, "duration", None) or 0
-                end_pts = frame.pts + dur
-            if index >= start and (index - start) % stride == 0:
-                arr = frame.to_ndarray(format="rgb24")
-                rot = getattr(frame, "rotation", 0) or 0
-                frames.append(_rotate(arr, rot))
-                if max_frames is not None and len(frames) >= max_frames:
-                    index += 1
-                    break
-            index += 1
-        fps = _stream_fps(stream, is_gif, index, first_pts, end_pts)
-    except VideoReadError:
-        raise
-    except Exception as exc:
-        raise VideoReadError(f"error while decoding {path!r} after {len(frames)} frames: {exc}") from exc
-    finally:
-        container.close()
-    if not frames:
-        what = "zero frames" if index == 0 else f"{index} frames; start={start} selects none"
-        raise VideoReadError(f"{path!r} decoded to {what}")
-    return VideoClip(np.stack(frames), fps, path)
-
-
-def _stream_fps(stream, is_gif: bool, n: int, first_pts: int | None, end_pts: int | None) -> float:  # noqa: ANN001
+def _stream_fps(stream, is_gif: bool, n: int, first_pts: int | None, end_pts: int | None) -> float:
     """Frame rate of a decoded stream; for GIFs, frames / total delay (GIF delays are 1/100 s)."""
     if is_gif and n > 0 and first_pts is not None and end_pts is not None and stream.time_base:
         total = (end_pts - first_pts) * stream.time_base
@@ -248,6 +196,222 @@ def _stream_fps(stream, is_gif: bool, n: int, first_pts: int | None, end_pts: in
     return DEFAULT_SEQUENCE_FPS
 
 
+class FrameStream:
+    """Frames of a video file, image folder/glob or single image, decoded one at a time.
+
+    Iterate it once to get (H, W, 3) uint8 RGB frames: at the source size (rotation metadata applied), or, with
+    `height`/`width`, centre-cropped to width:height and resized (`CropInfo` of each frame's own size), so only
+    model-size frames exist at any time. While and after iterating, `fps`, `crop` (of the first frame), `notes`
+    (what was handled: rotation, variable frame rate, size changes, a damaged/truncated tail) and `expected`
+    (frames the header promises after selection, None if unknown) describe the stream.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], height: int | None = None, width: int | None = None,
+                 max_frames: int | None = None, start: int = 0, stride: int = 1, fps: float | None = None,
+                 interpolation: int | None = None):
+        _check_selection(start, stride, max_frames)
+        if (height is None) != (width is None):
+            raise ValueError("give both height and width (or neither, for the source size)")
+        self.path = os.fspath(path)
+        self.size = None if height is None else (int(height), int(width))
+        self.max_frames, self.start, self.stride, self.interpolation = max_frames, start, stride, interpolation
+        self.fps_override = None if fps is None else float(fps)
+        self.fps: float = float(fps) if fps is not None else DEFAULT_SEQUENCE_FPS
+        self.crop: CropInfo | None = None
+        self.notes: list[str] = []
+        self.expected: int | None = None
+        self.count = 0
+        self._crops: dict[tuple[int, int], CropInfo] = {}
+        spath = self.path
+        if os.path.isdir(spath) or (_is_glob(spath) and not os.path.exists(spath)):
+            self._kind = "sequence"
+            self._files = _list_sequence(spath)
+            if not self._files:
+                raise VideoReadError(f"no PNG/JPG frames found in {spath!r} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+            self.expected = len(self._selected(len(self._files)))
+        elif not os.path.isfile(spath):
+            raise FileNotFoundError(f"video not found: {spath}")
+        elif spath.lower().endswith(IMAGE_EXTENSIONS):
+            if start > 0:
+                raise VideoReadError(f"{spath!r} is a single image; start={start} selects no frame")
+            self._kind, self._files, self.expected = "image", [spath], 1
+        else:
+            self._kind = "container"
+
+    def _selected(self, n: int) -> range:
+        r = range(self.start, n, self.stride)
+        return r if self.max_frames is None else r[: self.max_frames]
+
+    def _fit(self, arr: np.ndarray, index: int) -> np.ndarray:
+        """Rotated source frame -> output frame; notes a change of source size mid-stream."""
+        if self.size is None:
+            if self.crop is None:
+                self.crop = compute_center_crop(arr.shape[0], arr.shape[1], arr.shape[0], arr.shape[1])
+            elif arr.shape[:2] != (self.crop.src_height, self.crop.src_width):  # whole-size output must stack
+                self._note_size_change(arr, index, "resized to the first frame's size")
+                return _resize(arr, (self.crop.src_width, self.crop.src_height), cv2.INTER_AREA)
+            return arr
+        key = arr.shape[:2]
+        info = self._crops.get(key)
+        if info is None:
+            info = compute_center_crop(key[0], key[1], *self.size)
+            if self.crop is None:
+                self.crop = info
+            else:
+                self._note_size_change(arr, index, "each frame is cropped from its own size")
+            self._crops[key] = info
+        return apply_crop(arr, info, self.interpolation)
+
+    def _note_size_change(self, arr: np.ndarray, index: int, what: str) -> None:
+        if not any(n.startswith("frame size changes") for n in self.notes):
+            self.notes.append(f"frame size changes at frame {index}: {self.crop.src_width}x{self.crop.src_height} -> "
+                              f"{arr.shape[1]}x{arr.shape[0]} (WxH); {what}")
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self.count:
+            raise RuntimeError("a FrameStream can be iterated once; open a new one")
+        if self._kind == "container":
+            yield from self._iter_container()
+            return
+        chosen = [self._files[i] for i in self._selected(len(self._files))]
+        if not chosen:
+            raise VideoReadError(f"{self.path!r} has {len(self._files)} frames; start={self.start} selects none")
+        for i, f in enumerate(chosen):
+            self.count += 1
+            yield self._fit(read_image(f), i)
+
+    def _iter_container(self) -> Iterator[np.ndarray]:
+        import av
+
+        path = self.path
+        try:
+            container = av.open(path)
+        except Exception as exc:  # av.error.InvalidDataError, av.FFmpegError, ...
+            raise VideoReadError(f"cannot open {path!r} as a video: {exc}") from exc
+        try:
+            if not container.streams.video:
+                raise VideoReadError(f"{path!r} contains no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            is_gif = stream.codec_context.name == "gif"
+            if stream.frames:
+                self.expected = len(self._selected(stream.frames))
+            index, first_pts, end_pts, prev_pts = 0, None, None, None
+            gaps = [math.inf, 0.0]  # shortest, longest interval between frames (s)
+            rotations: set[int] = set()
+            complete = True  # stopped by max_frames, not by the end of the data
+            tb = stream.time_base
+            try:
+                for frame in container.decode(stream):
+                    if frame.pts is not None:
+                        first_pts = frame.pts if first_pts is None else first_pts
+                        end_pts = frame.pts + (getattr(frame, "duration", None) or 0)
+                        if prev_pts is not None and tb and frame.pts > prev_pts:
+                            gap = float((frame.pts - prev_pts) * tb)
+                            gaps[0], gaps[1] = min(gaps[0], gap), max(gaps[1], gap)
+                        prev_pts = frame.pts
+                    if index >= self.start and (index - self.start) % self.stride == 0:
+                        rot = round(getattr(frame, "rotation", 0) or 0) % 360
+                        rot = rot - 360 if rot > 180 else rot  # -90, 90, 180
+                        rotations.add(rot)
+                        arr = _rotate(frame.to_ndarray(format="rgb24"), rot)
+                        self.count += 1
+                        yield self._fit(arr, self.count - 1)
+                        if self.max_frames is not None and self.count >= self.max_frames:
+                            index += 1
+                            complete = False
+                            break
+                    index += 1
+            except VideoReadError:
+                raise
+            except Exception as exc:
+                if self.count == 0:
+                    raise VideoReadError(f"error while decoding {path!r} after {index} frames: {exc}") from exc
+                self.notes.append(f"decoding stopped at source frame {index} ({exc}): the file's tail is damaged or "
+                                  f"truncated; using the {self.count} frames before it")
+                complete = False
+            self.fps = _stream_fps(stream, is_gif, index, first_pts, end_pts)
+            if self.fps_override is not None:
+                self.fps = self.fps_override
+            if complete:
+                self._check_tail(container, stream, index, first_pts, end_pts)
+            self._note_timing(gaps, rotations, is_gif)
+        finally:
+            container.close()
+        if self.count == 0:
+            what = "zero frames" if index == 0 else f"{index} frames; start={self.start} selects none"
+            raise VideoReadError(f"{path!r} decoded to {what}")
+
+    def _check_tail(self, container, stream, n: int, first_pts, end_pts) -> None:
+        """A file cut short often decodes without an error: compare with what the header promised."""
+        if stream.frames and n < stream.frames:
+            self.notes.append(f"the header lists {stream.frames} frames but only {n} could be decoded: the file is "
+                              "truncated or its tail is damaged; using the frames that decode")
+            return
+        if container.duration and end_pts is not None and first_pts is not None and stream.time_base:
+            decoded = float((end_pts - first_pts) * stream.time_base)
+            header = container.duration / 1e6
+            if header - decoded > max(1.5 / max(self.fps, 1e-3), 0.05 * header):
+                self.notes.append(f"the header says {header:.2f} s but frames decode only up to {decoded:.2f} s: "
+                                  "the file is truncated or its tail is damaged; using the frames that decode")
+
+    def _note_timing(self, gaps: list[float], rotations: set[int], is_gif: bool) -> None:
+        lo, hi = gaps
+        if not is_gif and math.isfinite(lo) and hi > 1.5 * lo and hi - lo > 1e-3:
+            self.notes.append(f"variable frame rate: frame intervals {lo * 1e3:.0f}-{hi * 1e3:.0f} ms; frames are "
+                              f"used in order at the average rate {self.fps:.3g} fps")
+        turned = sorted(r for r in rotations if r % 360)
+        if turned:
+            self.notes.append(f"rotation metadata {', '.join(f'{r:+d}' for r in turned)} deg applied "
+                              "(frames turned upright before cropping)")
+
+
+class FittedVideo(NamedTuple):
+    """`read_video_fitted`'s result: frames at the model's size and what happened on the way."""
+
+    frames: np.ndarray  # (N, height, width, 3) uint8 RGB
+    fps: float
+    crop: CropInfo  # the first frame's crop (source size -> model size)
+    notes: list[str]
+
+
+def read_video_fitted(path: str | os.PathLike[str], height: int, width: int, max_frames: int | None = None,
+                      fps: float | None = None, start: int = 0, stride: int = 1,
+                      interpolation: int | None = None) -> FittedVideo:
+    """Read a video (file, image folder, glob or single image) straight to the model's size, frame by frame.
+
+    Each decoded frame is turned upright (rotation metadata), centre-cropped to width:height and resized
+    (`center_crop_resize`'s geometry and pixels) before the next one is decoded, so memory is the model-size
+    frames plus one source frame. Variable frame rate, rotation, size changes and a damaged or truncated tail
+    are handled and described in `notes` (a truncated file gives the frames that decode). `fps` overrides the
+    stored rate (sets it for image sequences, default 8).
+    """
+    stream = FrameStream(path, height, width, max_frames, start, stride, fps, interpolation)
+    frames = _collect(stream)
+    return FittedVideo(frames, stream.fps, stream.crop, stream.notes)
+
+
+def _collect(stream: FrameStream) -> np.ndarray:
+    """Stack a stream's frames into one array, preallocated when the header gives the count (no second copy)."""
+    it = iter(stream)
+    first = next(it)
+    if stream.expected:
+        buf = np.empty((stream.expected, *first.shape), np.uint8)
+        buf[0] = first
+        n = 1
+        extra: list[np.ndarray] = []
+        for f in it:
+            if n < len(buf):
+                buf[n] = f
+                n += 1
+            else:  # more frames than the header said
+                extra.append(f)
+        if extra:
+            return np.concatenate([buf, np.stack(extra)])
+        return buf if n == len(buf) else buf[:n].copy()
+    return np.stack([first, *it])
+
+
 def read_video(
     path: str | os.PathLike[str],
     max_frames: int | None = None,
@@ -255,26 +419,15 @@ def read_video(
     stride: int = 1,
     fps: float | None = None,
 ) -> VideoClip:
-    """Read a video file, a folder of image frames, or a glob pattern into a `VideoClip`.
+    """Read a video file, a folder of image frames, or a glob pattern into a `VideoClip` at the source size.
 
     Frames ``start, start+stride, ...`` are kept, at most `max_frames`. `fps` sets the rate of an image sequence
     (default 8); for video files it overrides the stored rate only if given. The returned fps is the source rate
-    (not divided by `stride`).
+    (not divided by `stride`). For the model's input use `read_video_fitted`: it never holds source-size frames.
     """
-    _check_selection(start, stride, max_frames)
-    spath = os.fspath(path)
-    if os.path.isdir(spath) or (_is_glob(spath) and not os.path.exists(spath)):
-        return _read_sequence(spath, max_frames, start, stride, fps)
-    if not os.path.isfile(spath):
-        raise FileNotFoundError(f"video not found: {spath}")
-    if spath.lower().endswith(IMAGE_EXTENSIONS):  # a single still image -> one-frame clip
-        if start > 0:
-            raise VideoReadError(f"{spath!r} is a single image; start={start} selects no frame")
-        return VideoClip(read_image(spath)[None], float(fps if fps is not None else DEFAULT_SEQUENCE_FPS), spath)
-    clip = _read_container(spath, max_frames, start, stride)
-    if fps is not None:
-        clip.fps = float(fps)
-    return clip
+    stream = FrameStream(path, max_frames=max_frames, start=start, stride=stride, fps=fps)
+    frames = _collect(stream)
+    return VideoClip(frames, stream.fps, stream.path, stream.notes)
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -308,58 +461,222 @@ def _make_even(frames: np.ndarray, mode: str) -> tuple[np.ndarray, str]:
     return padded, f"padded {w}x{h} to {w + pw}x{h + ph} (W x H, edge pixels repeated) for yuv420p"
 
 
-def _write_av(path: str, frames: np.ndarray, rate: Fraction, codec: str, crf: int, even: str) -> WriteInfo:
-    import av
-
-    frames, note = _make_even(frames, even)
-    n, h, w, _ = frames.shape
-    options = {"crf": str(crf)}
-    if codec == "libvpx-vp9":
-        options.update({"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"})
-    else:
-        options.update({"preset": "medium"})
-    time_base = Fraction(rate.denominator, rate.numerator)
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream(codec, rate=rate, options=options)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.time_base = time_base
-        stream.codec_context.time_base = time_base
-        for i in range(n):
-            vf = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-            vf.pts, vf.time_base = i, time_base
-            for packet in stream.encode(vf):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return WriteInfo(path, codec, n, rate, h, w, note)
+_CONTAINER_CODECS = {".mp4": "libx264", ".m4v": "libx264", ".mov": "libx264", ".mkv": "libx264",
+                     ".webm": "libvpx-vp9"}
+# Generous bytes per pixel of one frame, for the free-space check before compute.
+_BYTES_PER_PIXEL = {"libx264": 0.5, "libvpx-vp9": 0.5, "gif": 1.0, "png": 3.0}
 
 
-def _write_gif(path: str, frames: np.ndarray, rate: Fraction) -> WriteInfo:
-    from PIL import Image
+def output_kind(path: str | os.PathLike[str]) -> str:
+    """The writer a path gets: "libx264", "libvpx-vp9", "gif" or "png" (a folder); ValueError otherwise."""
+    spath = os.fspath(path)
+    ext = os.path.splitext(spath)[1].lower()
+    if os.path.isdir(spath) or ext == "" or spath.endswith(("/", os.sep)):
+        return "png"
+    if ext in _CONTAINER_CODECS:
+        return _CONTAINER_CODECS[ext]
+    if ext == ".gif":
+        return "gif"
+    raise ValueError(f"unsupported output extension {ext!r} (use .mp4, .mov, .mkv, .webm, .gif or a folder)")
 
+
+def check_output_path(path: str | os.PathLike[str], num_frames: int | None = None,
+                      size: tuple[int, int] | None = None) -> str:
+    """Fail before any compute when `path` cannot be written: unsupported extension, a file where a PNG folder
+    is asked for, a parent that cannot be created or written, or (given the frame count and
+    (height, width)) clearly too little free disk space. Creates the parent folder; returns `output_kind`."""
+    spath = os.fspath(path).rstrip("/" + os.sep) or os.fspath(path)
+    kind = output_kind(path)
+    if kind == "png" and os.path.exists(spath) and not os.path.isdir(spath):
+        raise ValueError(f"output {spath!r} is a file; PNG frames need a folder (or give a .mp4/.webm/.gif name)")
+    parent = os.path.dirname(os.path.abspath(spath))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the output folder {parent!r}: {exc.strerror or exc}") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to {parent!r} (no write permission); choose another --out")
+    if os.path.exists(spath) and not os.access(spath, os.W_OK):
+        raise PermissionError(f"{spath!r} exists and is read-only; remove it or choose another --out")
+    if num_frames and size:
+        need = int(num_frames * size[0] * size[1] * _BYTES_PER_PIXEL[kind]) + (1 << 20)
+        free = shutil.disk_usage(parent).free
+        if need > free:
+            raise OSError(f"not enough disk space for {spath!r}: about {need / 2**20:.0f} MiB may be needed for "
+                          f"{num_frames} frames of {size[1]}x{size[0]}, {free / 2**20:.0f} MiB free")
+    return kind
+
+
+class VideoWriter:
+    """Streaming, atomic video writer: ``with VideoWriter(path, fps) as out: out.write(chunk)`` ... .
+
+    Frames go to a hidden temporary name next to `path` as they arrive (H.264 / VP9 frames are encoded at once;
+    GIF frames are kept palettised, 1 byte per pixel, until the end; PNG frames are written one by one); the
+    finished file (or folder of frames) replaces `path` only when the block ends without an error, so a failed
+    or cancelled run leaves no half-written video. Format, quality (`crf`) and odd-size handling (`even`) as in
+    `write_video`. `expected_frames` and `size` (height, width) let the constructor check the free space.
+    `info` (a `WriteInfo`) describes what was written once closed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fps: float | Fraction, crf: int | None = None,
+                 even: str = "pad", expected_frames: int | None = None, size: tuple[int, int] | None = None):
+        if even not in ("pad", "crop"):
+            raise ValueError(f"even must be 'pad' or 'crop', got {even!r}")
+        self.rate = fps_fraction(fps)
+        self.kind = check_output_path(path, expected_frames, size)
+        self.path = os.fspath(path).rstrip("/" + os.sep) if self.kind == "png" else os.fspath(path)
+        self.crf = crf if crf is not None else (24 if self.kind == "libvpx-vp9" else 18)
+        self.even = even
+        parent, name = os.path.split(os.path.abspath(self.path))
+        stem, ext = os.path.splitext(name)
+        self.tmp = os.path.join(parent, f".{stem}.partial-{os.getpid()}-{id(self):x}{ext}")
+        if self.kind == "png":
+            os.makedirs(self.tmp)
+        else:
+            open(self.tmp, "wb").close()  # claims the name and proves the folder is writable, before any compute
+        self.num_frames = 0
+        self.size: tuple[int, int] | None = None  # (height, width) of the frames given
+        self.note = ""
+        self.info: WriteInfo | None = None
+        self._container = self._stream = None
+        self._gif: list = []
+        self._closed = False
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def write(self, frames: np.ndarray | Sequence[np.ndarray]) -> None:
+        """Append frames: (N,H,W,3) / (N,H,W) arrays or one (H,W,3) frame; uint8, or float in [0, 1]."""
+        if self._closed:
+            raise RuntimeError(f"the writer for {self.path!r} is already closed")
+        arr = np.asarray(frames)
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4) and (self.size is None or arr.shape[:2] == self.size):
+            arr = arr[None]  # one colour frame
+        if arr.ndim in (3, 4) and arr.shape[0] == 0:
+            return
+        arr = _as_uint8_frames(arr)
+        if self.size is None:
+            self.size = arr.shape[1:3]
+            self._open(*self.size)
+        elif arr.shape[1:3] != self.size:
+            raise ValueError(f"frames of {arr.shape[2]}x{arr.shape[1]} after frames of {self.size[1]}x{self.size[0]} "
+                             f"(WxH): every frame of {self.path!r} must have the same size")
+        if self.kind in ("libx264", "libvpx-vp9"):
+            arr, _ = _make_even(arr, self.even)
+            self._encode(arr)
+        elif self.kind == "gif":
+            from PIL import Image
+
+            self._gif += [Image.fromarray(f).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+                          for f in arr]
+        else:
+            for i, f in enumerate(arr):
+                target = os.path.join(self.tmp, f"frame_{self.num_frames + i:05d}.png")
+                if not cv2.imwrite(target, cv2.cvtColor(f, cv2.COLOR_RGB2BGR)):
+                    raise OSError(f"could not write {target}")
+        self.num_frames += len(arr)
+
+    def _open(self, h: int, w: int) -> None:
+        if self.kind not in ("libx264", "libvpx-vp9"):
+            return
+        import av
+
+        self.note = _make_even(np.zeros((1, h, w, 1), np.uint8), self.even)[1]
+        eh, ew = (h + h % 2, w + w % 2) if self.even == "pad" else (h - h % 2, w - w % 2)
+        if min(eh, ew) < 2:
+            raise ValueError(f"frames of {w}x{h} are too small to crop to an even size")
+        options = {"crf": str(self.crf)}
+        if self.kind == "libvpx-vp9":
+            options.update({"b": "0", "row-mt": "1", "deadline": "good", "cpu-used": "4"})
+        else:
+            options.update({"preset": "medium"})
+        fmt = {".webm": "webm", ".mkv": "matroska", ".mov": "mov"}.get(os.path.splitext(self.path)[1].lower(), "mp4")
+        self._container = av.open(self.tmp, mode="w", format=fmt)
+        self._stream = self._container.add_stream(self.kind, rate=self.rate, options=options)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = ew, eh, "yuv420p"
+        self._time_base = Fraction(self.rate.denominator, self.rate.numerator)
+        self._stream.time_base = self._time_base
+        self._stream.codec_context.time_base = self._time_base
+
+    def _encode(self, frames: np.ndarray) -> None:
+        import av
+
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            vf.pts, vf.time_base = self.num_frames + i, self._time_base
+            for packet in self._stream.encode(vf):
+                self._container.mux(packet)
+
+    def close(self) -> WriteInfo:
+        """Finish the file and move it into place; returns what was written."""
+        if self._closed:
+            if self.info is None:
+                raise RuntimeError(f"the writer for {self.path!r} was aborted")
+            return self.info
+        if self.num_frames == 0:
+            self.abort()
+            raise ValueError(f"no frames to write to {self.path!r}")
+        try:
+            h, w = self.size
+            if self._container is not None:
+                for packet in self._stream.encode():
+                    self._container.mux(packet)
+                self._container.close()
+                self._container = None
+                h, w = self._stream.height, self._stream.width
+                codec = self.kind
+            elif self.kind == "gif":
+                self.note = _save_gif(self.tmp, self._gif, self.rate)
+                self._gif = []
+                codec = "gif"
+            else:
+                self.note = "PNG folders do not store fps; pass fps= when reading back"
+                codec = "png"
+            self._finish()
+        except BaseException:
+            self.abort()
+            raise
+        self._closed = True
+        self.info = WriteInfo(self.path, codec, self.num_frames, self.rate, h, w, self.note)
+        return self.info
+
+    def _finish(self) -> None:
+        if self.kind != "png":
+            os.replace(self.tmp, self.path)
+            return
+        os.makedirs(self.path, exist_ok=True)
+        for name in sorted(os.listdir(self.tmp)):
+            os.replace(os.path.join(self.tmp, name), os.path.join(self.path, name))
+        os.rmdir(self.tmp)
+
+    def abort(self) -> None:
+        """Drop everything written so far (the target path is left as it was)."""
+        self._closed = True
+        if self._container is not None:
+            with contextlib.suppress(Exception):  # the file is being thrown away
+                self._container.close()
+            self._container = None
+        self._gif = []
+        if os.path.isdir(self.tmp):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+def _save_gif(path: str, images: list, rate: Fraction) -> str:
     # GIF delays are whole 1/100 s: spread rounding so the total length stays n / fps.
-    ends = [round(Fraction(100 * (i + 1)) / rate) for i in range(len(frames))]
+    ends = [round(Fraction(100 * (i + 1)) / rate) for i in range(len(images))]
     delays_cs = [e - s for s, e in zip([0] + ends[:-1], ends)]
-    images = [
-        Image.fromarray(f).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE) for f in frames
-    ]
-    images[0].save(
-        path, save_all=True, append_images=images[1:], duration=[10 * d for d in delays_cs], loop=0, disposal=1
-    )
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
+                   duration=[10 * d for d in delays_cs], loop=0, disposal=1)
     exact = all(d == delays_cs[0] for d in delays_cs)
-    note = "" if exact else f"GIF delays are 1/100 s: used {sorted(set(delays_cs))} cs to average {float(rate):g} fps"
-    n, h, w, _ = frames.shape
-    return WriteInfo(path, "gif", n, rate, h, w, note)
-
-
-def _write_png_dir(path: str, frames: np.ndarray, rate: Fraction) -> WriteInfo:
-    os.makedirs(path, exist_ok=True)
-    for i, f in enumerate(frames):
-        target = os.path.join(path, f"frame_{i:05d}.png")
-        if not cv2.imwrite(target, cv2.cvtColor(f, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write {target}")
-    n, h, w, _ = frames.shape
-    return WriteInfo(path, "png", n, rate, h, w, "PNG folders do not store fps; pass fps= when reading back")
+    return "" if exact else f"GIF delays are 1/100 s: used {sorted(set(delays_cs))} cs to average {float(rate):g} fps"
 
 
 def write_video(
@@ -375,24 +692,13 @@ def write_video(
     it; reported in ``WriteInfo.note``);
     ``.webm``: VP9 yuv420p; ``.gif``: 256-colour adaptive palette; no extension or an existing folder: PNG
     frames ``frame_00000.png ...``. `crf` is the H.264 (0-51, default 18) or VP9 (0-63, default 24) quality,
-    lower = better.
+    lower = better. Written through `VideoWriter`: a failure leaves no partial file. For video produced in
+    pieces use `VideoWriter` directly.
     """
-    spath = os.fspath(path)
     arr = _as_uint8_frames(frames)
-    rate = fps_fraction(fps)
-    ext = os.path.splitext(spath)[1].lower()
-    if os.path.isdir(spath) or ext == "" or spath.endswith(("/", os.sep)):
-        return _write_png_dir(spath, arr, rate)
-    parent = os.path.dirname(spath)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    if ext in (".mp4", ".m4v", ".mov", ".mkv"):
-        return _write_av(spath, arr, rate, "libx264", 18 if crf is None else crf, even)
-    if ext == ".webm":
-        return _write_av(spath, arr, rate, "libvpx-vp9", 24 if crf is None else crf, even)
-    if ext == ".gif":
-        return _write_gif(spath, arr, rate)
-    raise ValueError(f"unsupported output extension {ext!r} (use .mp4, .mov, .mkv, .webm, .gif or a folder)")
+    with VideoWriter(path, fps, crf=crf, even=even) as out:
+        out.write(arr)
+    return out.info
 
 
 # --------------------------------------------------------------------------------------------- geometry

@@ -220,3 +220,173 @@ def test_float_and_gray_frames_are_converted_on_write(tmp_path: Path) -> None:
     write_video(tmp_path / "g", gray, 8)
     back = read_video(tmp_path / "g").frames
     assert back.shape == (2, 8, 10, 3) and np.array_equal(back[..., 1], gray)
+
+
+# ------------------------------------------------------------------------------------------ streaming (issue 15)
+
+from m2h_core.video_io import FrameStream, VideoWriter, check_output_path, read_video_fitted  # noqa: E402
+
+
+def _encode(path: Path, frames: np.ndarray, pts: list[int] | None = None, rotation: int | None = None,
+            codec: str = "libx264", time_base: Fraction = Fraction(1, 1000), options: dict | None = None) -> None:
+    """Write frames with PyAV directly: chosen timestamps (variable frame rate), display rotation, any codec."""
+    import av
+
+    with av.open(str(path), "w", options=options or {}) as c:
+        s = c.add_stream(codec, rate=24, options={"crf": "0"} if codec == "libx264" else {})
+        s.height, s.width = frames.shape[1:3]
+        s.pix_fmt = "yuv420p" if codec == "libx264" else "rgb24" if codec == "png" else "bgr0"
+        s.time_base = time_base
+        if rotation is not None:
+            s.set_display_rotation(rotation)
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="rgb24")
+            vf.pts, vf.time_base = (pts[i] if pts else round(i * 1000 / 24)), time_base
+            for p in s.encode(vf):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def _noise_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Frames that compress badly, so a cut file loses whole frames, with a per-frame blue level for order."""
+    f = np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    f[..., 2] = (np.arange(n) * 7 % 256)[:, None, None]
+    return f
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".webm", ".gif", ""])
+def test_fitted_reader_equals_whole_file_crop(tmp_path: Path, ext: str) -> None:
+    """Frame-by-frame decode + crop + resize gives exactly the pixels of read_video + center_crop_resize."""
+    frames = _frames(9, 72, 128)
+    path = tmp_path / f"clip{ext}"
+    write_video(path, frames, 12)
+    whole = read_video(path)
+    ref, ref_info = center_crop_resize(whole.frames, 32, 16)
+    got = read_video_fitted(path, 32, 16)
+    assert got.frames.shape == (9, 32, 16, 3) and got.frames.dtype == np.uint8
+    np.testing.assert_array_equal(got.frames, ref)
+    assert got.crop == ref_info and got.fps == whole.fps and got.notes == []
+    frames_, fps, crop, notes = got  # unpacks like a tuple
+    part = read_video_fitted(path, 48, 32, max_frames=3, start=1, stride=2)
+    np.testing.assert_array_equal(part.frames, center_crop_resize(whole.frames[1:7:2], 48, 32)[0])
+
+
+def test_fitted_reader_odd_source_size(tmp_path: Path) -> None:
+    frames = _noise_frames(5, 63, 97)
+    _encode(tmp_path / "odd.mov", frames, codec="png")
+    whole = read_video(tmp_path / "odd.mov")
+    np.testing.assert_array_equal(whole.frames, frames)  # lossless codec: the odd size is kept
+    got = read_video_fitted(tmp_path / "odd.mov", 64, 32)
+    np.testing.assert_array_equal(got.frames, center_crop_resize(frames, 64, 32)[0])
+    assert got.crop.src_width == 97 and got.crop.src_height == 63
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotation_metadata_applied_and_reported(tmp_path: Path, rotation: int) -> None:
+    frames = np.zeros((3, 32, 48, 3), np.uint8)
+    frames[:, :8, :8] = 255  # a white block in the stored top-left corner
+    _encode(tmp_path / "rot.mp4", frames, rotation=rotation)
+    upright = np.rot90(frames, k=rotation // 90, axes=(1, 2))  # counter-clockwise, as the display matrix says
+    clip = read_video(tmp_path / "rot.mp4")
+    assert clip.frames.shape == upright.shape
+    assert np.abs(clip.frames.astype(int) - upright).mean() < 3
+    assert any("rotation" in n for n in clip.notes)
+    got = read_video_fitted(tmp_path / "rot.mp4", 32, 16)
+    np.testing.assert_array_equal(got.frames, center_crop_resize(clip.frames, 32, 16)[0])
+    assert any(f"{rotation:+d}" in n for n in got.notes)
+
+
+def test_variable_frame_rate_is_reported(tmp_path: Path) -> None:
+    frames = _frames(8, 32, 48)
+    pts = [0, 40, 80, 200, 240, 400, 440, 480]  # ms: gaps of 40..160 ms
+    _encode(tmp_path / "vfr.mkv", frames, pts=pts)
+    got = read_video_fitted(tmp_path / "vfr.mkv", 32, 16)
+    assert len(got.frames) == 8  # every frame, in order
+    assert np.all(np.diff(got.frames[..., 2].astype(int).mean(axis=(1, 2))) > 5)
+    assert any("variable frame rate" in n for n in got.notes), got.notes
+    constant = tmp_path / "cfr.mkv"
+    _encode(constant, frames)
+    assert not any("variable" in n for n in read_video_fitted(constant, 32, 16).notes)
+
+
+@pytest.mark.parametrize("ext", [".mkv", ".mp4"])
+def test_truncated_tail_gives_the_frames_that_decode(tmp_path: Path, ext: str) -> None:
+    frames = _noise_frames(30, 48, 64)
+    good = tmp_path / f"good{ext}"
+    _encode(good, frames, options={"movflags": "faststart"} if ext == ".mp4" else None)
+    cut = tmp_path / f"cut{ext}"
+    data = good.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    full = read_video_fitted(good, 32, 16)
+    assert len(full.frames) == 30 and full.notes == []
+    got = read_video_fitted(cut, 32, 16)
+    assert 5 <= len(got.frames) < 30
+    assert any("truncated" in n for n in got.notes), got.notes
+    np.testing.assert_array_equal(got.frames[:5], full.frames[:5])  # what decodes is the same video
+    assert any("truncated" in n for n in read_video(cut).notes)
+
+
+def test_frame_stream_yields_model_size_frames_one_at_a_time(tmp_path: Path) -> None:
+    write_video(tmp_path / "a.mp4", _frames(6, 72, 128), 8)
+    stream = FrameStream(tmp_path / "a.mp4", 32, 16)
+    shapes = [f.shape for f in stream]
+    assert shapes == [(32, 16, 3)] * 6 and stream.expected == 6 and stream.fps == 8
+    with pytest.raises(RuntimeError, match="once"):
+        list(stream)
+    with pytest.raises(ValueError, match="both height and width"):
+        FrameStream(tmp_path / "a.mp4", 32)
+
+
+# ------------------------------------------------------------------------------------------ streaming writer
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".webm", ".gif", ""])
+def test_writer_in_chunks_equals_whole_write(tmp_path: Path, ext: str) -> None:
+    frames = _frames(10)
+    whole = write_video(tmp_path / f"whole{ext}", frames, 12)
+    with VideoWriter(tmp_path / f"chunks{ext}", 12) as out:
+        out.write(frames[:3])
+        out.write(frames[3])  # a single frame
+        out.write(frames[4:])
+    assert out.info.num_frames == 10 and out.info.codec == whole.codec
+    np.testing.assert_array_equal(read_video(tmp_path / f"chunks{ext}").frames, read_video(tmp_path / f"whole{ext}").frames)
+    assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".gif", ""])
+def test_writer_failure_leaves_no_file_and_keeps_the_old_one(tmp_path: Path, ext: str) -> None:
+    target = tmp_path / f"out{ext}"
+    with pytest.raises(KeyboardInterrupt):
+        with VideoWriter(target, 8) as out:
+            out.write(_frames(4))
+            assert any(".partial" in p.name for p in tmp_path.iterdir())  # frames go to a temporary name
+            raise KeyboardInterrupt  # a cancelled run
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    # an existing result survives a failed re-run untouched
+    write_video(target, _frames(3), 8)
+    before = read_video(target).frames
+    with pytest.raises(ValueError, match="same size"):
+        with VideoWriter(target, 8) as out:
+            out.write(_frames(2))
+            out.write(_frames(2, 32, 32))
+    np.testing.assert_array_equal(read_video(target).frames, before)
+    assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []
+
+
+def test_unwritable_output_fails_before_any_frame(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="cannot create the output folder"):
+        VideoWriter(blocker / "sub" / "out.mp4", 8)
+    with pytest.raises(ValueError, match="unsupported output extension"):
+        check_output_path(tmp_path / "out.avi")
+    with pytest.raises(OSError, match="not enough disk space"):
+        check_output_path(tmp_path / "out.mp4", num_frames=10**9, size=(4096, 4096))
+    (tmp_path / "frames.mp4").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        VideoWriter(str(tmp_path / "frames.mp4") + "/", 8)
+    with pytest.raises(ValueError, match="no frames"):
+        with VideoWriter(tmp_path / "empty.mp4", 8):
+            pass
+    assert not (tmp_path / "empty.mp4").exists()
