@@ -289,6 +289,147 @@ def clothing_metrics(
     return out
 
 
+# ------------------------------------------------------------------------------------------ LPIPS (AlexNet)
+
+ALEXNET_FILENAME = "alexnet-owt-7be5be79.pth"
+ALEXNET_SOURCE = "torchvision's ImageNet AlexNet weights, https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+LPIPS_ALEX_FILENAME = "alex.pth"
+LPIPS_ALEX_SOURCE = (
+    "the lpips package (pip install lpips; file lpips/weights/v0.1/alex.pth) or "
+    "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth"
+)
+#: torchvision ``alexnet().features``: (in, out, kernel, stride, padding) of the convs; ReLU after each conv,
+#: 3x3/2 max-pools after conv1, conv2 and conv5 -> module indices conv 0, 3, 6, 8, 10; ReLUs 1, 4, 7, 9, 11.
+_ALEX_CONVS: tuple[tuple[int, int, int, int, int], ...] = (
+    (3, 64, 11, 4, 2), (64, 192, 5, 1, 2), (192, 384, 3, 1, 1), (384, 256, 3, 1, 1), (256, 256, 3, 1, 1)
+)  # fmt: skip
+#: The five ReLUs LPIPS-Alex taps (lpips' alexnet slices [0:2], [2:5], [5:8], [8:10], [10:12]) and their widths.
+LPIPS_ALEX_RELUS: tuple[int, ...] = (1, 4, 7, 9, 11)
+LPIPS_ALEX_CHANNELS: tuple[int, ...] = (64, 192, 384, 256, 256)
+
+
+def _read_weights(file: os.PathLike[str] | str) -> dict[str, torch.Tensor]:
+    """`read_state_dict`, with a file that is not plain weights (a pickle of objects, not a zip/pickle of tensors)
+    reported as a ValueError naming it; such files are never unpickled in full."""
+    import pickle
+
+    try:
+        return read_state_dict(file)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"{file} is not a weights file (torch.load(weights_only=True) refused it: "
+                         f"{str(exc).splitlines()[0][:120]}); use the file named in the docs") from None
+
+
+def build_alexnet_features() -> nn.Sequential:
+    """torchvision's ``alexnet().features`` up to relu5 (12 modules, same indices, so ``features.N.*`` keys load)."""
+    layers: list[nn.Module] = []
+    for k, (cin, cout, ks, st, pad) in enumerate(_ALEX_CONVS):
+        layers += [nn.Conv2d(cin, cout, ks, stride=st, padding=pad), nn.ReLU(inplace=False)]
+        if k < 2:
+            layers.append(nn.MaxPool2d(kernel_size=3, stride=2))
+    return nn.Sequential(*layers)
+
+
+def load_alexnet_features(path: str | os.PathLike[str] | None = None) -> nn.Sequential:
+    """torchvision's ImageNet AlexNet ``features`` (``alexnet-owt-7be5be79.pth``, folder models/lpips/), frozen."""
+    file = resolve_weights_file(path, ALEXNET_FILENAME, "lpips", ALEXNET_SOURCE)
+    state = _read_weights(file)
+    net = build_alexnet_features()
+    template = net.state_dict()
+    got = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+    missing = [k for k in template if k not in got]
+    if missing:
+        raise ValueError(f"{file} is not a torchvision AlexNet state dict: no 'features.{missing[0]}'")
+    for k, t in template.items():
+        if tuple(got[k].shape) != tuple(t.shape):
+            raise ValueError(f"{file}: features.{k} has shape {tuple(got[k].shape)}, AlexNet needs {tuple(t.shape)}")
+    net.load_state_dict({k: got[k].float() for k in template})
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval()
+
+
+def load_lpips_alex_lin_weights(path: str | os.PathLike[str] | None = None) -> list[torch.Tensor]:
+    """The five 1x1 'lin' weights of LPIPS-Alex (lpips ``weights/v0.1/alex.pth``; same key layout as the VGG file)."""
+    file = resolve_weights_file(path, LPIPS_ALEX_FILENAME, "lpips", LPIPS_ALEX_SOURCE)
+    state = _read_weights(file)
+    weights: list[torch.Tensor] = []
+    for k, ch in enumerate(LPIPS_ALEX_CHANNELS):
+        cands = [v for key, v in state.items() if key.split(".")[-1] == "weight" and f"lin{k}.model." in key]
+        if len(cands) != 1 or tuple(cands[0].shape) != (1, ch, 1, 1):
+            raise ValueError(f"{file} is not an LPIPS-Alex lin-layer file: expected one 'lin{k}.model.1.weight' "
+                             f"of shape (1, {ch}, 1, 1)")
+        weights.append(cands[0].float())
+    return weights
+
+
+class LPIPSAlex(nn.Module):
+    """LPIPS-Alex (v0.1, the lpips package's default network): the `LPIPS` distance map with AlexNet's five ReLUs.
+
+    Inputs (B,3,H,W) in [0,1]; ImageNet normalisation (= lpips' scaling layer on [-1,1] input). Returns (B,1,H,W).
+    Use with `masked_lpips(..., model=LPIPSAlex(...), device=...)`.
+    """
+
+    def __init__(self, features: nn.Sequential, lin_weights: Sequence[torch.Tensor]) -> None:
+        super().__init__()
+        if len(features) < LPIPS_ALEX_RELUS[-1] + 1:
+            raise ValueError(f"AlexNet features need {LPIPS_ALEX_RELUS[-1] + 1} modules, got {len(features)}")
+        if len(lin_weights) != len(LPIPS_ALEX_CHANNELS):
+            raise ValueError(f"expected {len(LPIPS_ALEX_CHANNELS)} lin weights, got {len(lin_weights)}")
+        self.features = features[: LPIPS_ALEX_RELUS[-1] + 1]
+        for k, w in enumerate(lin_weights):
+            self.register_buffer(f"lin{k}", w.detach().float().reshape(1, LPIPS_ALEX_CHANNELS[k], 1, 1).clone())
+        self.register_buffer("mean", torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    @classmethod
+    def from_files(
+        cls, alexnet_path: str | os.PathLike[str] | None = None, lpips_path: str | os.PathLike[str] | None = None
+    ) -> LPIPSAlex:
+        """Load ``alexnet-owt-7be5be79.pth`` and the lpips ``alex.pth`` (both in models/lpips/ by default)."""
+        lin = load_lpips_alex_lin_weights(lpips_path)
+        return cls(load_alexnet_features(alexnet_path), lin)
+
+    @classmethod
+    def random(cls, seed: int = 0) -> LPIPSAlex:
+        """Random AlexNet and positive random lin weights: a stand-in for tests, not a perceptual metric."""
+        gen = torch.Generator().manual_seed(seed)
+        net = build_alexnet_features()
+        with torch.no_grad():
+            for m in net:
+                if isinstance(m, nn.Conv2d):
+                    bound = (6.0 / (m.in_channels * m.kernel_size[0] * m.kernel_size[1])) ** 0.5
+                    m.weight.uniform_(-bound, bound, generator=gen)
+                    m.bias.zero_()
+        lin = [torch.rand(1, c, 1, 1, generator=gen) / c for c in LPIPS_ALEX_CHANNELS]
+        return cls(net.requires_grad_(False), lin)
+
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five ReLU activations of AlexNet for (B,3,H,W) input in [0,1]."""
+        h = (x - self.mean.to(x)) / self.std.to(x)
+        out: list[torch.Tensor] = []
+        for i, module in enumerate(self.features):
+            h = module(h)
+            if i in LPIPS_ALEX_RELUS:
+                out.append(h)
+        return out
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Distance map (B,1,H,W) between two (B,3,H,W) batches in [0,1] (frames need >= 63 px a side)."""
+        if x.shape != y.shape:
+            raise ValueError(f"shapes differ: {tuple(x.shape)} vs {tuple(y.shape)}")
+        param = next(self.features.parameters())
+        x, y = x.to(param), y.to(param)
+        size = x.shape[-2:]
+        total = torch.zeros(x.shape[0], 1, *size, device=x.device, dtype=torch.float32)
+        for k, (fx, fy) in enumerate(zip(self.taps(x), self.taps(y))):
+            diff = (_unit_normalize(fx.float()) - _unit_normalize(fy.float())).pow(2)
+            layer = (diff * getattr(self, f"lin{k}")).sum(dim=1, keepdim=True)
+            total = total + F.interpolate(layer, size=size, mode="bilinear", align_corners=False)
+        return total
+
+
 # ------------------------------------------------------------------------------------------ CSIM
 
 
@@ -549,6 +690,13 @@ def format_table(rows: Sequence[Mapping[str, object]], markdown: bool = False) -
 
 
 __all__ = [
+    "ALEXNET_FILENAME",
+    "LPIPSAlex",
+    "LPIPS_ALEX_CHANNELS",
+    "LPIPS_ALEX_FILENAME",
+    "build_alexnet_features",
+    "load_alexnet_features",
+    "load_lpips_alex_lin_weights",
     "I3D_FEATURE_KWARGS",
     "I3D_FILENAME",
     "I3D_MIN_FRAMES",

@@ -1,14 +1,19 @@
-"""train/evaluate.py on a synthetic cache with a tiny checkpoint: Table I layout, per-video metrics, errors."""
+"""train/evaluate.py: Table I protocol (chunks at the training stride, masked metrics, CSIM, FVD over all chunks,
+bootstrap intervals, JSON + Markdown with the paper's rows) on a synthetic cache with a tiny checkpoint."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
+from m2h_core import metrics
 from m2h_core.checkpoint import save_checkpoint
 from m2h_core.config import tiny
 from m2h_core.models.m2h import M2HModel
@@ -19,100 +24,208 @@ sys.path.insert(0, str(ROOT / "train"))
 import evaluate as evaluate_cli  # noqa: E402
 import prepare_data  # noqa: E402
 
+VIDEO_FRAMES = 45  # every synthetic test video
+
+
+class _TinyI3D(nn.Module):
+    """Stand-in for the I3D TorchScript (same call signature): 6-d features of per-frame channel means."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("proj", torch.randn(30, 6, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True,
+                return_features: bool = False) -> torch.Tensor:
+        feats = x[:, :, :10].mean(dim=(3, 4)).reshape(x.shape[0], -1) @ self.proj
+        return feats if return_features else torch.softmax(feats, dim=1)
+
+
+def _toy_embedder(img: np.ndarray) -> np.ndarray | None:
+    """'Face embedding' of an RGB uint8 image: the mean colour of its top quarter and of the rest; None when the
+    top quarter is black."""
+    top = img[: img.shape[0] // 4].reshape(-1, 3).astype(np.float64)
+    if top.max() == 0:
+        return None
+    return np.concatenate([top.mean(0), img[img.shape[0] // 4:].reshape(-1, 3).mean(0)]) + 1.0
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     cache = tmp / "cache"
-    prepare_data.prepare_synthetic(4, cache, height=128, width=64, frames=6, test_fraction=0.5, log=lambda s: None)
+    prepare_data.prepare_synthetic(6, cache, height=128, width=64, frames=VIDEO_FRAMES, test_fraction=0.5,
+                                   log=lambda s: None)
     torch.manual_seed(0)
     ckpt = tmp / "m2h.safetensors"
     save_checkpoint(M2HModel(tiny()), ckpt)
-    return tmp, cache, ckpt
+    i3d = tmp / "i3d_torchscript.pt"
+    torch.jit.save(torch.jit.script(_TinyI3D()), str(i3d))
+    return tmp, cache, ckpt, i3d
 
 
-def test_evaluate_prints_table_and_writes_results(setup, capsys):
-    tmp, cache, ckpt = setup
-    out = tmp / "results.json"
-    rc = evaluate_cli.main(["--checkpoint", str(ckpt), "--data", str(cache), "--random-encoders", "--no-csim",
-                            "--frames", "4", "--steps", "2", "--guidance", "2", "--overlap", "1", "--out", str(out),
-                            "--dataset-name", "Synthetic", "--device", "cpu"])
-    assert rc == 0
-    printed = capsys.readouterr().out
-    assert "PSNR" in printed and "SSIM" in printed and "LPIPS" in printed and "FVD" in printed
-    assert "M2HVideo" in printed and "Synthetic" in printed
-    res = json.loads(out.read_text())
+def _args(ckpt, cache, *extra):
+    return ["--checkpoint", str(ckpt), "--data", str(cache), "--random-encoders", "--steps", "2", "--guidance", "2",
+            "--overlap", "1", "--device", "cpu", "--bootstrap", "200", *map(str, extra)]
+
+
+# --------------------------------------------------------------------------------------------- pure pieces
+
+
+def test_chunk_starts_by_hand():
+    # 45 frames at stride 4 -> 12 sampled frames (0..44) -> three 4-frame chunks, the last ending exactly on 44
+    assert evaluate_cli.chunk_starts(45, 4, 4) == [0, 16, 32]
+    assert evaluate_cli.chunk_starts(44, 4, 4) == [0, 16]  # 11 sampled frames: the remainder is dropped
+    assert evaluate_cli.chunk_starts(13, 4, 4) == [0]  # span (4-1)*4+1 = 13 frames fits once
+    assert evaluate_cli.chunk_starts(12, 4, 4) == []
+    assert evaluate_cli.chunk_starts(360, 16, 4) == [0, 64, 128, 192, 256]  # a UBC-length video: 90 -> 5 chunks
+    assert evaluate_cli.chunk_starts(16, 16, 1) == [0]  # the old protocol: the first 16 frames
+    with pytest.raises(ValueError, match="stride"):
+        evaluate_cli.chunk_starts(10, 4, 0)
+
+
+def test_bootstrap_pooled_mean_and_interval_by_hand():
+    # two videos: chunks (1, 1, 1) and (4): pooled mean 7/4 (not the mean of video means, 2.5). Each resample draws
+    # video 0 twice (p 1/4, mean 1), both (1/2, 1.75) or video 1 twice (1/4, mean 4): the 2.5/97.5 percentiles of
+    # 2000 resamples are 1 and 4.
+    point, lo, hi = evaluate_cli.bootstrap_mean_ci([[1, 1, 1], [4]], n_boot=2000, seed=0)
+    assert point == pytest.approx(1.75) and lo == pytest.approx(1.0) and hi == pytest.approx(4.0)
+    # NaN / None chunks are dropped, a video without values is dropped
+    assert evaluate_cli.bootstrap_mean_ci([[1, None, float("nan")], [], [3]], n_boot=10)[0] == pytest.approx(2.0)
+    assert evaluate_cli.bootstrap_mean_ci([[2.0, 2.0]], n_boot=10) == (2.0, None, None)  # one video: no interval
+    assert evaluate_cli.bootstrap_mean_ci([[None]]) == (None, None, None)
+
+
+def test_bootstrap_interval_contains_point_and_narrows_with_more_videos():
+    rng = np.random.default_rng(1)
+    few = [list(rng.normal(20 + v, 1.0, 3)) for v in rng.normal(0, 2, 8)]
+    many = [list(rng.normal(20 + v, 1.0, 3)) for v in rng.normal(0, 2, 128)]
+    p1, lo1, hi1 = evaluate_cli.bootstrap_mean_ci(few, 1000, seed=0)
+    p2, lo2, hi2 = evaluate_cli.bootstrap_mean_ci(many, 1000, seed=0)
+    assert lo1 < p1 < hi1 and lo2 < p2 < hi2
+    assert (hi2 - lo2) < 0.5 * (hi1 - lo1)  # ~ 1/sqrt(n): 4x the width for 16x fewer videos
+    assert evaluate_cli.bootstrap_mean_ci(few, 1000, seed=0) == (p1, lo1, hi1)  # seeded
+    flat = evaluate_cli.bootstrap_mean_ci([[0.5, 0.5]] * 5, 100)
+    assert flat == (0.5, 0.5, 0.5)  # data that do not vary: a degenerate interval
+
+
+def test_bootstrap_fvd_point_is_the_distance_over_all_chunks():
+    rng = np.random.default_rng(0)
+    real = [rng.normal(0, 1, (3, 4)) for _ in range(10)]
+    fake = [rng.normal(0.5, 1, (3, 4)) for _ in range(10)]
+    point, lo, hi = evaluate_cli.bootstrap_fvd_ci(real, fake, n_boot=100, seed=0)
+    assert point == pytest.approx(metrics.frechet_distance(np.concatenate(real), np.concatenate(fake)))
+    assert lo < hi and lo <= point <= hi
+    same = evaluate_cli.bootstrap_fvd_ci(real, real, n_boot=20, seed=0)
+    assert abs(same[0]) < 1e-6 and abs(same[1]) < 1e-6 and abs(same[2]) < 1e-6
+
+
+def test_zeroed_mask_mode_scores_whole_frames_by_hand():
+    """inside: PSNR from the MSE over mask pixels; zeroed: the MSE over the whole frame of v ⊙ M_c, i.e. diluted by
+    the mask's area fraction f: PSNR_zeroed = PSNR_inside - 10 log10 f."""
+    gt = np.full((2, 32, 16, 3), 100, np.uint8)
+    gen = gt.copy()
+    mask = np.zeros((2, 32, 16), bool)
+    mask[:, 8:16, 4:12] = True  # f = 64 / 512 = 1/8
+    gen[mask] = 110
+    gen[~mask] = 0  # outside the mask nothing counts in either mode
+    inside = evaluate_cli.score_chunk(gen, gt, mask, "inside", {}, torch.device("cpu"))
+    zeroed = evaluate_cli.score_chunk(gen, gt, mask, "zeroed", {}, torch.device("cpu"))
+    expect = 10 * math.log10(255**2 / 10**2)
+    assert inside["psnr"] == pytest.approx(expect)
+    assert zeroed["psnr"] == pytest.approx(expect - 10 * math.log10(1 / 8))
+
+
+def test_split_file_text_and_json(tmp_path):
+    (tmp_path / "ids.txt").write_text("# test videos\nb\n\na\n")
+    assert evaluate_cli.read_id_list(tmp_path / "ids.txt") == ["b", "a"]
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["x"], "test": ["a", "b"]}))
+    assert evaluate_cli.read_id_list(tmp_path / "split.json") == ["a", "b"]
+    assert evaluate_cli.split_digest(["b", "a"]) == evaluate_cli.split_digest(["a", "b"])
+    assert evaluate_cli.split_digest(["a"]) != evaluate_cli.split_digest(["a", "b"])
+    (tmp_path / "bad.json").write_text(json.dumps({"train": []}))
+    with pytest.raises(ValueError, match="no 'test' list"):
+        evaluate_cli.read_id_list(tmp_path / "bad.json")
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+def test_chunking_at_stride_4_on_a_cache(setup):
+    """Every test video (45 frames) at stride 4 in 4-frame chunks: 12 sampled frames -> 3 chunks each, frames
+    (0,4,8,12), (16,..,28), (32,..,44), each scored against its own ground truth."""
+    tmp, cache, ckpt, _ = setup
+    res = evaluate_cli.evaluate(evaluate_cli.build_parser().parse_args(
+        _args(ckpt, cache, "--frames", 4, "--stride", 4, "--no-fvd", "--no-csim")))
+    test_ids = json.loads((cache / "split.json").read_text())["test"]
+    assert len(test_ids) == 3 and [v["video"] for v in res["videos"]] == test_ids
+    assert res["protocol"]["chunks"] == 3 * 3
+    for v in res["videos"]:
+        assert [c["frame_indices"] for c in v["chunks"]] == [[0, 4, 8, 12], [16, 20, 24, 28], [32, 36, 40, 44]]
+        assert all(c["identity_index"] == -1 for c in v["chunks"])  # synthetic clips carry a reference photo
+    # the summary is the mean over all 9 chunks, recomputed here from the per-chunk numbers
+    psnr = [c["psnr"] for v in res["videos"] for c in v["chunks"]]
+    assert res["summary"]["psnr"] == pytest.approx(np.mean(psnr))
+    assert len(set(np.round(psnr, 6))) > 1  # chunks differ (own frames, own seed)
+
+
+def test_evaluate_end_to_end_outputs_every_metric(setup, capsys):
+    tmp, cache, ckpt, i3d = setup
+    out = tmp / "results" / "eval.json"
+    a = evaluate_cli.build_parser().parse_args(
+        _args(ckpt, cache, "--frames", 10, "--stride", 4, "--i3d", i3d, "--out", out, "--dataset-name", "UBC fashion"))
+    res = evaluate_cli.evaluate(a, embedder=_toy_embedder)
+    captured = capsys.readouterr()
+    assert "warning: FVD from 3 chunks < 401" in captured.err  # 45 frames: one 10-frame chunk (span 37) per video
+    assert "PSNR" in captured.out and "FVD" in captured.out
+    saved = json.loads(out.read_text())
+    assert saved["summary"] == pytest.approx(res["summary"])
+    s, ci = saved["summary"], saved["ci95"]
+    for k in ("psnr", "ssim", "lpips", "lpips_alex", "csim", "fvd"):
+        assert s[k] is not None and math.isfinite(s[k]), k
+        lo, hi = ci[k]
+        assert lo < hi, k  # three different videos: the interval is not a point
+        if k != "fvd":
+            assert lo <= s[k] <= hi, k
+    assert s["csim_face_rate"] == 1.0 and -1 <= s["csim"] <= 1
+    # FVD over all chunks = the Fréchet distance of the I3D features of the 3 real and 3 generated chunks
+    assert saved["protocol"]["chunks"] == 3 and saved["protocol"]["fvd"]
     split = json.loads((cache / "split.json").read_text())
-    assert [r["video"] for r in res["videos"]] == split["test"] and len(split["test"]) == 2
-    s = res["summary"]
-    assert 0 < s["psnr"] < 100 and -1 <= s["ssim"] <= 1 and s["lpips"] >= 0
-    assert all(r["frames"] == 4 for r in res["videos"])
-    # FVD needs 10+ frames: reported as skipped with the reason, not a crash
-    assert s["fvd"] is None and any("FVD" in n for n in res["notes"])
+    assert saved["protocol"]["split_sha256"] == evaluate_cli.split_digest(split["test"])
+    assert saved["protocol"]["test_ids"] == split["test"]
+    assert saved["paper_table_i"]["rows"][5]["fvd"] == 13.35  # M2HVideo on UBC
+    md = out.with_suffix(".md").read_text()
+    for header in ("PSNR↑", "SSIM↑", "LPIPS↓", "CSIM↑", "FVD↓"):
+        assert f"UBC fashion {header}" in md and f"ASOS {header}" in md
+    ours = next(line for line in md.splitlines() if "(this run)" in line)
+    for k, d in (("psnr", 2), ("ssim", 3), ("lpips", 3), ("csim", 3), ("fvd", 2)):
+        assert f"{s[k]:.{d}f} [{ci[k][0]:.{d}f}, {ci[k][1]:.{d}f}]" in ours, k
+    assert "| M2HVideo (paper) | 23.47 | 0.886 | 0.069 | 0.935 | 13.35 | 25.23 |" in md
+    assert "LPIPS-Alex" in md and "Table I" in md and "FVD from 3 chunks" in md
 
 
-def test_evaluate_bad_inputs(setup, capsys):
-    tmp, cache, ckpt = setup
-    assert evaluate_cli.main(["--checkpoint", str(tmp / "missing.safetensors"), "--data", str(cache),
-                              "--random-encoders"]) == 2
+def test_split_file_selects_the_videos(setup, tmp_path):
+    _, cache, ckpt, _ = setup
+    one = json.loads((cache / "split.json").read_text())["test"][1]
+    (tmp_path / "ids.txt").write_text(one + "\n")
+    res = evaluate_cli.evaluate(evaluate_cli.build_parser().parse_args(
+        _args(ckpt, cache, "--frames", 4, "--no-fvd", "--no-csim", "--split-file", tmp_path / "ids.txt")))
+    assert [v["video"] for v in res["videos"]] == [one]
+    assert res["ci95"]["psnr"] is None  # one video: no interval
+
+
+def test_evaluate_bad_inputs(setup, tmp_path, capsys):
+    tmp, cache, ckpt, _ = setup
+    assert evaluate_cli.main(_args(tmp / "missing.safetensors", cache)) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert evaluate_cli.main(["--checkpoint", str(ckpt), "--data", str(tmp / "nocache"), "--random-encoders"]) == 2
+    assert evaluate_cli.main(_args(ckpt, tmp / "nocache")) == 2
     assert "prepare_data" in capsys.readouterr().err
-
-
-def test_prepare_data_resumes_and_reports_failures(tmp_path):
-    """Real-video path with simple deterministic analyses standing in for the ONNX models: a good video is cached;
-    an unreadable file, a video without a person and one without a face are listed in failed.json with the
-    reason; a second run skips the finished video and retries only the failed ones."""
-    import numpy as np
-
-    from m2h_core.training.dataset import ClipCacheDataset
-    from m2h_core.demo.synthetic import generate_clip
-    from m2h_core.video_io import write_video
-
-    videos = tmp_path / "videos"
-    videos.mkdir()
-    clip = generate_clip(3, n_frames=10, height=128, width=64)
-    write_video(videos / "good.mp4", clip.human, 8)
-    write_video(videos / "faceless.mp4", 255 - clip.human, 8)  # dark background: the stand-in finds no face
-    write_video(videos / "empty.mp4", np.full_like(clip.human, 240), 8)  # background only: no person
-    (videos / "broken.mp4").write_bytes(b"not a video")
-    parsed = []
-
-    def parse(frames):
-        parsed.append(len(frames))
-        m = np.abs(frames.astype(int) - 240).sum(-1) > 60
-        return m, m
-
-    def pose(frames):
-        return np.zeros_like(frames), [clip.poses[0]] + [None] * (len(frames) - 1)
-
-    def face(frame):
-        if frame[0, 0].mean() < 128:
-            return None
-        m = np.zeros(frame.shape[:2], bool)
-        m[10:20, 20:40] = True
-        return {"embedding": np.ones(512, np.float32) / np.sqrt(512), "bbox": np.array([20, 10, 40, 20]),
-                "mask": m, "landmark_image": np.zeros_like(frame)}
-
-    pre = prepare_data.Preprocessors(parse, pose, face)
-    out = tmp_path / "cache"
-    rep = prepare_data.prepare_videos(videos, out, pre, log=lambda s: None)
-    reasons = {Path(f["video"]).name: f["reason"] for f in rep["failed"]}
-    assert set(reasons) == {"broken.mp4", "empty.mp4", "faceless.mp4"}
-    assert reasons["broken.mp4"].startswith("unreadable")
-    assert reasons["empty.mp4"].startswith("no person")
-    assert reasons["faceless.mp4"].startswith("no face")
-    done = [d for d in out.iterdir() if (d / "meta.json").is_file()]
-    assert len(done) == 1 and done[0].name.startswith("good-")
-    split = json.loads((out / "split.json").read_text())
-    assert split["train"] + split["test"] == [done[0].name]
-    assert json.loads((out / "failed.json").read_text()) == rep["failed"]
-    ds = ClipCacheDataset(out, None, num_frames=4, stride=2, height=64, width=32)
-    item = ds[(0, 0)]
-    assert item["frames"].shape == (4, 3, 64, 32) and item["face_masks"].sum() > 0
-    assert item["identity_index"] not in item["frame_indices"].tolist()  # x_id is another frame
-    assert torch.allclose(item["arcface"].norm(), torch.tensor(1.0))
-    n = len(parsed)
-    prepare_data.prepare_videos(videos, out, pre, log=lambda s: None)
-    assert len(parsed) - n == 2  # only empty + faceless are parsed again; good is skipped, broken fails to read
+    (tmp_path / "ids.txt").write_text("no-such-video\n")
+    assert evaluate_cli.main(_args(ckpt, cache, "--split-file", tmp_path / "ids.txt")) == 2
+    assert "re-run prepare_data" in capsys.readouterr().err
+    assert evaluate_cli.main(_args(ckpt, cache, "--frames", 16, "--stride", 4, "--no-fvd")) == 2  # span 61 > 45
+    assert "lower --frames or --stride" in capsys.readouterr().err
+    bad = tmp_path / "i3d_torchscript.pt"
+    bad.write_bytes(b"not torchscript")
+    assert evaluate_cli.main(_args(ckpt, cache, "--frames", 10, "--i3d", bad, "--no-csim")) == 2
+    err = capsys.readouterr().err
+    assert "FVD" in err and str(bad) in err

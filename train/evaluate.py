@@ -1,26 +1,63 @@
-"""Evaluate an M2H checkpoint on the test split of a prepare_data cache (paper Sec. IV-B, Table I).
+"""Evaluate an M2H checkpoint with the paper's Table I protocol (Sec. IV-C2) on the test split of a clip cache.
 
-    python train/evaluate.py --checkpoint m2h.safetensors --data CACHE \\
+    python train/evaluate.py --checkpoint m2h_final.safetensors --data CACHE \\
         --base v1-5-pruned-emaonly.safetensors --clip-vision clip_vision_vit_l14.safetensors \\
-        [--frames 16] [--steps 50] [--guidance 7.5] [--vgg ...] [--lpips vgg.pth] [--i3d i3d_torchscript.pt] \\
-        [--face-pack antelopev2] [--out results.json] [--method M2HVideo] [--dataset-name UBC]
+        [--vgg vgg16-397923af.pth --lpips vgg.pth] [--alexnet alexnet-owt-7be5be79.pth --lpips-alex alex.pth] \\
+        [--i3d i3d_torchscript.pt] [--face-pack antelopev2 --models DIR] \\
+        [--frames 16] [--stride 4] [--steps 50] [--guidance 7.5] [--out results/eval.json]
 
-Each test video is reconstructed from its own clothing (v ⊙ M_c), body pose and identity (the paper's protocol
-for UBC / ASOS, where the human video is its own ground truth): `--frames` consecutive frames from the start.
-Metrics (m2h_core.metrics): PSNR / SSIM / LPIPS inside the clothing mask, CSIM between ArcFace embeddings of the
-generated frames and the identity image, FVD between the real and generated clip sets (needs >= 10 frames and
->= 2 videos). A metric whose model file is missing is reported as '-' with the file name and where it goes;
-`--random-encoders` (tiny checkpoints) uses random VAE/CLIP and stand-in LPIPS so the path runs without files.
-Prints the Table I layout and writes per-video numbers to `--out`.
+What a number means (the protocol; every choice is recorded under "protocol" in the JSON):
+
+* Test videos: every video of the cache's test split - ``CACHE/split.json`` "test", written by
+  ``train/prepare_data.py`` together with the cache (seeded 90/10, as the paper's Sec. IV-A; ``--test-list`` there
+  fixes it to a given list) - or ``--split-file`` (a split.json or a text file of ids, one a line). The ids and
+  their SHA-256 are written to the JSON: two runs are comparable when ``protocol.split_sha256`` is equal.
+* Chunks: each test video is sampled at the training stride s (``--stride``, default 4 = sd15.yaml's
+  frame_stride, Sec. IV-B) and cut into all non-overlapping N-frame chunks (``--frames``, default 16): chunk j
+  holds frames s·(jN + k), k = 0..N-1, so a video of T frames gives floor(ceil(T/s) / N) chunks (the remainder
+  is dropped; a video shorter than (N-1)·s + 1 frames gives none and is listed in the notes). Each chunk is
+  reconstructed from its own clothing v ⊙ M_c, body pose and an identity image x_id - another frame of the same
+  video with a face, not in the chunk (or the video's reference photo) - the paper's paired protocol for
+  UBC / ASOS. Chunk j of video i is sampled with seed ``--seed`` + 1000·i + j (DDIM, ``--steps`` 50, CFG 7.5).
+* Clothing consistency, masked (``--mask-mode``): PSNR, SSIM and LPIPS compare the generated and ground-truth
+  frames inside M_c, the ground truth's clothing mask from the cache (human parser, nearest-resized to the
+  evaluation size). ``inside`` (default): PSNR from the MSE over the mask pixels; the SSIM map (11x11 Gaussian)
+  and the LPIPS distance map are computed on the whole frames and averaged over the mask pixels (so the networks
+  see context). ``zeroed``: both frames are multiplied by M_c and scored whole (the other common reading of
+  "within the clothing regions"; it counts the zeroed background as perfect, so scores are higher).
+  LPIPS is LPIPS-VGG (v0.1, ``vgg16-397923af.pth`` + lpips ``vgg.pth``); LPIPS-Alex (``alexnet-owt-7be5be79.pth``
+  + lpips ``alex.pth``, the lpips package's default) is reported as ``lpips_alex`` when both files are found.
+* Identity: CSIM, the cosine between the ArcFace embedding (insightface ``--face-pack``) of each generated frame's
+  face and that of x_id (embedded from the same evaluation-size image; the cache's embedding when the detector
+  finds no face there). Frames where no face is detected are left out; their share is ``csim_face_rate``.
+* FVD: I3D (StyleGAN-V TorchScript) features of every ground-truth and every generated chunk (N >= 10 frames),
+  one Fréchet distance over all chunks. Below FVD_MIN_CHUNKS = 401 chunks a warning is printed: the features are
+  400-d, and n chunks give a covariance of rank <= n-1, so with fewer than 401 it is singular and the distance
+  is biased upwards by roughly tr(Σ)/n per set - FVDs from different chunk counts are not comparable.
+* Aggregation and uncertainty: a chunk's value is the mean over its frames; a metric is the mean over all chunks.
+  The 95% interval is a percentile bootstrap that resamples test videos with replacement (all chunks of a drawn
+  video together, since they are correlated), ``--bootstrap`` 1000 times with ``--bootstrap-seed`` 0; FVD is
+  recomputed on each resample (that interval is indicative: resampling duplicates features, which the Fréchet
+  distance sees as less variety).
+
+A metric whose model file is missing is reported as '-' with the file name and where it goes (a file given by a
+flag that cannot be read is an error). ``--random-encoders`` (tiny checkpoints) uses random VAE/CLIP and stand-in
+LPIPS networks so the whole path runs without files. Output: the Table I layout on stdout, ``--out`` JSON with
+everything (per chunk, per video, summary, intervals, protocol, notes) and a Markdown report (``--markdown``,
+default: the JSON path with .md) with the paper's Table I rows beside ours.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import math
+import pickle
 import sys
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,14 +66,122 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2h_core import metrics  # noqa: E402
 from m2h_core.checkpoint import load_checkpoint  # noqa: E402
-from m2h_core.training.dataset import ClipCacheDataset  # noqa: E402
+from m2h_core.training.dataset import CacheError, ClipCacheDataset, read_split  # noqa: E402
 from m2h_core.inference.encoders import FrozenEncoders  # noqa: E402
 from m2h_core.inference.sampler import SamplerSettings, sample_video  # noqa: E402
+
+#: The paper's Table I (Mu et al., "From Mannequin to Human: A Pose-Aware and Identity-Preserving Video Generation
+#: Framework for Lifelike Clothing Display", Sec. IV-C4, Table I): (method, dataset, PSNR, SSIM, LPIPS, CSIM, FVD).
+PAPER_TABLE_I_CITATION = ("Mu, Zhou, Hou, Zhang, Guan, \"From Mannequin to Human: A Pose-Aware and "
+                          "Identity-Preserving Video Generation Framework for Lifelike Clothing Display\", Table I")
+PAPER_TABLE_I: tuple[tuple[str, str, float, float, float, float, float], ...] = (
+    ("MagicPose", "UBC fashion", 15.22, 0.656, 0.237, 0.913, 112.75),
+    ("MimicMotion", "UBC fashion", 23.01, 0.878, 0.079, 0.928, 35.52),
+    ("AnimateAnyone", "UBC fashion", 21.72, 0.858, 0.103, 0.932, 53.93),
+    ("StableVITON", "UBC fashion", 23.25, 0.864, 0.082, 0.912, 31.06),
+    ("ControlNeXt", "UBC fashion", 17.81, 0.758, 0.119, 0.910, 88.64),
+    ("M2HVideo (paper)", "UBC fashion", 23.47, 0.886, 0.069, 0.935, 13.35),
+    ("MagicPose", "ASOS", 14.89, 0.63, 0.213, 0.908, 175.36),
+    ("MimicMotion", "ASOS", 23.76, 0.856, 0.053, 0.927, 38.71),
+    ("AnimateAnyone", "ASOS", 21.35, 0.781, 0.078, 0.902, 97.64),
+    ("StableVITON", "ASOS", 23.98, 0.862, 0.056, 0.917, 33.21),
+    ("ControlNeXt", "ASOS", 17.45, 0.643, 0.125, 0.865, 138.42),
+    ("M2HVideo (paper)", "ASOS", 25.23, 0.891, 0.041, 0.938, 24.86),
+)
+TABLE_KEYS = ("psnr", "ssim", "lpips", "csim", "fvd")
+CHUNK_METRICS = ("psnr", "ssim", "lpips", "lpips_alex", "csim")
+#: I3D feature dimension + 1: the least number of chunks whose feature covariance can be full rank.
+FVD_MIN_CHUNKS = 401
+
+
+# --------------------------------------------------------------------------------------------- protocol pieces
+
+
+def chunk_starts(num_video_frames: int, frames: int, stride: int) -> list[int]:
+    """First frame of every non-overlapping `frames`-frame chunk of a video sampled every `stride` frames.
+
+    The video at stride s has ceil(T/s) frames; chunk j takes its frames jN..jN+N-1, i.e. source frames
+    s·(jN + k). Returns [s·N·j for j < floor(ceil(T/s) / N)].
+    """
+    if frames < 1 or stride < 1:
+        raise ValueError(f"--frames and --stride must be >= 1 (got {frames}, {stride})")
+    sampled = -(-int(num_video_frames) // stride)
+    return [stride * frames * j for j in range(sampled // frames)]
+
+
+def read_id_list(path: Path) -> list[str]:
+    """Video ids from a split.json ("test") or a text file (one id a line; blank lines and # comments skipped)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"split file {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("test"), list):
+            raise ValueError(f"{path} has no 'test' list (expected prepare_data's split.json layout)")
+        return [str(i) for i in data["test"]]
+    return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def split_digest(ids: Sequence[str]) -> str:
+    """SHA-256 of the sorted ids, one a line: equal digests = the same test set."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def bootstrap_mean_ci(per_video: Sequence[Sequence[float]], n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95) -> tuple[float | None, float | None, float | None]:
+    """(point, low, high): the mean over all chunks and its percentile-bootstrap interval resampling videos.
+
+    `per_video[i]` holds video i's chunk values (NaN/None dropped; videos left with none are dropped). A resample
+    draws as many videos as there are, with replacement, and takes the mean over all their chunks. Fewer than two
+    videos: no interval (None, None).
+    """
+    vals = [np.asarray([v for v in vs if v is not None and not math.isnan(v)], np.float64) for vs in per_video]
+    vals = [v for v in vals if v.size]
+    if not vals:
+        return None, None, None
+    sums = np.array([v.sum() for v in vals])
+    counts = np.array([v.size for v in vals], np.float64)
+    point = float(sums.sum() / counts.sum())
+    if len(vals) < 2 or n_boot < 1:
+        return point, None, None
+    idx = np.random.default_rng(seed).integers(0, len(vals), size=(n_boot, len(vals)))
+    boot = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+    return point, float(lo), float(hi)
+
+
+def bootstrap_fvd_ci(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float | None, float | None, float | None]:
+    """(FVD over all chunks, low, high): `real[i]`, `fake[i]` are video i's (chunks, D) I3D features; resamples
+    videos like `bootstrap_mean_ci` and recomputes the Fréchet distance (resamples with < 2 chunks are skipped)."""
+    keep = [i for i in range(len(real)) if len(real[i])]
+    if sum(len(real[i]) for i in keep) < 2:
+        return None, None, None
+    point = metrics.frechet_distance(np.concatenate([real[i] for i in keep]), np.concatenate([fake[i] for i in keep]))
+    if len(keep) < 2 or n_boot < 1:
+        return point, None, None
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        pick = [keep[j] for j in rng.integers(0, len(keep), len(keep))]
+        r = np.concatenate([real[i] for i in pick])
+        if len(r) >= 2:
+            boot.append(metrics.frechet_distance(r, np.concatenate([fake[i] for i in pick])))
+    if not boot:
+        return point, None, None
+    lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
+    return point, float(lo), float(hi)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) or (3, H, W) in [0, 1] -> channels-last uint8."""
     return (x.clamp(0, 1).movedim(-3, -1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------- models
 
 
 def build_encoders(a, cfg) -> FrozenEncoders:
@@ -52,11 +197,17 @@ def build_encoders(a, cfg) -> FrozenEncoders:
     return FrozenEncoders(vae.eval().requires_grad_(False), clip, cfg)
 
 
-def optional(name: str, fn, notes: list[str]):
-    """Build a metric model; a missing file becomes a note (the metric prints as '-')."""
+def optional(name: str, fn: Callable, notes: list[str], explicit: bool = False):
+    """Build a metric model. A file that is not found becomes a note (the metric prints as '-'); a file the user
+    named that cannot be read is an error naming it."""
     try:
         return fn()
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:  # torch.load(weights_only=True) refused a file
+        raise ValueError(f"{name}: a weights file for it is not a weights file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:120]}); check the files named by its flags") from None
     except (FileNotFoundError, ImportError, ValueError) as e:
+        if explicit or (isinstance(e, ValueError) and "not a" in str(e)):
+            raise ValueError(f"{name}: {e}") from None
         notes.append(f"{name}: skipped - {e}")
         return None
 
@@ -75,91 +226,280 @@ def face_embedder(pack: str, models: str | None):
     return embed
 
 
-def nanmean(values) -> float | None:
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def load_test_split(a) -> tuple[list[str], str]:
+    """(ids, where from): `--split-file`, else the cache's split.json ('--split', default 'test')."""
+    if a.split_file:
+        return read_id_list(Path(a.split_file)), str(a.split_file)
+    if not Path(a.data).is_dir():
+        raise CacheError(f"clip cache {a.data} does not exist: run train/prepare_data.py --out {a.data}")
+    split = read_split(a.data)
+    if a.split not in split:
+        raise CacheError(f"{a.data}/split.json has no '{a.split}' list (has: {', '.join(split)})")
+    return list(split[a.split]), f"{Path(a.data) / 'split.json'}:{a.split}"
+
+
+def score_chunk(gen: np.ndarray, gt: np.ndarray, mask: np.ndarray, mask_mode: str, lpips_models: dict,
+                device: torch.device) -> dict:
+    """Masked PSNR / SSIM / LPIPS(-Alex) of one chunk (see the module docstring for the two mask modes)."""
+    if mask_mode == "zeroed":
+        gen, gt, mask = gen * mask[..., None], gt * mask[..., None], None
+    out = {"psnr": float(metrics.masked_psnr(gen, gt, mask)), "ssim": float(metrics.masked_ssim(gen, gt, mask))}
+    for key, model in lpips_models.items():
+        out[key] = float(metrics.masked_lpips(gen, gt, mask, model=model, device=device))
+    return out
+
+
+def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = None) -> dict:
+    """Run the protocol of the module docstring. `embedder` (one RGB uint8 image -> face embedding or None)
+    replaces the insightface model for CSIM (tests)."""
+    if a.frames < 1 or a.stride < 1:
+        raise ValueError(f"--frames and --stride must be >= 1 (got {a.frames}, {a.stride})")
+    ids, split_source = load_test_split(a)
+    device = torch.device(a.device)
+    model = load_checkpoint(a.checkpoint, device=device)
+    cfg = model.cfg
+    ds = ClipCacheDataset(a.data, None, ids=ids, height=cfg.height, width=cfg.width, seed=a.seed)
+    notes: list[str] = []
+    lpips_models: dict = {}
+    if a.random_encoders:
+        lpips_models["lpips"] = metrics.LPIPS.random(0)
+        lpips_models["lpips_alex"] = metrics.LPIPSAlex.random(0)
+        notes.append("lpips: random stand-in networks (--random-encoders), not a perceptual metric")
+    else:
+        vgg = optional("LPIPS-VGG", lambda: metrics.LPIPS.from_files(a.vgg, a.lpips), notes,
+                       explicit=bool(a.vgg or a.lpips))
+        alex = optional("LPIPS-Alex", lambda: metrics.LPIPSAlex.from_files(a.alexnet, a.lpips_alex), notes,
+                        explicit=bool(a.alexnet or a.lpips_alex))
+        lpips_models.update({k: m for k, m in (("lpips", vgg), ("lpips_alex", alex)) if m is not None})
+    if embedder is None and not a.no_csim:
+        embedder = optional("CSIM", lambda: face_embedder(a.face_pack, a.models), notes)
+    i3d = None
+    if not a.no_fvd:
+        if a.frames < metrics.I3D_MIN_FRAMES:
+            notes.append(f"FVD: skipped - needs chunks of >= {metrics.I3D_MIN_FRAMES} frames (--frames {a.frames})")
+        else:
+            i3d = optional("FVD", lambda: metrics.load_i3d(a.i3d, device=device), notes, explicit=bool(a.i3d))
+    enc = build_encoders(a, cfg).to(device)
+    base = SamplerSettings(steps=a.steps, guidance_scale=a.guidance, seed=a.seed,
+                           context_frames=min(cfg.num_frames, a.frames), context_overlap=a.overlap)
+    videos = []
+    real_feats: list[np.ndarray] = []
+    fake_feats: list[np.ndarray] = []
+    todo = [(i, chunk_starts(v.num_frames, a.frames, a.stride)) for i, v in enumerate(ds.videos)]
+    total = sum(len(s) for _, s in todo)
+    done = 0
+    for i, starts in todo:
+        vid = ds.videos[i]
+        if not starts:
+            notes.append(f"{vid.id}: no chunk - {vid.num_frames} frames < {(a.frames - 1) * a.stride + 1} "
+                         f"({a.frames} frames at stride {a.stride})")
+        chunks, rf, ff = [], [], []
+        for j, start in enumerate(starts):
+            item = ds.window(i, a.frames, start, a.stride)
+            settings = dataclasses.replace(base, seed=a.seed + 1000 * i + j)
+            res = sample_video(model, enc, item["frames"], item["clothing_masks"], item["pose_images"],
+                               item["identity_image"], item["identity_landmarks"], item["arcface"], settings)
+            gen, gt = to_uint8(res.frames), to_uint8(item["frames"])
+            mask = item["clothing_masks"].numpy() > 0.5
+            c = {"start": start, "frame_indices": item["frame_indices"].tolist(),
+                 "identity_index": int(item["identity_index"]),
+                 **score_chunk(gen, gt, mask, a.mask_mode, lpips_models, device)}
+            if embedder is not None:
+                ref = embedder(to_uint8(item["identity_image"]))
+                ref = ref if ref is not None else item["arcface"].numpy()
+                per = _csim_frames(gen, ref, embedder)
+                found = ~np.isnan(per)
+                c["csim"] = float(per[found].mean()) if found.any() else None
+                c["csim_face_rate"] = float(found.mean())
+            if i3d is not None:
+                rf.append(metrics.i3d_features([gt], i3d, device=device)[0])
+                ff.append(metrics.i3d_features([gen], i3d, device=device)[0])
+            chunks.append(c)
+            done += 1
+            print(f"[{done}/{total}] {vid.id} chunk {j} (frames {start}..{item['frame_indices'][-1].item()}): "
+                  + ", ".join(f"{k}={v:.4f}" for k, v in c.items() if isinstance(v, float)), flush=True)
+        d = 0 if not rf else len(rf[0])
+        real_feats.append(np.array(rf).reshape(len(rf), d))
+        fake_feats.append(np.array(ff).reshape(len(ff), d))
+        means = {k: _nanmean([c.get(k) for c in chunks]) for k in CHUNK_METRICS + ("csim_face_rate",)}
+        videos.append({"video": vid.id, "num_frames": vid.num_frames, "chunks": chunks,
+                       **{k: v for k, v in means.items() if v is not None}})
+    n_chunks = sum(len(v["chunks"]) for v in videos)
+    if n_chunks == 0:
+        raise ValueError(f"no test video has {(a.frames - 1) * a.stride + 1} frames for one chunk "
+                         f"({a.frames} frames at stride {a.stride}); lower --frames or --stride")
+    summary: dict[str, float | None] = {}
+    ci: dict[str, list[float] | None] = {}
+    for k in CHUNK_METRICS + ("csim_face_rate",):
+        point, lo, hi = bootstrap_mean_ci([[c.get(k) for c in v["chunks"]] for v in videos], a.bootstrap,
+                                          a.bootstrap_seed)
+        summary[k] = point
+        ci[k] = None if lo is None else [lo, hi]
+    summary["fvd"], ci["fvd"] = None, None
+    if i3d is not None:
+        if n_chunks < 2:
+            notes.append(f"FVD: skipped - needs >= 2 chunks, have {n_chunks}")
+        else:
+            point, lo, hi = bootstrap_fvd_ci(real_feats, fake_feats, a.bootstrap, a.bootstrap_seed)
+            summary["fvd"], ci["fvd"] = point, (None if lo is None else [lo, hi])
+            if n_chunks < FVD_MIN_CHUNKS:
+                msg = (f"FVD from {n_chunks} chunks < {FVD_MIN_CHUNKS} (I3D feature dim + 1): the covariance is "
+                       f"singular and the FVD biased upwards; not comparable with FVDs from other chunk counts")
+                print(f"warning: {msg}", file=sys.stderr)
+                notes.append(f"warning: {msg}")
+    if ci["fvd"] is not None and not ci["fvd"][0] <= summary["fvd"] <= ci["fvd"][1]:
+        notes.append("FVD: the point lies outside its bootstrap interval (the Fréchet distance of a resample with "
+                     "duplicated chunks is biased); read the interval as a spread, not a confidence interval")
+    protocol = {"frames": a.frames, "stride": a.stride, "chunks": n_chunks, "videos": len(videos),
+                "mask_mode": a.mask_mode, "split_source": split_source, "split_sha256": split_digest(ids),
+                "test_ids": list(ids), "bootstrap": a.bootstrap, "bootstrap_seed": a.bootstrap_seed,
+                "ci_level": 0.95, "fvd_min_chunks": FVD_MIN_CHUNKS, "sampler": dataclasses.asdict(base),
+                "seed_rule": "seed + 1000 * video index + chunk index", "checkpoint": str(a.checkpoint),
+                "random_encoders": bool(a.random_encoders),
+                "lpips": sorted(lpips_models), "csim": embedder is not None, "fvd": i3d is not None}
+    result = {"method": a.method, "dataset": a.dataset_name, "summary": summary, "ci95": ci, "protocol": protocol,
+              "videos": videos, "notes": notes,
+              "paper_table_i": {"citation": PAPER_TABLE_I_CITATION,
+                                "rows": [dict(zip(("method", "dataset") + TABLE_KEYS, r)) for r in PAPER_TABLE_I]}}
+    print(metrics.format_table([{"method": a.method, "dataset": a.dataset_name, **summary}]))
+    for k in CHUNK_METRICS + ("fvd",):
+        if summary[k] is not None:
+            interval = "" if ci[k] is None else f" 95% CI [{ci[k][0]:.4f}, {ci[k][1]:.4f}]"
+            print(f"{k} = {summary[k]:.4f}{interval}")
+    print(f"{n_chunks} chunks of {a.frames} frames at stride {a.stride} from {len(videos)} test videos "
+          f"(split {split_digest(ids)[:12]})")
+    for n in notes:
+        print("note:", n)
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1, default=str))
+        md = Path(a.markdown) if a.markdown else out.with_suffix(".md")
+        md.write_text(markdown_report(result))
+        print(f"wrote {out} and {md}")
+    elif a.markdown:
+        Path(a.markdown).write_text(markdown_report(result))
+    return result
+
+
+def _csim_frames(gen: np.ndarray, ref_embedding, embedder: Callable) -> np.ndarray:
+    """Per-frame cosine between the embedding of each generated frame's face and `ref_embedding` (NaN: no face)."""
+    out = np.full(len(gen), np.nan)
+    for f in range(len(gen)):
+        e = embedder(gen[f])
+        if e is not None:
+            out[f] = metrics.cosine_similarity(e, ref_embedding)
+    return out
+
+
+def _nanmean(values) -> float | None:
     v = [x for x in values if x is not None and not math.isnan(x)]
     return float(np.mean(v)) if v else None
 
 
-def evaluate(a) -> dict:
-    device = torch.device(a.device)
-    model = load_checkpoint(a.checkpoint, device=device)
-    cfg = model.cfg
-    enc = build_encoders(a, cfg).to(device)
-    ds = ClipCacheDataset(a.data, a.split, height=cfg.height, width=cfg.width)
-    notes: list[str] = []
-    if a.random_encoders:
-        lpips_model = metrics.LPIPS.random(0)
-        notes.append("lpips: random stand-in network (--random-encoders), not a perceptual metric")
-    else:
-        lpips_model = optional("LPIPS", lambda: metrics.LPIPS.from_files(a.vgg, a.lpips), notes)
-    embed = None if a.no_csim else optional("CSIM", lambda: face_embedder(a.face_pack, a.models), notes)
-    i3d = None if a.no_fvd else optional("FVD", lambda: metrics.load_i3d(a.i3d, device=device), notes)
-    settings = SamplerSettings(steps=a.steps, guidance_scale=a.guidance, seed=a.seed,
-                               context_frames=min(cfg.num_frames, a.frames), context_overlap=a.overlap)
-    rows, real, fake = [], [], []
-    for i in range(len(ds)):
-        item = ds.window(i, a.frames, 0, a.stride)
-        res = sample_video(model, enc, item["frames"], item["clothing_masks"], item["pose_images"],
-                           item["identity_image"], item["identity_landmarks"], item["arcface"], settings)
-        gen, gt = to_uint8(res.frames), to_uint8(item["frames"])
-        r = {"video": item["id"], "frames": len(gen)}
-        r.update(metrics.clothing_metrics(gen, gt, item["clothing_masks"].numpy() > 0.5, lpips_model))
-        if embed is not None:
-            try:
-                r["csim"] = float(metrics.csim(gen, to_uint8(item["identity_image"]), embed))
-            except ValueError as e:  # no face in the identity image
-                r["csim"] = None
-                notes.append(f"{item['id']}: CSIM skipped - {e}")
-        rows.append(r)
-        real.append(gt)
-        fake.append(gen)
-        print(f"[{i + 1}/{len(ds)}] {item['id']}: " + ", ".join(
-            f"{k}={v:.4f}" for k, v in r.items() if isinstance(v, float)))
-    summary = {k: nanmean(r.get(k) for r in rows) for k in ("psnr", "ssim", "lpips", "csim")}
-    summary["fvd"] = None
-    if i3d is not None:
-        if len(fake) >= 2 and min(len(v) for v in fake) >= metrics.I3D_MIN_FRAMES:
-            summary["fvd"] = metrics.fvd(real, fake, model=i3d, device=device)
-        else:
-            notes.append(f"FVD: skipped - needs >= 2 test videos of >= {metrics.I3D_MIN_FRAMES} frames "
-                         f"(have {len(fake)} of {min(len(v) for v in fake)}); raise --frames")
-    table = metrics.format_table([{"method": a.method, "dataset": a.dataset_name, **summary}])
-    print(table)
-    for n in notes:
-        print("note:", n)
-    result = {"summary": summary, "videos": rows, "notes": notes, "checkpoint": str(a.checkpoint),
-              "split": a.split, "settings": vars(settings)}
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(result, indent=1, default=str))
-    return result
+# --------------------------------------------------------------------------------------------- report
+
+
+def markdown_report(result: dict) -> str:
+    """Table I's layout (methods x PSNR↑ SSIM↑ LPIPS↓ CSIM↑ FVD↓ per dataset) with the paper's rows and ours
+    (value and 95% interval), then the protocol and notes."""
+    ours_ds = result["dataset"]
+    datasets = list(dict.fromkeys([r[1] for r in PAPER_TABLE_I] + [ours_ds]))
+    heads = {k: h for k, h, _, _ in metrics.TABLE_METRICS}
+    decimals = {"lpips_alex": 3, **{k: d for k, _, d, _ in metrics.TABLE_METRICS}}
+    paper: dict[str, dict[str, tuple]] = {}
+    for r in PAPER_TABLE_I:
+        paper.setdefault(r[0], {})[r[1]] = r[2:]
+
+    def ours_cell(k: str) -> str:
+        v = result["summary"].get(k)
+        if v is None:
+            return "-"
+        text = f"{v:.{decimals[k]}f}"
+        iv = result["ci95"].get(k)
+        return text if iv is None else f"{text} [{iv[0]:.{decimals[k]}f}, {iv[1]:.{decimals[k]}f}]"
+
+    top = ["Method"] + [f"{d} {heads[k]}" for d in datasets for k in TABLE_KEYS]
+    lines = ["| " + " | ".join(top) + " |", "|" + "---|" * len(top)]
+    for method, per_ds in paper.items():
+        cells = [method]
+        for d in datasets:
+            vals = per_ds.get(d)
+            cells += ["-"] * len(TABLE_KEYS) if vals is None else [
+                f"{v:.{decimals[k]}f}" for k, v in zip(TABLE_KEYS, vals)]
+        lines.append("| " + " | ".join(cells) + " |")
+    ours = [f"**{result['method']} (this run)**"]
+    for d in datasets:
+        ours += [ours_cell(k) if d == ours_ds else "-" for k in TABLE_KEYS]
+    lines.append("| " + " | ".join(ours) + " |")
+    p = result["protocol"]
+    extra = []
+    for k, label in (("lpips_alex", "LPIPS-Alex"), ("csim_face_rate", "share of generated frames with a face")):
+        if result["summary"].get(k) is not None:
+            extra.append(f"- {label}: {ours_cell(k) if k != 'csim_face_rate' else _fmt_plain(result, k)}")
+    body = [
+        f"# {result['method']} on {ours_ds}: Table I protocol", "",
+        *lines, "",
+        f"Paper rows: {PAPER_TABLE_I_CITATION}. Ours: mean over chunks, [95% bootstrap interval over test videos].",
+        "",
+        *extra,
+        f"- {p['chunks']} chunks of {p['frames']} frames at stride {p['stride']} from {p['videos']} test videos; "
+        f"split `{p['split_source']}` sha256 `{p['split_sha256'][:16]}`",
+        f"- clothing mask mode `{p['mask_mode']}`; LPIPS networks {', '.join(p['lpips']) or 'none'}; "
+        f"CSIM {'on' if p['csim'] else 'off'}; FVD {'on' if p['fvd'] else 'off'} (min {p['fvd_min_chunks']} chunks)",
+        f"- sampler {p['sampler']}; bootstrap {p['bootstrap']} resamples, seed {p['bootstrap_seed']}",
+        f"- checkpoint `{p['checkpoint']}`" + (" (random encoders: numbers are not meaningful)"
+                                                 if p["random_encoders"] else ""),
+    ]
+    if result["notes"]:
+        body += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
+    return "\n".join(body) + "\n"
+
+
+def _fmt_plain(result: dict, k: str) -> str:
+    v, iv = result["summary"][k], result["ci95"].get(k)
+    return f"{v:.3f}" + ("" if iv is None else f" [{iv[0]:.3f}, {iv[1]:.3f}]")
+
+
+# --------------------------------------------------------------------------------------------- CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="M2H .safetensors")
+    ap.add_argument("--checkpoint", required=True, help="M2H .safetensors (e.g. OUTPUT_DIR/m2h_final.safetensors)")
     ap.add_argument("--data", required=True, help="prepare_data cache folder")
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default="test", help="which list of CACHE/split.json (default: test)")
+    ap.add_argument("--split-file", dest="split_file", help="a split.json or text file of video ids instead")
     ap.add_argument("--base")
     ap.add_argument("--clip-vision", dest="clip_vision")
-    ap.add_argument("--random-encoders", action="store_true", help="random VAE/CLIP (tiny checkpoints, tests)")
-    ap.add_argument("--vgg", help="vgg16-397923af.pth (LPIPS)")
+    ap.add_argument("--random-encoders", action="store_true", help="random VAE/CLIP/LPIPS (tiny checkpoints, tests)")
+    ap.add_argument("--vgg", help="vgg16-397923af.pth (LPIPS-VGG)")
     ap.add_argument("--lpips", help="lpips vgg.pth lin weights")
+    ap.add_argument("--alexnet", help="alexnet-owt-7be5be79.pth (LPIPS-Alex, optional)")
+    ap.add_argument("--lpips-alex", dest="lpips_alex", help="lpips alex.pth lin weights (LPIPS-Alex, optional)")
     ap.add_argument("--i3d", help="i3d_torchscript.pt (FVD)")
     ap.add_argument("--face-pack", default="antelopev2")
     ap.add_argument("--models", help="folder with insightface/ model packs")
     ap.add_argument("--no-csim", action="store_true")
     ap.add_argument("--no-fvd", action="store_true")
-    ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--stride", type=int, default=1)
+    ap.add_argument("--frames", type=int, default=16, help="frames per chunk N (FVD needs >= 10; default 16)")
+    ap.add_argument("--stride", type=int, default=4, help="frame stride (default 4 = training's frame_stride)")
+    ap.add_argument("--mask-mode", dest="mask_mode", choices=("inside", "zeroed"), default="inside")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=7.5)
-    ap.add_argument("--overlap", type=int, default=4)
+    ap.add_argument("--overlap", type=int, default=4, help="context-window overlap (chunks longer than the model's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
+    ap.add_argument("--bootstrap-seed", dest="bootstrap_seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--method", default="M2HVideo")
-    ap.add_argument("--dataset-name", dest="dataset_name", default="test")
-    ap.add_argument("--out", help="write per-video results (JSON)")
+    ap.add_argument("--dataset-name", dest="dataset_name", default="UBC fashion",
+                    help="column group of the table ('UBC fashion' / 'ASOS' sit beside the paper's numbers)")
+    ap.add_argument("--out", help="results JSON (a Markdown report is written next to it)")
+    ap.add_argument("--markdown", help="Markdown report path (default: --out with .md)")
     return ap
 
 
