@@ -132,31 +132,67 @@ def rand_vgg() -> VGGFeatures:
     return VGGFeatures.random(0, LPIPS_LAYERS)
 
 
-def test_lpips_lin_file_layout_and_known_answer(tmp_path: Path, rand_vgg: VGGFeatures) -> None:
+def test_lpips_lin_file_layout(tmp_path: Path) -> None:
     f = tmp_path / LPIPS_FILENAME
-    ws = _lpips_lin_file(f, only_first=True)
+    ws = _lpips_lin_file(f, seed=3)
     lins = load_lpips_lin_weights(f)
     assert [tuple(w.shape) for w in lins] == [(1, c, 1, 1) for c in LPIPS_CHANNELS]
-    model = LPIPS(rand_vgg, lins)
+    for got, want in zip(lins, ws):
+        assert torch.equal(got, want)
 
-    a = _images(2, 32, 32, seed=4)
-    b = _images(2, 32, 32, seed=5)
-    assert masked_lpips(a, a, model=model) == 0.0
 
-    # relu1_2 is full resolution: the map is sum_c w_c (unit(fa) - unit(fb))^2, no resampling
+def _bilinear_matrix(out_n: int, in_n: int) -> np.ndarray:
+    """(out_n, in_n) weights of 1-D bilinear resampling with half-pixel centres (align_corners=False): output
+    pixel i samples the input at x = (i + 0.5)·in/out - 0.5, clamped to the first pixel."""
+    a = np.zeros((out_n, in_n))
+    for i in range(out_n):
+        x = max((i + 0.5) * in_n / out_n - 0.5, 0.0)
+        i0 = min(int(np.floor(x)), in_n - 1)
+        i1 = min(i0 + 1, in_n - 1)
+        a[i, i0] += 1 - (x - i0)
+        a[i, i1] += x - i0
+    return a
+
+
+def _hand_lpips_layers(model: LPIPS, lins: list[torch.Tensor], a: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    """Per layer, the (N, h_l, w_l) map sum_c w_c (fa_c/|fa| - fb_c/|fb|)^2, in float64 from the raw features."""
     xa = torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255
     xb = torch.from_numpy(b).permute(0, 3, 1, 2).float() / 255
-    fa, fb = model.vgg(xa)["relu1_2"], model.vgg(xb)["relu1_2"]
-    na = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-    nb = fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-    manual = ((na - nb).pow(2) * ws[0]).sum(1)  # (2,32,32)
-    mask = np.zeros((2, 32, 32), bool)
-    mask[0, :10] = True
+    with torch.no_grad():
+        fa, fb = model.vgg(xa), model.vgg(xb)
+    out = []
+    for k, name in enumerate(LPIPS_LAYERS):
+        ga, gb = fa[name].double().numpy(), fb[name].double().numpy()  # (N, C, h, w)
+        na = ga / (np.sqrt((ga**2).sum(1, keepdims=True)) + 1e-10)
+        nb = gb / (np.sqrt((gb**2).sum(1, keepdims=True)) + 1e-10)
+        w = lins[k].double().numpy().reshape(1, -1, 1, 1)
+        out.append(((na - nb) ** 2 * w).sum(1))
+    return out
+
+
+def test_lpips_all_five_layers_known_answer(rand_vgg: VGGFeatures) -> None:
+    """LPIPS (Zhang et al. 2018, Eq. 1) = sum over the 5 layers of the spatial mean of the lin-weighted squared
+    difference of unit-normalised features. The masked form: each layer's map resampled bilinearly to the frame."""
+    g = torch.Generator().manual_seed(11)
+    # deeper layers of the random VGG differ less; scale their lin weights so each layer is ~1/5 of the answer
+    lins = [torch.rand(1, c, 1, 1, generator=g) / c * s for c, s in zip(LPIPS_CHANNELS, (1, 10, 50, 200, 300))]
+    model = LPIPS(rand_vgg, lins)
+    a = _images(2, 32, 48, seed=4)
+    b = _images(2, 32, 48, seed=5)
+    layers = _hand_lpips_layers(model, lins, a, b)
+    assert [m.shape[1:] for m in layers] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+    means = np.array([m.mean(axis=(1, 2)) for m in layers])  # (5, N)
+    assert (means > 0.1 * means.sum(0)).all()  # every layer carries weight in the answer
+    # whole frame: the lpips package's definition (spatial average per layer, summed)
+    np.testing.assert_allclose(masked_lpips(a, b, model=model, per_frame=True), means.sum(0), rtol=1e-5)
+    # masked: the map is the sum of the layers' maps, each resampled to 32x48 with half-pixel bilinear weights
+    full = sum(_bilinear_matrix(32, m.shape[1]) @ m @ _bilinear_matrix(48, m.shape[2]).T for m in layers)
+    mask = np.zeros((2, 32, 48), bool)
+    mask[0, :10, :7] = True  # corner: the deep layers' clamped edge
     mask[1, 5:, 20:] = True
     per = masked_lpips(a, b, mask, model=model, per_frame=True)
-    expected = [manual[i][torch.from_numpy(mask[i])].mean().item() for i in range(2)]
-    np.testing.assert_allclose(per, expected, rtol=1e-5)
-    assert per[0] > 0
+    np.testing.assert_allclose(per, [full[i][mask[i]].mean() for i in range(2)], rtol=1e-5)
+    assert masked_lpips(a, a, model=model) == 0.0
 
 
 def test_lpips_mask_ignores_far_pixels(tmp_path: Path, rand_vgg: VGGFeatures) -> None:
@@ -282,6 +318,45 @@ def test_fvd_with_torchscript_from_disk(tiny_i3d_file: Path) -> None:
     assert 0 < near < far
     with pytest.raises(ValueError, match="at least 10"):
         i3d_features(_videos(2, seed=0, t=9), i3d)
+
+
+class _MeanFeatures(nn.Module):
+    """Stand-in I3D whose features are known: the mean of the first `dim` frames' red channel, one per frame."""
+
+    def __init__(self, dim: int = 2) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True, return_features: bool = False
+                ) -> torch.Tensor:
+        return x[:, 0, : self.dim].mean(dim=(-1, -2))
+
+
+def _feature_videos(points: list[tuple[float, float]]) -> list[np.ndarray]:
+    """Constant-colour videos (10 frames) whose stand-in features are `points` (i3d_preprocess maps v -> 2v - 1)."""
+    out = []
+    for p in points:
+        v = np.full((10, 16, 24, 3), 0.5, np.float32)
+        v[0, ..., 0], v[1, ..., 0] = (p[0] + 1) / 2, (p[1] + 1) / 2
+        out.append(v)
+    return out
+
+
+def test_fvd_known_nonzero_distance() -> None:
+    """Two sets of 4 feature points m ± a·e1, m ± b·e2: mean m, unbiased covariance diag(2a²/3, 2b²/3). For
+    diagonal covariances the Fréchet distance is |m1 - m2|² + sum_i (s1_i - s2_i)² (s = standard deviations)."""
+
+    def cross(m: tuple[float, float], a: float, b: float) -> list[tuple[float, float]]:
+        return [(m[0] + a, m[1]), (m[0] - a, m[1]), (m[0], m[1] + b), (m[0], m[1] - b)]
+
+    real = _feature_videos(cross((0.0, 0.0), 0.3, 0.6))  # variances 0.06, 0.24
+    gen = _feature_videos(cross((0.2, -0.1), 0.6, 0.3))  # variances 0.24, 0.06
+    # 0.2² + 0.1² + 2·(√0.06 - √0.24)² = 0.05 + 2·(0.30 - 2·0.12) = 0.17
+    assert fvd(real, gen, _MeanFeatures(), batch_size=3) == pytest.approx(0.17, rel=1e-5)
+    assert fvd(gen, real, _MeanFeatures()) == pytest.approx(0.17, rel=1e-5)  # symmetric
+    # same spread, only the means differ: just |m1 - m2|²
+    shifted = _feature_videos(cross((0.2, -0.1), 0.3, 0.6))
+    assert fvd(real, shifted, _MeanFeatures()) == pytest.approx(0.05, rel=1e-5)
 
 
 def test_i3d_missing_file_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,0 +1,250 @@
+"""Mutation check: do the tests notice typical bugs in central places? (issue 17; not part of CI)
+
+Each mutant is a small text patch (file, needle, replacement) that introduces a bug the test suite must catch.
+The script copies the working tree (tracked and untracked, not ignored: `git ls-files --cached --others
+--exclude-standard`, so `.venv`, `.git` and build outputs stay behind) to a temporary folder, runs the
+unmutated tests there once (they must pass, or a "killed" means nothing), then for each mutant patches the copy,
+runs the mutant's test files (or the whole suite with --all) and restores the file. The repository itself is
+never written to.
+
+    python benchmarks/mutation_check.py                 # every mutant, its own test files
+    python benchmarks/mutation_check.py --all           # every mutant, the whole suite (slow)
+    python benchmarks/mutation_check.py -k lpips -k cfg # mutants whose name contains a word
+    python benchmarks/mutation_check.py --check-needles # only report needles that no longer match the code
+    python benchmarks/mutation_check.py --list
+
+One line per mutant: `killed` (with the first failing test), `SURVIVED`, `STALE` (a needle is missing or not
+unique: the code changed, update the mutant) or `timeout`. The exit status is 1 when a mutant survived or is stale.
+A mutant may list alternative patch sets (`variants`); the first whose needles all match is applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+Patch = tuple[str, str, str]  # (file relative to the repository root, needle, replacement)
+
+
+@dataclass
+class Mutant:
+    name: str
+    why: str
+    variants: list[list[Patch]]
+    tests: list[str] = field(default_factory=list)
+
+
+def m(name: str, why: str, tests: list[str], *variants: list[Patch]) -> Mutant:
+    return Mutant(name, why, list(variants), tests)
+
+
+SAMPLER = "m2h_core/inference/sampler.py"
+METRICS = "m2h_core/metrics.py"
+MIRROR = "m2h_core/training/mirror_loss.py"
+TRAINER = "m2h_core/training/trainer.py"
+STATE = "m2h_core/training/state.py"
+VGG_LPIPS_LOOP = ("diff = (_unit_normalize(fx[name].float()) - _unit_normalize(fy[name].float())).pow(2)\n"
+                  '            layer = (diff * getattr(self, f"lin{k}")).sum(dim=1, keepdim=True)\n'
+                  "            total = total + ")
+T_SAMPLER = ["tests/test_context_windows.py", "tests/test_sampler.py"]
+T_TRAIN = ["tests/test_train.py", "tests/test_mirror_loss.py"]
+
+MUTANTS: list[Mutant] = [
+    # -- the rows of issue 17 -------------------------------------------------------------------------------------
+    m("window-weights-all-1", "context-window blend weights all 1", T_SAMPLER,
+      [(SAMPLER, "    w = torch.ones(n)\n    if index[0] > 0:", "    return torch.ones(n)\n    if index[0] > 0:")]),
+    m("windows-without-overlap", "context windows ignore the overlap", T_SAMPLER,
+      [(SAMPLER, "stride = length - overlap", "stride = length")]),
+    m("v-to-eps-sign", "sign flipped in the v -> eps conversion feeding the mirror loss", T_TRAIN,
+      [(TRAINER, "eps = ab.sqrt() * eps + (1 - ab).sqrt() * z_t", "eps = ab.sqrt() * eps - (1 - ab).sqrt() * z_t")],
+      [(MIRROR, "a.sqrt() * v_pred.to(a.dtype) + (1 - a).sqrt() * z_t.to(a.dtype)",
+        "a.sqrt() * v_pred.to(a.dtype) - (1 - a).sqrt() * z_t.to(a.dtype)")]),
+    m("mirror-weights-wrong-clip", "per-clip mirror weights applied to the wrong clip", T_TRAIN,
+      [(MIRROR, "w_frame = w_clip.repeat_interleave(f)", "w_frame = w_clip.flip(0).repeat_interleave(f)")]),
+    m("resume-without-lr-schedule", "resume does not restore the lr schedule",
+      ["tests/test_train.py", "tests/test_checkpoint.py"],
+      [(STATE, 'trainer.lr_scheduler.load_state_dict(state["lr_scheduler"])', "pass")]),
+    m("lpips-first-layer-only", "LPIPS uses only relu1_2", ["tests/test_metrics.py"],
+      [(METRICS, "for k, name in enumerate(LPIPS_LAYERS):", "for k, name in enumerate(LPIPS_LAYERS[:1]):")]),
+    m("node-swaps-frames-and-poses", "the sampler node swaps clothing frames and pose images", ["tests/test_nodes.py"],
+      [("nodes/logic.py", "bhwc_to_nchw(fitted.frames), fitted.masks,", "bhwc_to_nchw(fitted.poses), fitted.masks,"),
+       ("nodes/logic.py", "bhwc_to_nchw(fitted.poses), head.identity_image",
+        "bhwc_to_nchw(fitted.frames), head.identity_image")]),
+    # -- further mutants in central places --------------------------------------------------------------------
+    m("windows-unnormalised", "blended window predictions not divided by the summed weights", T_SAMPLER,
+      [(SAMPLER, "            eps = eps / total", "            eps = eps / len(windows)")]),
+    m("window-conditions-misaligned", "a window's latents paired with the previous frames' conditions", T_SAMPLER,
+      [(SAMPLER, "model_in[:, idx], t, cond, idx, settings.guidance_scale",
+        "model_in[:, idx], t, cond, (idx - 1).clamp_min(0), settings.guidance_scale")]),
+    m("cfg-combination", "classifier-free guidance pushes towards the unconditional branch",
+      ["tests/test_sampler.py"],
+      [(SAMPLER, "return eps_u + guidance_scale * (eps_c - eps_u)", "return eps_c + guidance_scale * (eps_u - eps_c)")]),
+    m("adapter-eq3-no-std", "Eq. 3 matches the mean but not the standard deviation", ["tests/test_model.py"],
+      [("m2h_core/models/adapter.py", "return (x - mu_x) / (sd_x + eps) * sd_r + mu_r", "return (x - mu_x) + mu_r")]),
+    m("adapter-eq3-stats-per-channel", "Eq. 3 statistics over tokens only (per channel)", ["tests/test_model.py"],
+      [("m2h_core/models/adapter.py",
+        "mu_x, sd_x = x.mean(dim=(1, 2), keepdim=True), x.std(dim=(1, 2), keepdim=True, unbiased=False)",
+        "mu_x, sd_x = x.mean(dim=1, keepdim=True), x.std(dim=1, keepdim=True, unbiased=False)")]),
+    m("ddim-x0-sign", "one-step x0 adds the noise instead of removing it", T_TRAIN,
+      [(MIRROR, "x0 = (z_t.to(a.dtype) - (1 - a).sqrt() * eps_pred.to(a.dtype)) / a.sqrt()",
+        "x0 = (z_t.to(a.dtype) + (1 - a).sqrt() * eps_pred.to(a.dtype)) / a.sqrt()")]),
+    m("ddim-x0-no-sqrt", "one-step x0 divides by alpha-bar instead of its square root", T_TRAIN,
+      [(MIRROR, "eps_pred.to(a.dtype)) / a.sqrt()", "eps_pred.to(a.dtype)) / a")]),
+    m("mirror-crop-box-off-by-one", "face crop box loses its last latent cell", T_TRAIN,
+      [(MIRROR, "y1 = torch.where(rows, ar_h, -1).amax(1) // downscale + 1",
+        "y1 = torch.where(rows, ar_h, -1).amax(1) // downscale")]),
+    m("lpips-no-unit-normalisation", "LPIPS compares raw activations", ["tests/test_metrics.py"],
+      [(METRICS, "return feat / (feat.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)", "return feat")]),
+    m("lpips-nearest-upsampling", "LPIPS maps upsampled with nearest instead of bilinear", ["tests/test_metrics.py"],
+      [(METRICS, VGG_LPIPS_LOOP + 'F.interpolate(layer, size=size, mode="bilinear", align_corners=False)',
+        VGG_LPIPS_LOOP + 'F.interpolate(layer, size=size, mode="nearest")')]),
+    m("frechet-trace-factor", "Fréchet distance without the factor 2 on tr(sqrt(S1 S2))", ["tests/test_metrics.py"],
+      [(METRICS, "- 2.0 * np.trace(covmean)", "- np.trace(covmean)")]),
+    m("frechet-biased-covariance", "covariance of features with 1/N instead of 1/(N-1)", ["tests/test_metrics.py"],
+      [(METRICS, "np.atleast_2d(np.cov(f, rowvar=False))", "np.atleast_2d(np.cov(f, rowvar=False, bias=True))")]),
+    m("psnr-per-pixel-not-per-channel", "masked PSNR's MSE divided by pixels, not pixels x 3",
+      ["tests/test_metrics.py"], [(METRICS, "/ (3 * count))", "/ count)")]),
+    m("mask-crop-nearest-to-linear", "masks resized with linear interpolation instead of nearest",
+      ["tests/test_video_io.py", "tests/test_preprocess_parsing.py", "tests/test_nodes.py"],
+      [("m2h_core/video_io.py", "interpolation: int | None = None) -> np.ndarray:",
+        "interpolation: int | None = 1) -> np.ndarray:")]),
+]
+
+
+# ------------------------------------------------------------------------------------------------------------- run
+
+
+def working_tree_files(repo: Path) -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=repo,
+                         check=True, capture_output=True).stdout.decode()
+    return sorted({f for f in out.split("\0") if f and (repo / f).is_file()})
+
+
+def copy_tree(repo: Path, dest: Path) -> None:
+    for rel in working_tree_files(repo):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / rel, target)
+
+
+def pick_variant(mutant: Mutant, root: Path) -> tuple[list[Patch] | None, str]:
+    """The first variant whose needles each occur exactly once; else (None, what is wrong)."""
+    problems = []
+    for variant in mutant.variants:
+        bad = []
+        for rel, needle, _ in variant:
+            path = root / rel
+            count = path.read_text().count(needle) if path.is_file() else 0
+            if count != 1:
+                bad.append(f"{rel}: needle {'not found' if count == 0 else f'found {count}x'}: {needle[:60]!r}")
+        if not bad:
+            return variant, ""
+        problems.append("; ".join(bad))
+    return None, " | ".join(problems)
+
+
+def run_tests(root: Path, tests: list[str], timeout: float) -> tuple[str, str, float]:
+    """('passed' | 'failed' | 'timeout', first failing test or last output line, seconds)."""
+    env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", *tests]
+    start = time.time()
+    try:
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", "", time.time() - start
+    seconds = time.time() - start
+    text = proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        return "passed", "", seconds
+    failing = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, flags=re.M)
+    lines = [line for line in text.splitlines() if line.strip()]
+    return "failed", failing[0] if failing else (lines[-1] if lines else f"exit {proc.returncode}"), seconds
+
+
+def check_imports_from(root: Path) -> None:
+    """The copy's packages must shadow the editable install of the repository."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    out = subprocess.run([sys.executable, "-c", "import m2h_core, nodes; print(m2h_core.__file__); "
+                          "print(nodes.__file__)"], cwd=root, env=env, capture_output=True, text=True)
+    paths = out.stdout.split()
+    if out.returncode != 0 or len(paths) != 2 or not all(Path(p).resolve().is_relative_to(root.resolve())
+                                                          for p in paths):
+        raise SystemExit(f"the copy at {root} does not import its own m2h_core/nodes: {out.stdout}{out.stderr}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-k", action="append", default=[], help="only mutants whose name contains this (repeatable)")
+    ap.add_argument("--all", action="store_true", help="run the whole suite for every mutant, not its test files")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--check-needles", action="store_true", help="only check that every needle still matches")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the run of the unmutated tests")
+    ap.add_argument("--timeout", type=float, default=1800, help="seconds per test run (default 1800)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    args = ap.parse_args(argv)
+
+    mutants = [mu for mu in MUTANTS if not args.k or any(k in mu.name for k in args.k)]
+    if args.list:
+        for mu in mutants:
+            print(f"{mu.name:34s} {mu.why}  [{', '.join(mu.tests)}]")
+        return 0
+    if args.check_needles:
+        stale = 0
+        for mu in mutants:
+            variant, problem = pick_variant(mu, REPO)
+            stale += variant is None
+            print(f"{'ok' if variant else 'STALE':8s} {mu.name:34s} {problem}")
+        return 1 if stale else 0
+
+    tmp = Path(tempfile.mkdtemp(prefix="m2h_mutants_"))
+    root = tmp / "repo"
+    try:
+        copy_tree(REPO, root)
+        check_imports_from(root)
+        print(f"copy of {REPO} at {root}", flush=True)
+        if not args.no_baseline:
+            union = ["tests"] if args.all else sorted({t for mu in mutants for t in mu.tests})
+            status, first, secs = run_tests(root, union, args.timeout)
+            print(f"baseline {status:8s} {secs:6.0f}s  {' '.join(union)} {first}", flush=True)
+            if status != "passed":
+                print("the unmutated tests do not pass: fix that first", file=sys.stderr)
+                return 2
+        bad = 0
+        for mu in mutants:
+            variant, problem = pick_variant(mu, root)
+            if variant is None:
+                print(f"STALE    {mu.name:34s} {problem}", flush=True)
+                bad += 1
+                continue
+            originals = {rel: (root / rel).read_text() for rel, _, _ in variant}
+            try:
+                for rel, needle, repl in variant:
+                    path = root / rel
+                    path.write_text(path.read_text().replace(needle, repl, 1))
+                status, first, secs = run_tests(root, ["tests"] if args.all else mu.tests, args.timeout)
+            finally:
+                for rel, text in originals.items():
+                    (root / rel).write_text(text)
+            verdict = {"failed": "killed", "passed": "SURVIVED", "timeout": "timeout"}[status]
+            bad += status == "passed"
+            print(f"{verdict:8s} {mu.name:34s} {secs:6.0f}s  {first or mu.why}", flush=True)
+        return 1 if bad else 0
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
