@@ -7,7 +7,9 @@ import torch
 
 from m2h_core.config import tiny
 from m2h_core.inference.encoders import FrozenEncoders
-from m2h_core.training.mirror_loss import MirrorLoss, face_crop_boxes, mirror_weight, one_step_x0
+import torch.nn.functional as F
+
+from m2h_core.training.mirror_loss import MirrorLoss, eps_from_v, face_crop_boxes, mirror_weight, one_step_x0
 from m2h_core.training.components import make_train_scheduler
 from m2h_core.vgg import VGGFeatures
 
@@ -127,25 +129,149 @@ def test_crop_boxes_cover_faces():
     assert boxes[2].tolist() == [0, 0]  # no face
 
 
-def test_crop_decodes_less_and_stays_close(parts):
-    cfg, enc, vgg, sched = parts
-    z0 = torch.randn(2, 2, 4, cfg.height // 4, cfg.width // 4)
+class _PointDecoder:
+    """A VAE stand-in whose decode is local (each latent cell -> its own 4x4 pixels): decoding a crop then gives
+    exactly the crop of the full decode, so the crop path must reproduce the full-frame loss exactly."""
+
+    def decode(self, latents: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        return F.interpolate(latents[:, :3], scale_factor=4, mode="nearest")
+
+
+@pytest.mark.parametrize("reduction", ["normalized", "paper"])
+def test_crop_equals_full_when_the_decoder_is_local(parts, reduction):
+    """The crop bookkeeping (latent window, target and mask at the same place, per frame) is exact: with a
+    local decoder and a margin covering VGG relu3_3's receptive field (~20 px = 5 cells) crop == full."""
+    _, _, vgg, sched = parts
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.randn(2, 2, 4, 32, 16, generator=g)
     t = torch.tensor([30, 60])
     z_t, eps = _noised(sched, z0, t)
-    bad = eps + 0.2 * torch.randn_like(eps)
-    target = torch.rand(2, 2, 3, cfg.height, cfg.width)
-    masks = _face_masks(2, 2, cfg.height, cfg.width, box=(8, 20, 10, 22))
-    masks[1, 1] = 0  # a frame without a face is not decoded
-    full = MirrorLoss(vgg, crop=False)(z_t, bad, t, target, masks, enc, sched)
-    crop = MirrorLoss(vgg, crop=True)(z_t, bad, t, target, masks, enc, sched)
+    bad = eps + 0.2 * torch.randn(eps.shape, generator=g)
+    target = torch.rand(2, 2, 3, 128, 64, generator=g)
+    masks = torch.zeros(2, 2, 128, 64)
+    masks[0, 0, 4:14, 20:30] = 1
+    masks[0, 1, 10:18, 24:40] = 1  # boxes differ per frame: each is cropped at its own place
+    masks[1, 0, 90:104, 40:52] = 1
+    full = MirrorLoss(vgg, 1.0, 1.0, crop=False, reduction=reduction)(z_t, bad, t, target, masks, _PointDecoder(),
+                                                                      sched)
+    crop = MirrorLoss(vgg, 1.0, 1.0, crop=True, margin=6, reduction=reduction)(z_t, bad, t, target, masks,
+                                                                               _PointDecoder(), sched)
     assert crop.frames_decoded == full.frames_decoded == 3
-    assert crop.decoded_pixels < 0.75 * full.decoded_pixels
-    assert crop.loss.item() == pytest.approx(full.loss.item(), rel=0.5)
-    # a face mask covering the whole frame makes the crop the whole frame: identical numbers
-    ones = torch.ones(2, 2, cfg.height, cfg.width)
-    a = MirrorLoss(vgg, crop=False)(z_t, bad, t, target, ones, enc, sched).loss
-    b = MirrorLoss(vgg, crop=True)(z_t, bad, t, target, ones, enc, sched).loss
+    assert crop.decoded_pixels < 0.6 * full.decoded_pixels
+    assert crop.pixel.item() == pytest.approx(full.pixel.item(), rel=1e-5)
+    assert crop.perceptual.item() == pytest.approx(full.perceptual.item(), rel=1e-4)
+
+
+def test_crop_with_a_trained_vae_decoder_measured():
+    """With a real (trained) VAE decoder the crop changes the decoder's context (GroupNorm statistics, attention,
+    the border): measured with the shipped tiny VAE on synthetic frames, the face pixels of the crop decode are
+    0.028 RMS from the full decode at margin 2 (31 dB), 0.012 at margin 4 (38.5 dB), 0 when the crop is the frame.
+    Bounds sit just above the measured values. (`train.py --preflight` measures this for the configured VAE.)"""
+    from m2h_core.demo.synthetic import generate_dataset
+    from m2h_core.demo.tiny_vae import load_vae_weights
+    from m2h_core.training.mirror_loss import crop_decode_error
+
+    cfg = tiny()
+    enc = FrozenEncoders.random(cfg, seed=0)
+    load_vae_weights(enc.vae)
+    clip = generate_dataset(1, 0, n_frames=4, height=cfg.height, width=cfg.width)[0]
+    frames = torch.from_numpy(clip.human).permute(0, 3, 1, 2).float() / 255
+    masks = torch.from_numpy(clip.face_mask).float()
+    z = enc.encode(frames, sample=False)
+    e2, e4 = crop_decode_error(z, masks, enc, 2), crop_decode_error(z, masks, enc, 4)
+    assert e2["frames"] == 4 and e2["crop_cells"] == "7x7"
+    assert e2["face_rmse"] < 0.035 and e4["face_rmse"] < 0.015 and e4["face_rmse"] < 0.6 * e2["face_rmse"]
+    whole = crop_decode_error(z, masks, enc, 100)
+    assert whole["face_rmse"] < 1e-6 and whole["crop_cells"] == f"{cfg.height // 4}x{cfg.width // 4}"
+    # the loss itself: a whole-frame face makes the crop the whole frame, identical numbers
+    sched = make_train_scheduler()
+    vgg = VGGFeatures.random(0)
+    zz = z.view(1, 4, *z.shape[1:])
+    t = torch.tensor([40])
+    z_t, eps = _noised(sched, zz, t)
+    ones = torch.ones(1, 4, cfg.height, cfg.width)
+    a = MirrorLoss(vgg, crop=False)(z_t, eps * 1.1, t, frames[None], ones, enc, sched).loss
+    b = MirrorLoss(vgg, crop=True)(z_t, eps * 1.1, t, frames[None], ones, enc, sched).loss
     assert torch.allclose(a, b, rtol=1e-5)
+
+
+def test_eps_from_v_inverts_the_velocity(parts):
+    """ε̂ from v̂ (v-prediction feeding the mirror loss): eps_from_v(get_velocity(z0, ε, t), z_t, t) == ε."""
+    _, _, _, sched = parts
+    g = torch.Generator().manual_seed(5)
+    z0 = torch.randn(3, 2, 4, 8, 6, dtype=torch.float64, generator=g)
+    eps = torch.randn(z0.shape, dtype=torch.float64, generator=g)
+    t = torch.tensor([0, 480, 999])
+    a = sched.alphas_cumprod[t].double().view(-1, 1, 1, 1, 1)
+    z_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
+    v = a.sqrt() * eps - (1 - a).sqrt() * z0  # Salimans & Ho's v, written out
+    assert torch.allclose(eps_from_v(v, z_t, t, sched), eps, atol=1e-12, rtol=0)
+    # and with diffusers' own velocity / forward process (float32)
+    z_t32 = sched.add_noise(z0.float(), eps.float(), t)
+    v32 = sched.get_velocity(z0.float(), eps.float(), t)
+    assert torch.allclose(eps_from_v(v32, z_t32, t, sched), eps.float(), atol=1e-5)
+
+
+def _eq6_by_hand(z_t, eps_pred, t, target, masks, decode, vgg, sched, alpha, beta, reduction, weighting):
+    """Eq. 6 written out clip by clip, frame by frame, from the paper's text (see mirror_loss's docstring for the
+    normalized form); float64 x0."""
+    total = 0.0
+    b, f = z_t.shape[:2]
+    for i in range(b):
+        a = sched.alphas_cumprod[int(t[i])].double()
+        x0 = (z_t[i].double() - (1 - a).sqrt() * eps_pred[i].double()) / a.sqrt()
+        v_g = decode(x0.float())
+        w = float(a) if weighting == "alpha_bar" else 1.0
+        clip, n_face = 0.0, 0
+        for j in range(f):
+            m = masks[i, j]
+            area = float(m.sum())
+            if area == 0:
+                continue
+            n_face += 1
+            pix = float((((target[i, j] - v_g[j]) * m) ** 2).sum())
+            fh = vgg((target[i, j] * m)[None])
+            fg = vgg((v_g[j] * m)[None])
+            perc = 0.0
+            for name in fh:
+                d = float(((fh[name] - fg[name]) ** 2).sum())
+                if reduction == "normalized":
+                    m_l = F.interpolate(m[None, None], size=fh[name].shape[-2:], mode="area")
+                    d = d / (fh[name].shape[1] * float(m_l.sum()))
+                perc += d
+            if reduction == "normalized":
+                pix = pix / (3 * area)
+            clip += alpha * pix + beta * perc
+        if reduction == "normalized":
+            clip = clip / max(n_face, 1)
+        total += w * clip
+    return total / b
+
+
+@pytest.mark.parametrize("reduction,weighting", [("paper", None), ("paper", "alpha_bar"),
+                                                 ("normalized", None)])
+def test_eq6_on_two_clips_by_hand(parts, reduction, weighting):
+    """Two clips with different t, different face areas and a frame without a face: the loss equals Eq. 6 summed
+    by hand per clip (each clip with its own t, weight and frame count), for both reductions."""
+    cfg, enc, vgg, sched = parts
+    h, w = cfg.height, cfg.width
+    g = torch.Generator().manual_seed(11)
+    z0 = torch.randn(2, 3, 4, h // 4, w // 4, generator=g)
+    t = torch.tensor([20, 700])
+    z_t, eps = _noised(sched, z0, t)
+    pred = eps + 0.3 * torch.randn(eps.shape, generator=g)
+    target = torch.rand(2, 3, 3, h, w, generator=g)
+    masks = torch.zeros(2, 3, h, w)
+    masks[0, :, 8:16, 8:14] = 1  # small face, all 3 frames
+    masks[1, 0, 4:28, 4:28] = 1  # large face, 2 of 3 frames
+    masks[1, 2, 20:36, 6:20] = 1
+    alpha, beta = 0.05, 0.005
+    out = MirrorLoss(vgg, alpha, beta, crop=False, reduction=reduction, weighting=weighting)(
+        z_t, pred, t, target, masks, enc, sched)
+    want = _eq6_by_hand(z_t, pred, t, target, masks, lambda z: enc.decode(z, grad=True), vgg, sched, alpha, beta,
+                        reduction, weighting or ("none" if reduction == "paper" else "alpha_bar"))
+    assert out.loss.item() == pytest.approx(want, rel=1e-4)
+    assert out.frames_decoded == 5
 
 
 def test_no_face_and_bad_input(parts):

@@ -89,6 +89,61 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert r2.final_checkpoint is not None and r2.final_checkpoint.is_file()
 
 
+def _adam_state(tr) -> dict:
+    opt = tr.optimizer.optimizer if hasattr(tr.optimizer, "optimizer") else tr.optimizer
+    return opt.state_dict()["state"]
+
+
+def test_resume_across_warmup_restores_lr_and_every_moment(tmp_path):
+    """warmup_steps=4, resumed after step 2: the lr of every step follows LambdaLR's warmup written out
+    (lr·min(1, (k+1)/4) after k steps) exactly as the uninterrupted run, and Adam's moments and step counts of ALL
+    trainable parameters equal the uninterrupted run's."""
+    kw = dict(warmup_steps=4, max_steps=4, checkpoint_every=2, progressive=False)
+    a = Trainer(_tc(tmp_path / "a", **kw))
+    ra = a.run(resume=None)
+    want = [1e-3 * min(1.0, (k + 1) / 4) for k in range(1, 5)]  # after steps 1..4
+    assert [l.lr for l in ra.logs] == pytest.approx(want, rel=1e-12)
+    Trainer(_tc(tmp_path / "b", **kw)).run(resume=None, stop_after=2)
+    b = Trainer(_tc(tmp_path / "b", **kw))
+    rb = b.run(resume="auto")
+    assert [l.lr for l in rb.logs] == pytest.approx(want[2:], rel=1e-12)
+    sa, sb = _adam_state(a), _adam_state(b)
+    assert len(sa) == len(sb) == len(a.params) > 10
+    for i in sa:
+        assert float(sa[i]["step"]) == float(sb[i]["step"]) == 4.0
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(sa[i][k], sb[i][k], rtol=1e-5, atol=1e-10), (i, k)
+    pa, pb = _params(a.model), _params(b.model)
+    assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 1e-6
+
+
+def test_v_prediction_feeds_the_mirror_loss_eps_from_v(tmp_path):
+    """v-prediction: the ε̂ that compute_loss hands to the mirror loss is √ᾱ_t·v̂ + √(1-ᾱ_t)·z_t (written out
+    here) of the network's own output v̂ - checked on the tensors the real step passes."""
+    from m2h_core.config import tiny
+    from m2h_core.models.m2h import M2HModel
+
+    cfg = tiny()
+    cfg.prediction_type = "v_prediction"
+    cfg.num_frames = 4
+    torch.manual_seed(0)
+    tr = Trainer(_tc(tmp_path, progressive=False, cond_dropout=0.0), model=M2HModel(cfg))
+    seen: dict = {}
+    tr.model.register_forward_hook(lambda mod, args, out: seen.__setitem__("v", out.detach().clone()))
+    real = tr.mirror
+
+    def spy(z_t, eps, t, *rest):
+        seen.update(z_t=z_t.detach().clone(), eps=eps.detach().clone(), t=t.clone())
+        return real(z_t, eps, t, *rest)
+
+    tr.mirror = spy
+    tr.compute_loss(next(tr._loader(1.0)), generator=torch.Generator().manual_seed(4))
+    a = tr.noise_scheduler.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1, 1)
+    want = a.sqrt() * seen["v"] + (1 - a).sqrt() * seen["z_t"]
+    assert torch.allclose(seen["eps"], want, atol=1e-5)
+    assert not torch.allclose(seen["eps"], seen["v"], atol=1e-3)  # the conversion did something
+
+
 def test_lora_checkpoint_is_a_plain_m2h_checkpoint(tmp_path):
     tr = Trainer(_tc(tmp_path, lora_rank=4, max_steps=1, progressive=False, mirror=False, validate_every=1,
                      validation_steps=2))
@@ -118,7 +173,9 @@ def test_config_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="configs"):
         load_train_config(tmp_path / "nope.yaml")
     tc = load_train_config(ROOT / "train" / "configs" / "sd15.yaml", {"data": "x", "base": "b.safetensors"})
-    assert (tc.lr, tc.adam_beta1, tc.adam_beta2, tc.alpha, tc.beta) == (5e-5, 0.0, 0.99, 0.05, 0.001)
+    # beta = 0.005: Table I's row is Table IV's (0.05, 0.005) row (the text of IV-B says 0.001)
+    assert (tc.lr, tc.adam_beta1, tc.adam_beta2, tc.alpha, tc.beta) == (5e-5, 0.0, 0.99, 0.05, 0.005)
+    assert TrainConfig().beta == 0.005 and TrainConfig().mirror_reduction == "normalized"
     assert (tc.num_frames, tc.frame_stride, tc.height, tc.width, tc.cond_dropout) == (8, 4, 512, 256, 0.1)
     with pytest.raises(ValueError, match="multiple of"):
         Trainer(_tc(tmp_path, height=72))

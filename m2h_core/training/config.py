@@ -13,6 +13,9 @@ from typing import Any
 
 from ..config import M2HConfig, preset
 
+#: mirror-loss reductions (`m2h_core.training.mirror_loss`): Eq. 6 literally, or per-pixel / per-frame means.
+MIRROR_REDUCTIONS = ("normalized", "paper")
+
 
 @dataclass
 class TrainConfig:
@@ -44,13 +47,17 @@ class TrainConfig:
     half_res_fraction: float = 0.5
     cond_dropout: float = 0.1
     vae_sample: bool = True  # sample the VAE posterior for z_0 (False: its mode)
-    # mirror loss (Eq. 5-6)
+    # mirror loss (Eq. 5-6). alpha, beta: Eq. 6's weights. beta = 0.005, not the 0.001 of Sec. IV-B's text: Table I's
+    # M2HVideo row (23.47 / 0.886 / 0.069 / 0.935 / 13.35) is Table IV's alpha = 0.05, beta = 0.005 row, and
+    # Sec. IV-D names beta = 0.005 the best; the paper contradicts itself and its reported numbers use 0.005.
     mirror: bool = True
     alpha: float = 0.05
-    beta: float = 0.001
+    beta: float = 0.005
+    mirror_reduction: str = "normalized"  # "paper": Eq. 6 literally (sums); "normalized": means (mirror_loss.py)
     mirror_crop: bool = True
     mirror_margin: int = 2
-    mirror_weighting: str = "alpha_bar"
+    # per-clip weight: alpha_bar | none; None (default): the reduction's own (normalized: alpha_bar, paper: none)
+    mirror_weighting: str | None = None
     mirror_t_max: int | None = None
     # ablations (Table III)
     use_head_encoder: bool = True
@@ -103,6 +110,13 @@ class TrainConfig:
             raise ValueError("cond_dropout must be in [0, 1)")
         if self.alpha < 0 or self.beta < 0:
             raise ValueError("alpha and beta must be >= 0")
+        if self.mirror_reduction not in MIRROR_REDUCTIONS:
+            raise ValueError(f"mirror_reduction must be one of {MIRROR_REDUCTIONS}, got {self.mirror_reduction!r}")
+        if self.mirror_weighting not in (None, "alpha_bar", "none"):
+            raise ValueError(f"mirror_weighting must be alpha_bar, none or null (the reduction's own), got "
+                             f"{self.mirror_weighting!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not self.random_init and self.init_checkpoint is None and self.base is None:
             raise ValueError("give base weights (base: SD-1.5 file, clip_vision, motion_module), an "
                              "init_checkpoint, or random_init: true (tiny preset / tests)")
@@ -158,19 +172,35 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def load_train_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
-                      ) -> TrainConfig:
-    """A YAML file (may be None) with `overrides` (key -> value) on top."""
+def read_config_file(path: str | os.PathLike, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The options of a YAML config. `extends: other.yaml` (relative to the file) reads that one first and
+    lets this file's keys override it (the Table III/IV configs extend sd15.yaml)."""
     import yaml
 
-    d: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"training config {p} does not exist (see train/configs/)")
+    p = Path(path).resolve()
+    if not p.is_file():
+        what = f"config {_chain[-1]} extends {p}, which" if _chain else f"training config {p}"
+        raise FileNotFoundError(f"{what} does not exist (see train/configs/)")
+    if p in _chain:
+        raise ValueError(f"training configs extend each other in a loop: {' -> '.join(map(str, _chain + (p,)))}")
+    try:
         d = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"{p} must hold a mapping of training options")
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p} is not valid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{p} must hold a mapping of training options")
+    parent = d.pop("extends", None)
+    if parent:
+        base = read_config_file(p.parent / str(parent), _chain + (p,))
+        base.update(d)
+        d = base
+    return d
+
+
+def load_train_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
+                      ) -> TrainConfig:
+    """A YAML file (may be None; may `extends:` another) with `overrides` (key -> value) on top."""
+    d: dict[str, Any] = read_config_file(path) if path is not None else {}
     d.update({k: v for k, v in (overrides or {}).items()})
     return TrainConfig.from_dict(d)
 

@@ -25,15 +25,24 @@ of L_diff's scale at every t, goes smoothly to zero where x0 is meaningless (pur
 where the face is actually formed (small t). Optionally `t_max` also skips clips with t > t_max entirely (they
 are then not decoded, which saves time). `weighting="none"` gives the paper's unweighted form.
 
-Eq. 6 and its normalisation
----------------------------
+Eq. 6 and its two reductions
+----------------------------
     L_mir = α Σ_i ‖(v_h - v_g) ⊙ M_id‖² + β Σ_i Σ_l ‖φ_l(v_h ⊙ M_id) - φ_l(v_g ⊙ M_id)‖²
 
-The sums are normalised so the numbers do not depend on resolution or crop size: the pixel term is the mean
-squared error over face-mask pixels (and channels), the perceptual term for layer l is the squared feature
-difference summed and divided by (C_l × face-mask area at that layer's resolution); both are averaged over the
-frames that have a face. φ = VGG16 relu1_2, relu2_2, relu3_3 (`m2h_core.vgg`); the paper names relu3_4 but
-VGG16 has no such layer (it exists only in VGG19), so its last block-3 ReLU, relu3_3, is used.
+`reduction="paper"` is Eq. 6 literally: per clip, the sum over its N frames of the sum of squared differences
+over the masked pixels (and the 3 channels, pixels in [0, 1]) and over all positions and channels of each VGG
+layer; no ᾱ_t weighting (`weighting` defaults to "none"); clips are averaged (Eq. 4's expectation over the
+batch). Its size grows with the face area, the frame count and the resolution, and, unweighted, with σ_t² at large
+t: `train.py --preflight` prints its gradient norm against L_diff's.
+
+`reduction="normalized"` (the default, see ARCHITECTURE.md) divides the sums so the numbers do not depend on
+resolution, crop size or frame count: the pixel term is the mean squared error over face-mask pixels (and
+channels), the perceptual term for layer l is the squared feature difference summed and divided by (C_l × face-mask
+area at that layer's resolution); both are averaged over the frames that have a face, and each clip is weighted by
+ᾱ_t (`weighting="alpha_bar"`).
+
+φ = VGG16 relu1_2, relu2_2, relu3_3 (`m2h_core.vgg`); the paper names relu3_4 but VGG16 has no such layer (it
+exists only in VGG19), so its last block-3 ReLU, relu3_3, is used.
 
 Face-crop decoding
 ------------------
@@ -68,6 +77,13 @@ def alphas_cumprod_at(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.T
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     a = ac[t].to(device=like.device, dtype=dtype)
     return a.view(-1, *([1] * (like.ndim - 1)))
+
+
+def eps_from_v(v_pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, scheduler) -> torch.Tensor:
+    """ε̂ from a v-prediction: with v = √ᾱ_t ε - √(1-ᾱ_t) z_0 and z_t = √ᾱ_t z_0 + √(1-ᾱ_t) ε (Eq. 1),
+    ε = √ᾱ_t v + √(1-ᾱ_t) z_t. Per sample (t is (B,) or a scalar); returned in v_pred's dtype."""
+    a = alphas_cumprod_at(scheduler, t, z_t)
+    return (a.sqrt() * v_pred.to(a.dtype) + (1 - a).sqrt() * z_t.to(a.dtype)).to(v_pred.dtype)
 
 
 def one_step_x0(z_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor, scheduler) -> torch.Tensor:
@@ -133,23 +149,30 @@ def _crop(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int], scale: in
 
 @dataclass
 class MirrorLossOutput:
-    loss: torch.Tensor  # scalar: α·pixel + β·perceptual, weighted and averaged over the batch's clips
-    pixel: torch.Tensor  # scalar (detached): weighted face-masked MSE
-    perceptual: torch.Tensor  # scalar (detached): weighted perceptual term
+    loss: torch.Tensor  # scalar: α·pixel + β·perceptual, weighted and reduced over frames and clips
+    pixel: torch.Tensor  # scalar (detached): the weighted, reduced pixel term (without α)
+    perceptual: torch.Tensor  # scalar (detached): the weighted, reduced perceptual term (without β)
     frames_decoded: int
     decoded_pixels: int  # H*W per decoded frame, times frames (for the crop-vs-full benchmark)
+    pixel_term: torch.Tensor | None = None  # `pixel` with its graph (gradient-norm calibration, preflight.py)
+    perceptual_term: torch.Tensor | None = None  # `perceptual` with its graph
 
 
 class MirrorLoss(nn.Module):
     """Eq. 6 on the one-step x0 estimate. `vgg`: a frozen `m2h_core.vgg.VGGFeatures` (may be None when beta=0)."""
 
-    def __init__(self, vgg: nn.Module | None, alpha: float = 0.05, beta: float = 0.001, *, crop: bool = True,
-                 margin: int = 2, weighting: str = "alpha_bar", t_max: int | None = None):
+    def __init__(self, vgg: nn.Module | None, alpha: float = 0.05, beta: float = 0.005, *, crop: bool = True,
+                 margin: int = 2, weighting: str | None = None, t_max: int | None = None,
+                 reduction: str = "normalized"):
         super().__init__()
         if beta and vgg is None:
             raise ValueError("the perceptual term (beta > 0) needs a VGG16 (m2h_core.vgg.VGGFeatures)")
+        if reduction not in ("normalized", "paper"):
+            raise ValueError(f"mirror reduction must be 'normalized' or 'paper', got {reduction!r}")
+        weighting = weighting or ("none" if reduction == "paper" else "alpha_bar")
         if weighting not in ("alpha_bar", "none"):
             raise ValueError(f"mirror weighting must be 'alpha_bar' or 'none', got {weighting!r}")
+        self.reduction = reduction
         self.vgg = vgg
         self.alpha, self.beta = float(alpha), float(beta)
         self.crop, self.margin = bool(crop), int(margin)
@@ -167,7 +190,7 @@ class MirrorLoss(nn.Module):
             face_masks = face_masks[:, :, 0]
         zero = eps_pred.sum() * 0.0
         w_clip = mirror_weight(t, scheduler, self.weighting, self.t_max).to(z_t.device)  # (B,)
-        empty = MirrorLossOutput(zero, zero.detach(), zero.detach(), 0, 0)
+        empty = MirrorLossOutput(zero, zero.detach(), zero.detach(), 0, 0, zero, zero)
         if self.alpha == 0 and self.beta == 0:
             return empty
         x0 = one_step_x0(z_t, eps_pred, t, scheduler)  # (B, F, c, h, w)
@@ -188,23 +211,56 @@ class MirrorLoss(nn.Module):
             mk = _crop(mk[:, None], boxes, size, scale)[:, 0]
         pred = encoders.decode(lat, grad=True).float()  # (n, 3, Hc, Wc), unclamped
         mk4 = mk[:, None]
+        paper = self.reduction == "paper"
         area = mk.flatten(1).sum(1).clamp_min(1.0)  # (n,)
-        pixel = ((pred - gt) * mk4).square().flatten(1).sum(1) / (3 * area)
+        pixel = ((pred - gt) * mk4).square().flatten(1).sum(1)  # Eq. 6: Σ over the masked pixels and channels
+        if not paper:
+            pixel = pixel / (3 * area)
         perceptual = torch.zeros_like(pixel)
         if self.beta:
             feats = self.vgg(torch.cat([pred * mk4, gt * mk4]))  # one VGG pass for both
             n = pred.shape[0]
             for name, fpg in feats.items():
-                d = (fpg[:n] - fpg[n:]).square()
-                m_l = F.interpolate(mk4, size=d.shape[-2:], mode="area")
-                denom = (d.shape[1] * m_l.flatten(1).sum(1)).clamp_min(1e-6)
-                perceptual = perceptual + d.flatten(1).sum(1) / denom
+                d = (fpg[:n] - fpg[n:]).square().flatten(1).sum(1)  # Eq. 6: Σ over positions and channels
+                if not paper:
+                    m_l = F.interpolate(mk4, size=fpg.shape[-2:], mode="area")
+                    d = d / (fpg.shape[1] * m_l.flatten(1).sum(1)).clamp_min(1e-6)
+                perceptual = perceptual + d
+        # per frame: the weight of its own clip (w_frame is w_clip repeated per frame of that clip)
         w = w_frame[sel]
-        # average over frames that have a face, per clip, then over the batch (all clips count, so a clip with
-        # no visible face simply contributes zero)
-        per_frame = self.alpha * pixel + self.beta * perceptual
-        frames_with_face = has_face.view(b, f).sum(1).clamp_min(1).float().repeat_interleave(f)[sel]
-        norm = w / frames_with_face / b
-        loss = (per_frame * norm).sum()
-        return MirrorLossOutput(loss, (pixel * norm).sum().detach(), (perceptual * norm).sum().detach(),
-                                int(sel.numel()), int(sel.numel() * pred.shape[-1] * pred.shape[-2]))
+        if paper:  # Σ over the clip's frames, mean over the batch's clips
+            norm = w / b
+        else:  # mean over the frames that have a face, per clip, then over the batch (a clip with no visible
+            # face simply contributes zero)
+            frames_with_face = has_face.view(b, f).sum(1).clamp_min(1).float().repeat_interleave(f)[sel]
+            norm = w / frames_with_face / b
+        pixel_term, perceptual_term = (pixel * norm).sum(), (perceptual * norm).sum()
+        loss = self.alpha * pixel_term + self.beta * perceptual_term
+        return MirrorLossOutput(loss, pixel_term.detach(), perceptual_term.detach(), int(sel.numel()),
+                                int(sel.numel() * pred.shape[-1] * pred.shape[-2]), pixel_term, perceptual_term)
+
+
+@torch.no_grad()
+def crop_decode_error(latents: torch.Tensor, face_masks: torch.Tensor, encoders, margin: int = 2
+                      ) -> dict[str, float]:
+    """How far the face-crop decode is from the full-frame decode on the face: latents (N, c, h, w), masks
+    (N, H, W). Decodes both ways (unclamped, as the loss does) and compares the face-mask pixels of the crop with
+    the same pixels of the full decode. Returns face_rmse, face_max_abs (pixels in [0, 1]), face_psnr_db and the
+    frame count; an empty dict when no frame has a face."""
+    masks = face_masks.float()
+    sel = (masks.flatten(1).sum(1) > 0).nonzero().flatten()
+    if sel.numel() == 0:
+        return {}
+    lat, mk = latents[sel], masks[sel].to(latents.device)
+    with torch.enable_grad():  # grad=True: the unclamped decode the mirror loss sees; no graph is kept
+        full = encoders.decode(lat, grad=True).float().detach()
+        scale = full.shape[-1] // lat.shape[-1]
+        boxes, size = face_crop_boxes(mk, scale, tuple(lat.shape[-2:]), margin)
+        crop = encoders.decode(_crop(lat, boxes, size, 1), grad=True).float().detach()
+    full_c = _crop(full, boxes, size, scale)
+    mk_c = _crop(mk[:, None], boxes, size, scale)
+    d = (crop - full_c) * mk_c
+    mse = float(d.square().sum() / (3 * mk_c.sum()).clamp_min(1.0))
+    return {"face_rmse": mse ** 0.5, "face_max_abs": float(d.abs().max()),
+            "face_psnr_db": float("inf") if mse == 0 else -10.0 * torch.log10(torch.tensor(mse)).item(),
+            "frames": int(sel.numel()), "crop_cells": f"{size[0]}x{size[1]}"}

@@ -6,8 +6,10 @@ Per optimizer step (x `grad_accum` micro-batches):
   drop ~ Bernoulli(cond_dropout)  — identity tokens f_pi and CLIP tokens dropped *together*, exactly the
                                     sampler's unconditional branch
   ε̂ = M2HModel(z_t, t, inputs, drop);  L_diff = ‖ε - ε̂‖²  (mean)
-  L_mir = MirrorLoss(z_t, ε̂, t, v_h, M_id)  (one-step DDIM x0, face-crop decode, ᾱ_t weight; mirror_loss.py)
+  L_mir = MirrorLoss(z_t, ε̂, t, v_h, M_id)  (one-step DDIM x0, face-crop decode; Eq. 6 reduced as
+                                            `mirror_reduction` says; mirror_loss.py)
   Adam(β1=0, β2=0.99), lr 5e-5 on L_diff + L_mir.
+  (v-prediction, the tiny demo: ε̂ = √ᾱ_t v̂ + √(1-ᾱ_t) z_t, `mirror_loss.eps_from_v`.)
 Trainable: E_pose, E_id, H, A (to_k_id/to_v_id), the UNet incl. motion modules (or LoRA on its spatial
 attention + conv_in + motion modules when `lora_rank` > 0). Frozen: VAE, CLIP, VGG (ArcFace is precomputed).
 
@@ -57,7 +59,7 @@ from ..models.m2h import M2HModel
 from .components import apply_lora, build_components, make_train_scheduler
 from .config import TrainConfig, checkpoint_model_config, size_multiple
 from .dataset import ClipCacheDataset, ResumableSampler, SyntheticClipDataset
-from .mirror_loss import MirrorLoss
+from .mirror_loss import MirrorLoss, eps_from_v
 from .state import clean_stale_tmp, list_checkpoints, load_training_checkpoint, save_training_checkpoint
 
 
@@ -146,8 +148,7 @@ class Trainer:
         # the lr scheduler stays unprepared: accelerate would step it once per process
         self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.noise_scheduler = make_train_scheduler()
-        self.mirror = (MirrorLoss(self.vgg, tc.alpha, tc.beta, crop=tc.mirror_crop, margin=tc.mirror_margin,
-                                  weighting=tc.mirror_weighting, t_max=tc.mirror_t_max)
+        self.mirror = (self.make_mirror_loss(tc.alpha, tc.beta)
                        if tc.mirror and (tc.alpha > 0 or tc.beta > 0) else None)
         self.dataset = dataset if dataset is not None else self._make_dataset()
         self.generator = torch.Generator().manual_seed(tc.seed * 1000 + self.accelerator.process_index)
@@ -157,6 +158,14 @@ class Trainer:
         self.skipped_steps = 0
         self.tb = None
         self.logs: list[StepLog] = []
+
+    def make_mirror_loss(self, alpha: float, beta: float, **overrides) -> MirrorLoss:
+        """Eq. 6 with this run's settings (reduction, crop, weighting); `overrides` replace any of them."""
+        tc = self.tc
+        kw = dict(crop=tc.mirror_crop, margin=tc.mirror_margin, weighting=tc.mirror_weighting,
+                  t_max=tc.mirror_t_max, reduction=tc.mirror_reduction)
+        kw.update(overrides)
+        return MirrorLoss(self.vgg if beta else None, alpha, beta, **kw)
 
     def _check_size(self, cfg: M2HConfig) -> None:
         mult = size_multiple(cfg) * (2 if self.tc.progressive else 1)
@@ -195,8 +204,11 @@ class Trainer:
         return iter(loader)
 
     # ---------------------------------------------------------------------------------------------- one step
-    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """L_total for one micro-batch (Algorithm 1, lines 10-20). Returns loss terms; 'loss' has grad."""
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None, *, keep_graph: bool = False
+                     ) -> dict[str, torch.Tensor]:
+        """L_total for one micro-batch (Algorithm 1, lines 10-20). Returns loss terms; 'loss' has grad.
+        keep_graph: also 'g_diff', 'g_pix', 'g_perc' - L_diff and the two reduced Eq. 6 terms (without α, β) with
+        their graphs, for gradient-norm calibration (`preflight.py`)."""
         g = generator or self.generator
         dev = self.device
         frames = batch["frames"].to(dev)
@@ -216,8 +228,7 @@ class Trainer:
             eps = self.ddp_model(z_t, t, inputs, drop)
         if self.cfg.prediction_type == "v_prediction":  # the tiny demo: v = √ᾱ ε - √(1-ᾱ) z_0; ε̂ for L_mir from v̂
             l_diff = F.mse_loss(eps.float(), self.noise_scheduler.get_velocity(z0, noise, t))
-            ab = self.noise_scheduler.alphas_cumprod.to(dev)[t].view(-1, *([1] * (z_t.dim() - 1)))
-            eps = ab.sqrt() * eps + (1 - ab).sqrt() * z_t
+            eps = eps_from_v(eps, z_t, t, self.noise_scheduler)
         else:
             l_diff = F.mse_loss(eps.float(), noise)
         out = {"l_diff": l_diff.detach()}
@@ -226,12 +237,16 @@ class Trainer:
                 mo = self.mirror(z_t, eps, t, frames, batch["face_masks"].to(dev), self.encoders,
                                  self.noise_scheduler)
             out.update(l_mir=mo.loss.detach(), l_pix=mo.pixel, l_perc=mo.perceptual)
+            if keep_graph:
+                out.update(g_pix=mo.pixel_term, g_perc=mo.perceptual_term)
             loss = l_diff + mo.loss.float()
         else:
             zero = torch.zeros((), device=dev)
             out.update(l_mir=zero, l_pix=zero, l_perc=zero)
             loss = l_diff
         out["loss"] = loss
+        if keep_graph:
+            out["g_diff"] = l_diff
         return out
 
     def train_step(self, batches: list[dict]) -> dict[str, float]:
