@@ -108,8 +108,12 @@ def test_shapes_through_every_component(model, size):
     assert isinstance(cond, M2HConditioning) and cond.num_frames == Fr
     assert cond.unet_input.shape == (2 * B, Fr, 2 * c, h, w)
     assert torch.equal(cond.unet_input[:B], cond.unet_input[B:])
-    assert all(t.shape[0] == 2 * B for ts in cond.kv.kv.values() for t in ts)
-    for ts in cond.kv.kv.values():  # unconditional half: zero tokens -> zero keys/values (no bias in to_k/to_v)
+    assert not cond.kv.kv and cond.kv.uncond  # tokens stored once; keys/values and the CFG half made per window
+    base, window_kv = cond.window(None)
+    assert set(window_kv) == set(layers)
+    assert all(t.shape[0] == 2 * B * Fr for ts in window_kv.values() for t in ts)
+    for ts in window_kv.values():  # unconditional half: zero tokens -> zero keys/values (no bias in to_k/to_v)
+        ts = [t.unflatten(0, (2 * B, Fr)) for t in ts]
         assert ts[0][:B].abs().sum() > 0 and ts[2][:B].abs().sum() > 0
         assert not ts[2][B:].any() and not ts[0][B:].any()
     both = model.denoise(torch.cat([z, z]), T(500), cond)

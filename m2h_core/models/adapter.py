@@ -13,15 +13,22 @@ embeddings"; per-channel statistics would also erase the identity branch's chann
 Switches (Table III ablation): `normalize=False` -> plain addition z_clip + z_pi; `enabled=False` -> no separate
 identity branch: one cross-attention over the concatenation [f_clip; f_pi] with the UNet's own projections.
 
-Keys/values depend only on the conditioning, never on the timestep: `project_kv` computes them once per video
-(`AdapterKV`), and the processors read them from `cross_attention_kwargs["m2h_kv"]` at every step. Training
-(one step per conditioning) passes the tokens instead (`project_all(..., lazy=True)`) and each processor projects
-them inside its attention module's forward: under FSDP a module's weights are only whole during its own forward.
+Keys/values depend only on the conditioning, never on the timestep. `AdapterKV` keeps the per-frame tokens (f_clip,
+f_pi: small) and hands the processors, through `cross_attention_kwargs["m2h_kv"]`, the keys/values of the frames
+being denoised, in one of three modes (`project_all`):
+- per window (sampling): `AdapterKV.frames(window)` projects the window's tokens for every layer; the result is
+  kept for the next steps while a fixed byte budget allows, so memory is O(window), not O(video), and a video
+  that fits in one window (or in the budget) is projected once;
+- whole video (`per_window=False`): every frame projected once up front (O(video) memory; the reference);
+- lazy (training, `lazy=True`): each processor projects the tokens inside its attention module's forward: under
+  FSDP a module's weights are only whole during its own forward.
+For classifier-free guidance (`uncond=True`) only the conditional tokens are stored; the unconditional batch
+(zero tokens, paper Sec. III-C's dropped condition) is appended per window.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -41,19 +48,69 @@ def match_distribution(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-6) ->
 
 @dataclass
 class AdapterKV:
-    """Per-layer keys/values for the whole video: name -> tensors of shape (B, F, heads, T, head_dim)."""
+    """A's keys/values for a video; `frames(index)` gives a window's in the UNet's (B*F, heads, T, d) layout.
 
-    kv: dict[str, tuple[torch.Tensor, ...]]
-    tokens: tuple[torch.Tensor, torch.Tensor] | None = None  # lazy: (f_clip, f_pi) (B, F, T, D), projected per layer
+    kv: name -> (B, F, heads, T, head_dim) tensors for the whole video (whole-video mode), else empty.
+    tokens: (f_clip, f_pi), each (B, F, T, D) — kept in per-window and lazy mode.
+    layers: (name, attention module) of every adapter layer — set in per-window mode, None in lazy mode.
+    uncond: the windows include the unconditional batch (zero tokens): B -> 2B (classifier-free guidance);
+        appended per window to `tokens`, already part of `kv` in whole-video mode.
+    cache_bytes: per-window mode keeps projected windows, reused at every step, up to this many bytes.
+    """
+
+    kv: dict[str, tuple[torch.Tensor, ...]] = field(repr=False)
+    tokens: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    layers: list[tuple[str, Attention]] | None = field(default=None, repr=False)
+    uncond: bool = False
+    cache_bytes: int = 0
+    cache: dict[tuple, dict[str, tuple[torch.Tensor, ...]]] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_frames(self) -> int:
+        return next(iter(self.kv.values()))[0].shape[1] if self.kv else self.tokens[0].shape[1]
+
+    def window_tokens(self, index: torch.Tensor | slice | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f_clip, f_pi) of the frames `index`, with the unconditional (zero) batch appended if `uncond`."""
+        toks = tuple(t if index is None else t[:, index] for t in self.tokens)
+        if self.uncond:  # (tokens are only kept in per-window / lazy mode)
+            toks = tuple(torch.cat([t, torch.zeros_like(t)]) for t in toks)
+        return toks
 
     def frames(self, index: torch.Tensor | slice | None) -> dict[str, tuple[torch.Tensor, ...]]:
         """Select frames (a window) and flatten to the UNet's (B*F, heads, T, d) layout."""
-        out = {}
-        for name, tensors in self.kv.items():
-            out[name] = tuple((t if index is None else t[:, index]).flatten(0, 1) for t in tensors)
-        if self.tokens is not None:
-            out[TOKENS] = tuple(t if index is None else t[:, index] for t in self.tokens)
+        if self.kv:
+            return {name: tuple((t if index is None else t[:, index]).flatten(0, 1) for t in tensors)
+                    for name, tensors in self.kv.items()}
+        if self.layers is None:  # lazy: the processors project
+            return {TOKENS: self.window_tokens(index)}
+        key = _window_key(index, self.num_frames)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        toks = self.window_tokens(index)
+        out = {name: tuple(t.flatten(0, 1) for t in attn.processor.project_kv(attn, *toks))
+               for name, attn in self.layers}
+        size = sum(t.numel() * t.element_size() for ts in out.values() for t in ts)
+        if size + self.cached_bytes <= self.cache_bytes:
+            self.cache[key] = out
         return out
+
+    @property
+    def cached_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for win in self.cache.values() for ts in win.values() for t in ts)
+
+    def nbytes(self) -> int:
+        """Bytes held for the whole video (keys/values or tokens), not counting the window cache."""
+        held = [t for ts in self.kv.values() for t in ts] + list(self.tokens or ())
+        return sum(t.numel() * t.element_size() for t in held)
+
+
+def _window_key(index: torch.Tensor | slice | None, num_frames: int) -> tuple:
+    if index is None:
+        return tuple(range(num_frames))
+    if isinstance(index, slice):
+        return tuple(range(*index.indices(num_frames)))
+    return tuple(torch.as_tensor(index).reshape(-1).tolist())
 
 
 TOKENS = "__tokens__"  # m2h_kv key of the lazy (f_clip, f_pi) tokens
@@ -131,15 +188,23 @@ def install_adapter(unet: nn.Module, cfg: AdapterConfig) -> dict[str, HeadClothi
     return installed
 
 
-def project_all(unet: nn.Module, clip_tokens: torch.Tensor, id_tokens: torch.Tensor, lazy: bool = False
-                ) -> AdapterKV:
-    """Keys/values of every adapter layer for the whole video (computed once, reused at every step).
+def project_all(unet: nn.Module, clip_tokens: torch.Tensor, id_tokens: torch.Tensor, lazy: bool = False,
+                per_window: bool = False, uncond: bool = False, cache_bytes: int = 0) -> AdapterKV:
+    """A's keys/values for a video: clip_tokens (B, F, Tc, D), id_tokens (B, F, Ti, D).
 
-    lazy: keep the tokens and let each layer project them in its own forward (training, FSDP)."""
-    if lazy:
-        return AdapterKV({}, (clip_tokens, id_tokens))
+    default: every frame projected now, once (whole-video mode);
+    per_window: keep the tokens and project each window when it is asked for (`AdapterKV.frames`), keeping
+    projected windows up to `cache_bytes` for the next steps (sampling: memory O(window));
+    lazy: keep the tokens and let each layer project them in its own forward (training, FSDP);
+    uncond: the unconditional (zero-token) batch is appended: B -> 2B (classifier-free guidance)."""
+    if lazy or per_window:
+        layers = None if lazy else [(n, m) for n, m in unet.named_modules() if is_spatial_cross_attention(n, m)]
+        return AdapterKV({}, (clip_tokens, id_tokens), layers, uncond, cache_bytes)
+    if uncond:
+        clip_tokens = torch.cat([clip_tokens, torch.zeros_like(clip_tokens)])
+        id_tokens = torch.cat([id_tokens, torch.zeros_like(id_tokens)])
     kv = {}
     for name, module in unet.named_modules():
         if is_spatial_cross_attention(name, module):
             kv[name] = module.processor.project_kv(module, clip_tokens, id_tokens)
-    return AdapterKV(kv)
+    return AdapterKV(kv, uncond=uncond)

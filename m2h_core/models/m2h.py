@@ -5,7 +5,8 @@
 
 Frozen parts (VAE, CLIP image encoder, ArcFace) live outside this module (`m2h_core.inference.encoders`); their outputs
 come in through `M2HInputs`. Everything that does not depend on the timestep is computed once by
-`encode_conditions` into an `M2HConditioning`; `denoise` is the only per-step work.
+`encode_conditions` into an `M2HConditioning` (per frame: the UNet's extra input channels and A's tokens; A's
+keys/values per context window, kept for later steps within a byte budget); `denoise` is the per-step work.
 
 Classifier-free guidance: the unconditional branch drops the identity tokens f_pi and the CLIP clothing tokens
 (both set to zero before the key/value projections); the clothing latents f_c and the pose keep conditioning it.
@@ -73,7 +74,13 @@ class M2HInputs:
 
 @dataclass
 class M2HConditioning:
-    """Timestep-independent conditioning of a whole video; `window` slices frames for context windows."""
+    """Timestep-independent conditioning of a whole video; `window` gives the UNet inputs of some frames.
+
+    Holds per frame only the small things (the UNet's extra input channels and A's tokens, see `nbytes`);
+    A's keys/values are made per window by `kv` (adapter.AdapterKV). For classifier-free guidance the batch is
+    2B: `unet_input`'s unconditional half is a view of the conditional one (B = 1: no copy) and A's zero tokens
+    are appended per window.
+    """
 
     unet_input: torch.Tensor  # (B, F, 2c, h, w): [0, f_c] + E_pose(p_h); z_t is written into the first c channels
     kv: AdapterKV
@@ -87,6 +94,12 @@ class M2HConditioning:
         base = self.unet_input if index is None else self.unet_input[:, index]
         return base, self.kv.frames(index)
 
+    def nbytes(self) -> int:
+        """Bytes held for the whole video (the per-window key/value cache, bounded by its budget, excluded)."""
+        u = self.unet_input
+        stored = u.untyped_storage().nbytes() if u.numel() else 0
+        return stored + self.kv.nbytes()
+
 
 class M2HModel(nn.Module):
     def __init__(self, cfg: M2HConfig, unet: nn.Module | None = None):
@@ -98,7 +111,10 @@ class M2HModel(nn.Module):
         self.head_encoder = HeadEncoder(cfg.head, c, cfg.head.pose_channels[-1], cfg.unet.cross_attention_dim,
                                         fuse=cfg.use_head_encoder)
         self.unet = unet if unet is not None else build_unet(cfg)
-        self.pose_chunk = 16  # frames per E_pose call: full-resolution pose features dominate memory on long videos
+        self.pose_chunk = 16  # frames per E_pose (and, sampling, H) call: pose features dominate on long videos
+        # A's keys/values when sampling: projected per context window, and kept for the next steps up to this many
+        # bytes (so a short video is projected once); None: the whole video projected up front (O(video) memory).
+        self.kv_cache_bytes: int | None = 256 << 20
 
     # -- once per video -------------------------------------------------------------------------------------
     def encode_conditions(self, inputs: M2HInputs, drop: torch.Tensor | None = None,
@@ -107,31 +123,42 @@ class M2HModel(nn.Module):
 
         drop: (B,) bool — clips whose identity and CLIP tokens are dropped (training's condition dropout).
         classifier_free: return a 2B batch [conditional; unconditional] so both CFG branches run as one batch.
-        precompute_kv: project A's keys/values here, once (sampling); False: each adapter layer projects the tokens
-        in its own forward (training: used once anyway, and FSDP-wrapped blocks only have whole weights then).
+        precompute_kv: project A's keys/values outside the UNet (sampling): per context window, kept up to
+        `self.kv_cache_bytes` for later steps (None: the whole video, once); False: each adapter layer projects the
+        tokens in its own forward (training: used once anyway, and FSDP-wrapped blocks only have whole weights then).
         """
         inputs.check(self.cfg, finite=not torch.is_grad_enabled())
         b, f = inputs.clothing_latents.shape[:2]
-        poses = inputs.pose_images.flatten(0, 1)
-        parts = [self.pose_encoder(poses[i: i + self.pose_chunk]) for i in range(0, poses.shape[0], self.pose_chunk)]
-        pose_feats = torch.cat([p[0] for p in parts])
-        pose_residual = torch.cat([p[1] for p in parts])
-        pose_feats = pose_feats.unflatten(0, (b, f))
-        pose_residual = pose_residual.unflatten(0, (b, f))
         id_latent = inputs.identity_latent + self.id_encoder(inputs.identity_landmarks)
-        f_pi = self.head_encoder(id_latent, inputs.arcface, pose_feats)
+        # E_pose and H in chunks of frames: the full-resolution pose features of a long video never exist at once.
+        # Training calls H once on the whole clip (one forward per step for FSDP-wrapped modules).
+        chunk = self.pose_chunk if not torch.is_grad_enabled() else f
+        f_pi, pose_residual = [], []
+        for s in range(0, f, chunk):
+            poses = inputs.pose_images[:, s: s + chunk]
+            n = poses.shape[1]
+            flat = poses.flatten(0, 1)
+            parts = [self.pose_encoder(flat[i: i + self.pose_chunk]) for i in range(0, flat.shape[0], self.pose_chunk)]
+            pose_feats = torch.cat([p[0] for p in parts]).unflatten(0, (b, n))
+            pose_residual.append(torch.cat([p[1] for p in parts]).unflatten(0, (b, n)))
+            f_pi.append(self.head_encoder(id_latent, inputs.arcface, pose_feats))
+            del pose_feats, parts
+        f_pi = torch.cat(f_pi, dim=1)
+        pose_residual = torch.cat(pose_residual, dim=1)
         clip = inputs.clip_tokens.to(f_pi.dtype)
         if drop is not None:
             keep = (~drop).to(f_pi.dtype).view(b, 1, 1, 1)
             f_pi, clip = f_pi * keep, clip * keep
         unet_input = torch.cat([torch.zeros_like(inputs.clothing_latents), inputs.clothing_latents], dim=2)
         unet_input = unet_input + pose_residual
-        if classifier_free:
-            f_pi = torch.cat([f_pi, torch.zeros_like(f_pi)])
-            clip = torch.cat([clip, torch.zeros_like(clip)])
-            unet_input = torch.cat([unet_input, unet_input])
-        return M2HConditioning(unet_input, project_all(self.unet, clip, f_pi, lazy=not precompute_kv),
-                               self.cfg.unet.latent_channels)
+        if classifier_free:  # [conditional; unconditional]: the same UNet input (a view when B = 1)
+            unet_input = unet_input.unsqueeze(0).expand(2, *unet_input.shape).reshape(2 * b, *unet_input.shape[1:])
+        if precompute_kv and self.kv_cache_bytes is None:
+            kv = project_all(self.unet, clip, f_pi, uncond=classifier_free)
+        else:
+            kv = project_all(self.unet, clip, f_pi, lazy=not precompute_kv, per_window=precompute_kv,
+                             uncond=classifier_free, cache_bytes=self.kv_cache_bytes or 0)
+        return M2HConditioning(unet_input, kv, self.cfg.unet.latent_channels)
 
     # -- once per step ---------------------------------------------------------------------------------------
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: M2HConditioning,
