@@ -171,8 +171,10 @@ def test_chunking_at_stride_4_on_a_cache(setup):
 def test_evaluate_end_to_end_outputs_every_metric(setup, capsys):
     tmp, cache, ckpt, i3d = setup
     out = tmp / "results" / "eval.json"
+    frames_dir = tmp / "generated"
     a = evaluate_cli.build_parser().parse_args(
-        _args(ckpt, cache, "--frames", 10, "--stride", 4, "--i3d", i3d, "--out", out, "--dataset-name", "UBC fashion"))
+        _args(ckpt, cache, "--frames", 10, "--stride", 4, "--i3d", i3d, "--out", out, "--dataset-name", "UBC fashion",
+              "--save-frames", frames_dir))
     res = evaluate_cli.evaluate(a, embedder=_toy_embedder)
     captured = capsys.readouterr()
     assert "warning: FVD from 3 chunks < 401" in captured.err  # 45 frames: one 10-frame chunk (span 37) per video
@@ -187,8 +189,36 @@ def test_evaluate_end_to_end_outputs_every_metric(setup, capsys):
         if k != "fvd":
             assert lo <= s[k] <= hi, k
     assert s["csim_face_rate"] == 1.0 and -1 <= s["csim"] <= 1
-    # FVD over all chunks = the Fréchet distance of the I3D features of the 3 real and 3 generated chunks
+    # Recompute from the saved generated chunks and the cache, independently of evaluate's loop: the masked
+    # metrics against the chunk's own ground truth, CSIM against x_id, and FVD over the I3D features of all chunks.
+    from safetensors.numpy import load_file
+
+    from m2h_core.training.dataset import ClipCacheDataset, _read_png
+
     assert saved["protocol"]["chunks"] == 3 and saved["protocol"]["fvd"]
+    test_ids = json.loads((cache / "split.json").read_text())["test"]
+    ds = ClipCacheDataset(cache, None, ids=test_ids, height=64, width=32)
+    net = metrics.load_i3d(i3d)
+    real_feats, gen_feats = [], []
+    for i, v in enumerate(saved["videos"]):
+        (c,) = v["chunks"]
+        assert c["frame_indices"] == list(range(0, 40, 4))
+        item = ds.window(i, 10, 0, 4)
+        gt = evaluate_cli.to_uint8(item["frames"])
+        gen = np.stack([_read_png(frames_dir / v["video"] / "00" / f"{f:05d}.png") for f in range(10)])
+        mask = item["clothing_masks"].numpy() > 0.5
+        assert c["psnr"] == pytest.approx(metrics.masked_psnr(gen, gt, mask))
+        assert c["ssim"] == pytest.approx(metrics.masked_ssim(gen, gt, mask))
+        ref = _toy_embedder(evaluate_cli.to_uint8(item["identity_image"]))
+        cos = [metrics.cosine_similarity(_toy_embedder(g), ref) for g in gen]
+        assert c["csim"] == pytest.approx(np.mean(cos))
+        real_feats.append(metrics.i3d_features([gt], net)[0])
+        gen_feats.append(metrics.i3d_features([gen], net)[0])
+    feats = load_file(str(out.with_suffix(".i3d.safetensors")))
+    np.testing.assert_allclose(feats["real"], np.stack(real_feats), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(feats["fake"], np.stack(gen_feats), rtol=1e-5, atol=1e-6)
+    assert feats["video"].tolist() == [0, 1, 2]
+    assert s["fvd"] == pytest.approx(metrics.frechet_distance(np.stack(real_feats), np.stack(gen_feats)), rel=1e-4)
     split = json.loads((cache / "split.json").read_text())
     assert saved["protocol"]["split_sha256"] == evaluate_cli.split_digest(split["test"])
     assert saved["protocol"]["test_ids"] == split["test"]

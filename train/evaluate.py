@@ -43,8 +43,9 @@ What a number means (the protocol; every choice is recorded under "protocol" in 
 A metric whose model file is missing is reported as '-' with the file name and where it goes (a file given by a
 flag that cannot be read is an error). ``--random-encoders`` (tiny checkpoints) uses random VAE/CLIP and stand-in
 LPIPS networks so the whole path runs without files. Output: the Table I layout on stdout, ``--out`` JSON with
-everything (per chunk, per video, summary, intervals, protocol, notes) and a Markdown report (``--markdown``,
-default: the JSON path with .md) with the paper's Table I rows beside ours.
+everything (per chunk, per video, summary, intervals, protocol, notes), a Markdown report (``--markdown``,
+default: the JSON path with .md) with the paper's Table I rows beside ours, and the I3D features behind the FVD
+(``<out>.i3d.safetensors``: real, fake, video); ``--save-frames DIR`` keeps the generated chunks as PNGs.
 """
 
 from __future__ import annotations
@@ -317,6 +318,8 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
             if i3d is not None:
                 rf.append(metrics.i3d_features([gt], i3d, device=device)[0])
                 ff.append(metrics.i3d_features([gen], i3d, device=device)[0])
+            if a.save_frames:
+                save_chunk_frames(Path(a.save_frames) / vid.id / f"{j:02d}", gen)
             chunks.append(c)
             done += 1
             print(f"[{done}/{total}] {vid.id} chunk {j} (frames {start}..{item['frame_indices'][-1].item()}): "
@@ -379,10 +382,35 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
         out.write_text(json.dumps(result, indent=1, default=str))
         md = Path(a.markdown) if a.markdown else out.with_suffix(".md")
         md.write_text(markdown_report(result))
-        print(f"wrote {out} and {md}")
+        written = [out, md]
+        if i3d is not None and n_chunks:
+            feats = out.with_suffix(".i3d.safetensors")
+            save_features(feats, real_feats, fake_feats)
+            written.append(feats)
+        print("wrote " + ", ".join(str(w) for w in written))
     elif a.markdown:
         Path(a.markdown).write_text(markdown_report(result))
     return result
+
+
+def save_chunk_frames(folder: Path, frames: np.ndarray) -> None:
+    """A generated chunk as lossless PNGs folder/00000.png... (what was scored, bit for bit)."""
+    from m2h_core.training.dataset import frame_name, write_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for f, img in enumerate(frames):
+        write_png(folder / frame_name(f), img)
+
+
+def save_features(path: Path, real: Sequence[np.ndarray], fake: Sequence[np.ndarray]) -> None:
+    """The I3D features behind the FVD: real (n, D), fake (n, D) float64 and video (n,) int64 (index into the JSON's
+    videos), so FVDs over other chunk sets or against other runs' real features can be recomputed."""
+    from safetensors.numpy import save_file
+
+    rows = [(i, r, f) for i in range(len(real)) for r, f in zip(real[i], fake[i])]
+    save_file({"real": np.ascontiguousarray(np.stack([r for _, r, _ in rows]), np.float64),
+               "fake": np.ascontiguousarray(np.stack([f for _, _, f in rows]), np.float64),
+               "video": np.array([i for i, _, _ in rows], np.int64)}, str(path))
 
 
 def _csim_frames(gen: np.ndarray, ref_embedding, embedder: Callable) -> np.ndarray:
@@ -500,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="column group of the table ('UBC fashion' / 'ASOS' sit beside the paper's numbers)")
     ap.add_argument("--out", help="results JSON (a Markdown report is written next to it)")
     ap.add_argument("--markdown", help="Markdown report path (default: --out with .md)")
+    ap.add_argument("--save-frames", dest="save_frames",
+                    help="also write every generated chunk as PNGs to DIR/<video>/<chunk>/ (to look at them)")
     return ap
 
 
