@@ -21,8 +21,8 @@ from m2h_core.models.m2h import M2HModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 
-import evaluate as evaluate_cli  # noqa: E402
-import prepare_data  # noqa: E402
+import evaluate as evaluate_cli
+import prepare_data
 
 VIDEO_FRAMES = 45  # every synthetic test video
 
@@ -153,7 +153,7 @@ def test_split_file_text_and_json(tmp_path):
 def test_chunking_at_stride_4_on_a_cache(setup):
     """Every test video (45 frames) at stride 4 in 4-frame chunks: 12 sampled frames -> 3 chunks each, frames
     (0,4,8,12), (16,..,28), (32,..,44), each scored against its own ground truth."""
-    tmp, cache, ckpt, _ = setup
+    _, cache, ckpt, _ = setup
     res = evaluate_cli.evaluate(evaluate_cli.build_parser().parse_args(
         _args(ckpt, cache, "--frames", 4, "--stride", 4, "--no-fvd", "--no-csim")))
     test_ids = json.loads((cache / "split.json").read_text())["test"]

@@ -11,7 +11,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 
-import prepare_data  # noqa: E402
+import prepare_data
+
 
 def test_prepare_data_resumes_and_reports_failures(tmp_path):
     """Real-video path with simple deterministic analyses standing in for the ONNX models: a good video is cached;
@@ -19,8 +20,8 @@ def test_prepare_data_resumes_and_reports_failures(tmp_path):
     reason; a second run skips the finished video and retries only the failed ones."""
     import numpy as np
 
-    from m2h_core.training.dataset import ClipCacheDataset
     from m2h_core.demo.synthetic import generate_clip
+    from m2h_core.training.dataset import ClipCacheDataset
     from m2h_core.video_io import write_video
 
     videos = tmp_path / "videos"
@@ -69,3 +70,45 @@ def test_prepare_data_resumes_and_reports_failures(tmp_path):
     n = len(parsed)
     prepare_data.prepare_videos(videos, out, pre, log=lambda s: None)
     assert len(parsed) - n == 2  # only empty + faceless are parsed again; good is skipped, broken fails to read
+
+
+def test_test_list_fixes_the_split_and_is_kept(tmp_path):
+    """--test-list: exactly the listed videos are 'test' (matched by id or by the stem of the source file, so the
+    dataset's URL lists work); the names are stored in split.json and reused when the cache grows."""
+    from m2h_core.training.dataset import write_split
+
+    root = tmp_path / "cache"
+    for i, src in enumerate(["/data/ubc/train/91BjuE6irxS.mp4", "/data/ubc/x/A1b2.mp4", "/data/ubc/C3d4.mp4"]):
+        (root / f"v{i}").mkdir(parents=True)
+        (root / f"v{i}" / "meta.json").write_text(json.dumps({"source": src}))
+    names = tmp_path / "fashion_test.txt"
+    names.write_text("# official test list\nhttps://host/fashion/91BjuE6irxS.mp4\nC3d4.mp4\nmissing.mp4\n\n")
+    rep = prepare_data.finish_split(root, 0, 0.1, names, log=lambda s: None)
+    assert rep["test"] == ["v0", "v2"] and rep["train"] == ["v1"] and rep["unmatched"] == ["missing.mp4"]
+    saved = json.loads((root / "split.json").read_text())
+    assert saved["test"] == ["v0", "v2"] and saved["test_list"] == str(names)
+    (root / "v3").mkdir()
+    (root / "v3" / "meta.json").write_text(json.dumps({"source": "/data/ubc/missing.mp4"}))
+    again = write_split(root, seed=0, test_fraction=0.1)  # no list given: the stored one still applies
+    assert again["test"] == ["v0", "v2", "v3"] and again["train"] == ["v1"] and again["unmatched"] == []
+
+
+def test_test_list_cli_on_a_synthetic_cache(tmp_path, capsys):
+    out = tmp_path / "cache"
+    assert prepare_data.main(["--synthetic", "4", "--out", str(out), "--frames", "4", "--size", "32x16"]) == 0
+    seeded = json.loads((out / "split.json").read_text())
+    assert len(seeded["test"]) == 1 and seeded["test_fraction"] == 0.1  # 10% of 4, at least one
+    (tmp_path / "test.txt").write_text("synthetic-00001\nsynthetic-00003\n")
+    assert prepare_data.main(["--synthetic", "4", "--out", str(out), "--frames", "4", "--size", "32x16",
+                              "--test-list", str(tmp_path / "test.txt")]) == 0
+    assert "2 of 2 listed videos" in capsys.readouterr().out
+    split = json.loads((out / "split.json").read_text())
+    assert split["test"] == ["synthetic-00001", "synthetic-00003"]
+    assert split["train"] == ["synthetic-00000", "synthetic-00002"]
+    try:
+        prepare_data.main(["--synthetic", "4", "--out", str(out), "--test-list", str(tmp_path / "nope.txt")])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("a missing --test-list file must stop the run")
+    assert "nope.txt is not a file" in capsys.readouterr().err

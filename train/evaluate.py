@@ -57,19 +57,19 @@ import json
 import math
 import pickle
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from m2h_core import metrics  # noqa: E402
-from m2h_core.checkpoint import load_checkpoint  # noqa: E402
-from m2h_core.training.dataset import CacheError, ClipCacheDataset, read_split  # noqa: E402
-from m2h_core.inference.encoders import FrozenEncoders  # noqa: E402
-from m2h_core.inference.sampler import SamplerSettings, sample_video  # noqa: E402
+from m2h_core import metrics
+from m2h_core.checkpoint import load_checkpoint
+from m2h_core.inference.encoders import FrozenEncoders
+from m2h_core.inference.sampler import SamplerSettings, sample_video
+from m2h_core.training.dataset import CacheError, ClipCacheDataset, read_split
 
 #: The paper's Table I (Mu et al., "From Mannequin to Human: A Pose-Aware and Identity-Preserving Video Generation
 #: Framework for Lifelike Clothing Display", Sec. IV-C4, Table I): (method, dataset, PSNR, SSIM, LPIPS, CSIM, FVD).
@@ -474,10 +474,10 @@ def markdown_report(result: dict) -> str:
         f"Paper rows: {PAPER_TABLE_I_CITATION}. Ours: mean over chunks, [95% bootstrap interval over test videos].",
         "",
         *extra,
-        f"- {p['chunks']} chunks of {p['frames']} frames at stride {p['stride']} from {p['videos']} test videos; "
-        f"split `{p['split_source']}` sha256 `{p['split_sha256'][:16]}`",
-        f"- clothing mask mode `{p['mask_mode']}`; LPIPS networks {', '.join(p['lpips']) or 'none'}; "
-        f"CSIM {'on' if p['csim'] else 'off'}; FVD {'on' if p['fvd'] else 'off'} (min {p['fvd_min_chunks']} chunks)",
+        (f"- {p['chunks']} chunks of {p['frames']} frames at stride {p['stride']} from {p['videos']} test videos; "
+         f"split `{p['split_source']}` sha256 `{p['split_sha256'][:16]}`"),
+        (f"- clothing mask mode `{p['mask_mode']}`; LPIPS networks {', '.join(p['lpips']) or 'none'}; "
+         f"CSIM {'on' if p['csim'] else 'off'}; FVD {'on' if p['fvd'] else 'off'} (min {p['fvd_min_chunks']} chunks)"),
         f"- sampler {p['sampler']}; bootstrap {p['bootstrap']} resamples, seed {p['bootstrap_seed']}",
         f"- checkpoint `{p['checkpoint']}`" + (" (random encoders: numbers are not meaningful)"
                                                  if p["random_encoders"] else ""),

@@ -10,7 +10,11 @@ frame (ArcFace embedding, face box, face mask M_id, landmark image p_id). Model 
 Resumable: videos whose folder is complete are skipped, so re-running after a crash or with new videos only
 does the missing work. A video that fails (unreadable, no person, no face) is skipped and listed with the reason
 in CACHE/failed.json; the run goes on. A missing model file stops the run at once (it would fail every video).
-At the end CACHE/split.json gets a seeded 90/10 train/test split of all complete videos.
+At the end CACHE/split.json gets a seeded 90/10 train/test split of all complete videos (the paper's Sec. IV-A;
+stable when videos are added), or, with `--test-list FILE` (e.g. UBC Fashion's fashion_test.txt: file names,
+paths or URLs, one a line), exactly the videos that file names; the list is kept in split.json for later runs.
+train/evaluate.py evaluates CACHE/split.json's "test" videos by default and records their SHA-256, so runs on the
+same cache are comparable. Re-running with only a new --test-list re-writes the split without re-processing.
 """
 
 from __future__ import annotations
@@ -22,15 +26,22 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from m2h_core.training.dataset import list_complete, mask_box, write_cached_video, write_split  # noqa: E402
+from m2h_core.training.dataset import (
+    CacheError,
+    list_complete,
+    mask_box,
+    read_name_list,
+    write_cached_video,
+    write_split,
+)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif", ".m4v")
 
@@ -65,7 +76,7 @@ class Preprocessors:
 
     @classmethod
     def from_models(cls, models: str | None = None, parser: str = "auto", face_pack: str = "antelopev2",
-                    device: str = "cpu") -> "Preprocessors":
+                    device: str = "cpu") -> Preprocessors:
         """The project's preprocessors from local model files (clear MissingModelError naming each file)."""
         from m2h_core.preprocess.dwpose import DWPoseDetector
         from m2h_core.preprocess.face import FaceAnalyzer, NoFaceError
@@ -113,7 +124,7 @@ def process_video(path: Path, vid: str, out: Path, pre: Preprocessors, max_side:
         clip = read_video(path, max_frames=max_frames)
     except (VideoReadError, OSError, ValueError) as e:
         raise SkipVideo(f"unreadable: {e}") from e
-    except Exception as e:  # noqa: BLE001 - decoders raise many types for broken files
+    except Exception as e:
         raise SkipVideo(f"unreadable: {type(e).__name__}: {e}") from e
     if clip.num_frames < 2:
         raise SkipVideo(f"only {clip.num_frames} frame(s)")
@@ -147,7 +158,8 @@ def process_video(path: Path, vid: str, out: Path, pre: Preprocessors, max_side:
 
 def prepare_videos(videos: Path, out: Path, pre: Preprocessors | None = None, *, max_side: int | None = 768,
                    max_frames: int | None = None, seed: int = 0, test_fraction: float = 0.1,
-                   log: Callable[[str], None] = print, make_pre: Callable[[], Preprocessors] | None = None) -> dict:
+                   log: Callable[[str], None] = print, make_pre: Callable[[], Preprocessors] | None = None,
+                   test_list: Path | None = None) -> dict:
     """Process every video under `videos` into `out` (resumable; failures listed in out/failed.json)."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".tmp-*"):  # a crash mid-video leaves its temp folder behind
@@ -175,13 +187,14 @@ def prepare_videos(videos: Path, out: Path, pre: Preprocessors | None = None, *,
         tmp = failed_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(sorted(failed.values(), key=lambda f: f["video"]), indent=1))
         os.replace(tmp, failed_path)
-    split = write_split(out, seed, test_fraction)
+    split = finish_split(out, seed, test_fraction, test_list, log)
     log(f"{len(split['train'])} train / {len(split['test'])} test videos; {len(failed)} skipped (see {failed_path})")
     return {"split": split, "failed": sorted(failed.values(), key=lambda f: f["video"])}
 
 
 def prepare_synthetic(n: int, out: Path, *, seed: int = 0, height: int = 128, width: int = 64, frames: int = 32,
-                      test_fraction: float = 0.1, log: Callable[[str], None] = print) -> dict:
+                      test_fraction: float = 0.1, log: Callable[[str], None] = print,
+                      test_list: Path | None = None) -> dict:
     """Write `n` synthetic clips (m2h_core.demo.synthetic) in the cache layout; each keeps its separate identity photo
     as `reference/` (resumable like real videos)."""
     from m2h_core.demo.synthetic import generate_clip
@@ -205,9 +218,23 @@ def prepare_synthetic(n: int, out: Path, *, seed: int = 0, height: int = 128, wi
                            fps=c.fps, source=f"synthetic:{int(s)}",
                            reference={"image": c.identity_image, "landmarks": c.identity_landmarks,
                                       "arcface": c.identity_embedding, "face_box": lmk_box})
-    split = write_split(out, seed, test_fraction)
+    split = finish_split(out, seed, test_fraction, test_list, log)
     log(f"{n} synthetic clips in {out}: {len(split['train'])} train / {len(split['test'])} test")
     return {"split": split, "failed": []}
+
+
+def finish_split(out: Path, seed: int, test_fraction: float, test_list: Path | None,
+                 log: Callable[[str], None]) -> dict:
+    """Write CACHE/split.json (seeded, or fixed by `test_list`) and report names of the list that match nothing."""
+    names = read_name_list(test_list) if test_list is not None else None
+    split = write_split(out, seed, test_fraction, test_names=names, test_list=str(test_list) if test_list else None)
+    if split.get("test_names") is not None:
+        log(f"test split from {split.get('test_list')}: {len(split['test'])} of {len(split['test_names'])} listed "
+            f"videos are in the cache")
+        if split["unmatched"]:
+            log(f"warning: {len(split['unmatched'])} listed videos are not in the cache (not downloaded or "
+                f"skipped, see failed.json), e.g. {split['unmatched'][:3]}")
+    return split
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -232,14 +259,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frames", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-fraction", type=float, default=0.1)
+    ap.add_argument("--test-list", type=Path, help="text file naming the test videos (file names, paths or URLs, one "
+                    "a line, e.g. UBC Fashion's fashion_test.txt) instead of the seeded 90/10 split")
     ap.add_argument("--size", type=parse_size, default=(128, 64), help="synthetic frame size HxW")
     ap.add_argument("--frames", type=int, default=32, help="synthetic frames per clip")
     a = ap.parse_args(argv)
+    if a.test_list is not None and not a.test_list.is_file():
+        ap.error(f"--test-list {a.test_list} is not a file")
     if a.synthetic is not None:
         if a.synthetic < 1:
             ap.error("--synthetic needs N >= 1")
-        prepare_synthetic(a.synthetic, a.out, seed=a.seed, height=a.size[0], width=a.size[1], frames=a.frames,
-                          test_fraction=a.test_fraction)
+        try:
+            prepare_synthetic(a.synthetic, a.out, seed=a.seed, height=a.size[0], width=a.size[1], frames=a.frames,
+                              test_fraction=a.test_fraction, test_list=a.test_list)
+        except CacheError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         return 0
     if not a.videos.is_dir():
         ap.error(f"--videos {a.videos} is not a folder")
@@ -247,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         prepare_videos(a.videos, a.out, None, max_side=a.max_side, max_frames=a.max_frames, seed=a.seed,
-                       test_fraction=a.test_fraction,
+                       test_fraction=a.test_fraction, test_list=a.test_list,
                        make_pre=lambda: Preprocessors.from_models(a.models, a.parser, a.face_pack, a.device))
-    except (MissingModelError, ImportError) as e:
+    except (MissingModelError, ImportError, CacheError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

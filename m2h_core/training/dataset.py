@@ -3,7 +3,8 @@
 Cache layout (one folder per video; everything at the source resolution, cropping happens when sampling)::
 
     CACHE/
-      split.json                    {"seed": s, "train": [ids...], "test": [ids...]}   (90/10, seeded)
+      split.json                    {"seed": s, "train": [ids...], "test": [ids...]}   (90/10, seeded; or
+                                    fixed by a list of test video names: "test_names", "test_list")
       failed.json                   [{"video": path, "reason": "..."}]                (videos that were skipped)
       <id>/
         meta.json                   {"version": 1, "source": path, "num_frames": N, "height": H, "width": W,
@@ -45,9 +46,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -440,13 +441,51 @@ def _hash_unit(seed: int, vid: str) -> float:
     return int.from_bytes(h[:8], "big") / 2**64
 
 
-def write_split(root: str | os.PathLike, seed: int = 0, test_fraction: float = 0.1) -> dict:
+def name_key(name: str) -> str:
+    """The file stem of a video name, path or URL ('https://x/y/91BjuE6irxS.mp4?dl=1' -> '91BjuE6irxS')."""
+    base = str(name).strip().split("?")[0].replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[0] if "." in base else base
+
+
+def match_test_names(root: str | os.PathLike, ids: Sequence[str], names: Sequence[str]
+                     ) -> tuple[list[str], list[str]]:
+    """(cache ids in the list, names that match no video): a name matches a video whose id equals it or whose
+    source file (meta.json "source") has the same stem (`name_key`)."""
+    wanted = {name_key(n): n for n in names if str(n).strip()}
+    matched, seen = [], set()
+    for vid in ids:
+        try:
+            source = json.loads((Path(root) / vid / "meta.json").read_text()).get("source", "")
+        except (OSError, ValueError):
+            source = ""
+        for key in (vid, name_key(source) if source else None):
+            if key in wanted:
+                matched.append(vid)
+                seen.add(key)
+                break
+    return sorted(matched), [n for k, n in wanted.items() if k not in seen]
+
+
+def read_name_list(path: str | os.PathLike) -> list[str]:
+    """Video names from a text file, one a line (file names, paths or URLs; blank lines and # comments skipped)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CacheError(f"test list {p} does not exist")
+    return [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def write_split(root: str | os.PathLike, seed: int = 0, test_fraction: float = 0.1,
+                test_names: Sequence[str] | None = None, test_list: str | None = None) -> dict:
     """Seeded train/test split over the cache's complete videos.
 
     A fresh split is a seeded permutation (exactly round(fraction * n) test videos, at least one of each when
     there are two or more). When split.json exists with the same seed and test fraction, its assignments are
     kept (videos no longer in the cache are dropped) and only new videos are assigned, each to 'test' when a
-    seeded hash of its id is below `test_fraction` - adding videos never moves a video between the splits."""
+    seeded hash of its id is below `test_fraction` - adding videos never moves a video between the splits.
+
+    `test_names` (e.g. the lines of UBC Fashion's fashion_test.txt; `test_list` names the file) fix the test set
+    instead: the videos they match (`match_test_names`) are 'test', all others 'train'. The names are stored in
+    split.json ("test_names", "test_list", "unmatched") and reused by later calls that give none."""
     ids = list_complete(root)
     old = None
     path = Path(root) / "split.json"
@@ -455,6 +494,16 @@ def write_split(root: str | os.PathLike, seed: int = 0, test_fraction: float = 0
             old = json.loads(path.read_text())
         except ValueError:
             old = None
+    if test_names is None and old and old.get("test_names") is not None:
+        test_names, test_list = old["test_names"], old.get("test_list")
+    if test_names is not None:
+        test, unmatched = match_test_names(root, ids, test_names)
+        split = {"seed": seed, "test_fraction": None, "test_list": test_list, "test_names": list(test_names),
+                 "unmatched": unmatched, "train": sorted(set(ids) - set(test)), "test": test}
+        tmp = Path(root) / ".split.json.tmp"
+        tmp.write_text(json.dumps(split, indent=1))
+        os.replace(tmp, path)
+        return split
     if old and old.get("seed") == seed and old.get("test_fraction") == test_fraction:
         present = set(ids)
         old_test = set(old.get("test", [])) & present
