@@ -11,7 +11,9 @@ is ever fetched from a hub. Accepted inputs:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -34,6 +36,25 @@ class BaseWeightsError(ValueError):
     """A base-model file that cannot be used, with the reason and what to use instead."""
 
 
+class _EmptyFp32Notice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "kept in float32: []" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_empty_fp32_notice():
+    """Drop diffusers' "modules ... that should be kept in float32: []" warning (printed by every dtype cast of a
+    diffusers model, here inside UNetMotionModel.from_unet2d) while building models: the list is empty, so it
+    says nothing; any warning that names modules still shows."""
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    notice = _EmptyFp32Notice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A tensor dict from .safetensors (preferred) or a pickle checkpoint read with weights_only=True."""
     path = Path(path)
@@ -43,12 +64,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise BaseWeightsError(f"{path.name} is not a readable .safetensors file (truncated or corrupt?): {e}")
+            from .preprocess.model_files import describe_file
+
+            raise BaseWeightsError(f"{path} is not a readable .safetensors file ({describe_file(path)}; "
+                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}): download it again") \
+                from None
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file for us
-        raise BaseWeightsError(f"{path.name} could not be read as a weights-only checkpoint: {e}. "
-                               "Use the .safetensors version of this file.") from e
+        from .preprocess.model_files import describe_file
+
+        why = ("it holds pickled objects besides tensors, which the pack never unpickles"
+               if "Weights only load failed" in str(e) else str(e).strip().splitlines()[0][:200] if str(e).strip()
+               else type(e).__name__)
+        raise BaseWeightsError(f"{path} could not be read as a weights-only checkpoint ({describe_file(path)}; "
+                               f"{why}): use the .safetensors version of this file") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
@@ -98,6 +128,96 @@ def _load_strict(module: torch.nn.Module, sd: dict, name: str, part: str, option
     module.load_state_dict(sd, strict=False)
 
 
+# -- which preset a base file belongs to (from tensor shapes, read from the file header before any model exists) --
+
+UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
+VAE_CONV_IN = "first_stage_model.encoder.conv_in.weight"
+CLIP_PATCH = "vision_model.embeddings.patch_embedding.weight"
+PRESET_WORDS = {"sd15": "SD-1.5", "tiny": "the tiny preset"}
+_PART_WORDS = {"unet": "UNet", "vae": "VAE", "clip": "CLIP image encoder"}
+
+
+def preset_widths(cfg: M2HConfig) -> dict[str, int]:
+    """First-layer widths that tell the presets apart: UNet conv_in, VAE encoder conv_in, CLIP width."""
+    return {"unet": cfg.unet.block_out_channels[0], "vae": cfg.vae.block_out_channels[0],
+            "clip": cfg.clip.hidden_size}
+
+
+def preset_words(cfg: M2HConfig) -> str:
+    return PRESET_WORDS.get(cfg.name, f"the {cfg.name} preset")
+
+
+def which_preset(part: str, width: int) -> str | None:
+    """In words, the preset whose `part` has this width ("SD-1.5", "the tiny preset"), or None."""
+    from .config import PRESETS
+
+    for name, make in PRESETS.items():
+        if preset_widths(make())[part] == width:
+            return PRESET_WORDS.get(name, f"the {name} preset")
+    return None
+
+
+def file_shapes(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Shapes of `keys` (also under a `clip_vision.` prefix) from a .safetensors header, or from a diffusers /
+    transformers folder's config.json; {} for pickles (checked once loaded). Reads no tensor data."""
+    path = Path(path)
+    if path.is_dir():
+        out: dict[str, tuple[int, ...]] = {}
+        for sub, key in (("unet", UNET_CONV_IN), ("vae", VAE_CONV_IN)):
+            cfg_file = path / sub / "config.json"
+            if key in keys and cfg_file.is_file():
+                out[key] = (json.loads(cfg_file.read_text())["block_out_channels"][0],)
+        if CLIP_PATCH in keys and (path / "config.json").is_file():
+            conf = json.loads((path / "config.json").read_text())
+            conf = conf.get("vision_config", conf)
+            if "hidden_size" in conf:
+                out[CLIP_PATCH] = (conf["hidden_size"],)
+        return out
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            return {k: tuple(f.get_slice(n).get_shape()) for k in keys for n in (k, "clip_vision." + k)
+                    if n in names}
+    except (SafetensorError, OSError, ValueError) as e:
+        from .preprocess.model_files import describe_file
+
+        raise BaseWeightsError(f"{path} is not a readable .safetensors file ({describe_file(path)}; "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}): download it again") from None
+
+
+def check_preset(shapes: dict[str, tuple[int, ...]], cfg: M2HConfig, name: str, checkpoint: str | None = None
+                 ) -> None:
+    """A base / CLIP file whose widths belong to another preset than the model's: say which is which."""
+    want = preset_widths(cfg)
+    for part, key in (("unet", UNET_CONV_IN), ("vae", VAE_CONV_IN), ("clip", CLIP_PATCH)):
+        if key in shapes and shapes[key][0] != want[part]:
+            who = f"the checkpoint {checkpoint}" if checkpoint else "the model"
+            hint = (" (tiny checkpoints normally embed their VAE and CLIP: re-save it with them, then give no base)"
+                    if cfg.name == "tiny" else "")
+            raise BaseWeightsError(
+                f"{who} is {preset_words(cfg)}, but {name} is "
+                f"{which_preset(part, shapes[key][0]) or 'a model of another size'} "
+                f"({_PART_WORDS[part]} width {shapes[key][0]}, {preset_words(cfg)} has {want[part]}): give the "
+                f"{'base model' if part != 'clip' else 'CLIP image encoder'} it was trained with{hint}")
+
+
+def check_base_files(cfg: M2HConfig, base: str | os.PathLike | None = None,
+                     clip_vision: str | os.PathLike | None = None, checkpoint: str | None = None) -> None:
+    """Before any model is built: the base and CLIP files exist and are of the model's preset (headers only)."""
+    for what, p, keys in (("base model", base, (UNET_CONV_IN, VAE_CONV_IN)), ("CLIP image encoder", clip_vision,
+                                                                                (CLIP_PATCH,))):
+        if p is None:
+            continue
+        if not Path(p).exists():
+            raise FileNotFoundError(f"{what} not found: {p}")
+        check_preset(file_shapes(p, keys), cfg, f"the {'base' if what == 'base model' else what} {Path(p).name}",
+                     checkpoint)
+
+
 def base_unet_config(cfg: M2HConfig) -> dict:
     kw = cfg.unet.unet_kwargs()
     kw["in_channels"] = cfg.unet.latent_channels
@@ -118,6 +238,7 @@ def load_sd15(path: str | os.PathLike, cfg: M2HConfig,
         return unet, vae
     sd = read_state_dict(path)
     _check_family(sd, cfg, path.name)
+    check_preset({k: tuple(sd[k].shape) for k in (UNET_CONV_IN, VAE_CONV_IN) if k in sd}, cfg, f"the base {path.name}")
     unet_cfg = base_unet_config(cfg)
     conv_in = sd.get("model.diffusion_model.input_blocks.0.0.weight")
     if conv_in is not None and conv_in.shape[1] != cfg.unet.latent_channels:
@@ -128,7 +249,7 @@ def load_sd15(path: str | os.PathLike, cfg: M2HConfig,
     vae_kw = cfg.vae.vae_kwargs()
     vae = AutoencoderKL(**vae_kw)
     _load_strict(vae, convert_ldm_vae_checkpoint(sd, vae_kw), path.name, "VAE")
-    return unet.to(dtype), vae.to(dtype)
+    return torch.nn.Module.to(unet, dtype), torch.nn.Module.to(vae, dtype)  # no diffusers cast warning
 
 
 def hf_clip_config(cfg: M2HConfig) -> HFCLIPVisionConfig:
@@ -156,6 +277,7 @@ def load_clip_vision(path: str | os.PathLike, cfg: M2HConfig,
     if width != cfg.clip.hidden_size or proj is None or proj.shape[0] != cfg.clip.projection_dim:
         raise BaseWeightsError(
             f"{path.name} is a CLIP image encoder of width {width}"
+            f"{f' ({known})' if (known := which_preset('clip', width)) else ''}"
             f"{'' if proj is None else f' with a {proj.shape[0]}-d projection'}; this model needs width "
             f"{cfg.clip.hidden_size} with a {cfg.clip.projection_dim}-d projection (CLIP ViT-L/14 for SD-1.5)")
     model = CLIPVisionModelWithProjection(hf_clip_config(cfg))

@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .base_weights import quiet_empty_fp32_notice
 from .config import M2HConfig
 from .models.m2h import M2HModel
 
@@ -76,8 +77,18 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path.name} is not a readable .safetensors file (not safetensors, truncated or "
-                              f"corrupt): {e}") from e
+        from .preprocess.model_files import describe_file
+
+        raise CheckpointError(f"{path} is not a readable .safetensors file ({describe_file(path)}; "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}): download or export it "
+                              "again") from None
+
+
+def has_embedded_encoders(path: str | os.PathLike) -> bool:
+    """Whether the checkpoint holds its own VAE and CLIP (`vae.*`, `clip_vision.*`), from the header only."""
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    return all(any(k.startswith(p) for k in keys) for p in EMBEDDED_PREFIXES)
 
 
 def read_config(path: str | os.PathLike) -> M2HConfig:
@@ -95,6 +106,20 @@ def read_config(path: str | os.PathLike) -> M2HConfig:
         raise CheckpointError(f"{path.name}: its model config can't be read: {e}") from e
 
 
+def check_checkpoint_file(path: str | os.PathLike) -> M2HConfig:
+    """Everything about the file that needs no model (header only): readable, an M2H checkpoint of a known format
+    version, a config, weights for every part. Returns the config."""
+    path = Path(path)
+    cfg = read_config(path)
+    with safe_open(str(path), framework="pt") as f:
+        keys = list(f.keys())
+    missing_parts = [p for p in PARTS if not any(k.startswith(p + ".") for k in keys)]
+    if missing_parts:
+        raise CheckpointError(f"{path}: no weights for {', '.join(missing_parts)}; the checkpoint is incomplete "
+                              "(export it again)")
+    return cfg
+
+
 def load_checkpoint(path: str | os.PathLike, expect_base: str | None = None, device: str | torch.device = "cpu",
                     dtype: torch.dtype | None = None) -> M2HModel:
     """Build the model the checkpoint's config describes and load every part, checking keys and shapes."""
@@ -110,7 +135,8 @@ def load_checkpoint(path: str | os.PathLike, expect_base: str | None = None, dev
     missing_parts = [p for p in PARTS if not any(k.startswith(p + ".") for k in sd)]
     if missing_parts:
         raise CheckpointError(f"{path.name} has no weights for {', '.join(missing_parts)}; it is incomplete")
-    model = M2HModel(cfg)
+    with quiet_empty_fp32_notice():
+        model = M2HModel(cfg)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     wrong = [k for k in own if k in sd and sd[k].shape != own[k].shape]

@@ -10,6 +10,8 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def _add_generate(sub) -> None:
+    from .inference import defaults as d
+
     p = sub.add_parser("generate", help="mannequin video + identity photo -> human video")
     p.add_argument("--video", required=True, help="mannequin video (mp4/webm/gif/folder of frames)")
     p.add_argument("--identity", required=True, help="photo of the person")
@@ -17,19 +19,21 @@ def _add_generate(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="M2H checkpoint (.safetensors)")
     p.add_argument("--base", help="SD-1.5 checkpoint for the VAE (unless the M2H checkpoint embeds it)")
     p.add_argument("--clip-vision", help="CLIP ViT-L/14 image encoder (unless embedded)")
-    p.add_argument("--masks", help="clothing masks (folder/video/.npy) instead of the parsing model")
-    p.add_argument("--poses", help="pose video/folder instead of running DWPose")
+    p.add_argument("--masks", help="clothing masks (folder/video/.npy, the video's framing) instead of the parser")
+    p.add_argument("--poses", help="pose video/folder (the video's framing) instead of running DWPose")
     p.add_argument("--models-dir", action="append", default=[],
                    help="folder(s) with DWPose / parsing / insightface files (also $M2H_MODELS)")
     p.add_argument("--parser", default="auto", help="parsing model file/folder name (default: first found)")
     p.add_argument("--face-pack", default="antelopev2", help="insightface pack (antelopev2 or buffalo_l)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale")
-    p.add_argument("--scheduler", default="ddim", choices=["ddim", "euler", "dpmpp_2m", "unipc"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=d.STEPS, help=f"denoising steps (default {d.STEPS}, the paper's)")
+    p.add_argument("--cfg", type=float, default=d.GUIDANCE_SCALE,
+                   help=f"classifier-free guidance scale (default {d.GUIDANCE_SCALE}; 1 = off)")
+    p.add_argument("--scheduler", default=d.SCHEDULER, choices=list(d.SCHEDULERS))
+    p.add_argument("--seed", type=int, default=d.SEED)
     p.add_argument("--frames", type=int, default=None, help="use at most this many frames")
-    p.add_argument("--context", type=int, default=None, help="frames the model sees at once (default: model's)")
-    p.add_argument("--overlap", type=int, default=4)
+    p.add_argument("--context", type=int, default=d.CONTEXT_FRAMES_AUTO,
+                   help="frames the model sees at once (default: the frame count the model was trained with)")
+    p.add_argument("--overlap", type=int, default=d.CONTEXT_OVERLAP, help="frames shared by neighbouring windows")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--precision", default="fp16" if _cuda() else "fp32", choices=sorted(DTYPES))
 
@@ -94,26 +98,42 @@ def _demo_summary(report) -> str:
 
 def _generate(a) -> int:
     import torch
-    from tqdm import tqdm
 
-    from .inference.generate import generate
-    from .inference.pipeline import load_pipeline
+    from .inference.generate import GenerateRequest, ModelFiles, generate
     from .inference.sampler import SamplerSettings
 
-    dtype = getattr(torch, DTYPES[a.precision])
-    pipe = load_pipeline(a.checkpoint, base=a.base, clip_vision=a.clip_vision, device=a.device, dtype=dtype)
+    files = ModelFiles(a.checkpoint, a.base, a.clip_vision, a.device, getattr(torch, DTYPES[a.precision]))
     settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
-                               context_frames=a.context or pipe.cfg.num_frames, context_overlap=a.overlap)
+                               context_frames=a.context, context_overlap=a.overlap)
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
-    bar = tqdm(total=a.steps, desc="sampling", unit="step")
-    report = generate(pipe, a.video, a.identity, a.out, settings=settings, masks=a.masks, poses=a.poses,
-                      max_frames=a.frames, parser=a.parser, face_pack=a.face_pack, search_dirs=dirs,
-                      progress=lambda i, n: bar.update(i - bar.n))
-    bar.close()
+    req = GenerateRequest(a.video, a.identity, a.out, a.masks, a.poses, a.frames, a.parser, a.face_pack, dirs)
+    with _ProgressBar("sampling") as bar:
+        report = generate(files, req, settings, progress=bar.update)
     for note in report.notes:
         print("note:", note, file=sys.stderr)
-    print(f"wrote {report.out}: {report.num_frames} frames, {report.size[0]}x{report.size[1]}, {report.fps:g} fps")
+    print(f"wrote {report.out}: {report.num_frames} frames, {report.size}, {report.fps:g} fps")
     return 0
+
+
+class _ProgressBar:
+    """A tqdm bar made at the first step and always closed on the way out, so an error prints on its own line."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="step")
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def entry() -> int:
@@ -124,10 +144,11 @@ def entry() -> int:
     try:
         return main()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, CheckpointError, SamplingCancelled, SamplingError) as e:
-        print(f"m2h: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, CheckpointError, SamplingCancelled, SamplingError) as e:
+        lines = [ln for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        print(f"m2h: error: {lines[0]}", *lines[1:], sep="\n", file=sys.stderr)
         return 2
 
 

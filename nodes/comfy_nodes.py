@@ -172,14 +172,14 @@ def load_m2h_model(checkpoint: str, base: str, clip_vision: str, motion: str, pr
     key = tuple((k, v, _mtime(v)) for k, v in paths.items()) + (("dtype", str(dtype)),)
     with _CACHE_LOCK:
         if key in _PIPELINES:
-            log.info("M2H UNet Loader: reusing the loaded model (%s)", os.path.basename(paths["checkpoint"]))
+            log.info("M2H Model Loader: reusing the loaded model (%s)", os.path.basename(paths["checkpoint"]))
             return _PIPELINES[key]
         _PIPELINES.clear()
         offload = mm.unet_offload_device()
         pipe = load_pipeline(device=offload, dtype=dtype, **paths)
         desc = (f"{os.path.basename(paths['checkpoint'])} ({pipe.cfg.name}, {pipe.cfg.width}x{pipe.cfg.height}, "
                 f"{str(dtype).replace('torch.', '')})")
-        log.info("M2H UNet Loader: loaded %s", desc)
+        log.info("M2H Model Loader: loaded %s", desc)
         handle = M2HModelHandle(pipe, key, dtype, desc)
         _PIPELINES[key] = handle
         return handle
@@ -190,8 +190,7 @@ def _model_bytes(pipe) -> int:
     return sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
 
 
-def sample_on_device(handle: M2HModelHandle, fitted: logic.Fitted, head: logic.HeadConditioning, settings,
-                     progress):
+def sample_on_device(handle: M2HModelHandle, video, head, settings, progress):
     """Move the pipeline to ComfyUI's torch device for the run (freeing ComfyUI's own models first), then back
     to the offload device. On out-of-memory, retry once with half the context window."""
     mm = _mm()
@@ -203,7 +202,7 @@ def sample_on_device(handle: M2HModelHandle, fitted: logic.Fitted, head: logic.H
     try:
         pipe.to(device)
         try:
-            return logic.run_sampler(pipe, fitted, head, settings, progress=progress, cancel=cancel_check)
+            return logic.run_sampler(pipe, video, head, settings, progress=progress, cancel=cancel_check)
         except mm.OOM_EXCEPTION:
             if settings.context_frames <= 2:
                 raise
@@ -213,7 +212,7 @@ def sample_on_device(handle: M2HModelHandle, fitted: logic.Fitted, head: logic.H
             pipe.encoders.chunk = max(1, pipe.encoders.chunk // 2)
             log.warning("M2H Sampler: out of GPU memory; retrying with context_frames=%d (set it lower to avoid "
                         "this)", settings.context_frames)
-            return logic.run_sampler(pipe, fitted, head, settings, progress=progress, cancel=cancel_check)
+            return logic.run_sampler(pipe, video, head, settings, progress=progress, cancel=cancel_check)
     finally:
         pipe.to(offload)
         mm.soft_empty_cache()
@@ -270,7 +269,7 @@ class M2HHeadEncoder(_M2HNode):
 
         dirs = files.search_dirs("insightface")
         analyzer = _cached_preprocessor(("face", face_model), lambda: FaceAnalyzer(face_model, dirs))
-        log.info("M2H Head Encoder: %s from %s, providers %s", face_model, analyzer.folder,
+        log.info("M2H Identity Photo: %s from %s, providers %s", face_model, analyzer.folder,
                  ", ".join(analyzer.providers))
         cfg = model.cfg
         cond, preview = logic.encode_identity(identity, analyzer, cfg.height, cfg.width, placement=placement,
@@ -295,16 +294,14 @@ class M2HSampler(_M2HNode):
     def execute(cls, model, frames, clothing_mask, pose_images, head_cond, seed, steps, cfg, scheduler,
                 context_frames, context_overlap, resize) -> io.NodeOutput:
         cls.check_available()
-        from m2h_core.inference.sampler import SamplerSettings
-
-        fitted = logic.prepare_sampler_inputs(frames, clothing_mask, pose_images, model.cfg.height,
-                                              model.cfg.width, resize)
-        for note in fitted.notes:
+        video = logic.prepare_sampler_inputs(frames, clothing_mask, pose_images, model.cfg.height,
+                                             model.cfg.width, resize)
+        for note in video.notes:
             log.info("M2H Sampler: %s", note)
-        cf, co = logic.check_context(fitted.frames.shape[0], context_frames, context_overlap)
-        settings = SamplerSettings(steps=steps, guidance_scale=cfg, scheduler=scheduler, seed=seed,
-                                   context_frames=cf, context_overlap=co)
-        images, latents = sample_on_device(model, fitted, head_cond, settings, progress_bar(steps))
+        settings = logic.sampler_settings(model.cfg, video.num_frames, seed=seed, steps=steps, cfg=cfg,
+                                          scheduler=scheduler, context_frames=context_frames,
+                                          context_overlap=context_overlap)
+        images, latents = sample_on_device(model, video, head_cond, settings, progress_bar(steps))
         return io.NodeOutput(images, {"samples": latents})
 
 

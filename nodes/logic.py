@@ -1,10 +1,9 @@
 """What the nodes do, as plain functions on tensors and arrays: no ComfyUI import, tested in CI.
 
 ComfyUI conventions: IMAGE is a float tensor [B, H, W, C] in 0..1 (a video is the batch), MASK [B, H, W].
-m2h_core works in (N, 3, H, W) [0, 1] tensors and numpy uint8 frames. The functions here convert between the
-two, fit inputs to the model's size (centre crop + resize, described in words for the log), check what users
-get wrong (frame counts, single images, sizes) with messages that say what to do, and place the identity
-photo for the head encoder.
+The functions here check ComfyUI's socket values (shapes, a single image wired as a video) and hand them to
+`m2h_core.inference.inputs`, the same preprocessing `m2h generate` runs: fitting to the model's size, the
+checks with messages that say what to do, and the identity placement.
 """
 
 from __future__ import annotations
@@ -16,15 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from m2h_core.identity import head_from_poses, prepare_identity
+from m2h_core.inference import inputs
+from m2h_core.inference.inputs import IdentityInputs, InputError, VideoInputs
 
 log = logging.getLogger("M2HVideo")
 
 SIZE_MULTIPLE = 8
-
-
-class M2HInputError(ValueError):
-    """An input the user must change, with what to do."""
+M2HInputError = InputError  # an input the user must change, with what to do
+HeadConditioning = IdentityInputs  # the M2H_HEAD_COND value
 
 
 # ------------------------------------------------------------------------------------------ conversions
@@ -112,48 +110,22 @@ def check_size_multiple(height: int, width: int, multiple: int = SIZE_MULTIPLE, 
             f"crop_to_model, or crop/resize the video to e.g. {w2}x{h2} first.")
 
 
-# ------------------------------------------------------------------------------------------ geometry
-
-
-@dataclass
-class Fitted:
-    """Inputs brought to one working size, and what was done (for the log)."""
-
-    frames: torch.Tensor  # [N, H, W, 3]
-    masks: torch.Tensor  # [N, H, W]
-    poses: torch.Tensor  # [N, H, W, 3]
-    height: int
-    width: int
-    notes: list[str] = field(default_factory=list)
-
-
-def fit_images(images: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, str]:
-    """Centre-crop [B, H, W, C] images to the aspect width:height and resize; returns the result and a note."""
-    from m2h_core.video_io import center_crop_resize
-
-    if tuple(images.shape[1:3]) == (height, width):
-        return images, f"{width}x{height}: already the working size"
-    out, info = center_crop_resize(images.numpy().astype(np.float32), height, width)
-    return torch.from_numpy(np.clip(out, 0, 1)).float(), info.describe()
+# ------------------------------------------------------------------------------------------ sampler inputs
 
 
 def fit_masks(masks: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, str]:
-    from m2h_core.video_io import compute_center_crop, crop_resize_masks
-
-    if tuple(masks.shape[1:3]) == (height, width):
-        return masks, f"{width}x{height}: already the working size"
-    info = compute_center_crop(masks.shape[1], masks.shape[2], height, width)
-    out = crop_resize_masks(masks.numpy().astype(np.float32), info)
-    return torch.from_numpy(np.clip(out, 0, 1)).float(), info.describe()
+    """[B, H, W] masks -> [B, height, width] by the frames' centre crop (inputs.fit_masks); and a note."""
+    out, note = inputs.fit_masks(masks.numpy(), height, width)
+    return torch.from_numpy(out), note
 
 
 def prepare_sampler_inputs(frames: torch.Tensor, masks: torch.Tensor, poses: torch.Tensor, model_height: int,
-                           model_width: int, resize: str = "crop_to_model") -> Fitted:
-    """Validate and fit the per-frame inputs of the sampler.
+                           model_width: int, resize: str = "crop_to_model") -> VideoInputs:
+    """The sampler node's inputs as `VideoInputs` (inputs.prepare_video, as `m2h generate`).
 
     ``resize='crop_to_model'``: every input is centre-cropped/resized to the model's size (each from its own
     size, so masks or poses made at another resolution still line up when they share the video's framing).
-    ``resize='keep'``: the frames' own size is used (must be a multiple of 8); masks and poses are resized to it.
+    ``resize='keep'``: the frames' own size is used (must be a multiple of 8); masks and poses are fitted to it.
     """
     frames = as_image_batch(frames, "frames")
     masks = as_mask_batch(masks, "clothing_mask")
@@ -167,15 +139,7 @@ def prepare_sampler_inputs(frames: torch.Tensor, masks: torch.Tensor, poses: tor
         h, w = int(model_height), int(model_width)
     else:
         raise M2HInputError(f"resize must be 'crop_to_model' or 'keep', got {resize!r}")
-    notes = []
-    frames, n1 = fit_images(frames, h, w)
-    masks, n2 = fit_masks(masks, h, w)
-    poses, n3 = fit_images(poses, h, w)
-    notes += [f"frames: {n1}", f"clothing masks: {n2}", f"pose images: {n3}"]
-    if float(masks.amax()) <= 0:
-        raise M2HInputError("the clothing mask is empty in every frame, so no clothing would be kept. Check the "
-                            "segmentation's clothing_classes (or your masks: white = clothing).")
-    return Fitted(frames, masks, poses, h, w, notes)
+    return inputs.prepare_video(frames, masks, poses, h, w)
 
 
 # ------------------------------------------------------------------------------------------ masks
@@ -290,62 +254,23 @@ def render_pose_images(seq: PoseSequence, *, hands: bool = False, face: bool = F
 # ------------------------------------------------------------------------------------------ identity
 
 
-@dataclass
-class HeadConditioning:
-    """The M2H_HEAD_COND value: everything the sampler needs from the identity photo, at (height, width)."""
-
-    identity_image: torch.Tensor  # (3, H, W) 0..1: x_id placed at the working size
-    landmark_image: torch.Tensor  # (3, H, W) 0..1: p_id
-    arcface: torch.Tensor  # (512,)
-    height: int
-    width: int
-    placement: str = ""
-    face_box: tuple[float, float, float, float] | None = None  # in the placed image
-
-    def at_size(self, height: int, width: int) -> "HeadConditioning":
-        """Resized copy (the sampler's 'keep' mode at another size)."""
-        if (height, width) == (self.height, self.width):
-            return self
-        img, _ = fit_images(nchw_to_bhwc(self.identity_image[None]), height, width)
-        lmk, _ = fit_images(nchw_to_bhwc(self.landmark_image[None]), height, width)
-        return HeadConditioning(bhwc_to_nchw(img)[0], bhwc_to_nchw(lmk)[0], self.arcface, height, width,
-                                self.placement, None)
-
-
 def encode_identity(photo: torch.Tensor, analyzer: Any, height: int, width: int, *, placement: str =
                     "head_from_pose", pose: PoseSequence | None = None, reference_frame: int = 0,
-                    face_scale: float = 1.0, identity_input: str = "full") -> tuple[HeadConditioning, torch.Tensor]:
-    """Analyse the photo's face (``analyzer.analyze`` -> FaceResult) and build the head conditioning + preview."""
+                    face_scale: float = 1.0, identity_input: str = "full") -> tuple[IdentityInputs, torch.Tensor]:
+    """The identity-photo node: analyse the face (``analyzer.analyze``), place it (inputs.place_identity, as
+    `m2h generate`); returns the M2H_HEAD_COND value and the preview IMAGE."""
     images = as_image_batch(photo, "identity")
     if images.shape[0] > 1:
-        log.info("M2H Head Encoder: %d identity images given; using the first", images.shape[0])
+        log.info("M2H Identity Photo: %d identity images given; using the first", images.shape[0])
     rgb = images_to_uint8(images[:1])[0]
-    face = analyzer.analyze(rgb)  # NoFaceError propagates with its own message
-    if getattr(face, "num_faces", 1) > 1:
-        log.info("M2H Head Encoder: %d faces in the photo; using the largest", face.num_faces)
-    head = None
-    if placement == "head_from_pose":
-        if pose is None:
-            raise M2HInputError("placement 'head_from_pose' needs the pose input: connect M2H DWPose's keypoints, "
-                                "or set placement to fit_photo")
-        if not len(pose):
-            raise M2HInputError("the pose input has no frames")
-        head, used = head_from_poses(pose.poses, pose.height, pose.width, height, width, reference_frame)
-        if head is None:
-            log.warning("M2H Head Encoder: no head position could be estimated from the pose (no neck/shoulders "
-                        "found); falling back to fit_photo")
-        elif used != min(max(int(reference_frame), 0), len(pose) - 1):
-            log.info("M2H Head Encoder: no head position in frame %d; used frame %d", reference_frame, used)
-    elif placement != "fit_photo":
-        raise M2HInputError(f"placement must be 'head_from_pose' or 'fit_photo', got {placement!r}")
-    placed = prepare_identity(rgb, face, height, width, head, face_scale, identity_input)
-    log.info("M2H Head Encoder: %s", placed.description)
-    cond = HeadConditioning(
-        identity_image=bhwc_to_nchw(uint8_to_images(placed.image[None]))[0],
-        landmark_image=bhwc_to_nchw(uint8_to_images(placed.landmark_image[None]))[0],
-        arcface=torch.from_numpy(placed.arcface), height=height, width=width, placement=placed.description,
-        face_box=placed.face_box)
-    return cond, uint8_to_images(placed.preview[None])
+    face, notes = inputs.analyze_face(rgb, analyzer, "the identity image")
+    ident, more = inputs.place_identity(
+        rgb, face, height, width, placement=placement, poses=None if pose is None else pose.poses,
+        pose_size=None if pose is None else (pose.height, pose.width), reference_frame=reference_frame,
+        face_scale=face_scale, identity_input=identity_input)
+    for note in notes + more:
+        log.info("M2H Identity Photo: %s", note)
+    return ident, ident.preview[None]
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -363,22 +288,24 @@ def precision_dtype(precision: str, fp16_ok: bool = False, bf16_ok: bool = False
     raise M2HInputError(f"precision must be one of auto, fp32, fp16, bf16; got {precision!r}")
 
 
-def check_context(num_frames: int, context_frames: int, context_overlap: int) -> tuple[int, int]:
-    """Clamp context settings to something valid for this video, logging what changed."""
-    cf = max(1, min(int(context_frames), num_frames))
-    co = max(0, min(int(context_overlap), cf - 1))
-    if (cf, co) != (context_frames, context_overlap):
-        log.info("M2H Sampler: context %d/%d adjusted to %d/%d for a %d-frame video", context_frames,
-                 context_overlap, cf, co, num_frames)
-    return cf, co
+def sampler_settings(model_cfg: Any, num_frames: int, *, seed: int, steps: int, cfg: float, scheduler: str,
+                     context_frames: int, context_overlap: int):
+    """The sampler node's widgets as checked `SamplerSettings` for this model and video (context 0 = the model's
+    trained frame count; clamped to the video, logged)."""
+    from m2h_core.inference.sampler import SamplerSettings
+
+    settings, notes = SamplerSettings(steps=steps, guidance_scale=cfg, scheduler=scheduler, seed=seed,
+                                      context_frames=context_frames,
+                                      context_overlap=context_overlap).for_video(model_cfg, num_frames)
+    for note in notes:
+        log.info("M2H Sampler: %s", note)
+    return settings
 
 
-def run_sampler(pipeline: Any, fitted: Fitted, head: HeadConditioning, settings: Any, progress=None, cancel=None):
-    """sample_video on fitted inputs; returns (IMAGE [N,H,W,3], latents (N,c,h,w))."""
+def run_sampler(pipeline: Any, video: VideoInputs, head: IdentityInputs, settings: Any, progress=None, cancel=None):
+    """sample_video on the prepared inputs; returns (IMAGE [N,H,W,3], latents (N,c,h,w))."""
     from m2h_core.inference.sampler import sample_video
 
-    head = head.at_size(fitted.height, fitted.width)
-    res = sample_video(pipeline.model, pipeline.encoders, bhwc_to_nchw(fitted.frames), fitted.masks,
-                       bhwc_to_nchw(fitted.poses), head.identity_image,
-                       head.landmark_image, head.arcface, settings, progress=progress, cancel=cancel)
+    res = sample_video(pipeline.model, pipeline.encoders, video, head.at_size(video.height, video.width), settings,
+                       progress=progress, cancel=cancel)
     return nchw_to_bhwc(res.frames), res.latents

@@ -5,13 +5,16 @@ and the CI tests check every workflow JSON against it without ComfyUI installed.
 
 Released workflows store widget values *by position* (UI format) — so never reorder or insert widget inputs
 of a released node: append new ones at the end (or add a new node id).
-Imports nothing heavy (no torch, no ComfyUI).
+Imports nothing heavy (no torch, no ComfyUI): the sampler defaults come from `m2h_core/inference/defaults.py`,
+plain constants shared with `m2h generate`. Display names may change; node ids and widget order may not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from m2h_core.inference import defaults  # plain constants: the sampling defaults shared with `m2h generate`
 
 CATEGORY = "M2HVideo"
 
@@ -25,7 +28,7 @@ CUSTOM_TYPES = (M2H_MODEL, M2H_POSE, M2H_HEAD_COND)
 SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "VIDEO", "AUDIO", *CUSTOM_TYPES}
 WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "STRING", "COMBO"}
 
-SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "unipc")  # == m2h_core.inference.sampler.SCHEDULERS (checked by a test)
+SCHEDULERS = defaults.SCHEDULERS
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 NONE = "none"
 AUTO = "auto"
@@ -152,14 +155,15 @@ DWPOSE = NodeSpec(
 )
 
 HEAD_ENCODER = NodeSpec(
-    node_id="M2HHeadEncoder",
-    display_name="M2H Head Encoder",
-    description="Identity conditioning from one photo: ArcFace embedding, face-landmark image p_id and the "
-                "identity image x_id placed at the model's size.",
+    node_id="M2HHeadEncoder",  # id kept from the first release (saved workflows store it)
+    display_name="M2H Identity Photo",
+    description="Prepares the identity photo: finds the face (insightface), computes its ArcFace embedding, and "
+                "places the photo at the model's size with the face on the mannequin's head (x_id) plus the "
+                "face-landmark image p_id. The head encoder H itself runs inside the model, in M2H Sampler.",
     inputs=(
         In("identity", "IMAGE", "A clear photo of the person (face at least ~100 px wide). Only the first image "
            "of a batch is used."),
-        In("model", M2H_MODEL, "The M2H model (from M2H UNet Loader): gives the working size."),
+        In("model", M2H_MODEL, "The M2H model (from M2H Model Loader): gives the working size."),
         In("face_model", "COMBO", "insightface pack in ComfyUI/models/insightface/models/ (antelopev2 or "
            "buffalo_l; searched recursively).", default="antelopev2", options_source="insightface"),
         In("placement", "COMBO", "head_from_pose: scale and move the face to the mannequin's head position in the "
@@ -181,10 +185,12 @@ HEAD_ENCODER = NodeSpec(
 )
 
 UNET_LOADER = NodeSpec(
-    node_id="M2HUNetLoader",
-    display_name="M2H UNet Loader",
-    description="Loads the M2HVideo model (UNet with motion modules, pose/identity encoders, head encoder, "
-                "adapter) and its frozen VAE and CLIP image encoder. Kept in memory between runs.",
+    node_id="M2HUNetLoader",  # id kept from the first release (saved workflows store it)
+    display_name="M2H Model Loader",
+    description="Loads everything the sampler needs: the M2HVideo model (UNet with motion modules, pose and "
+                "identity encoders, head encoder, adapter) and the frozen VAE and CLIP image encoder (from the "
+                "checkpoint when it embeds them, else from the base model and clip_vision files). Checks that the "
+                "files belong together before building anything. Kept in memory between runs.",
     inputs=(
         In("m2h_checkpoint", "COMBO", "M2HVideo checkpoint from ComfyUI/models/m2hvideo/.",
            options_source="m2hvideo"),
@@ -207,21 +213,23 @@ SAMPLER = NodeSpec(
     display_name="M2H Sampler",
     description="Generates the human video: clothing frames + masks + body poses + identity -> frames.",
     inputs=(
-        In("model", M2H_MODEL, "From M2H UNet Loader."),
+        In("model", M2H_MODEL, "From M2H Model Loader."),
         In("frames", "IMAGE", "The mannequin video frames (the clothing source)."),
         In("clothing_mask", "MASK", "Clothing masks, one per frame (M2H Mannequin Segmentation)."),
         In("pose_images", "IMAGE", "Body-pose images, one per frame (M2H DWPose)."),
-        In("head_cond", M2H_HEAD_COND, "Identity conditioning (M2H Head Encoder)."),
+        In("head_cond", M2H_HEAD_COND, "Identity conditioning (M2H Identity Photo)."),
         In("seed", "INT", "Noise seed (the same seed gives the same video on the same device).", default=0,
            min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
-        In("steps", "INT", "Denoising steps.", default=30, min=1, max=200, step=1),
-        In("cfg", "FLOAT", "Classifier-free guidance scale (1 = off, faster).", default=7.5, min=1.0, max=20.0,
-           step=0.1),
-        In("scheduler", "COMBO", "Sampling solver.", default="ddim", options=SCHEDULERS),
+        In("steps", "INT", f"Denoising steps (the paper uses {defaults.STEPS}).", default=defaults.STEPS, min=1,
+           max=200, step=1),
+        In("cfg", "FLOAT", "Classifier-free guidance scale (1 = off, faster).", default=defaults.GUIDANCE_SCALE,
+           min=1.0, max=20.0, step=0.1),
+        In("scheduler", "COMBO", "Sampling solver.", default=defaults.SCHEDULER, options=SCHEDULERS),
         In("context_frames", "INT", "Frames the model sees at once; longer videos are done in overlapping "
-           "windows. Lower it if you run out of GPU memory.", default=16, min=1, max=128, step=1),
-        In("context_overlap", "INT", "Frames shared by neighbouring windows (blended).", default=4, min=0,
-           max=64, step=1),
+           "windows. 0 = the frame count the model was trained with. Lower it if you run out of GPU memory.",
+           default=defaults.CONTEXT_FRAMES_AUTO, min=0, max=128, step=1),
+        In("context_overlap", "INT", "Frames shared by neighbouring windows (blended).",
+           default=defaults.CONTEXT_OVERLAP, min=0, max=64, step=1),
         In("resize", "COMBO", "crop_to_model: centre-crop and resize every input to the model's training size "
            "(logged). keep: use the frames' own size (must be a multiple of 8).", default="crop_to_model",
            options=("crop_to_model", "keep")),

@@ -108,8 +108,8 @@ def test_truncated_file(tmp_path, saved, keep):
     n = int(len(data) * keep) if isinstance(keep, float) else keep
     p = tmp_path / "cut.safetensors"
     p.write_bytes(data[:n])
-    with pytest.raises(CheckpointError, match=r"cut.safetensors is not a readable .safetensors file \(not "
-                                              r"safetensors, truncated or corrupt\)"):
+    with pytest.raises(CheckpointError, match=r"cut.safetensors is not a readable .safetensors file \((a "
+                                              r"safetensors file cut short|a binary file)"):
         load_checkpoint(p)
 
 

@@ -152,7 +152,7 @@ def test_size_not_multiple_of_8_in_keep_mode():
     with pytest.raises(M2HInputError, match=r"50x82.*multiple of 8.*48x80"):
         logic.prepare_sampler_inputs(f, m, p, 64, 32, resize="keep")
     out = logic.prepare_sampler_inputs(f, m, p, 64, 32, resize="crop_to_model")
-    assert tuple(out.frames.shape) == (6, 64, 32, 3) and tuple(out.masks.shape) == (6, 64, 32)
+    assert tuple(out.frames.shape) == (6, 3, 64, 32) and tuple(out.clothing_masks.shape) == (6, 64, 32)
 
 
 def test_keep_mode_keeps_the_frames_size_and_resizes_masks_to_it():
@@ -160,8 +160,8 @@ def test_keep_mode_keeps_the_frames_size_and_resizes_masks_to_it():
     m2 = torch.nn.functional.interpolate(m[:, None], size=(160, 96))[:, 0]
     out = logic.prepare_sampler_inputs(f, m2, p, 64, 32, resize="keep")
     assert (out.height, out.width) == (80, 48)
-    assert tuple(out.masks.shape) == (6, 80, 48)
-    assert torch.equal(out.frames, f)
+    assert tuple(out.clothing_masks.shape) == (6, 80, 48)
+    assert torch.equal(out.frames, f.permute(0, 3, 1, 2))
 
 
 def test_crop_to_model_logs_what_happened_and_keeps_alignment():
@@ -169,7 +169,7 @@ def test_crop_to_model_logs_what_happened_and_keeps_alignment():
     out = logic.prepare_sampler_inputs(f, m, p, 64, 32)
     assert any("cropped 10 px of width" in n for n in out.notes)
     # the mask is the central box; after the same crop it is still centred
-    col = out.masks[0].sum(0)
+    col = out.clothing_masks[0].sum(0)
     assert abs(int(col.nonzero().min()) - (31 - int(col.nonzero().max()))) <= 1
 
 
@@ -191,10 +191,18 @@ def test_input_normalisation():
         logic.as_image_batch(torch.rand(0, 8, 8, 3))
 
 
-def test_context_is_clamped_to_the_video():
-    assert logic.check_context(5, 16, 4) == (5, 4)
-    assert logic.check_context(40, 16, 20) == (16, 15)
-    assert logic.check_context(40, 16, 4) == (16, 4)
+def test_context_is_clamped_to_the_video_and_zero_means_the_models_frame_count():
+    from m2h_core.config import tiny
+
+    cfg = tiny()  # trained on 8 frames
+    s = lambda n, cf, co: logic.sampler_settings(cfg, n, seed=0, steps=2, cfg=7.5, scheduler="ddim",  # noqa: E731
+                                                 context_frames=cf, context_overlap=co)
+    assert (s(5, 16, 4).context_frames, s(5, 16, 4).context_overlap) == (5, 4)
+    assert (s(40, 16, 20).context_frames, s(40, 16, 20).context_overlap) == (16, 15)
+    assert (s(40, 16, 4).context_frames, s(40, 16, 4).context_overlap) == (16, 4)
+    assert s(40, 0, 4).context_frames == cfg.num_frames
+    with pytest.raises(M2HInputError, match="scheduler"):
+        s(40, 0, 4).__class__(scheduler="heun").for_video(cfg, 40)
 
 
 def test_precision():
@@ -360,8 +368,8 @@ class FakeFaceAnalyzer:
 def test_encode_identity_fit_photo():
     photo = torch.rand(1, 120, 120, 3)
     cond, preview = logic.encode_identity(photo, FakeFaceAnalyzer(), 64, 32, placement="fit_photo")
-    assert tuple(cond.identity_image.shape) == (3, 64, 32) and tuple(cond.landmark_image.shape) == (3, 64, 32)
-    assert cond.arcface.shape == (512,) and cond.landmark_image.max() > 0.5
+    assert tuple(cond.image.shape) == (3, 64, 32) and tuple(cond.landmarks.shape) == (3, 64, 32)
+    assert cond.arcface.shape == (512,) and cond.landmarks.max() > 0.5
     assert tuple(preview.shape) == (1, 64, 32, 3)
     # box mapped through the centre crop (120x120 -> 60x120 crop x0=30, scale 32/60)
     x1, y1, x2, y2 = cond.face_box
@@ -377,7 +385,7 @@ def test_encode_identity_head_from_pose_places_the_face_on_the_head():
     assert (x1 + x2) / 2 == pytest.approx(cx, abs=0.01) and (y1 + y2) / 2 == pytest.approx(cy, abs=0.01)
     assert x2 - x1 == pytest.approx(hw, rel=1e-3)
     # landmark dots sit inside the placed face box
-    ys, xs = np.nonzero(cond.landmark_image[0].numpy() > 0.5)
+    ys, xs = np.nonzero(cond.landmarks[0].numpy() > 0.5)
     assert xs.min() >= x1 - 2 and xs.max() <= x2 + 2 and ys.min() >= y1 - 2 and ys.max() <= y2 + 2
 
 
@@ -386,8 +394,8 @@ def test_encode_identity_preview_dims_what_a_head_only_model_does_not_see():
     seq = logic.PoseSequence([_pose()], 48, 80)
     full, pv_full = logic.encode_identity(photo, FakeFaceAnalyzer(), 80, 48, pose=seq)
     head, pv_head = logic.encode_identity(photo, FakeFaceAnalyzer(), 80, 48, pose=seq, identity_input="head")
-    assert torch.equal(full.identity_image, head.identity_image)  # the model masks x_id itself
-    m, found = identity.head_region(head.landmark_image[None])
+    assert torch.equal(full.image, head.image)  # the model masks x_id itself
+    m, found = identity.head_region(head.landmarks[None])
     inside = m[0, 0] > 0.5
     assert found.all() and 0 < inside.float().mean() < 0.5
     plain = ((pv_full[0] - 0.8).abs() < 0.01).all(-1)  # photo pixels, not the drawn box / landmarks
@@ -410,14 +418,14 @@ def test_encode_identity_errors():
     empty = _pose()
     empty.body[:, 2] = 0
     cond, _ = logic.encode_identity(photo, FakeFaceAnalyzer(), 64, 32, pose=logic.PoseSequence([empty], 48, 80))
-    assert tuple(cond.identity_image.shape) == (3, 64, 32)
+    assert tuple(cond.image.shape) == (3, 64, 32)
 
 
 def test_head_conditioning_resizes_for_keep_mode():
     photo = torch.rand(1, 64, 64, 3)
     cond, _ = logic.encode_identity(photo, FakeFaceAnalyzer((10, 10, 40, 50)), 64, 32, placement="fit_photo")
     other = cond.at_size(128, 64)
-    assert tuple(other.identity_image.shape) == (3, 128, 64) and other.arcface is cond.arcface
+    assert tuple(other.image.shape) == (3, 128, 64) and other.arcface is cond.arcface
     assert cond.at_size(64, 32) is cond
 
 

@@ -210,12 +210,12 @@ Put each file in the ComfyUI folder shown (names are what the nodes look for; no
 
 | node | file | folder |
 | --- | --- | --- |
-| M2H UNet Loader | `m2hvideo.safetensors` (trained with this pack's `train/`) | `models/m2hvideo/` |
-| M2H UNet Loader | `v1-5-pruned-emaonly.safetensors` (SD-1.5, for its VAE) | `models/checkpoints/` |
-| M2H UNet Loader | `clip_vision_vit_l14.safetensors` (CLIP ViT-L/14 image encoder) | `models/clip_vision/` |
+| M2H Model Loader | `m2hvideo.safetensors` (trained with this pack's `train/`) | `models/m2hvideo/` |
+| M2H Model Loader | `v1-5-pruned-emaonly.safetensors` (SD-1.5, for its VAE) | `models/checkpoints/` |
+| M2H Model Loader | `clip_vision_vit_l14.safetensors` (CLIP ViT-L/14 image encoder) | `models/clip_vision/` |
 | M2H DWPose | `yolox_l.onnx`, `dw-ll_ucoco_384.onnx` | `models/dwpose/` |
 | M2H Mannequin Segmentation | `segformer_b2_clothes/` folder, or `parsing_atr.onnx` / `parsing_lip.onnx` | `models/human_parsing/` |
-| M2H Head Encoder | insightface `antelopev2/` (or `buffalo_l/`) folder | `models/insightface/models/` |
+| M2H Identity Photo | insightface `antelopev2/` (or `buffalo_l/`) folder | `models/insightface/models/` |
 
 A self-contained M2H checkpoint (one that embeds its VAE and CLIP) needs base_model and clip_vision = none.
 insightface model packs are for non-commercial research use only.

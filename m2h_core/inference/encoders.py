@@ -46,7 +46,8 @@ class FrozenEncoders:
         return next(self.vae.parameters()).dtype
 
     def to(self, device=None, dtype=None) -> "FrozenEncoders":
-        self.vae.to(device=device, dtype=dtype)
+        # torch's own Module.to: diffusers' override warns "modules ... kept in float32: []" on every dtype cast
+        torch.nn.Module.to(self.vae, device=device, dtype=dtype)
         self.clip.to(device=device, dtype=dtype)
         return self
 
@@ -94,8 +95,9 @@ class FrozenEncoders:
             h, w = x.shape[-2:]
             s = max(h, w)
             x = F.pad(x, ((s - w) // 2, s - w - (s - w) // 2, (s - h) // 2, s - h - (s - h) // 2))
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-            out.append(self.clip(pixel_values=(x - mean) / std).image_embeds)
+            # bicubic antialiased resize has no fp16/bf16 kernel on the CPU: resize in float32, cast back
+            x = F.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+            out.append(self.clip(pixel_values=((x.to(self.dtype) - mean) / std)).image_embeds)
         e = torch.cat(out)
         return e.reshape(*lead, 1, e.shape[-1])
 

@@ -1,24 +1,59 @@
 """`m2h generate`: mannequin video file + identity photo -> human video file (paper Fig. 2b, end to end).
 
-    read video -> centre-crop/resize to the model's size (2:1) -> clothing masks (parsing model, or --masks)
-    -> body poses (DWPose, or --poses) -> identity: ArcFace embedding + landmark image (insightface), the photo's
-    face moved onto the mannequin's head (identity.py) -> sample_video -> write the video at the source fps.
+Fail fast: every check that needs no model runs first (output writable, model files' headers and presets, the
+video / photo / masks / poses decode, counts, an empty user mask), then the preprocessing models in order of cost
+(human parsing -> the empty-mask check at once -> DWPose -> face analysis), then the M2H model and the sampler.
+The inputs are built by `inputs.py`, the same code the nodes use.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
-from ..identity import PlacedIdentity, head_from_poses, prepare_identity
-from .pipeline import M2HPipeline
+from . import inputs
+from .pipeline import M2HPipeline, check_model_files, load_pipeline
 from .sampler import SamplerSettings, sample_video
-from ..video_io import center_crop_resize, read_image, read_video, write_video
+from ..config import M2HConfig
+from ..video_io import write_video
 
 log = logging.getLogger("m2h")
+
+
+@dataclass
+class ModelFiles:
+    """Where the M2H model comes from; `check` reads headers only, `load` builds the pipeline."""
+
+    checkpoint: str
+    base: str | None = None
+    clip_vision: str | None = None
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+
+    def check(self) -> M2HConfig:
+        return check_model_files(self.checkpoint, self.base, self.clip_vision)
+
+    def load(self) -> M2HPipeline:
+        return load_pipeline(self.checkpoint, base=self.base, clip_vision=self.clip_vision, device=self.device,
+                             dtype=self.dtype)
+
+
+@dataclass
+class GenerateRequest:
+    video: str
+    identity: str
+    out: str
+    masks: str | None = None  # user clothing masks instead of the parsing model
+    poses: str | None = None  # user pose video instead of DWPose
+    max_frames: int | None = None
+    parser: str = "auto"
+    face_pack: str = "antelopev2"
+    search_dirs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -26,78 +61,78 @@ class GenerateReport:
     out: str
     num_frames: int
     fps: float
-    size: tuple[int, int]
+    width: int
+    height: int
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height} (WxH)"
 
-def to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
 
-
-def clothing_masks(frames: np.ndarray, masks: str | None, parser: str, search_dirs: list[str]) -> np.ndarray:
-    from ..preprocess.masks import load_mask_sequence
-
-    if masks:
-        return load_mask_sequence(masks, num_frames=len(frames), size=frames.shape[1:3])
+def parse_masks(frames: np.ndarray, parser: str, search_dirs: list[str]) -> np.ndarray:
+    """Clothing masks of uint8 model-size frames from the human-parsing model."""
     from ..preprocess.parsing import load_parser
 
     return load_parser(parser, search_dirs=search_dirs).parse(frames, temporal_window=3).clothing_mask
 
 
-def body_poses(frames: np.ndarray, poses: str | None, fps: float, search_dirs: list[str],
-               notes: list[str]) -> tuple[np.ndarray, list | None]:
-    """Pose images p_m at the frames' size, and the keypoints when DWPose produced them (None for a pose video)."""
-    h, w = frames.shape[1:3]
-    if poses:
-        clip = read_video(poses, fps=fps)
-        out, _ = center_crop_resize(clip.frames, h, w)
-        if len(out) != len(frames):
-            raise ValueError(f"the pose video has {len(out)} frames but the mannequin video {len(frames)}")
-        return out, None
+def detect_poses(frames: np.ndarray, fps: float, search_dirs: list[str], notes: list[str]
+                 ) -> tuple[np.ndarray, list]:
+    """DWPose on uint8 model-size frames: rendered pose images and the smoothed keypoints."""
     from ..preprocess.dwpose import DWPoseDetector, render_poses
     from ..preprocess.smoothing import smooth_pose_sequence
 
-    results = DWPoseDetector(search_dirs=search_dirs).detect(frames)
-    found = [r.pose for r in results]
+    found = [r.pose for r in DWPoseDetector(search_dirs=search_dirs).detect(frames)]
     if all(p is None for p in found):
-        raise ValueError("DWPose found no person in any frame of the video")
+        raise inputs.InputError("DWPose found no person in any frame of the video: check that it shows the whole "
+                                "mannequin and is not too dark, or give --poses")
     smoothed = smooth_pose_sequence(found, fps=fps)
     if smoothed.filled_frames:
         notes.append(f"no person detected in frames {smoothed.filled_frames}: poses filled from neighbours")
+    h, w = frames.shape[1:3]
     return render_poses(smoothed.poses, h, w), smoothed.poses
 
 
-def identity_inputs(photo: np.ndarray, h: int, w: int, keypoints: list | None, pack: str, search_dirs: list[str],
-                    notes: list[str]) -> PlacedIdentity:
-    """x_id placed on the mannequin's head (or centre-cropped without keypoints), p_id and ArcFace."""
+def generate(files: ModelFiles, req: GenerateRequest, settings: SamplerSettings | None = None,
+             progress: Callable[[int, int], None] | None = None) -> GenerateReport:
+    inputs.check_output_path(req.out)
+    cfg = files.check()
+    h, w = cfg.height, cfg.width
+    clip = inputs.read_video_file(req.video, max_frames=req.max_frames)
+    photo = inputs.read_photo(req.identity)
+    n, capped = clip.frames.shape[0], req.max_frames is not None
+    user_masks = inputs.read_mask_file(req.masks, n, capped) if req.masks else None
+    user_poses = inputs.read_pose_file(req.poses, n, clip.fps, capped) if req.poses else None
+    if user_masks is not None:
+        if float(user_masks.max()) <= 0:
+            raise inputs.InputError(f"{req.masks}: the clothing mask is empty in every frame (white = clothing)")
+    settings, notes = (settings or SamplerSettings()).for_video(cfg, n)
+    # --- preprocessing models (the masks first: an empty parse stops before DWPose and the face analysis)
+    fitted = inputs.to_uint8(inputs.fit_frames(clip.frames, h, w)[0]) if user_masks is None or user_poses is None \
+        else None
+    masks = user_masks if user_masks is not None else parse_masks(fitted, req.parser, req.search_dirs)
+    if user_masks is None and not masks.any():
+        raise inputs.InputError(f"{req.video}: the parsing model found no clothing in any frame; check the video "
+                                "or give --masks")
+    keypoints = None
+    if user_poses is None:
+        user_poses, keypoints = detect_poses(fitted, clip.fps, req.search_dirs, notes)
+    video = inputs.prepare_video(clip.frames, masks, user_poses, h, w)
     from ..preprocess.face import FaceAnalyzer
 
-    face = FaceAnalyzer(pack, search_dirs=search_dirs).analyze(photo)
-    if face.num_faces > 1:
-        notes.append(f"{face.num_faces} faces in the identity photo: using the largest")
-    head = head_from_poses(keypoints, h, w, h, w)[0] if keypoints else None
-    placed = prepare_identity(photo, face, h, w, head)
-    notes.append(f"identity photo: {placed.description}")
-    return placed
-
-
-def generate(pipe: M2HPipeline, video: str, identity: str, out: str, *, settings: SamplerSettings,
-             masks: str | None = None, poses: str | None = None, max_frames: int | None = None,
-             parser: str = "auto", face_pack: str = "antelopev2", search_dirs: list[str] | None = None,
-             progress=None) -> GenerateReport:
-    dirs = list(search_dirs or [])
-    notes: list[str] = []
-    clip = read_video(video, max_frames=max_frames)
-    h, w = pipe.cfg.height, pipe.cfg.width
-    frames, info = center_crop_resize(clip.frames, h, w)
-    notes.append(f"video: {info.describe()}")
-    m = clothing_masks(frames, masks, parser, dirs)
-    p, keypoints = body_poses(frames, poses, clip.fps, dirs, notes)
-    ident = identity_inputs(read_image(identity), h, w, keypoints, face_pack, dirs, notes)
-    result = sample_video(pipe.model, pipe.encoders, to_tensor(frames), torch.from_numpy(m.astype(np.float32)),
-                          to_tensor(p), to_tensor(ident.image[None])[0], to_tensor(ident.landmark_image[None])[0],
-                          torch.from_numpy(ident.arcface), settings, progress=progress)
-    pixels = (result.frames.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    write_video(out, pixels, clip.fps)
-    return GenerateReport(out=out, num_frames=len(pixels), fps=clip.fps, size=(h, w), notes=notes)
+    face, face_notes = inputs.analyze_face(photo, FaceAnalyzer(req.face_pack, search_dirs=req.search_dirs),
+                                           os.fspath(req.identity))
+    ident, id_notes = inputs.place_identity(photo, face, h, w, placement="head_from_pose" if keypoints else
+                                            "fit_photo", poses=keypoints, identity_input=cfg.identity_input)
+    notes += (list(getattr(clip, "notes", [])) + [video.notes[0]] + ([video.notes[1]] if req.masks else [])
+              + ([video.notes[2]] if req.poses else []) + face_notes + id_notes)
+    # --- the M2H model
+    pipe = files.load()
+    result = sample_video(pipe.model, pipe.encoders, video, ident, settings, progress=progress)
+    pixels = inputs.to_uint8(result.frames.permute(0, 2, 3, 1))
+    try:
+        write_video(req.out, pixels, clip.fps)
+    except OSError as e:
+        raise inputs.InputError(f"{req.out}: could not write the video ({e.strerror or e})") from None
+    return GenerateReport(req.out, len(pixels), clip.fps, w, h, notes)

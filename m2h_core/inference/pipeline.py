@@ -19,8 +19,9 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 from transformers import CLIPVisionModelWithProjection
 
-from ..base_weights import hf_clip_config, load_clip_vision, load_motion_adapter, load_sd15
-from ..checkpoint import load_checkpoint, read_config
+from ..base_weights import (check_base_files, hf_clip_config, load_clip_vision, load_motion_adapter, load_sd15,
+                            quiet_empty_fp32_notice)
+from ..checkpoint import check_checkpoint_file, has_embedded_encoders, load_checkpoint
 from ..config import M2HConfig, sd15
 from .encoders import FrozenEncoders
 from ..models.m2h import M2HModel
@@ -60,29 +61,48 @@ def embedded_encoders(path: str | os.PathLike, cfg: M2HConfig) -> FrozenEncoders
     return FrozenEncoders(vae.eval().requires_grad_(False), clip.eval().requires_grad_(False), cfg)
 
 
+def check_model_files(checkpoint: str | os.PathLike | None = None, base: str | os.PathLike | None = None,
+                      clip_vision: str | os.PathLike | None = None, motion_module: str | os.PathLike | None = None,
+                      config: M2HConfig | None = None) -> M2HConfig:
+    """Every check on the model files that needs no model (file headers only): they exist and are readable, the
+    checkpoint is complete, the encoders it lacks are given, and the base / CLIP files are of its preset (a tiny
+    checkpoint with an SD-1.5 base is named as such). Returns the model's config."""
+    for what, p in (("M2H checkpoint", checkpoint), ("base model", base), ("CLIP image encoder", clip_vision),
+                    ("motion module", motion_module)):
+        if p is not None and not Path(p).exists():
+            raise FileNotFoundError(f"{what} not found: {p}")
+    if checkpoint is None:
+        if base is None:
+            raise ValueError("give an M2H checkpoint, or an SD-1.5 base checkpoint to start training from")
+        cfg, name, embedded = config or sd15(), None, False
+    else:
+        cfg, name, embedded = check_checkpoint_file(checkpoint), Path(checkpoint).name, has_embedded_encoders(checkpoint)
+    if not embedded:
+        missing = [n for n, p in (("an SD-1.5 base checkpoint (for its VAE)", base),
+                                  ("a CLIP ViT-L/14 image encoder (clip_vision)", clip_vision)) if p is None]
+        if missing:
+            raise ValueError(f"{name or 'this model'} does not embed its VAE and CLIP image encoder: also give "
+                             f"{' and '.join(missing)}")
+        check_base_files(cfg, base, clip_vision, name)
+    return cfg
+
+
 def load_pipeline(checkpoint: str | os.PathLike | None = None, base: str | os.PathLike | None = None,
                   clip_vision: str | os.PathLike | None = None, motion_module: str | os.PathLike | None = None,
                   config: M2HConfig | None = None, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32) -> M2HPipeline:
-    """Assemble the pipeline from local files; a missing file is named with what it is for."""
+    """Assemble the pipeline from local files (`check_model_files` first: a bad file fails before any model)."""
+    cfg = check_model_files(checkpoint, base, clip_vision, motion_module, config)
+    encoders = None
     if checkpoint is not None:
-        cfg = read_config(checkpoint)
         model = load_checkpoint(checkpoint)
         encoders = embedded_encoders(checkpoint, cfg)
     else:
-        cfg = config or sd15()
-        if base is None:
-            raise ValueError("give an M2H checkpoint, or an SD-1.5 base checkpoint to start training from")
         unet2d, _ = load_sd15(base, cfg)
         motion = load_motion_adapter(motion_module, cfg) if motion_module and cfg.use_motion else None
-        model = M2HModel(cfg, unet=build_unet(cfg, unet2d, motion))
-        encoders = None
+        with quiet_empty_fp32_notice():
+            model = M2HModel(cfg, unet=build_unet(cfg, unet2d, motion))
     if encoders is None:
-        missing = [n for n, p in (("an SD-1.5 base checkpoint (for its VAE)", base),
-                                  ("a CLIP ViT-L/14 image encoder (clip_vision)", clip_vision)) if p is None]
-        if missing:
-            raise ValueError(f"{Path(checkpoint).name if checkpoint else 'this model'} does not embed its VAE and "
-                             f"CLIP image encoder: also give {' and '.join(missing)}")
         _, vae = load_sd15(base, cfg)
         encoders = FrozenEncoders(vae.eval().requires_grad_(False), load_clip_vision(clip_vision, cfg), cfg)
     return M2HPipeline(model.eval(), encoders).to(device, dtype)

@@ -1,11 +1,14 @@
 """The M2H sampler (paper Fig. 2b): clothing frames + masks + body poses + identity -> human video.
 
-One engine for the ComfyUI sampler node, `m2h generate` and the trainer's validation videos.
+One engine for the ComfyUI sampler node, `m2h generate` and the trainer's validation videos. Its inputs are the
+typed, already-checked `VideoInputs` and `IdentityInputs` of `inputs.py`; defaults live in `defaults.py`.
 
 - Everything that does not depend on the timestep (VAE of the clothing frames, CLIP tokens, E_pose, E_id, H and
   the adapter's key/value projections) is computed once per video by `M2HModel.encode_conditions`.
 - Classifier-free guidance (default 7.5): the conditional and unconditional branches run as one batch; the
-  unconditional branch drops the identity tokens f_pi and the CLIP clothing tokens (see `models/m2h.py`).
+  unconditional branch drops the identity tokens f_pi and the CLIP clothing tokens (see `models/m2h.py`). Whether
+  CFG runs is decided once (`SamplerSettings.classifier_free`): it builds the 2B conditioning batch, and
+  `guided_epsilon` reads it back from that batch (a mismatch with the scale is an error, never a silent mix).
 - Any number of frames: the model sees `context_frames` at a time; overlapping windows (no wrap-around, the
   last window aligned to the end) are blended with linear ramps over the overlap, so memory does not grow with
   video length and there is no seam at window edges. The scheduler then steps the whole video's latents.
@@ -14,7 +17,7 @@ One engine for the ComfyUI sampler node, `m2h generate` and the trainer's valida
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -25,10 +28,13 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from . import defaults
 from .encoders import FrozenEncoders
+from .inputs import IdentityInputs, InputError, VideoInputs, check_pair
+from ..config import M2HConfig
 from ..models.m2h import M2HConditioning, M2HModel
 
-SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "unipc")
+SCHEDULERS = defaults.SCHEDULERS
 
 
 class SamplingCancelled(RuntimeError):
@@ -41,12 +47,40 @@ class SamplingError(RuntimeError):
 
 @dataclass
 class SamplerSettings:
-    steps: int = 50
-    guidance_scale: float = 7.5
-    scheduler: str = "ddim"
-    seed: int = 0
-    context_frames: int = 8
-    context_overlap: int = 4
+    """How to sample (paper IV-B defaults). context_frames 0 = the model's trained clip length (cfg.num_frames)."""
+
+    steps: int = defaults.STEPS
+    guidance_scale: float = defaults.GUIDANCE_SCALE
+    scheduler: str = defaults.SCHEDULER
+    seed: int = defaults.SEED
+    context_frames: int = defaults.CONTEXT_FRAMES_AUTO
+    context_overlap: int = defaults.CONTEXT_OVERLAP
+
+    @property
+    def classifier_free(self) -> bool:
+        """The one CFG decision: True builds the [conditional; unconditional] batch and blends the two."""
+        return self.guidance_scale != 1.0
+
+    def for_video(self, cfg: M2HConfig, num_frames: int) -> tuple["SamplerSettings", list[str]]:
+        """Checked settings for a video of `num_frames` frames of this model: the context window defaults to the
+        model's trained frame count and is clamped to the video; returns them and what was adjusted (for the log)."""
+        if self.steps < 1:
+            raise InputError(f"steps must be at least 1, got {self.steps}")
+        if self.guidance_scale < 1.0:
+            raise InputError(f"the guidance scale (cfg) must be >= 1 (1 = off), got {self.guidance_scale}")
+        if self.scheduler not in SCHEDULERS:
+            raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if self.context_frames < 0 or self.context_overlap < 0:
+            raise InputError(f"context frames and overlap must be >= 0, got {self.context_frames} and "
+                             f"{self.context_overlap}")
+        asked = self.context_frames or cfg.num_frames
+        cf = max(1, min(asked, num_frames))
+        co = min(self.context_overlap, cf - 1)
+        notes = []
+        if (cf, co) != (asked, self.context_overlap):
+            notes.append(f"context {asked}/{self.context_overlap} (frames/overlap) adjusted to {cf}/{co} for a "
+                         f"{num_frames}-frame video")
+        return replace(self, context_frames=cf, context_overlap=co), notes
 
 
 @dataclass
@@ -96,10 +130,22 @@ def window_weights(index: torch.Tensor, num_frames: int, overlap: int) -> torch.
     return w
 
 
+def classifier_free_batch(cond: M2HConditioning, batch: int) -> bool:
+    """Whether `cond` was built with the unconditional branch (`encode_conditions(classifier_free=True)`)."""
+    uncond = getattr(cond.kv, "uncond", None)  # adapter key/values that append the zero tokens per window
+    return bool(uncond) if uncond is not None else cond.unet_input.shape[0] == 2 * batch
+
+
 def guided_epsilon(model: M2HModel, z: torch.Tensor, t: torch.Tensor, cond: M2HConditioning,
                    index: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
-    """Epsilon for a window; with CFG both branches are one batch (cond is a 2B classifier-free batch)."""
-    if guidance_scale == 1.0:
+    """Epsilon for a window. CFG runs exactly when `cond` is a 2B classifier-free batch (built from
+    `SamplerSettings.classifier_free`); a scale that disagrees with the batch is an error."""
+    paired = classifier_free_batch(cond, z.shape[0])
+    if paired != (guidance_scale != 1.0):
+        raise ValueError(f"guidance scale {guidance_scale} but the conditioning was built "
+                         f"{'with' if paired else 'without'} the unconditional branch: build it with "
+                         "classifier_free=SamplerSettings.classifier_free")
+    if not paired:
         return model.denoise(z, t, cond, frames=index).float()
     eps_c, eps_u = model.denoise(torch.cat([z, z]), t, cond, frames=index).float().chunk(2)
     return eps_u + guidance_scale * (eps_c - eps_u)
@@ -144,54 +190,36 @@ def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[
     return latents
 
 
-def check_video_inputs(frames: torch.Tensor, clothing_masks: torch.Tensor, pose_images: torch.Tensor,
-                       identity_image: torch.Tensor, identity_landmarks: torch.Tensor, multiple: int) -> None:
-    """Clear errors for the mistakes users make with video inputs (frame counts, sizes, empty masks)."""
-    n, _, h, w = frames.shape
-    if clothing_masks.shape[0] != n or pose_images.shape[0] != n:
-        raise ValueError(f"{n} clothing frames, {clothing_masks.shape[0]} clothing masks and {pose_images.shape[0]} "
-                         "pose images: give one mask and one pose image per frame (trim or re-extract them)")
-    if h % multiple or w % multiple:
-        raise ValueError(f"frame size {h}x{w} is not a multiple of {multiple}; resize or crop the video "
-                         f"(e.g. to {h - h % multiple}x{w - w % multiple})")
-    for name, x in (("clothing masks", clothing_masks), ("pose images", pose_images)):
-        if tuple(x.shape[-2:]) != (h, w):
-            raise ValueError(f"{name} are {tuple(x.shape[-2:])} px but the frames are {(h, w)}: resize them")
-    for name, x in (("identity image", identity_image), ("identity landmarks", identity_landmarks)):
-        if tuple(x.shape[-2:]) != (h, w):
-            raise ValueError(f"the {name} is {tuple(x.shape[-2:])} px; it must be at the frames' size {(h, w)}")
-    if float(clothing_masks.float().amax()) <= 0:
-        raise ValueError("the clothing mask is empty in every frame: nothing would carry the clothes. Check the "
-                         "segmentation (clothing classes, threshold) or supply masks")
-    for name, x in (("frames", frames), ("pose images", pose_images), ("identity image", identity_image)):
-        if not torch.isfinite(x).all():
-            raise ValueError(f"the {name} contain NaN or inf")
+def _typed_inputs(video, identity, rest: tuple, settings):
+    """Backward-compatible call: sample_video(model, encoders, frames, clothing_masks, pose_images, identity_image,
+    identity_landmarks, arcface[, settings]) with tensors, as the trainer, evaluate.py and the demo still call it."""
+    if isinstance(video, VideoInputs):
+        return video, identity, rest[0] if rest else settings
+    poses, image, landmarks, arcface, *more = rest
+    masks = identity[:, 0] if identity.ndim == 4 else identity
+    return (VideoInputs(video, masks, poses), IdentityInputs(image, landmarks, arcface.reshape(-1)),
+            more[0] if more else settings)
 
 
-def sample_video(model: M2HModel, encoders: FrozenEncoders, frames: torch.Tensor, clothing_masks: torch.Tensor,
-                 pose_images: torch.Tensor, identity_image: torch.Tensor, identity_landmarks: torch.Tensor,
-                 arcface: torch.Tensor, settings: SamplerSettings | None = None,
-                 progress: Callable[[int, int], None] | None = None,
+def sample_video(model: M2HModel, encoders: FrozenEncoders, video: VideoInputs, identity: IdentityInputs, *rest,
+                 settings: SamplerSettings | None = None, progress: Callable[[int, int], None] | None = None,
                  cancel: Callable[[], bool] | None = None,
                  offload_device: str | torch.device | None = None) -> SampleResult:
-    """Generate the human video.
+    """Generate the human video from checked inputs (`inputs.prepare_video`, `inputs.place_identity`).
 
-    frames (N, 3, H, W) mannequin/clothing frames in [0, 1]; clothing_masks (N, H, W) in {0, 1};
-    pose_images (N, 3, H, W) in [0, 1]; identity_image, identity_landmarks (3, H, W) in [0, 1]; arcface (512,).
-    offload_device (e.g. "cpu"): keep only the stage that runs on the accelerator — the VAE and CLIP are moved
-    there while the UNet denoises, and the UNet while the VAE decodes.
+    settings may also be the fifth positional argument. offload_device (e.g. "cpu"): keep only the stage that
+    runs on the accelerator — the VAE and CLIP are moved there while the UNet denoises, and the UNet while the
+    VAE decodes.
     """
-    settings = settings or SamplerSettings()
-    if clothing_masks.ndim == 4:
-        clothing_masks = clothing_masks[:, 0]
-    check_video_inputs(frames, clothing_masks, pose_images, identity_image, identity_landmarks,
-                       model.cfg.vae.downscale)
+    video, identity, settings = _typed_inputs(video, identity, rest, settings)
+    check_pair(video, identity, model.cfg.vae.downscale)
+    settings, _ = (settings or SamplerSettings()).for_video(model.cfg, video.num_frames)
     with torch.no_grad():
-        inputs = encoders.make_inputs(frames[None], clothing_masks[None], pose_images[None], identity_image[None],
-                                      identity_landmarks[None], arcface.reshape(1, -1))
+        inputs = encoders.make_inputs(video.frames[None], video.clothing_masks[None], video.pose_images[None],
+                                      identity.image[None], identity.landmarks[None], identity.arcface[None])
         dtype = next(model.parameters()).dtype
         inputs = inputs.to(next(model.parameters()).device, dtype)
-        cond = model.encode_conditions(inputs, classifier_free=settings.guidance_scale != 1.0)
+        cond = model.encode_conditions(inputs, classifier_free=settings.classifier_free)
         latent_shape = tuple(inputs.clothing_latents.shape)
         del inputs  # full-resolution pose images are not needed any more
     device = encoders.device

@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 
 from .masks import to_rgb_uint8
-from .model_files import MissingModelError, create_onnx_session, find_model_file, get_spec, onnx_providers
+from .model_files import (MissingModelError, create_onnx_session, find_model_file, get_spec, onnx_load_error,
+                          onnx_providers)
 
 #: ArcFace 5-point template at 112x112 (left eye, right eye, nose tip, left mouth corner, right mouth corner).
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -225,6 +226,14 @@ class LandmarkModel:
         return (pts @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
 
 
+def _get_model(model_zoo, path: Path, providers: Sequence[str]):
+    """insightface's model_zoo.get_model, with one line naming the file when it does not load (corrupt ONNX)."""
+    try:
+        return model_zoo.get_model(str(path), providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnx / onnxruntime / protobuf errors of a bad file
+        raise onnx_load_error(path, e) from None
+
+
 class FaceAnalyzer:
     """Detector + ArcFace recognizer (+ landmarks when the pack has them) of an insightface pack.
 
@@ -243,11 +252,11 @@ class FaceAnalyzer:
         self.providers = list(providers) if providers else onnx_providers()
         ctx = 0 if "CUDAExecutionProvider" in self.providers else -1
         self.det_size = tuple(det_size)
-        self.detector = model_zoo.get_model(str(self.folder / fp.detector), providers=self.providers)
+        self.detector = _get_model(model_zoo, self.folder / fp.detector, self.providers)
         if self.detector is None or getattr(self.detector, "taskname", "") != "detection":
             raise ValueError(f"{fp.detector} in {self.folder} is not a face detector (bad or truncated file?)")
         self.detector.prepare(ctx, input_size=self.det_size, det_thresh=det_thresh)
-        self.recognizer = model_zoo.get_model(str(self.folder / fp.recognizer), providers=self.providers)
+        self.recognizer = _get_model(model_zoo, self.folder / fp.recognizer, self.providers)
         if self.recognizer is None or getattr(self.recognizer, "taskname", "") != "recognition":
             raise ValueError(f"{fp.recognizer} in {self.folder} is not an ArcFace recognizer")
         self.recognizer.prepare(ctx)

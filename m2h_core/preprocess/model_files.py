@@ -112,6 +112,72 @@ def _spec_for(kind: str, name: str) -> ModelSpec | None:
     return None
 
 
+class ModelFileError(ValueError):
+    """A model file that exists but cannot be loaded: one line naming it, what it seems to be, and the fix."""
+
+
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+    (b"\x1a\x45\xdf\xa3", "a WebM/Matroska video"), (b"PK\x03\x04", "a ZIP archive (e.g. a PyTorch .pt/.ckpt)"),
+    (b"version https://git-lfs", "a Git LFS pointer, not the file itself (fetch it with git lfs pull)"),
+    (b"\x1f\x8b", "a gzip archive"), (b"7z\xbc\xaf", "a 7-Zip archive"), (b"Rar!", "a RAR archive"),
+)
+
+
+def describe_file(path: str | os.PathLike) -> str:
+    """What a file seems to be from its first bytes, in words ("an empty file", "an HTML page (...)", ...)."""
+    p = Path(path)
+    if p.is_dir():
+        return "a folder"
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            head = f.read(64)
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    if size == 0:
+        return "an empty file (an interrupted download?)"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV video"
+    if head[:4] == b"RIFF":
+        return {b"WEBP": "a WebP image", b"AVI ": "an AVI video"}.get(head[8:12], "a RIFF file")
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle file"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return _describe_safetensors(p, size)
+    stripped = head.lstrip().lower()
+    if stripped.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "an HTML page, not a model (a download-error or login page?)"
+    if all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        return f"a text file of {size:,} bytes"
+    return f"a binary file of {size:,} bytes"
+
+
+def _describe_safetensors(p: Path, size: int) -> str:
+    """A safetensors file, and whether it is shorter than its header says (an interrupted download)."""
+    import json
+
+    try:
+        with open(p, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n)) if n < (100 << 20) else {}
+        end = 8 + n + max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"a safetensors file of {size:,} bytes with an unreadable header"
+    if size < end:
+        return f"a safetensors file cut short: {size:,} of {end:,} bytes (an interrupted download or copy?)"
+    return f"a safetensors file of {size:,} bytes"
+
+
+def spec_for_file(path: str | os.PathLike) -> ModelSpec | None:
+    """The registry entry whose file (or folder) name matches `path`'s name, if any."""
+    name = Path(path).name.lower()
+    return next((s for s in REGISTRY if name in {n.lower() for n in s.filenames}), None)
+
+
 class MissingModelError(FileNotFoundError):
     """A model file was not found; the message says what, where we looked, where to put it, where to get it."""
 
@@ -279,7 +345,23 @@ def create_onnx_session(path: str | os.PathLike, providers: Sequence[str] | None
     opts.intra_op_num_threads = n
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers or onnx_providers()))
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers or onnx_providers()))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
+        raise onnx_load_error(path, e) from None
+
+
+def onnx_load_error(path: str | os.PathLike, err: BaseException) -> ModelFileError:
+    """One line for an .onnx file onnxruntime refused: the file, what it seems to be, and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        return ModelFileError(f"{p}: ONNX model not found ({describe_file(p)})")
+    spec = spec_for_file(p)
+    where = f" from {spec.source}" if spec else ""
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    detail = detail.split(" : ")[-1][:160]
+    return ModelFileError(f"{p}: not a loadable ONNX model ({describe_file(p)}; onnxruntime: {detail}); "
+                          f"delete it and download it again{where}")
 
 
 # ----------------------------------------------------------------------------------------------- doctor

@@ -1,0 +1,15 @@
+"""The one place for sampling defaults: `SamplerSettings`, the `m2h generate` flags and the sampler node's widgets
+all read these (paper Sec. IV-B: "the DDIM sampler with 50 steps and ... classifier-free guidance, applying a scale
+factor of 7.5"). Plain constants, no imports: `nodes/spec.py` reads them without loading torch.
+
+The model's own config wins over generic values: a context window of `CONTEXT_FRAMES_AUTO` (0) means the frame
+count the checkpoint was trained with (`M2HConfig.num_frames`), and the working size is always the config's.
+"""
+
+STEPS = 50
+GUIDANCE_SCALE = 7.5
+SCHEDULER = "ddim"
+SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "unipc")
+SEED = 0
+CONTEXT_FRAMES_AUTO = 0  # = M2HConfig.num_frames, the clip length the model was trained on
+CONTEXT_OVERLAP = 4
