@@ -11,6 +11,7 @@ never written to.
     python benchmarks/mutation_check.py --all           # every mutant, the whole suite (slow)
     python benchmarks/mutation_check.py -k lpips -k cfg # mutants whose name contains a word
     python benchmarks/mutation_check.py --check-needles # only report needles that no longer match the code
+    python benchmarks/mutation_check.py -k window --tests tests/test_sampler.py --every  # what one file catches
     python benchmarks/mutation_check.py --list
 
 One line per mutant: `killed` (with the first failing test), `SURVIVED`, `STALE` (a needle is missing or not
@@ -77,9 +78,16 @@ MUTANTS: list[Mutant] = [
     m("lpips-first-layer-only", "LPIPS uses only relu1_2", ["tests/test_metrics.py"],
       [(METRICS, "for k, name in enumerate(LPIPS_LAYERS):", "for k, name in enumerate(LPIPS_LAYERS[:1]):")]),
     m("node-swaps-frames-and-poses", "the sampler node swaps clothing frames and pose images", ["tests/test_nodes.py"],
+      [("nodes/logic.py", "res = sample_video(pipeline.model, pipeline.encoders, video,",
+        "res = sample_video(pipeline.model, pipeline.encoders, type(video)(video.pose_images, "
+        "video.clothing_masks, video.frames),")],
       [("nodes/logic.py", "bhwc_to_nchw(fitted.frames), fitted.masks,", "bhwc_to_nchw(fitted.poses), fitted.masks,"),
        ("nodes/logic.py", "bhwc_to_nchw(fitted.poses), head.identity_image",
         "bhwc_to_nchw(fitted.frames), head.identity_image")]),
+    m("node-inputs-swap-frames-and-poses", "the node's input preparation swaps clothing frames and pose images",
+      ["tests/test_nodes.py"],
+      [("nodes/logic.py", "return inputs.prepare_video(frames, masks, poses, h, w)",
+        "return inputs.prepare_video(poses, masks, frames, h, w)")]),
     # -- further mutants in central places --------------------------------------------------------------------
     m("windows-unnormalised", "blended window predictions not divided by the summed weights", T_SAMPLER,
       [(SAMPLER, "            eps = eps / total", "            eps = eps / len(windows)")]),
@@ -88,7 +96,8 @@ MUTANTS: list[Mutant] = [
         "model_in[:, idx], t, cond, (idx - 1).clamp_min(0), settings.guidance_scale")]),
     m("cfg-combination", "classifier-free guidance pushes towards the unconditional branch",
       ["tests/test_sampler.py"],
-      [(SAMPLER, "return eps_u + guidance_scale * (eps_c - eps_u)", "return eps_c + guidance_scale * (eps_u - eps_c)")]),
+      [(SAMPLER, "return eps_u + guidance_scale * (eps_c - eps_u)",
+        "return eps_c + guidance_scale * (eps_u - eps_c)")]),
     m("adapter-eq3-no-std", "Eq. 3 matches the mean but not the standard deviation", ["tests/test_model.py"],
       [("m2h_core/models/adapter.py", "return (x - mu_x) / (sd_x + eps) * sd_r + mu_r", "return (x - mu_x) + mu_r")]),
     m("adapter-eq3-stats-per-channel", "Eq. 3 statistics over tokens only (per channel)", ["tests/test_model.py"],
@@ -114,10 +123,40 @@ MUTANTS: list[Mutant] = [
       [(METRICS, "np.atleast_2d(np.cov(f, rowvar=False))", "np.atleast_2d(np.cov(f, rowvar=False, bias=True))")]),
     m("psnr-per-pixel-not-per-channel", "masked PSNR's MSE divided by pixels, not pixels x 3",
       ["tests/test_metrics.py"], [(METRICS, "/ (3 * count))", "/ count)")]),
-    m("mask-crop-nearest-to-linear", "masks resized with linear interpolation instead of nearest",
-      ["tests/test_video_io.py", "tests/test_preprocess_parsing.py", "tests/test_nodes.py"],
-      [("m2h_core/video_io.py", "interpolation: int | None = None) -> np.ndarray:",
-        "interpolation: int | None = 1) -> np.ndarray:")]),
+    m("mask-crop-resize-linear", "clothing masks cropped/resized with linear instead of nearest interpolation",
+      ["tests/test_video_io.py", "tests/test_nodes.py"],
+      [("m2h_core/video_io.py", "return apply_crop(m, info, cv2.INTER_NEAREST)",
+        "return apply_crop(m, info, cv2.INTER_LINEAR)")]),
+    m("center-crop-not-centred", "the centre crop takes the left/top edge", ["tests/test_video_io.py"],
+      [("m2h_core/video_io.py", "x0 = (src_width - crop_w) // 2", "x0 = 0")]),
+    m("user-mask-resize-linear", "user mask sequences resized with linear interpolation (masks grow)",
+      ["tests/test_preprocess_parsing.py"],
+      [("m2h_core/preprocess/masks.py", "interpolation=cv2.INTER_NEAREST) > 0",
+        "interpolation=cv2.INTER_LINEAR) > 0")]),
+    m("erode-one-px-less", "grow_mask erodes one pixel less than asked", ["tests/test_preprocess_parsing.py"],
+      [("m2h_core/preprocess/masks.py", "(2 * abs(px) + 1, 2 * abs(px) + 1))", "(2 * abs(px) - 1, 2 * abs(px) - 1))")]),
+    m("pose-limbs-opaque", "OpenPose limbs drawn opaque instead of at 0.6 alpha", ["tests/test_pose_render.py"],
+      [("m2h_core/pose_render.py", "alpha: float = 0.6) -> None:", "alpha: float = 1.0) -> None:")]),
+    m("pose-scaled-no-shift", "PoseFrame.scaled ignores dx", ["tests/test_pose_render.py"],
+      [("m2h_core/pose_render.py", "a[..., 0] = a[..., 0] * sx + dx", "a[..., 0] = a[..., 0] * sx")]),
+    m("head-region-no-hair", "the head region is not widened above the brows for hair",
+      ["tests/test_identity_region.py"],
+      [("m2h_core/identity.py", "top, bottom = y1 - HEAD_MARGIN_TOP * bh,", "top, bottom = y1,")]),
+    m("nms-keeps-overlaps", "NMS compares IoU the wrong way round", ["tests/test_preprocess_dwpose.py"],
+      [("m2h_core/preprocess/dwpose.py", "order = rest[iou <= iou_threshold]", "order = rest[iou >= iou_threshold]")]),
+    m("simcc-split-ratio-ignored", "SimCC locations not divided by the split ratio",
+      ["tests/test_preprocess_dwpose.py"],
+      [("m2h_core/preprocess/dwpose.py", "return (locs / split_ratio).reshape(n, k, 2)",
+        "return locs.reshape(n, k, 2)")]),
+    m("letterbox-not-aspect", "letterbox ratio from the height only", ["tests/test_preprocess_dwpose.py"],
+      [("m2h_core/preprocess/dwpose.py", "r = min(size[0] / h, size[1] / w)", "r = size[0] / h")]),
+    m("umeyama-no-reflection-guard", "face alignment allows a reflection", ["tests/test_preprocess_face.py"],
+      [("m2h_core/preprocess/face.py", "scale = (sig * d).sum() / var if var > 0 else 1.0",
+        "scale = sig.sum() / var if var > 0 else 1.0")]),
+    m("demo-trains-nothing", "the demo's training does not change the model (lr 0)", ["tests/test_demo.py"],
+      [("m2h_core/demo/run.py", "batch_size=s.batch_size, lr=s.lr,", "batch_size=s.batch_size, lr=0.0,")]),
+    m("optimizer-step-skipped", "the trainer never applies its optimizer step", ["tests/test_train.py"],
+      [(TRAINER, "        self.optimizer.step()\n", "        pass\n")]),
 ]
 
 
@@ -153,10 +192,13 @@ def pick_variant(mutant: Mutant, root: Path) -> tuple[list[Patch] | None, str]:
     return None, " | ".join(problems)
 
 
-def run_tests(root: Path, tests: list[str], timeout: float) -> tuple[str, str, float]:
-    """('passed' | 'failed' | 'timeout', first failing test or last output line, seconds)."""
+def run_tests(root: Path, tests: list[str], timeout: float, every: bool = False) -> tuple[str, str, float]:
+    """('passed' | 'failed' | 'timeout', failing test(s) or the last output line, seconds).
+    every: run on after the first failure and name every failing test."""
     env = dict(os.environ, PYTHONPATH=str(root), PYTHONDONTWRITEBYTECODE="1")
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-W", "ignore", *tests]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore", *tests]
+    if not every:
+        cmd.insert(3, "-x")
     start = time.time()
     try:
         proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
@@ -168,7 +210,9 @@ def run_tests(root: Path, tests: list[str], timeout: float) -> tuple[str, str, f
         return "passed", "", seconds
     failing = re.findall(r"^(?:FAILED|ERROR) (\S+)", text, flags=re.M)
     lines = [line for line in text.splitlines() if line.strip()]
-    return "failed", failing[0] if failing else (lines[-1] if lines else f"exit {proc.returncode}"), seconds
+    if failing:
+        return "failed", " ".join(failing if every else failing[:1]), seconds
+    return "failed", lines[-1] if lines else f"exit {proc.returncode}", seconds
 
 
 def check_imports_from(root: Path) -> None:
@@ -186,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-k", action="append", default=[], help="only mutants whose name contains this (repeatable)")
     ap.add_argument("--all", action="store_true", help="run the whole suite for every mutant, not its test files")
+    ap.add_argument("--tests", nargs="+", help="run these test files/ids for every mutant instead of its own")
+    ap.add_argument("--every", action="store_true", help="do not stop at the first failure: name every failing test")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--check-needles", action="store_true", help="only check that every needle still matches")
     ap.add_argument("--no-baseline", action="store_true", help="skip the run of the unmutated tests")
@@ -213,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         check_imports_from(root)
         print(f"copy of {REPO} at {root}", flush=True)
         if not args.no_baseline:
-            union = ["tests"] if args.all else sorted({t for mu in mutants for t in mu.tests})
+            union = ["tests"] if args.all else args.tests or sorted({t for mu in mutants for t in mu.tests})
             status, first, secs = run_tests(root, union, args.timeout)
             print(f"baseline {status:8s} {secs:6.0f}s  {' '.join(union)} {first}", flush=True)
             if status != "passed":
@@ -231,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                 for rel, needle, repl in variant:
                     path = root / rel
                     path.write_text(path.read_text().replace(needle, repl, 1))
-                status, first, secs = run_tests(root, ["tests"] if args.all else mu.tests, args.timeout)
+                tests = ["tests"] if args.all else args.tests or mu.tests
+                status, first, secs = run_tests(root, tests, args.timeout, args.every)
             finally:
                 for rel, text in originals.items():
                     (root / rel).write_text(text)

@@ -32,7 +32,6 @@ def test_quick_demo_writes_every_file(quick_run):
     n = DemoSettings.quick().identity_sheet_people
     assert sheet.shape[0] > 3 * 64 * 3 and sheet.shape[1] == n * 32 * 3 + (n - 1) * 4
     assert report.video.name in ("result.mp4", "result.gif") and report.video.is_file()
-    assert report.seconds < 60
 
 
 def test_quick_demo_video_has_frames_size_and_fps(quick_run):

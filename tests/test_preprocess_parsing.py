@@ -157,12 +157,18 @@ def test_fill_grow_feather():
     m[10:30, 10:30] = True
     m[18:22, 18:22] = False  # hole
     assert mk.fill_holes(m)[20, 20] and not mk.fill_holes(m)[5, 5]
-    g = mk.grow_mask(m, 3)
-    assert g[8, 20] and not g[5, 20]
-    s = mk.grow_mask(mk.fill_holes(m), -3)
-    assert not s[11, 20] and s[20, 20]
+    g = mk.grow_mask(m, 3)  # exactly 3 px out along the sides; the elliptical kernel rounds the corners
+    assert np.flatnonzero(g[:, 20]).tolist() == list(range(7, 33))
+    assert np.flatnonzero(g[20]).tolist() == list(range(7, 33))
+    assert not g[7, 7] and g[8, 8]
+    s = mk.grow_mask(mk.fill_holes(m), -3)  # eroding the filled 20x20 square by 3 px leaves rows/cols 13..26
+    expected = np.zeros((40, 40), bool)
+    expected[13:27, 13:27] = True
+    assert np.array_equal(s, expected)
     f = mk.feather_mask(mk.fill_holes(m), 4)
-    assert f.dtype == np.float32 and 0 < f[10, 20] < 1 and f[20, 20] == pytest.approx(1.0, abs=1e-3)
+    assert f.dtype == np.float32 and f[20, 20] == pytest.approx(1.0, abs=1e-3) and f[0, 0] == 0
+    # a blurred step with a symmetric kernel: mirror pixels about the edge sum to 1, and the edge is soft
+    assert f[10, 20] + f[9, 20] == pytest.approx(1.0, abs=1e-5) and 0.55 < f[10, 20] < 0.8
 
 
 def test_temporal_smoothing_removes_flicker():
@@ -185,7 +191,12 @@ def test_user_mask_sequence(tmp_path):
         cv2.imwrite(str(d / f"{i:03d}.png"), m)
     seq = mk.load_mask_sequence(d, num_frames=3, size=(20, 10))
     assert seq.shape == (3, 20, 10) and seq.dtype == bool and seq[0, 10, 5] and not seq[0, 0, 0]
-    assert mk.load_mask_sequence(d, size=(40, 20)).shape == (3, 40, 20)  # resized (nearest)
+    big = mk.load_mask_sequence(d, size=(40, 20))  # resized with nearest: every pixel becomes a 2x2 block
+    assert np.array_equal(big, np.kron(seq, np.ones((1, 2, 2), bool)))
+    half = mk.load_mask_sequence(d, size=(10, 5))
+    expected = np.zeros((3, 10, 5), bool)
+    expected[:, 3:8, 1:4] = True  # OpenCV's nearest takes source pixel 2i: rows 5..14 -> 3..7, cols 2..7 -> 1..3
+    assert np.array_equal(half, expected), half[0].astype(int)
     with pytest.raises(ValueError, match="3 frames but the video has 4"):
         mk.load_mask_sequence(d, num_frames=4)
     with pytest.raises(ValueError, match="WxH"):
