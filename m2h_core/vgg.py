@@ -51,6 +51,11 @@ class MissingWeightsError(FileNotFoundError):
     """A weight file the caller needs is not on disk; the message says where to put it and where to get it."""
 
 
+class WeightsFileError(ValueError):
+    """A weight file that exists but is not a weights file we can read (corrupt, or a pickle holding more than
+    tensors); the message names the file, what it seems to be and what to use instead."""
+
+
 def model_search_dirs(subfolder: str) -> list[Path]:
     """Folders searched for a weight file, in order.
 
@@ -114,19 +119,40 @@ def _build_layers() -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """A flat tensor state dict from .safetensors or a .pth/.pt (``torch.load(weights_only=True)``)."""
+def read_state_dict(path: str | os.PathLike[str], expected: str = "") -> dict[str, torch.Tensor]:
+    """A flat tensor state dict from .safetensors or a .pth/.pt (``torch.load(weights_only=True)``: a pickle that
+    holds anything but tensors is refused, never executed). Raises `WeightsFileError` naming the file, what it
+    seems to be and `expected` (what to use instead)."""
+    from .preprocess.model_files import describe_file
+
     path = Path(path)
+    hint = f" {expected}" if expected else ""
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path), device="cpu"))
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise WeightsFileError(f"{path}: not a readable .safetensors file ({describe_file(path)}: "
+                                   f"{_first_line(e)}); download or convert it again.{hint}") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means: not a plain weights file
+        raise WeightsFileError(f"{path}: not a weights file ({describe_file(path)} that torch.load(weights_only=True) "
+                               f"refuses: {_first_line(e)[:160]}). Only tensors are read from .pth files; use the "
+                               f"original weights or a .safetensors copy.{hint}") from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(obj).__name__})")
-    return dict(obj)
+    if not isinstance(obj, Mapping) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsFileError(f"{path}: not a weights file (it holds a {type(obj).__name__}, not a dict of "
+                               f"tensors).{hint}")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def vgg16_features_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -152,8 +178,13 @@ def vgg16_features_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, to
 
 def load_vgg16(path: str | os.PathLike[str] | None = None) -> nn.Sequential:
     """Load torchvision's ImageNet VGG16 ``features`` (frozen, eval) from `path` or the default model folders."""
-    file = resolve_weights_file(path, VGG16_FILENAME, "vgg", f"torchvision's ImageNet VGG16 weights, {VGG16_URL}")
-    state = vgg16_features_state_dict(read_state_dict(file))
+    source = f"torchvision's ImageNet VGG16 weights, {VGG16_URL}"
+    file = resolve_weights_file(path, VGG16_FILENAME, "vgg", source)
+    state = read_state_dict(file, f"VGG16 needs {VGG16_FILENAME} ({source}) or a .safetensors with its keys.")
+    try:
+        state = vgg16_features_state_dict(state)
+    except ValueError as e:
+        raise WeightsFileError(f"{file}: {e}. Use {VGG16_FILENAME} ({source}).") from None
     features = build_vgg16_features("meta").to_empty(device="cpu")
     features.load_state_dict(state)
     return _freeze(features)

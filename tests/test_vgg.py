@@ -126,6 +126,31 @@ def test_wrong_layout_rejected(tmp_path: Path) -> None:
         VGGFeatures.random(0, layers=("relu3_4",))
 
 
+def test_files_that_are_not_weights_files(tmp_path: Path) -> None:
+    """A pickle holding objects (refused by weights_only, never executed), a pickle of no tensors, a truncated
+    .safetensors and a text file: one WeightsFileError each, naming the file, "not a weights file" / "not a
+    readable .safetensors file", and the file to use instead."""
+    import argparse
+
+    from m2h_core.vgg import WeightsFileError
+
+    objects = tmp_path / "objects.pth"
+    torch.save({"args": argparse.Namespace(lr=1.0), "w": torch.zeros(2)}, objects)
+    no_tensors = tmp_path / "numbers.pth"
+    torch.save([1, 2, 3], no_tensors)
+    text = tmp_path / "page.pth"
+    text.write_text("<html>not found</html>")
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": ")
+    for path, what in ((objects, "not a weights file"), (no_tensors, "not a weights file"),
+                       (text, "not a weights file"), (truncated, "not a readable .safetensors file")):
+        with pytest.raises(WeightsFileError, match=what) as info:
+            load_vgg16(path)
+        msg = str(info.value)
+        assert str(path) in msg and VGG16_FILENAME in msg and "\n" not in msg, msg
+        assert isinstance(info.value, ValueError)
+
+
 def test_random_stand_in_is_frozen_but_passes_input_gradients() -> None:
     a, b = VGGFeatures.random(3), VGGFeatures.random(3)
     torch.testing.assert_close(a.features[0].weight, b.features[0].weight)

@@ -11,6 +11,13 @@
 Ablations (Table III):  --no-head-encoder  --no-adapter  --no-adapter-norm  --no-mirror
                         --ablation table3   (all 8 H/A/L_mir combinations, one sub-folder each)
 Mirror weights (Table IV): --alpha 0,0.005,0.05 --beta 0.005 (the grid of all pairs), or --sweep table4
+  (one run per row: train/configs/table3/*.yaml and table4/*.yaml are the same rows as config files)
+
+Before a long run:  --preflight   (same config and flags): a few real steps in both resolution phases, then
+  key=value lines and <output_dir>/preflight.json: peak memory and whether it fits (and what to change first),
+  seconds per step and hours to max_steps, |grad L_mir| / |grad L_diff| with the alpha for --target-ratio, the
+  face-crop vs full decode difference, fp16/bf16 finiteness. Without a GPU, configs too big for the CPU get
+  meta-device estimates (est_* keys, labelled as estimates). See m2h_core/training/preflight.py.
 """
 
 from __future__ import annotations
@@ -72,12 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any config key")
     ap.add_argument("--resume", default="auto", help="'auto' (default), 'none', or a checkpoint folder")
     ap.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # tests: stop early
+    pf = ap.add_argument_group("preflight")
+    pf.add_argument("--preflight", action="store_true", help="measure/estimate the run instead of training")
+    pf.add_argument("--preflight-steps", type=int, default=2, help="timed steps per resolution phase")
+    pf.add_argument("--preflight-mode", choices=("auto", "measure", "estimate"), default="auto",
+                    help="auto: measure on a GPU, or on the CPU when a step is small enough; else estimate")
+    pf.add_argument("--target-ratio", type=float, default=0.1,
+                    help="|grad L_mir| / |grad L_diff| that alpha_for_target aims at")
+    pf.add_argument("--preflight-out", help="preflight.json path (default: <output_dir>/preflight.json)")
+    ap.add_argument("--traceback", action="store_true", help="show the full traceback of known errors")
     return ap
 
 
 def runs_from_args(a: argparse.Namespace) -> tuple[dict, list[tuple[str, dict]]]:
     """(base overrides, [(sub-folder, extra overrides)] - one entry with '' for a single run)."""
-    skip = {"config", "alpha", "beta", "ablation", "sweep", "set", "resume", "stop_after"}
+    skip = {"config", "alpha", "beta", "ablation", "sweep", "set", "resume", "stop_after", "preflight",
+            "preflight_steps", "preflight_mode", "target_ratio", "preflight_out", "traceback"}
     base = {k: v for k, v in vars(a).items() if k not in skip and v is not None}
     for item in a.set:
         if "=" not in item:
@@ -104,6 +121,24 @@ def runs_from_args(a: argparse.Namespace) -> tuple[dict, list[tuple[str, dict]]]
     return base, runs
 
 
+#: Errors with a message written for the user (bad config, missing or unreadable files, diverged runs): one line.
+KNOWN_ERRORS = (ValueError, FileNotFoundError, NotImplementedError, FloatingPointError, PermissionError)
+
+
+def run_one(a: argparse.Namespace, tc, resume: str | None) -> None:
+    if a.preflight:
+        from m2h_core.training.preflight import PreflightOptions, format_report, run_preflight
+
+        report = run_preflight(tc, PreflightOptions(steps=a.preflight_steps, target_ratio=a.target_ratio,
+                                                    mode=a.preflight_mode, out=a.preflight_out))
+        print("\n".join(format_report(report)), flush=True)
+        return
+    result = Trainer(tc).run(resume=resume, stop_after=a.stop_after)
+    last = result.logs[-1] if result.logs else None
+    print(f"done: step {result.step}" + (f", loss {last.loss:.4f}" if last else "")
+          + (f", final model {result.final_checkpoint}" if result.final_checkpoint else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     base, runs = runs_from_args(a)
@@ -112,21 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {**base, **extra}
         try:
             tc = load_train_config(a.config, overrides)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            if sub:
+                tc.output_dir = str(Path(tc.output_dir) / sub)
+                print(f"=== run {sub} -> {tc.output_dir}")
+            run_one(a, tc, resume)
+        except KNOWN_ERRORS as e:
+            if a.traceback:
+                raise
+            msg = " ".join(str(e).split()) or type(e).__name__
+            print(f"error: {msg}", file=sys.stderr)
             return 2
-        if sub:
-            tc.output_dir = str(Path(tc.output_dir) / sub)
-            print(f"=== run {sub} -> {tc.output_dir}")
-        try:
-            trainer = Trainer(tc)
-        except (ValueError, FileNotFoundError, NotImplementedError) as e:  # missing weights, bad sizes
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        result = trainer.run(resume=resume, stop_after=a.stop_after)
-        last = result.logs[-1] if result.logs else None
-        print(f"done: step {result.step}" + (f", loss {last.loss:.4f}" if last else "")
-              + (f", final model {result.final_checkpoint}" if result.final_checkpoint else ""))
     return 0
 
 
