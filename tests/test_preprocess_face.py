@@ -53,6 +53,16 @@ def test_similarity_transform_recovers_known_transform():
     np.testing.assert_allclose(m[:, 2], t, atol=1e-3)
 
 
+def test_similarity_transform_never_reflects():
+    """A mirrored point set has no exact similarity. Points with variance 8/5 along x and 2/5 along y, mirrored in
+    x: the best rotation is by 180 degrees, with scale (8 - 2) / (8 + 2) = 0.6 (Umeyama 1991 with the sign fix)."""
+    src = np.array([[-2, 0], [2, 0], [0, -1], [0, 1], [0, 0]], float) + [10, 20]
+    dst = (src - [10, 20]) * [-1, 1] + [3, 4]
+    m = fc.similarity_transform(src, dst)
+    np.testing.assert_allclose(m[:, :2], -0.6 * np.eye(2), atol=1e-6)
+    np.testing.assert_allclose(m[:, 2], [3 + 0.6 * 10, 4 + 0.6 * 20], atol=1e-5)  # t = mu_d - s R mu_s
+
+
 def test_alignment_matches_skimage_estimate():
     from skimage.transform import SimilarityTransform
 
