@@ -259,3 +259,27 @@ def test_evaluate_bad_inputs(setup, tmp_path, capsys):
     assert evaluate_cli.main(_args(ckpt, cache, "--frames", 10, "--i3d", bad, "--no-csim")) == 2
     err = capsys.readouterr().err
     assert "FVD" in err and str(bad) in err
+
+
+def test_collect_puts_runs_beside_the_paper_ablation_rows(tmp_path, capsys):
+    def result(method, sha, psnr):
+        summary = {"psnr": psnr, "ssim": 0.8, "lpips": 0.1, "csim": 0.9, "fvd": 20.0}
+        return {"method": method, "summary": summary, "ci95": {"psnr": [psnr - 1, psnr + 1]},
+                "protocol": {"split_sha256": sha, "frames": 16, "stride": 4, "mask_mode": "inside", "chunks": 300}}
+
+    (tmp_path / "a.json").write_text(json.dumps(result("H0_A0_M0", "s1", 20.5)))
+    (tmp_path / "b.json").write_text(json.dumps(result("alpha0.05_beta0", "s1", 19.25)))
+    md = tmp_path / "table.md"
+    assert evaluate_cli.main(["--collect", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                              "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert "| H0_A0_M0 | 20.50 [19.50, 21.50] | 0.800 | 0.100 | 0.900 | 20.00 | 300 |" in text
+    assert "| H0_A0_M0 (paper) | 20.98 | 0.843 | 0.082 | 0.918 | 19.34 |" in text  # Table III row 1
+    assert "| alpha0.05_beta0 (paper) | 20.41 | 0.842 | 0.101 | 0.907 | 30.37 |" in text  # Table IV row 5
+    assert "warning" not in text
+    (tmp_path / "c.json").write_text(json.dumps(result("other", "s2", 21.0)))
+    assert evaluate_cli.main(["--collect", str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 0
+    assert "split_sha256" in capsys.readouterr().err  # evaluated on different test sets
+    (tmp_path / "bad.json").write_text("{}")
+    assert evaluate_cli.main(["--collect", str(tmp_path / "bad.json")]) == 2
+    assert "not an evaluate.py result" in capsys.readouterr().err

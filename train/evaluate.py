@@ -34,6 +34,9 @@ What a number means (the protocol; every choice is recorded under "protocol" in 
   one Fréchet distance over all chunks. Below FVD_MIN_CHUNKS = 401 chunks a warning is printed: the features are
   400-d, and n chunks give a covariance of rank <= n-1, so with fewer than 401 it is singular and the distance
   is biased upwards by roughly tr(Σ)/n per set - FVDs from different chunk counts are not comparable.
+* Several runs (the ablations of Tables III / IV): ``--collect results/*.json [--markdown table.md]`` puts them
+  in one table, each beside the paper's row when ``--method`` is the config's name (e.g. H0_A0_M0), and warns
+  when they were evaluated on different test sets or settings.
 * Aggregation and uncertainty: a chunk's value is the mean over its frames; a metric is the mean over all chunks.
   The 95% interval is a percentile bootstrap that resamples test videos with replacement (all chunks of a drawn
   video together, since they are correlated), ``--bootstrap`` 1000 times with ``--bootstrap-seed`` 0; FVD is
@@ -89,6 +92,26 @@ PAPER_TABLE_I: tuple[tuple[str, str, float, float, float, float, float], ...] = 
     ("ControlNeXt", "ASOS", 17.45, 0.643, 0.125, 0.865, 138.42),
     ("M2HVideo (paper)", "ASOS", 25.23, 0.891, 0.041, 0.938, 24.86),
 )
+#: The paper's ablations on UBC fashion, keyed by the names of train/configs/table3/*.yaml and table4/*.yaml:
+#: Table III (H = head encoder, A = adapter, M = mirror loss on/off) and Table IV (alpha, beta of Eq. 6).
+PAPER_ABLATIONS: dict[str, tuple[float, float, float, float, float]] = {
+    "H0_A0_M0": (20.98, 0.843, 0.082, 0.918, 19.34),
+    "H1_A0_M0": (23.20, 0.875, 0.076, 0.926, 15.20),
+    "H0_A1_M0": (21.97, 0.866, 0.074, 0.920, 14.80),
+    "H0_A0_M1": (22.41, 0.871, 0.078, 0.926, 15.62),
+    "H1_A1_M0": (23.00, 0.879, 0.072, 0.923, 13.41),
+    "H1_A0_M1": (22.15, 0.874, 0.071, 0.933, 13.62),
+    "H0_A1_M1": (23.34, 0.882, 0.068, 0.928, 14.00),
+    "H1_A1_M1": (23.47, 0.886, 0.069, 0.935, 13.35),
+    "alpha0_beta0.005": (23.35, 0.865, 0.073, 0.928, 14.58),
+    "alpha0.005_beta0.005": (23.31, 0.878, 0.068, 0.930, 14.72),
+    "alpha0.05_beta0.005": (23.47, 0.886, 0.069, 0.935, 13.35),
+    "alpha0.5_beta0.005": (22.56, 0.874, 0.075, 0.933, 13.66),
+    "alpha0.05_beta0": (20.41, 0.842, 0.101, 0.907, 30.37),
+    "alpha0.05_beta0.0005": (22.17, 0.879, 0.071, 0.929, 13.78),
+    "alpha0.05_beta0.05": (20.60, 0.843, 0.102, 0.921, 23.31),
+    "alpha0.05_beta0.5": (18.04, 0.801, 0.149, 0.902, 27.36),
+}
 TABLE_KEYS = ("psnr", "ssim", "lpips", "csim", "fvd")
 CHUNK_METRICS = ("psnr", "ssim", "lpips", "lpips_alex", "csim")
 #: I3D feature dimension + 1: the least number of chunks whose feature covariance can be full rank.
@@ -331,6 +354,8 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
         videos.append({"video": vid.id, "num_frames": vid.num_frames, "chunks": chunks,
                        **{k: v for k, v in means.items() if v is not None}})
     n_chunks = sum(len(v["chunks"]) for v in videos)
+    if len(videos) < 2:
+        notes.append("one test video: no bootstrap interval (intervals resample test videos)")
     if n_chunks == 0:
         raise ValueError(f"no test video has {(a.frames - 1) * a.stride + 1} frames for one chunk "
                          f"({a.frames} frames at stride {a.stride}); lower --frames or --stride")
@@ -492,13 +517,57 @@ def _fmt_plain(result: dict, k: str) -> str:
     return f"{v:.3f}" + ("" if iv is None else f" [{iv[0]:.3f}, {iv[1]:.3f}]")
 
 
+def collect_table(paths: Sequence[str | Path]) -> tuple[str, list[str]]:
+    """(Markdown table, warnings) of several evaluate.py JSONs - one row per run (value [95% interval]), followed
+    by the paper's row when the run's --method is a Table III/IV config name (`PAPER_ABLATIONS`). Runs evaluated
+    on different test sets or with different protocol settings are flagged: their numbers are not comparable."""
+    results = []
+    for p in paths:
+        try:
+            r = json.loads(Path(p).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{p} is not an evaluate.py result ({e})") from None
+        if "summary" not in r or "protocol" not in r:
+            raise ValueError(f"{p} is not an evaluate.py result (no summary/protocol; older file? re-run evaluate)")
+        results.append((Path(p), r))
+    if not results:
+        raise ValueError("--collect needs at least one results JSON")
+    decimals = {k: d for k, _, d, _ in metrics.TABLE_METRICS}
+    warnings = []
+    for key in ("split_sha256", "frames", "stride", "mask_mode", "lpips", "random_encoders"):
+        values = {json.dumps(r["protocol"].get(key)) for _, r in results}
+        if len(values) > 1:
+            warnings.append(f"runs differ in protocol.{key} ({', '.join(sorted(values))}): not comparable")
+    head = ["Run"] + [h for _, h, _, _ in metrics.TABLE_METRICS] + ["chunks"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for path, r in results:
+        method = str(r.get("method") or path.stem)
+        cells = [method]
+        for k in TABLE_KEYS:
+            v, iv = r["summary"].get(k), r.get("ci95", {}).get(k)
+            cells.append("-" if v is None else f"{v:.{decimals[k]}f}" + (
+                "" if iv is None else f" [{iv[0]:.{decimals[k]}f}, {iv[1]:.{decimals[k]}f}]"))
+        lines.append("| " + " | ".join(cells + [str(r["protocol"].get("chunks", "-"))]) + " |")
+        if method in PAPER_ABLATIONS:
+            vals = PAPER_ABLATIONS[method]
+            lines.append("| " + " | ".join([f"{method} (paper)"] + [
+                f"{v:.{decimals[k]}f}" for k, v in zip(TABLE_KEYS, vals)] + [""]) + " |")
+    text = "\n".join(lines) + "\n\nPaper rows: Tables III and IV of " + PAPER_TABLE_I_CITATION.rsplit(",", 1)[0]
+    if warnings:
+        text += "\n\n" + "\n".join(f"- warning: {w}" for w in warnings)
+    return text + "\n", warnings
+
+
 # --------------------------------------------------------------------------------------------- CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="M2H .safetensors (e.g. OUTPUT_DIR/m2h_final.safetensors)")
-    ap.add_argument("--data", required=True, help="prepare_data cache folder")
+    ap.add_argument("--checkpoint", help="M2H .safetensors (e.g. OUTPUT_DIR/m2h_final.safetensors)")
+    ap.add_argument("--data", help="prepare_data cache folder")
+    ap.add_argument("--collect", nargs="+", metavar="JSON",
+                    help="instead of evaluating: one table of several results JSONs (ablations), to stdout / "
+                         "--markdown")
     ap.add_argument("--split", default="test", help="which list of CACHE/split.json (default: test)")
     ap.add_argument("--split-file", dest="split_file", help="a split.json or text file of video ids instead")
     ap.add_argument("--base")
@@ -534,7 +603,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = build_parser().parse_args(argv)
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if a.collect:
+        try:
+            text, warnings = collect_table(a.collect)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(text)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        if a.markdown:
+            Path(a.markdown).write_text(text)
+        return 0
+    if not a.checkpoint or not a.data:
+        ap.error("--checkpoint and --data are required (or --collect JSON...)")
     try:
         evaluate(a)
     except (FileNotFoundError, ValueError) as e:
