@@ -4,6 +4,7 @@
     python benchmarks/bench_train_step.py --preset sd15 --frames 2 --device cuda   # the paper's sizes
     python benchmarks/bench_train_step.py --decoder-only  # + SD-1.5-sized VAE decode+backward, crop vs full
     python benchmarks/bench_train_step.py --flops --skip-step   # SD-1.5 sizes by FLOP count (meta device, no memory)
+(`train/train.py --preflight` gives the whole picture for a config: memory, hours, loss balance.)
 
 Prints key=value lines: step_s_nomirror, step_s_crop, step_s_full, mirror_overhead_crop (fraction of the
 no-mirror step), mirror_overhead_full, decoded_pixels_crop/full. Target: mirror_overhead_crop <= 0.30.
@@ -110,71 +111,27 @@ def bench_decoder_sd15(device: str, n: int = 2) -> dict[str, float]:
     return out
 
 
-def flops_sd15(frames: int = 8, face_px: tuple[int, int] = (40, 30), margin: int = 2) -> dict[str, float]:
-    """FLOPs of one SD-1.5-sized training step (batch 1, `frames` frames) and of the mirror loss, counted with
-    torch's FlopCounterMode on the meta device (no memory, no weights), at 512x256 and at the half phase.
-    The face is `face_px` (h, w) at 512x256 (UBC framing), i.e. ceil(px/8) cells + `margin` cells per side."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+def flops_sd15(frames: int = 8, margin: int = 2) -> dict[str, float]:
+    """FLOPs of one SD-1.5-sized training step (batch 1, `frames` frames) and of the mirror loss, counted on the
+    meta device (no memory, no weights) by `m2h_core.training.preflight.count_step`, at 512x256 and at the half
+    phase. The face is preflight.FACE_PX_AT_512x256 (UBC framing) + `margin` cells per side."""
     from m2h_core.config import sd15
-    from m2h_core.models.adapter import project_all
-    from m2h_core.models.m2h import M2HConditioning, M2HInputs, M2HModel
-    from m2h_core.vgg import VGGFeatures, build_vgg16_features
+    from m2h_core.training.preflight import count_step, face_cells
 
     cfg = sd15()
-    with torch.device("meta"):
-        model = M2HModel(cfg)
-        enc = FrozenEncoders.random(cfg)
-    vgg = VGGFeatures(features=build_vgg16_features("meta"))
-    dev, b, f = "meta", 1, frames
-
-    def count(fn) -> float:
-        with FlopCounterMode(display=False) as fc:
-            fn()
-        return float(fc.get_total_flops())
-
     out: dict[str, float] = {}
     for tag, (hh, ww) in (("", (512, 256)), ("_half", (256, 128))):
-        h, w = hh // 8, ww // 8
-
-        def step():
-            r = lambda *s: torch.randn(*s, device=dev)  # noqa: E731
-            inp = M2HInputs(r(b, f, 4, h, w), r(b, f, 3, hh, ww), r(b, 4, h, w), r(b, 3, hh, ww), r(b, 512),
-                            r(b, f, 1, 768))
-            pf, pr = model.pose_encoder(inp.pose_images.flatten(0, 1))
-            pf, pr = pf.unflatten(0, (b, f)), pr.unflatten(0, (b, f))
-            fpi = model.head_encoder(inp.identity_latent + model.id_encoder(inp.identity_landmarks), inp.arcface, pf)
-            ui = torch.cat([torch.zeros_like(inp.clothing_latents), inp.clothing_latents], 2) + pr
-            cond = M2HConditioning(ui, project_all(model.unet, inp.clip_tokens, fpi), 4)
-            model.denoise(r(b, f, 4, h, w), torch.tensor([500], device=dev), cond).sum().backward()
-
-        def encoders():
-            with torch.no_grad():
-                x = torch.randn(b * f, 3, hh, ww, device=dev)
-                enc.vae.encode(x)  # E(v_h)
-                enc.vae.encode(x)  # E(v_h ⊙ M_c)
-                enc.vae.encode(torch.randn(b, 3, hh, ww, device=dev))  # E(x_id)
-                enc.clip(pixel_values=torch.randn(b * f, 3, 224, 224, device=dev))
-
-        def mirror(ch, cw):
-            def fn():
-                z = torch.randn(b * f, 4, ch, cw, device=dev, requires_grad=True)
-                x = enc.vae.decode(z).sample
-                feats = vgg(torch.cat([x, x.detach()]))
-                sum(v.sum() for v in feats.values()).backward()
-            return count(fn)
-
-        s = hh / 512
-        cells = (min(h, -(-round(face_px[0] * s) // 8) + 2 * margin),
-                 min(w, -(-round(face_px[1] * s) // 8) + 2 * margin))
-        total = count(step) + count(encoders)
-        full, crop = mirror(h, w), mirror(*cells)
+        cells = face_cells(hh, ww, cfg.vae.downscale, margin)
+        crop = count_step(cfg, 1, frames, hh, ww, mirror_cells=cells)
+        full = count_step(cfg, 1, frames, hh, ww, mirror_cells=(hh // 8, ww // 8))
+        total = crop["step_flops"] + crop["encoder_flops"]
         out[f"sd15{tag}_step_tflops"] = total / 1e12
-        out[f"sd15{tag}_mirror_full_tflops"] = full / 1e12
-        out[f"sd15{tag}_mirror_crop_tflops"] = crop / 1e12
+        out[f"sd15{tag}_mirror_full_tflops"] = full["mirror_flops"] / 1e12
+        out[f"sd15{tag}_mirror_crop_tflops"] = crop["mirror_flops"] / 1e12
         out[f"sd15{tag}_crop_cells"] = f"{cells[0]}x{cells[1]}"
-        out[f"sd15{tag}_mirror_overhead_full_flops"] = full / total
-        out[f"sd15{tag}_mirror_overhead_crop_flops"] = crop / total
+        out[f"sd15{tag}_mirror_overhead_full_flops"] = full["mirror_flops"] / total
+        out[f"sd15{tag}_mirror_overhead_crop_flops"] = crop["mirror_flops"] / total
+        out[f"sd15{tag}_activations_gib_fp32"] = crop["activation_bytes"] / 2**30
     return out
 
 

@@ -115,7 +115,7 @@ def count_step(cfg: M2HConfig, batch: int, frames: int, height: int, width: int,
     from ..inference.encoders import FrozenEncoders
     from ..models.m2h import M2HInputs, M2HModel
     from ..vgg import VGGFeatures, build_vgg16_features
-    from .components import apply_lora
+    from .components import apply_lora, enable_gradient_checkpointing
 
     dev = torch.device("meta")
     if model is None:
@@ -125,7 +125,7 @@ def count_step(cfg: M2HConfig, batch: int, frames: int, height: int, width: int,
             apply_lora(model, lora_rank)
         model = model.to(dtype)
         if gradient_checkpointing:
-            model.unet.enable_gradient_checkpointing()
+            enable_gradient_checkpointing(model.unet)  # as the trainer does
         model.train()
     if encoders is None:
         with dev:

@@ -22,7 +22,8 @@ newest one: model, optimizer, lr schedule, RNG states and data position are rest
 the same trajectory as an uninterrupted one.
 
 Distributed / precision: HF accelerate (`accelerate launch --config_file ...` for DDP, FSDP or DeepSpeed,
-`mixed_precision`), `gradient_checkpointing` on the UNet. Our own sampler shards data positions across ranks.
+`mixed_precision`), `gradient_checkpointing` on the UNet including its motion modules (`components.py`). Our
+own sampler shards data positions across ranks.
 Under FSDP (1 or 2) the checkpoint still holds whole tensors: the model and Adam's moments are gathered to rank 0
 with PyTorch's distributed state-dict API (`sharded_state.py`) and scattered back on resume, so an FSDP run can
 resume without FSDP and vice versa (moments are stored keyed by parameter name under FSDP, by position otherwise,
@@ -56,7 +57,7 @@ import torch.nn.functional as F
 from ..config import M2HConfig
 from ..inference.encoders import FrozenEncoders
 from ..models.m2h import M2HModel
-from .components import apply_lora, build_components, make_train_scheduler
+from .components import apply_lora, build_components, enable_gradient_checkpointing, make_train_scheduler
 from .config import TrainConfig, checkpoint_model_config, size_multiple
 from .dataset import ClipCacheDataset, ResumableSampler, SyntheticClipDataset
 from .mirror_loss import MirrorLoss, eps_from_v
@@ -136,8 +137,8 @@ class Trainer:
         self.model = model.to(self.device).train()
         if tc.lora_rank > 0:
             apply_lora(self.model, tc.lora_rank, tc.lora_alpha)
-        if tc.gradient_checkpointing and hasattr(self.model.unet, "enable_gradient_checkpointing"):
-            self.model.unet.enable_gradient_checkpointing()
+        if tc.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model.unet)  # incl. the motion modules (components.py)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.param_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
