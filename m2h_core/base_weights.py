@@ -186,7 +186,8 @@ def file_shapes(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, tup
         from .preprocess.model_files import describe_file
 
         raise BaseWeightsError(f"{path} is not a readable .safetensors file ({describe_file(path)}; "
-                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}): download it again") from None
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}): download it again") \
+            from None
 
 
 def check_preset(shapes: dict[str, tuple[int, ...]], cfg: M2HConfig, name: str, checkpoint: str | None = None

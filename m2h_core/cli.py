@@ -102,6 +102,9 @@ def _generate(a) -> int:
     from .inference.generate import GenerateRequest, ModelFiles, generate
     from .inference.sampler import SamplerSettings
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" of the parsing model: noise to a user of this command
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, a.device, getattr(torch, DTYPES[a.precision]))
     settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
                                context_frames=a.context, context_overlap=a.overlap)

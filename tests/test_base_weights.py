@@ -341,3 +341,18 @@ def test_motion_module_drives_the_m2h_unet(tmp_path, cfg):
 
 def test_base_unet_config_is_latent_input(cfg):
     assert base_unet_config(cfg)["in_channels"] == cfg.unet.latent_channels
+
+
+def test_preset_mismatch_names_both_presets_from_the_header_alone(tmp_path):
+    """A base of the other preset is named as such from the file header, before any model is built."""
+    from m2h_core.base_weights import check_base_files, file_shapes
+    from m2h_core.config import sd15
+
+    p = tmp_path / "tiny_base.safetensors"
+    write_sd15_single_file(p, tiny(), seed=0)
+    assert file_shapes(p, ("model.diffusion_model.input_blocks.0.0.weight",)) == {
+        "model.diffusion_model.input_blocks.0.0.weight": (16, 4, 3, 3)}
+    check_base_files(tiny(), p)  # the right preset passes
+    with pytest.raises(BaseWeightsError, match=r"the checkpoint m2h.safetensors is SD-1.5, but the base "
+                                               r"tiny_base.safetensors is the tiny preset .UNet width 16"):
+        check_base_files(sd15(), p, checkpoint="m2h.safetensors")

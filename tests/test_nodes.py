@@ -483,3 +483,25 @@ def test_run_sampler_cancel(tiny_pipeline):
     with pytest.raises((Interrupted, SamplingCancelled)):
         logic.run_sampler(tiny_pipeline, fitted, cond, SamplerSettings(steps=2, context_frames=2,
                                                                        context_overlap=1), cancel=cancel)
+
+
+def test_display_names_say_what_the_nodes_do_and_ids_are_unchanged():
+    """Workflows store node ids; display names may change: the loader loads VAE and CLIP too, and the identity
+    node places the photo (H runs inside the model)."""
+    assert spec.UNET_LOADER.node_id == "M2HUNetLoader" and spec.UNET_LOADER.display_name == "M2H Model Loader"
+    assert "VAE and CLIP" in spec.UNET_LOADER.description
+    assert spec.HEAD_ENCODER.node_id == "M2HHeadEncoder" and spec.HEAD_ENCODER.display_name == "M2H Identity Photo"
+    assert "runs inside the model" in spec.HEAD_ENCODER.description
+    text = " ".join(i.tooltip for n in spec.NODES for i in n.inputs) + " ".join(n.description for n in spec.NODES)
+    assert "UNet Loader" not in text and "Head Encoder" not in text
+
+
+def test_sampler_widgets_default_to_the_one_set_of_defaults():
+    from m2h_core.inference.sampler import SamplerSettings
+
+    s, d = spec.SAMPLER, SamplerSettings()
+    assert (s.input("steps").default, s.input("cfg").default, s.input("scheduler").default) == \
+        (d.steps, d.guidance_scale, d.scheduler)
+    assert (s.input("context_frames").default, s.input("context_overlap").default) == \
+        (d.context_frames, d.context_overlap)
+    assert s.input("context_frames").min == 0  # 0 = the model's trained frame count

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from m2h_core.preprocess import model_files as mf
 from m2h_core.preprocess.model_files import MissingModelError, doctor, find_model_file, format_doctor
@@ -83,3 +84,34 @@ def test_double_onnxruntime_install_warns(monkeypatch):
 def test_providers_cpu_last():
     assert mf.onnx_providers("cpu") == ["CPUExecutionProvider"]
     assert mf.onnx_providers()[-1] == "CPUExecutionProvider"
+
+
+def test_describe_file_says_what_a_broken_download_is(tmp_path):
+    from m2h_core.preprocess.model_files import describe_file
+
+    cases = {"empty.onnx": b"", "lfs.onnx": b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n",
+             "page.safetensors": b"<!DOCTYPE html><html><body>Sign in</body></html>",
+             "image.mp4": b"\x89PNG\r\n\x1a\n" + b"\0" * 16, "pickle.ckpt": b"\x80\x04\x95" + b"\0" * 16}
+    expect = {"empty.onnx": "empty file", "lfs.onnx": "Git LFS pointer", "page.safetensors": "HTML page",
+              "image.mp4": "PNG image", "pickle.ckpt": "pickle"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert expect[name] in describe_file(tmp_path / name), name
+    from safetensors.torch import save_file
+
+    save_file({"a": torch.zeros(1000)}, str(tmp_path / "w.safetensors"))
+    whole = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    assert "cut short" in describe_file(tmp_path / "cut.safetensors")
+    assert "cut short" not in describe_file(tmp_path / "w.safetensors")
+
+
+def test_a_corrupt_onnx_file_gives_one_line_with_the_file_and_the_fix(tmp_path):
+    from m2h_core.preprocess.model_files import ModelFileError, create_onnx_session
+
+    bad = tmp_path / "dw-ll_ucoco_384.onnx"
+    bad.write_bytes(b"\x08\x07" + bytes(range(256)) * 4)
+    with pytest.raises(ModelFileError, match=r"dw-ll_ucoco_384.onnx: not a loadable ONNX model .* download it again "
+                                             r"from https://huggingface.co/yzd-v/DWPose") as info:
+        create_onnx_session(bad, ["CPUExecutionProvider"])
+    assert "\n" not in str(info.value)

@@ -6,6 +6,7 @@ import torch
 from m2h_core.config import tiny
 from m2h_core.inference.encoders import FrozenEncoders
 from m2h_core.models.m2h import M2HModel
+from m2h_core.inference.inputs import IdentityInputs, VideoInputs
 from m2h_core.inference.sampler import (
     SamplerSettings,
     SamplingCancelled,
@@ -45,13 +46,17 @@ def video(n, cfg, seed=0, smooth=False):
     return frames, masks, poses, ident, ident.flip(0), torch.randn(512, generator=g)
 
 
+def typed(frames, masks, poses, ident, lm, arc):
+    return VideoInputs(frames, masks, poses), IdentityInputs(ident, lm, arc)
+
+
 def test_output_shape_and_determinism(setup):
     cfg, model, enc = setup
     args = video(10, cfg)
     s = SamplerSettings(steps=3, seed=7, context_frames=8, context_overlap=4)
-    a = sample_video(model, enc, *args, settings=s)
-    b = sample_video(model, enc, *args, settings=s)
-    c = sample_video(model, enc, *args, settings=SamplerSettings(steps=3, seed=8))
+    a = sample_video(model, enc, *typed(*args), s)
+    b = sample_video(model, enc, *args, settings=s)  # the tensor form (trainer, evaluate, demo) is the same call
+    c = sample_video(model, enc, *typed(*args), settings=SamplerSettings(steps=3, seed=8))
     assert a.frames.shape == (10, 3, cfg.height, cfg.width)
     assert a.latents.shape == (10, 4, *cfg.latent_size)
     assert 0 <= a.frames.min() and a.frames.max() <= 1
@@ -74,7 +79,7 @@ def test_windows_cover_and_blend():
 
 def seam_ratio(model, enc, cfg, overlap):
     frames, masks, poses, ident, lm, arc = video(40, cfg, smooth=True)
-    r = sample_video(model, enc, frames, masks, poses, ident, lm, arc,
+    r = sample_video(model, enc, *typed(frames, masks, poses, ident, lm, arc),
                      SamplerSettings(steps=4, seed=1, context_frames=8, context_overlap=overlap))
     z = r.latents
     # the same noise everywhere isolates what the windows do: compare jumps between consecutive frames
@@ -98,7 +103,7 @@ def test_cancel_stops_within_one_step(setup):
     cfg, model, enc = setup
     seen = []
     with pytest.raises(SamplingCancelled):
-        sample_video(model, enc, *video(20, cfg), settings=SamplerSettings(steps=10),
+        sample_video(model, enc, *typed(*video(20, cfg)), settings=SamplerSettings(steps=10),
                      progress=lambda i, n: seen.append(i), cancel=lambda: len(seen) >= 2)
     assert len(seen) == 2
 
@@ -141,6 +146,32 @@ def test_offload_gives_the_same_video(setup):
     cfg, model, enc = setup
     args = video(6, cfg)
     s = SamplerSettings(steps=2, seed=3)
-    a = sample_video(model, enc, *args, settings=s)
-    b = sample_video(model, enc, *args, settings=s, offload_device="cpu")
+    a = sample_video(model, enc, *typed(*args), settings=s)
+    b = sample_video(model, enc, *typed(*args), settings=s, offload_device="cpu")
     assert torch.equal(a.frames, b.frames)
+
+
+def test_defaults_are_the_papers_and_the_model_sets_the_context(setup):
+    from m2h_core.inference import defaults
+
+    cfg = setup[0]
+    s = SamplerSettings()
+    assert (s.steps, s.guidance_scale, s.scheduler) == (50, 7.5, "ddim")  # paper IV-B
+    resolved, notes = s.for_video(cfg, 40)
+    assert resolved.context_frames == cfg.num_frames and not notes  # the trained clip length wins
+    assert SamplerSettings(context_frames=16).for_video(cfg, 40)[0].context_frames == 16
+    short, notes = s.for_video(cfg, 5)
+    assert (short.context_frames, short.context_overlap) == (5, 4) and "adjusted" in notes[0]
+    from m2h_core.inference.sampler import SCHEDULERS
+
+    assert SCHEDULERS == defaults.SCHEDULERS
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_clip_tokens_in_half_precision_on_the_cpu(setup, dtype):
+    """Bicubic antialiased resize has no half kernel on the CPU: the encoder resizes in float32 and casts back."""
+    cfg = setup[0]
+    enc = FrozenEncoders.random(cfg).to(dtype=dtype)
+    tokens = enc.clip_tokens(torch.rand(2, 3, cfg.height, cfg.width))
+    assert tokens.dtype == dtype and tokens.shape == (2, 1, cfg.clip.projection_dim)
+    assert torch.isfinite(tokens.float()).all()

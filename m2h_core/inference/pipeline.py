@@ -76,7 +76,8 @@ def check_model_files(checkpoint: str | os.PathLike | None = None, base: str | o
             raise ValueError("give an M2H checkpoint, or an SD-1.5 base checkpoint to start training from")
         cfg, name, embedded = config or sd15(), None, False
     else:
-        cfg, name, embedded = check_checkpoint_file(checkpoint), Path(checkpoint).name, has_embedded_encoders(checkpoint)
+        cfg, name = check_checkpoint_file(checkpoint), Path(checkpoint).name
+        embedded = has_embedded_encoders(checkpoint)
     if not embedded:
         missing = [n for n, p in (("an SD-1.5 base checkpoint (for its VAE)", base),
                                   ("a CLIP ViT-L/14 image encoder (clip_vision)", clip_vision)) if p is None]
