@@ -233,14 +233,19 @@ def test_evaluate_end_to_end_outputs_every_metric(setup, capsys):
     assert "LPIPS-Alex" in md and "Table I" in md and "FVD from 3 chunks" in md
 
 
-def test_split_file_selects_the_videos(setup, tmp_path):
-    _, cache, ckpt, _ = setup
+def test_split_file_selects_the_videos_and_models_folder_is_searched(setup, tmp_path):
+    _, cache, ckpt, i3d = setup
     one = json.loads((cache / "split.json").read_text())["test"][1]
     (tmp_path / "ids.txt").write_text(one + "\n")
+    models = tmp_path / "models"
+    (models / "fvd").mkdir(parents=True)
+    (models / "fvd" / metrics.I3D_FILENAME).write_bytes(i3d.read_bytes())
     res = evaluate_cli.evaluate(evaluate_cli.build_parser().parse_args(
-        _args(ckpt, cache, "--frames", 4, "--no-fvd", "--no-csim", "--split-file", tmp_path / "ids.txt")))
+        _args(ckpt, cache, "--frames", 10, "--no-csim", "--split-file", tmp_path / "ids.txt", "--models", models)))
     assert [v["video"] for v in res["videos"]] == [one]
-    assert res["ci95"]["psnr"] is None  # one video: no interval
+    assert res["ci95"]["psnr"] is None and any("one test video" in n for n in res["notes"])  # no interval
+    assert res["protocol"]["fvd"]  # I3D found in --models/fvd/
+    assert res["summary"]["fvd"] is None and any("needs >= 2 chunks" in n for n in res["notes"])  # one chunk
 
 
 def test_evaluate_bad_inputs(setup, tmp_path, capsys):

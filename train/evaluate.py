@@ -236,6 +236,15 @@ def optional(name: str, fn: Callable, notes: list[str], explicit: bool = False):
         return None
 
 
+def in_models(models: str | None, subfolder: str, filename: str) -> Path | None:
+    """`models/subfolder/filename` when `--models` is given and the file is there; else None (default search:
+    $M2H_MODELS/<subfolder>, <repo>/models/<subfolder>)."""
+    if not models:
+        return None
+    path = Path(models) / subfolder / filename
+    return path if path.is_file() else None
+
+
 def face_embedder(pack: str, models: str | None):
     from m2h_core.preprocess.face import FaceAnalyzer, NoFaceError
 
@@ -293,10 +302,13 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
         lpips_models["lpips_alex"] = metrics.LPIPSAlex.random(0)
         notes.append("lpips: random stand-in networks (--random-encoders), not a perceptual metric")
     else:
-        vgg = optional("LPIPS-VGG", lambda: metrics.LPIPS.from_files(a.vgg, a.lpips), notes,
-                       explicit=bool(a.vgg or a.lpips))
-        alex = optional("LPIPS-Alex", lambda: metrics.LPIPSAlex.from_files(a.alexnet, a.lpips_alex), notes,
-                        explicit=bool(a.alexnet or a.lpips_alex))
+        vgg = optional("LPIPS-VGG", lambda: metrics.LPIPS.from_files(
+            a.vgg or in_models(a.models, "vgg", metrics.VGG16_FILENAME),
+            a.lpips or in_models(a.models, "lpips", metrics.LPIPS_FILENAME)), notes, explicit=bool(a.vgg or a.lpips))
+        alex = optional("LPIPS-Alex", lambda: metrics.LPIPSAlex.from_files(
+            a.alexnet or in_models(a.models, "lpips", metrics.ALEXNET_FILENAME),
+            a.lpips_alex or in_models(a.models, "lpips", metrics.LPIPS_ALEX_FILENAME)), notes,
+            explicit=bool(a.alexnet or a.lpips_alex))
         lpips_models.update({k: m for k, m in (("lpips", vgg), ("lpips_alex", alex)) if m is not None})
     if embedder is None and not a.no_csim:
         embedder = optional("CSIM", lambda: face_embedder(a.face_pack, a.models), notes)
@@ -305,7 +317,8 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
         if a.frames < metrics.I3D_MIN_FRAMES:
             notes.append(f"FVD: skipped - needs chunks of >= {metrics.I3D_MIN_FRAMES} frames (--frames {a.frames})")
         else:
-            i3d = optional("FVD", lambda: metrics.load_i3d(a.i3d, device=device), notes, explicit=bool(a.i3d))
+            i3d = optional("FVD", lambda: metrics.load_i3d(a.i3d or in_models(a.models, "fvd", metrics.I3D_FILENAME),
+                                                            device=device), notes, explicit=bool(a.i3d))
     enc = build_encoders(a, cfg).to(device)
     base = SamplerSettings(steps=a.steps, guidance_scale=a.guidance, seed=a.seed,
                            context_frames=min(cfg.num_frames, a.frames), context_overlap=a.overlap)
@@ -579,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lpips-alex", dest="lpips_alex", help="lpips alex.pth lin weights (LPIPS-Alex, optional)")
     ap.add_argument("--i3d", help="i3d_torchscript.pt (FVD)")
     ap.add_argument("--face-pack", default="antelopev2")
-    ap.add_argument("--models", help="folder with insightface/ model packs")
+    ap.add_argument("--models", help="models folder: insightface/models/<pack>/ (CSIM) and vgg/, lpips/, fvd/ files")
     ap.add_argument("--no-csim", action="store_true")
     ap.add_argument("--no-fvd", action="store_true")
     ap.add_argument("--frames", type=int, default=16, help="frames per chunk N (FVD needs >= 10; default 16)")
