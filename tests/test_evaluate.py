@@ -83,6 +83,16 @@ def test_chunk_starts_by_hand():
         evaluate_cli.chunk_starts(10, 4, 0)
 
 
+def test_default_stride_is_the_runs_frame_stride(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000004").mkdir(parents=True)
+    (run / "train_config.json").write_text(json.dumps({"frame_stride": 2}))
+    assert evaluate_cli.training_stride(run / "m2h_final.safetensors") == (2, str(run / "train_config.json"))
+    step = run / "checkpoints" / "step_00000004" / "m2h.safetensors"
+    assert evaluate_cli.training_stride(step)[0] == 2
+    assert evaluate_cli.training_stride(tmp_path / "elsewhere" / "m2h.safetensors")[0] == 4  # the paper's
+
+
 def test_bootstrap_pooled_mean_and_interval_by_hand():
     # two videos: chunks (1, 1, 1) and (4): pooled mean 7/4 (not the mean of video means, 2.5). Each resample draws
     # video 0 twice (p 1/4, mean 1), both (1/2, 1.75) or video 1 twice (1/4, mean 4): the 2.5/97.5 percentiles of

@@ -12,13 +12,14 @@ What a number means (the protocol; every choice is recorded under "protocol" in 
   ``train/prepare_data.py`` together with the cache (seeded 90/10, as the paper's Sec. IV-A; ``--test-list`` there
   fixes it to a given list) - or ``--split-file`` (a split.json or a text file of ids, one a line). The ids and
   their SHA-256 are written to the JSON: two runs are comparable when ``protocol.split_sha256`` is equal.
-* Chunks: each test video is sampled at the training stride s (``--stride``, default 4 = sd15.yaml's
-  frame_stride, Sec. IV-B) and cut into all non-overlapping N-frame chunks (``--frames``, default 16): chunk j
-  holds frames s·(jN + k), k = 0..N-1, so a video of T frames gives floor(ceil(T/s) / N) chunks (the remainder
-  is dropped; a video shorter than (N-1)·s + 1 frames gives none and is listed in the notes). Each chunk is
-  reconstructed from its own clothing v ⊙ M_c, body pose and an identity image x_id - another frame of the same
-  video with a face, not in the chunk (or the video's reference photo) - the paper's paired protocol for
-  UBC / ASOS. Chunk j of video i is sampled with seed ``--seed`` + 1000·i + j (DDIM, ``--steps`` 50, CFG 7.5).
+* Chunks: each test video is sampled at the training stride s (``--stride``; default: ``frame_stride`` of the
+  run's ``train_config.json`` next to the checkpoint, else 4 as in Sec. IV-B and sd15.yaml) and cut into all
+  non-overlapping N-frame chunks (``--frames``, default 16): chunk j holds frames s·(jN + k), k = 0..N-1, so a
+  video of T frames gives floor(ceil(T/s) / N) chunks (the remainder is dropped; a video shorter than
+  (N-1)·s + 1 frames gives none and is listed in the notes). Each chunk is reconstructed from its own clothing
+  v ⊙ M_c, body pose and an identity image x_id - another frame of the same video with a face, not in the chunk
+  (or the video's reference photo) - the paper's paired protocol for UBC / ASOS. Chunk j of video i is sampled
+  with seed ``--seed`` + 1000·i + j (DDIM, ``--steps`` 50, CFG 7.5).
 * Clothing consistency, masked (``--mask-mode``): PSNR, SSIM and LPIPS compare the generated and ground-truth
   frames inside M_c, the ground truth's clothing mask from the cache (human parser, nearest-resized to the
   evaluation size). ``inside`` (default): PSNR from the MSE over the mask pixels; the SSIM map (11x11 Gaussian)
@@ -236,6 +237,21 @@ def optional(name: str, fn: Callable, notes: list[str], explicit: bool = False):
         return None
 
 
+def training_stride(checkpoint: str | Path) -> tuple[int, str]:
+    """(stride, where from): `frame_stride` of the run's train_config.json next to the checkpoint
+    (OUTPUT_DIR/m2h_final.safetensors or OUTPUT_DIR/checkpoints/step_*/m2h.safetensors), else 4 (Sec. IV-B)."""
+    ckpt = Path(checkpoint).resolve()
+    for folder in (ckpt.parent, *ckpt.parents[1:3]):
+        cfg = folder / "train_config.json"
+        if cfg.is_file():
+            try:
+                stride = int(json.loads(cfg.read_text())["frame_stride"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            return stride, str(cfg)
+    return 4, "default (paper Sec. IV-B)"
+
+
 def in_models(models: str | None, subfolder: str, filename: str) -> Path | None:
     """`models/subfolder/filename` when `--models` is given and the file is there; else None (default search:
     $M2H_MODELS/<subfolder>, <repo>/models/<subfolder>)."""
@@ -288,6 +304,9 @@ def score_chunk(gen: np.ndarray, gt: np.ndarray, mask: np.ndarray, mask_mode: st
 def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = None) -> dict:
     """Run the protocol of the module docstring. `embedder` (one RGB uint8 image -> face embedding or None)
     replaces the insightface model for CSIM (tests)."""
+    stride_source = "--stride"
+    if a.stride is None:
+        a.stride, stride_source = training_stride(a.checkpoint)
     if a.frames < 1 or a.stride < 1:
         raise ValueError(f"--frames and --stride must be >= 1 (got {a.frames}, {a.stride})")
     ids, split_source = load_test_split(a)
@@ -394,7 +413,8 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
     if ci["fvd"] is not None and not ci["fvd"][0] <= summary["fvd"] <= ci["fvd"][1]:
         notes.append("FVD: the point lies outside its bootstrap interval (the Fréchet distance of a resample with "
                      "duplicated chunks is biased); read the interval as a spread, not a confidence interval")
-    protocol = {"frames": a.frames, "stride": a.stride, "chunks": n_chunks, "videos": len(videos),
+    protocol = {"frames": a.frames, "stride": a.stride, "stride_source": stride_source, "chunks": n_chunks,
+                "videos": len(videos),
                 "mask_mode": a.mask_mode, "split_source": split_source, "split_sha256": split_digest(ids),
                 "test_ids": list(ids), "bootstrap": a.bootstrap, "bootstrap_seed": a.bootstrap_seed,
                 "ci_level": 0.95, "fvd_min_chunks": FVD_MIN_CHUNKS, "sampler": dataclasses.asdict(base),
@@ -596,7 +616,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-csim", action="store_true")
     ap.add_argument("--no-fvd", action="store_true")
     ap.add_argument("--frames", type=int, default=16, help="frames per chunk N (FVD needs >= 10; default 16)")
-    ap.add_argument("--stride", type=int, default=4, help="frame stride (default 4 = training's frame_stride)")
+    ap.add_argument("--stride", type=int, default=None,
+                    help="frame stride (default: frame_stride of the run's train_config.json next to the "
+                         "checkpoint, else 4 as in the paper)")
     ap.add_argument("--mask-mode", dest="mask_mode", choices=("inside", "zeroed"), default="inside")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=7.5)
