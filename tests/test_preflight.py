@@ -43,7 +43,7 @@ def test_preflight_end_to_end_on_the_tiny_preset(tmp_path):
     assert set(PREFLIGHT_KEYS) <= set(lines)
     assert report["mode"] == "measured" and report["device"] == "cpu"
     assert (report["preset"], report["height"], report["width"], report["batch_size"]) == ("tiny", 64, 32, 1)
-    assert report["steps_measured"] == 2  # one per resolution phase
+    assert report["steps_measured"] == report["grad_batches"] == 2  # one per resolution phase
     for k in ("step_s_half", "step_s_full", "peak_mem_gib", "hours_to_max_steps", "grad_ratio",
               "grad_ratio_paper", "alpha_for_target", "crop_vs_full_face_rmse", "est_step_tflops_full",
               "est_peak_mem_gib"):

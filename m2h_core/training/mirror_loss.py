@@ -159,7 +159,11 @@ class MirrorLossOutput:
 
 
 class MirrorLoss(nn.Module):
-    """Eq. 6 on the one-step x0 estimate. `vgg`: a frozen `m2h_core.vgg.VGGFeatures` (may be None when beta=0)."""
+    """Eq. 6 on the one-step x0 estimate. `vgg`: a frozen `m2h_core.vgg.VGGFeatures` (may be None when beta=0).
+
+    alpha, beta: Eq. 6's weights; the defaults are Table I's (= Table IV's α = 0.05, β = 0.005 row; Sec. IV-B's
+    text says β = 0.001). reduction: "normalized" (default) or "paper" (module docstring); weighting: "alpha_bar",
+    "none", or None for the reduction's own (normalized: alpha_bar, paper: none)."""
 
     def __init__(self, vgg: nn.Module | None, alpha: float = 0.05, beta: float = 0.005, *, crop: bool = True,
                  margin: int = 2, weighting: str | None = None, t_max: int | None = None,

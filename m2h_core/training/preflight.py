@@ -339,20 +339,12 @@ def _device_gib(device: torch.device) -> float:
     return _gib(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def _flat_grads(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor] | None:
+def grad_sq_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
+    """|∇θ loss|² over `params` (float64 accumulation; one gradient set alive at a time, the graph is kept)."""
     if not loss.requires_grad:
-        return None
+        return 0.0
     gs = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return [g.detach().double() if g is not None else torch.zeros((), dtype=torch.float64, device=p.device)
-            for g, p in zip(gs, params)]
-
-
-def _sq(gs) -> float:
-    return 0.0 if gs is None else float(sum((g * g).sum() for g in gs))
-
-
-def _dot(a, b) -> float:
-    return 0.0 if a is None or b is None else float(sum((x * y).sum() for x, y in zip(a, b)))
+    return float(sum(float(torch.linalg.vector_norm(g, dtype=torch.float64)) ** 2 for g in gs if g is not None))
 
 
 def solve_weight(a2: float, ab: float, b2: float, d2: float, other: float, target: float) -> float | None:
@@ -393,15 +385,14 @@ def gradient_balance(tr, batches: list[dict], target: float, seed: int = 0) -> d
                 tr.mirror = recording(tr.make_mirror_loss(1.0, 1.0 if beta_ok else 0.0, reduction=red))
                 terms = tr.compute_loss(batch, generator=torch.Generator().manual_seed(seed + i), keep_graph=True)
                 s = sums[red]
-                gd = _flat_grads(terms["g_diff"], params)
-                s["d2"] += _sq(gd)
-                del gd
-                gp = _flat_grads(terms["g_pix"], params)
-                gq = _flat_grads(terms["g_perc"], params) if beta_ok else None
-                s["a2"] += _sq(gp)
-                s["b2"] += _sq(gq)
-                s["ab"] += _dot(gp, gq)
-                del gp, gq, terms
+                s["d2"] += grad_sq_norm(terms["g_diff"], params)
+                a2 = grad_sq_norm(terms["g_pix"], params)
+                s["a2"] += a2
+                if beta_ok:  # <∇pix, ∇perc> from |∇(pix + perc)|²: never two gradient sets in memory at once
+                    b2 = grad_sq_norm(terms["g_perc"], params)
+                    s["b2"] += b2
+                    s["ab"] += (grad_sq_norm(terms["g_pix"] + terms["g_perc"], params) - a2 - b2) / 2
+                del terms
     finally:
         tr.mirror = real_mirror
     out: dict[str, Any] = {"grad_batches": len(batches), "target_ratio": target}
@@ -503,8 +494,8 @@ def measure(tc: TrainConfig, opts: PreflightOptions, trainer_factory: Callable[[
             _sync(dev)
             if i:
                 times.append(time.perf_counter() - t0)
+                kept.append(batches[0])  # the gradient balance and the crop check run on these
             finite = finite and math.isfinite(terms["loss"])
-        kept.append(batches[0])
         out[f"step_s_{tag}"] = statistics.median(times)
         out[f"peak_mem_gib_{tag}"] = _peak_gib(dev)
         log(f"preflight: {tag} resolution {tuple(batches[0]['frames'].shape[-2:])}: "
