@@ -347,6 +347,13 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
     todo = [(i, chunk_starts(v.num_frames, a.frames, a.stride)) for i, v in enumerate(ds.videos)]
     total = sum(len(s) for _, s in todo)
     done = 0
+    on = ["psnr", "ssim", *lpips_models, *(["csim"] if embedder is not None else []), *(["fvd"] if i3d else [])]
+    print(f"evaluating {total} chunks of {a.frames} frames at stride {a.stride} ({stride_source}) from {len(todo)} "
+          f"test videos; metrics: {', '.join(on)}", flush=True)
+    for n in notes:  # skipped metrics, said before hours of sampling rather than after
+        print("note:", n, flush=True)
+    if i3d is not None and total < FVD_MIN_CHUNKS:
+        print(f"warning: {total} chunks < {FVD_MIN_CHUNKS}: the FVD will be biased (see the end)", file=sys.stderr)
     for i, starts in todo:
         vid = ds.videos[i]
         if not starts:

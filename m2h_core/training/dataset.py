@@ -248,11 +248,12 @@ class ClipCacheDataset(Dataset):
         if ids is None:
             ids = read_split(self.root)[split] if split else list_complete(self.root)
         missing = [i for i in ids if not (self.root / i / "meta.json").is_file()]
+        which = f"the '{split}' split" if split else "the given list"
         if missing:
-            raise CacheError(f"{len(missing)} videos of the '{split}' split are not in {self.root} "
+            raise CacheError(f"{len(missing)} videos of {which} are not in {self.root} "
                              f"(e.g. {missing[:3]}); re-run prepare_data")
         if not ids:
-            raise CacheError(f"the '{split}' split of {self.root} is empty")
+            raise CacheError(f"{which} of {self.root} is empty")
         self.videos = [self._load(i) for i in ids]
         self.num_frames, self.stride = num_frames, stride
         self.height, self.width, self.scale, self.seed = height, width, scale, seed
