@@ -99,8 +99,6 @@ class StandIn(nn.Module):
         return self.fn(z, t, frames)
 
 
-
-
 def test_blend_of_known_window_predictions(motion_model):
     """Window k predicts 0.1·z + k everywhere; frame i gets the hand-computed crossfade of the windows on it.
     (The stand-in ignores the conditioning; the real one of 10 frames tells the sampler there is no CFG batch.)"""
@@ -131,8 +129,6 @@ def test_blend_of_known_window_predictions(motion_model):
                                 dataclasses.replace(s, context_frames=10))
         assert (got - other).abs().max() > 0.05
 
-
-# --------------------------------------------------------------------------------------------------- real model
 
 def test_windowed_sampling_blends_the_real_models_window_predictions(motion_model):
     """With motion layers every window's prediction depends on the window's other frames. The sampler's result
