@@ -64,9 +64,18 @@ def test_preflight_estimate_mode_is_labelled(tmp_path):
                 str(tmp_path / "p.json"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "p.json").read_text())
-    assert report["mode"] == "estimate"
+    assert report["mode"] == "estimate" and report["inputs_missing"] == "none"
     assert report["step_s_full"].startswith("n/a (estimate mode") and report["grad_ratio"].startswith("n/a")
     assert isinstance(report["est_peak_mem_gib"], float) and report["est_fits_rtx4090_24gb"] is True
+
+
+def test_missing_inputs_are_named(tmp_path):
+    from m2h_core.training.preflight import missing_inputs
+
+    tc = TrainConfig(preset="sd15", data=str(tmp_path), base=str(tmp_path / "sd15.safetensors"), vgg=None)
+    assert missing_inputs(tc) == f"base={tmp_path / 'sd15.safetensors'}"
+    (tmp_path / "sd15.safetensors").write_bytes(b"x")
+    assert missing_inputs(tc) == "none"
 
 
 def test_gradient_ratio_equals_the_direct_computation(tmp_path):

@@ -55,7 +55,7 @@ PREFLIGHT_KEYS: tuple[str, ...] = (
     # what was run
     "mode", "device", "preset", "height", "width", "num_frames", "batch_size", "grad_accum", "mixed_precision",
     "gradient_checkpointing", "lora_rank", "max_steps", "progressive", "mirror", "mirror_reduction", "alpha",
-    "beta", "trainable_params", "frozen_params",
+    "beta", "trainable_params", "frozen_params", "inputs_missing",
     # measured (n/a in estimate mode)
     "steps_measured", "step_s_half", "step_s_full", "peak_mem_gib_half", "peak_mem_gib_full", "peak_mem_gib",
     "peak_mem_kind", "device_mem_gib", "fits_device", "first_change", "hours_to_max_steps",
@@ -528,6 +528,14 @@ def measure(tc: TrainConfig, opts: PreflightOptions, trainer_factory: Callable[[
 # ================================================================================================ driver
 
 
+def missing_inputs(tc: TrainConfig) -> str:
+    """The files/folders the config names that do not exist ('none' when all do): checked in every mode, so an
+    estimate on a laptop already catches a typo in the command meant for the GPU machine."""
+    missing = [f"{k}={getattr(tc, k)}" for k in ("data", "base", "clip_vision", "motion_module", "vgg",
+                                                 "init_checkpoint") if getattr(tc, k) and not Path(getattr(tc, k)).exists()]
+    return ", ".join(missing) if missing else "none"
+
+
 def _settings(tc: TrainConfig, cfg: M2HConfig) -> dict[str, Any]:
     return {"preset": tc.preset, "height": cfg.height, "width": cfg.width, "num_frames": tc.num_frames,
             "batch_size": tc.batch_size, "grad_accum": tc.grad_accum, "mixed_precision": tc.mixed_precision,
@@ -558,6 +566,7 @@ def run_preflight(tc: TrainConfig, opts: PreflightOptions | None = None, *,
     report: dict[str, Any] = {k: f"{NA} (estimate mode)" for k in PREFLIGHT_KEYS}
     report.update(_settings(tc, cfg))
     report["trainable_params"], report["frozen_params"] = est.pop("_trainable"), est.pop("_frozen")
+    report["inputs_missing"] = missing_inputs(tc)
     report.update(est)
     cuda = torch.cuda.is_available()
     ram = _device_gib(torch.device("cpu"))
