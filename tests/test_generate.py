@@ -107,6 +107,7 @@ def bad_files(d):
     """One broken input of each kind, in the test's folder."""
     (d / "broken.mp4").write_text("not a video at all")
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    Image.fromarray(np.zeros((24, 20, 3), np.uint8)).save(d / "tiny.png")
     np.save(d / "short.npy", np.ones((7, 128, 96), bool))
     np.save(d / "empty.npy", np.zeros((10, 128, 96), bool))
     poses = d / "poses4"
@@ -132,6 +133,8 @@ BAD = {  # name: (arguments to replace / add, exception, the message)
     "video": ({"--video": "{d}/broken.mp4"}, ValueError, r"broken.mp4: cannot read it as the mannequin video .a "
               r"video. .a text file of 18 bytes"),
     "missing video": ({"--video": "{d}/nope.mp4"}, FileNotFoundError, r"the mannequin video not found: .*nope.mp4"),
+    "small photo": ({"--identity": "{d}/tiny.png"}, ValueError, r"tiny.png is 20x24 .WxH.: too small to hold a "
+                    r"detectable face"),
     "photo": ({"--identity": "{d}/broken.png"}, ValueError, r"broken.png: cannot read it as the identity photo "
               r".an image. .a PNG image"),
     "mask count": ({"--masks": "{d}/short.npy"}, ValueError, r"the video has 10 frames but there are 7 clothing "
@@ -142,7 +145,8 @@ BAD = {  # name: (arguments to replace / add, exception, the message)
     "checkpoint": ({"--checkpoint": "{d}/cut.safetensors"}, ValueError, r"cut.safetensors is not a readable "
                    r".safetensors file"),
     "tiny checkpoint, SD-1.5 base": ({"--checkpoint": "{d}/tiny_no_encoders.safetensors",
-                                      "--base": "{d}/sd15_like.safetensors", "--clip-vision": "{d}/clip_tiny.safetensors"},
+                                      "--base": "{d}/sd15_like.safetensors",
+                                      "--clip-vision": "{d}/clip_tiny.safetensors"},
                                      ValueError, r"the checkpoint tiny_no_encoders.safetensors is the tiny preset, but "
                                      r"the base sd15_like.safetensors is SD-1.5 .UNet width 320"),
     "checkpoint without encoders": ({"--checkpoint": "{d}/tiny_no_encoders.safetensors"}, ValueError,

@@ -94,45 +94,76 @@ def detect_poses(frames: np.ndarray, fps: float, search_dirs: list[str], notes: 
     return render_poses(smoothed.poses, h, w), smoothed.poses
 
 
-def generate(files: ModelFiles, req: GenerateRequest, settings: SamplerSettings | None = None,
-             progress: Callable[[int, int], None] | None = None) -> GenerateReport:
-    inputs.check_output_path(req.out)
-    cfg = files.check()
-    h, w = cfg.height, cfg.width
+@dataclass
+class Sources:
+    """What `m2h generate` reads from files, before any model: the source-size frames, fps, photo, user inputs."""
+
+    frames: np.ndarray  # (N, H, W, 3) uint8
+    fps: float
+    photo: np.ndarray  # (H, W, 3) uint8
+    masks: np.ndarray | None  # user masks (N or 1, H', W') float32
+    poses: np.ndarray | None  # user pose images (N, H'', W'', 3) uint8
+    notes: list[str]
+
+
+def read_sources(req: GenerateRequest) -> Sources:
+    """Read and check every input file (decodable, counts, an empty user mask, a photo big enough for a face)."""
+    from ..preprocess.face import MIN_FACE_IMAGE_SIDE
+
     clip = inputs.read_video_file(req.video, max_frames=req.max_frames)
     photo = inputs.read_photo(req.identity)
+    if min(photo.shape[:2]) < MIN_FACE_IMAGE_SIDE:
+        raise inputs.InputError(f"{req.identity} is {photo.shape[1]}x{photo.shape[0]} (WxH): too small to hold a "
+                                "detectable face; use a photo with the face at least ~100 px wide")
     n, capped = clip.frames.shape[0], req.max_frames is not None
-    user_masks = inputs.read_mask_file(req.masks, n, capped) if req.masks else None
-    user_poses = inputs.read_pose_file(req.poses, n, clip.fps, capped) if req.poses else None
-    if user_masks is not None:
-        if float(user_masks.max()) <= 0:
-            raise inputs.InputError(f"{req.masks}: the clothing mask is empty in every frame (white = clothing)")
-    settings, notes = (settings or SamplerSettings()).for_video(cfg, n)
-    # --- preprocessing models (the masks first: an empty parse stops before DWPose and the face analysis)
-    fitted = inputs.to_uint8(inputs.fit_frames(clip.frames, h, w)[0]) if user_masks is None or user_poses is None \
-        else None
-    masks = user_masks if user_masks is not None else parse_masks(fitted, req.parser, req.search_dirs)
-    if user_masks is None and not masks.any():
-        raise inputs.InputError(f"{req.video}: the parsing model found no clothing in any frame; check the video "
-                                "or give --masks")
-    keypoints = None
-    if user_poses is None:
-        user_poses, keypoints = detect_poses(fitted, clip.fps, req.search_dirs, notes)
-    video = inputs.prepare_video(clip.frames, masks, user_poses, h, w)
+    masks = inputs.read_mask_file(req.masks, n, capped) if req.masks else None
+    if masks is not None and float(masks.max()) <= 0:
+        raise inputs.InputError(f"{req.masks}: the clothing mask is empty in every frame (white = clothing)")
+    poses = inputs.read_pose_file(req.poses, n, clip.fps, capped) if req.poses else None
+    return Sources(clip.frames, clip.fps, photo, masks, poses, list(getattr(clip, "notes", [])))
+
+
+def preprocess(src: Sources, req: GenerateRequest, cfg: M2HConfig, notes: list[str]
+               ) -> tuple[inputs.VideoInputs, inputs.IdentityInputs]:
+    """The preprocessing models, cheapest check first: parsing (an empty result stops here), DWPose, the face."""
     from ..preprocess.face import FaceAnalyzer
 
-    face, face_notes = inputs.analyze_face(photo, FaceAnalyzer(req.face_pack, search_dirs=req.search_dirs),
-                                           os.fspath(req.identity))
-    ident, id_notes = inputs.place_identity(photo, face, h, w, placement="head_from_pose" if keypoints else
-                                            "fit_photo", poses=keypoints, identity_input=cfg.identity_input)
-    notes += (list(getattr(clip, "notes", [])) + [video.notes[0]] + ([video.notes[1]] if req.masks else [])
-              + ([video.notes[2]] if req.poses else []) + face_notes + id_notes)
-    # --- the M2H model
+    h, w = cfg.height, cfg.width
+    fitted = None
+    if src.masks is None or src.poses is None:  # the models read the frames at the model's size
+        fitted = inputs.to_uint8(inputs.fit_frames(src.frames, h, w)[0])
+    masks = src.masks
+    if masks is None:
+        masks = parse_masks(fitted, req.parser, req.search_dirs)
+        if not masks.any():
+            raise inputs.InputError(f"{req.video}: the parsing model found no clothing in any frame; check the "
+                                    "video or give --masks")
+    poses, keypoints = src.poses, None
+    if poses is None:
+        poses, keypoints = detect_poses(fitted, src.fps, req.search_dirs, notes)
+    video = inputs.prepare_video(src.frames, masks, poses, h, w)
+    analyzer = FaceAnalyzer(req.face_pack, search_dirs=req.search_dirs)
+    face, face_notes = inputs.analyze_face(src.photo, analyzer, os.fspath(req.identity))
+    ident, id_notes = inputs.place_identity(src.photo, face, h, w, poses=keypoints, identity_input=cfg.identity_input,
+                                            placement="head_from_pose" if keypoints else "fit_photo")
+    notes += ([video.notes[0]] + ([video.notes[1]] if req.masks else []) + ([video.notes[2]] if req.poses else [])
+              + face_notes + id_notes)
+    return video, ident
+
+
+def generate(files: ModelFiles, req: GenerateRequest, settings: SamplerSettings | None = None,
+             progress: Callable[[int, int], None] | None = None) -> GenerateReport:
+    """Checks without models (output, model-file headers, input files), preprocessing models, then M2H."""
+    inputs.check_output_path(req.out)
+    cfg = files.check()
+    src = read_sources(req)
+    settings, notes = (settings or SamplerSettings()).for_video(cfg, len(src.frames))
+    video, ident = preprocess(src, req, cfg, notes)
     pipe = files.load()
     result = sample_video(pipe.model, pipe.encoders, video, ident, settings, progress=progress)
     pixels = inputs.to_uint8(result.frames.permute(0, 2, 3, 1))
     try:
-        write_video(req.out, pixels, clip.fps)
+        write_video(req.out, pixels, src.fps)
     except OSError as e:
         raise inputs.InputError(f"{req.out}: could not write the video ({e.strerror or e})") from None
-    return GenerateReport(req.out, len(pixels), clip.fps, w, h, notes)
+    return GenerateReport(req.out, len(pixels), src.fps, cfg.width, cfg.height, src.notes + notes)
