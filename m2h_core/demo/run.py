@@ -70,6 +70,7 @@ from ..training.dataset import SyntheticClipDataset, transform_sample
 from ..inference.encoders import FrozenEncoders
 from ..metrics import masked_psnr, masked_ssim
 from ..models.m2h import M2HModel
+from ..inference.inputs import IdentityInputs, VideoInputs
 from ..inference.sampler import SamplerSettings, sample_video
 from .synthetic import SyntheticClip, generate_clip, generate_dataset
 from .tiny_vae import (SHIPPED_VAE, _psnr, load_vae_weights, reconstruct, train_tiny_vae,
@@ -220,6 +221,12 @@ class _TestCase:
     head_masks: torch.Tensor  # (N, H, W) ground truth's head incl. hair (person pixels above the neck)
     clip: SyntheticClip
     donor: SyntheticClip
+
+    def video(self, n: int | None = None) -> VideoInputs:
+        return VideoInputs(self.mannequin[:n], self.clothing_masks[:n], self.pose_images[:n])
+
+    def identity(self) -> IdentityInputs:
+        return IdentityInputs(self.identity_image, self.identity_landmarks, self.arcface)
 
 
 def _head_masks(clip: SyntheticClip, scale_y: float, height: int, width: int, person: np.ndarray) -> np.ndarray:
@@ -546,8 +553,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         for name, m in (("trained", model), ("untrained", untrained.to(dev))):
             say(f"[4/5 sample] {name} model: {s.test_frames} frames, {s.sample_steps} {s.scheduler} steps, "
                 f"CFG {s.guidance_scale}")
-            r = sample_video(m, encoders, case.mannequin, case.clothing_masks, case.pose_images, case.identity_image,
-                             case.identity_landmarks, case.arcface, settings_s,
+            r = sample_video(m, encoders, case.video(), case.identity(), settings_s,
                              progress=lambda i, n, name=name: say(f"[4/5 sample] {name} step {i}/{n}")
                              if i == n or i % max(1, n // 4) == 0 else None)
             results[name] = r.frames
@@ -555,16 +561,15 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         for k in range(1, s.eval_cases):  # more held-out pairs, scored only (one case is a noisy measurement)
             other = _make_test_case(seed + 1000 * k, s.test_frames, H, W, 2)
             for name, m in (("trained", model), ("untrained", untrained)):
-                r = sample_video(m, encoders, other.mannequin, other.clothing_masks, other.pose_images,
-                                 other.identity_image, other.identity_landmarks, other.arcface, settings_s)
+                r = sample_video(m, encoders, other.video(), other.identity(), settings_s)
                 extra_scores[name].append(_score(r.frames, other))
             say(f"[4/5 sample] scored held-out pair {k + 1}/{s.eval_cases}")
         id_columns = []
         if s.identity_sheet_people > 0:  # the same mannequin clip with other held-out people
             nf = min(s.num_frames, s.test_frames)
             for x_id, p_id, arc, gt in _identity_variants(case, s.identity_sheet_people, seed, H, W, nf):
-                r = sample_video(model, encoders, case.mannequin[:nf], case.clothing_masks[:nf],
-                                 case.pose_images[:nf], x_id, p_id, arc, settings_s)
+                r = sample_video(model, encoders, case.video(nf), IdentityInputs(x_id, p_id, arc.reshape(-1)),
+                                 settings_s)
                 id_columns.append((_to_uint8(x_id[None])[0], _to_uint8(r.frames), _to_uint8(gt)))
             say(f"[4/5 sample] the same clip with {s.identity_sheet_people} more held-out people")
         stages["sample"] = time.perf_counter() - t0
