@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 log = logging.getLogger("M2HVideo")
@@ -141,28 +142,85 @@ def _list(rel: str) -> list[str]:
     return []
 
 
+class ModelNameError(ValueError):
+    """A model name from a node input that does not name a file inside the kind's registered folders."""
+
+
+def _parts(name: str) -> list[str]:
+    return [q for q in re.split(r"[\\/]+", name) if q not in ("", ".")]
+
+
+def check_name(key: str, name: str) -> str:
+    """Refuse names that could leave the kind's folders (ComfyUI's folder_paths semantics): absolute paths, drive
+    letters, home folders, '..' parts, NUL. Returns the name unchanged."""
+    text = str(name)
+    if (not text.strip() or "\x00" in text or os.path.isabs(text) or text.startswith(("/", "\\", "~"))
+            or re.match(r"^[A-Za-z]:", text) or ".." in _parts(text)):
+        raise ModelNameError(not_in_message(key, text))
+    return text
+
+
+def allowed_roots(folder: str) -> list[str]:
+    """The folders a name of this kind may resolve into: the registered ones, models/<folder>, and for dwpose
+    comfyui_controlnet_aux's ckpts/ (symlinks inside them are followed, as ComfyUI does)."""
+    import folder_paths
+
+    roots = folder_dirs(folder) + [os.path.join(folder_paths.models_dir, folder)]
+    if folder == "dwpose":
+        roots += [os.path.join(cn, "comfyui_controlnet_aux", "ckpts") for cn in folder_dirs("custom_nodes")]
+    return list(dict.fromkeys(os.path.abspath(r) for r in roots))
+
+
+def inside(path: str | os.PathLike, roots: list[str]) -> bool:
+    """Whether ``path`` lies (lexically, symlinks not resolved) inside one of ``roots``."""
+    ap = os.path.abspath(path)
+    return any(os.path.commonpath([ap, r]) == r for r in roots if os.path.splitdrive(ap)[0] == os.path.splitdrive(r)[0])
+
+
+def not_in_message(key: str, name: str) -> str:
+    folder = "checkpoints" if key == "base" else key
+    source = {"dwpose": "dwpose_det"}.get(key, key)
+    try:
+        there = [n for n in options(source) if n != NONE] if source in ("m2hvideo", "base", "clip_vision",
+                                                                         "animatediff_models", "human_parsing",
+                                                                         "insightface", "dwpose_det") else []
+    except Exception:  # noqa: BLE001 - the message must not fail
+        there = []
+    listing = ", ".join(there[:20]) + (f" (+{len(there) - 20} more)" if len(there) > 20 else "") if there else \
+        "nothing yet"
+    return (f"{name!r} is not in models/{folder}: give the name of a file in ComfyUI/models/{folder}/ (or a folder "
+            f"registered for '{folder}' in extra_model_paths.yaml), as the dropdown lists them. There: {listing}.")
+
+
 def resolve(key: str, name: str) -> str:
-    """Absolute path of a dropdown value: ComfyUI's folder lookup, else m2h_core's recursive search (which
-    raises MissingModelError naming the file, where it looked and where to get it)."""
+    """Absolute path of a dropdown value, only ever inside the kind's registered folders: ComfyUI's folder
+    lookup, else m2h_core's recursive search of those folders (MissingModelError names the file, where it looked
+    and where to get it). Traversal names, absolute paths and anything found outside raise ModelNameError."""
     import folder_paths
 
     from m2h_core.preprocess.model_files import find_model_file
 
+    check_name(key, name)
     if key == "base" and name.startswith(DIFFUSERS_PREFIX):
+        roots = allowed_roots("diffusers")
         for root in folder_dirs("diffusers"):
             p = os.path.join(root, name[len(DIFFUSERS_PREFIX):])
-            if os.path.isdir(p):
+            if os.path.isdir(p) and inside(p, roots):
                 return p
-        raise FileNotFoundError(f"diffusers folder {name!r} not found in {folder_dirs('diffusers')}")
+        raise ModelNameError(f"{name!r} is not in models/diffusers: no such folder in {folder_dirs('diffusers')}")
     folder = "checkpoints" if key == "base" else key
+    roots = allowed_roots(folder)
     try:
         p = folder_paths.get_full_path(folder, name)
     except KeyError:
         p = None
-    if p:
+    if p and inside(p, roots):
         return p
     for root in folder_dirs(folder):
         cand = os.path.join(root, name)
-        if os.path.exists(cand):
+        if os.path.exists(cand) and inside(cand, roots):
             return cand
-    return str(find_model_file(folder, name, search_dirs(folder)))
+    found = str(find_model_file(folder, name, [r for r in roots if os.path.isdir(r)]))
+    if not inside(found, roots):
+        raise ModelNameError(not_in_message(key, name))
+    return found
