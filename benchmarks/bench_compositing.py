@@ -32,9 +32,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from m2h_core.config import tiny  # noqa: E402
-from m2h_core.demo.synthetic import generate_clip  # noqa: E402
-from m2h_core.inference import compositing as cp  # noqa: E402
+from m2h_core.config import tiny
+from m2h_core.demo.synthetic import generate_clip
+from m2h_core.inference import compositing as cp
 
 
 def shelf_background(h: int, w: int, seed: int) -> np.ndarray:
