@@ -3,9 +3,10 @@
 Each mutant is a small text patch (file, needle, replacement) that introduces a bug the test suite must catch.
 The script copies the working tree (tracked and untracked, not ignored: `git ls-files --cached --others
 --exclude-standard`, so `.venv`, `.git` and build outputs stay behind) to a temporary folder, runs the
-unmutated tests there once (they must pass, or a "killed" means nothing), then for each mutant patches the copy,
-runs the mutant's test files (or the whole suite with --all) and restores the file. The repository itself is
-never written to.
+unmutated tests there once (a "killed" means nothing for a test that fails anyway: such tests are left out of
+the mutant runs, with a warning; --strict stops instead), then for each mutant patches the copy, runs the
+mutant's test files (or the whole suite with --all) and restores the file. The repository itself is never
+written to.
 
     python benchmarks/mutation_check.py                 # every mutant, its own test files
     python benchmarks/mutation_check.py --all           # every mutant, the whole suite (slow)
