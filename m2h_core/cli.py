@@ -31,6 +31,11 @@ def _add_generate(sub) -> None:
     p.add_argument("--scheduler", default=d.SCHEDULER, choices=list(d.SCHEDULERS))
     p.add_argument("--seed", type=int, default=d.SEED)
     p.add_argument("--frames", type=int, default=None, help="use at most this many frames")
+    p.add_argument("--pose-strength", type=float, default=d.POSE_STRENGTH,
+                   help=f"scale of the pose encoder's residual (default {d.POSE_STRENGTH:g}, the paper's; 0..2)")
+    p.add_argument("--identity-strength", type=float, default=d.IDENTITY_STRENGTH,
+                   help=f"scale of the adapter's identity branch after its re-normalisation (default "
+                        f"{d.IDENTITY_STRENGTH:g}, the paper's; 0..2)")
     p.add_argument("--context", type=int, default=d.CONTEXT_FRAMES_AUTO,
                    help="frames the model sees at once (default: the frame count the model was trained with)")
     p.add_argument("--overlap", type=int, default=d.CONTEXT_OVERLAP, help="frames shared by neighbouring windows")
@@ -107,7 +112,8 @@ def _generate(a) -> int:
     hf_logging.disable_progress_bar()  # "Loading weights" of the parsing model: noise to a user of this command
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, a.device, getattr(torch, DTYPES[a.precision]))
     settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
-                               context_frames=a.context, context_overlap=a.overlap)
+                               context_frames=a.context, context_overlap=a.overlap,
+                               pose_strength=a.pose_strength, identity_strength=a.identity_strength)
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
     req = GenerateRequest(a.video, a.identity, a.out, a.masks, a.poses, a.frames, a.parser, a.face_pack, dirs)
     with _ProgressBar("sampling") as bar:

@@ -13,3 +13,6 @@ SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "unipc")
 SEED = 0
 CONTEXT_FRAMES_AUTO = 0  # = M2HConfig.num_frames, the clip length the model was trained on
 CONTEXT_OVERLAP = 4
+POSE_STRENGTH = 1.0  # scale of E_pose's residual on the UNet input (paper: 1)
+IDENTITY_STRENGTH = 1.0  # scale of A's identity branch after its re-normalisation, Eq. 3 (paper: 1)
+STRENGTH_MAX = 2.0

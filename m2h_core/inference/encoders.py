@@ -2,11 +2,18 @@
 
 `FrozenEncoders` turns pixels into the tensors `M2HInputs` holds and latents back into pixels, in chunks so
 memory does not grow with video length. Pixel tensors are (..., 3, H, W) in [0, 1].
+
+The VAE and the CLIP image encoder are reached through two small interfaces, `VAECodec` and `ImageEmbedder`: the
+pack's own diffusers / transformers modules satisfy them through `DiffusersVAE` / `HFImageEmbedder`, and a host
+can hand in its own objects (the ComfyUI nodes pass ComfyUI's VAE and CLIP_VISION, see nodes/comfy_encoders.py).
+Latents cross the interface raw (unscaled: ComfyUI's LATENT convention); `FrozenEncoders` applies the model's
+`cfg.vae.scaling_factor`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +27,111 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+@runtime_checkable
+class VAECodec(Protocol):
+    """E and D of paper Fig. 2: pixels (N, 3, H, W) in [0, 1] <-> raw (unscaled) VAE latents (N, c, H/s, W/s)."""
+
+    latent_channels: int
+    downscale: int
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class ImageEmbedder(Protocol):
+    """The CLIP image encoder: square pixels (N, 3, S, S) in [0, 1] (any S) -> image embeddings (N, projection_dim);
+    resizing to its input size and CLIP's mean/std normalisation are its own."""
+
+    projection_dim: int
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+
+class DiffusersVAE:
+    """diffusers' AutoencoderKL as a `VAECodec` (the posterior's mode, or a sample for training)."""
+
+    def __init__(self, vae: AutoencoderKL):
+        self.vae = vae
+        self.latent_channels = int(vae.config.latent_channels)
+        self.downscale = 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def encode_pixels(self, pixels: torch.Tensor, sample: bool = False,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        p = next(self.vae.parameters())
+        dist = self.vae.encode(pixels.to(p.device, p.dtype) * 2 - 1).latent_dist
+        return dist.sample(generator) if sample else dist.mode()
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        p = next(self.vae.parameters())
+        return (self.vae.decode(latents.to(p.device, p.dtype)).sample.float() + 1) / 2
+
+
+class HFImageEmbedder:
+    """transformers' CLIPVisionModelWithProjection as an `ImageEmbedder` (bicubic antialiased resize, CLIP norm)."""
+
+    def __init__(self, clip: CLIPVisionModelWithProjection):
+        self.clip = clip
+        self.projection_dim = int(clip.config.projection_dim)
+        self.image_size = int(clip.config.image_size)
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        p = next(self.clip.parameters())
+        mean = torch.tensor(CLIP_MEAN, device=p.device, dtype=p.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=p.device, dtype=p.dtype).view(1, 3, 1, 1)
+        # bicubic antialiased resize has no fp16/bf16 kernel on the CPU: resize in float32, cast back
+        x = F.interpolate(pixels.to(p.device).float(), size=(self.image_size, self.image_size), mode="bicubic",
+                          align_corners=False, antialias=True)
+        return self.clip(pixel_values=(x.to(p.dtype) - mean) / std).image_embeds
+
+
+class EncoderMismatch(ValueError):
+    """A VAE or CLIP image encoder that does not fit the model (names what was given and what fits)."""
+
+
+def check_codec(codec: VAECodec, cfg: M2HConfig, what: str = "the VAE") -> None:
+    """The VAE must give the model's latent channels at its downscale (an SD-1.5 model needs SD-1.5's 4-channel
+    8x VAE: an SD3/Flux 16-channel or a video VAE is refused)."""
+    want = (cfg.unet.latent_channels, cfg.vae.downscale)
+    got = (int(codec.latent_channels), int(codec.downscale))
+    if got != want:
+        raise EncoderMismatch(f"{what} gives {got[0]}-channel latents at 1/{got[1]} size, but this {cfg.name} model "
+                              f"needs {want[0]} channels at 1/{want[1]} (an SD-1.5 VAE for sd15 models): connect the "
+                              "VAE of the model's base checkpoint, or leave the input empty to use the model's own")
+
+
+def check_embedder(embedder: ImageEmbedder, cfg: M2HConfig, what: str = "the CLIP image encoder") -> None:
+    if int(embedder.projection_dim) != cfg.unet.cross_attention_dim:
+        raise EncoderMismatch(f"{what} gives {embedder.projection_dim}-wide image embeddings, but this {cfg.name} "
+                              f"model needs {cfg.unet.cross_attention_dim} (CLIP ViT-L/14 for sd15 models): connect "
+                              "the matching CLIP vision file, or leave the input empty to use the model's own")
+
+
 @dataclass
 class FrozenEncoders:
-    vae: AutoencoderKL
-    clip: CLIPVisionModelWithProjection
+    vae: AutoencoderKL | None
+    clip: CLIPVisionModelWithProjection | None
     cfg: M2HConfig
     chunk: int = 8  # frames per VAE / CLIP call
+    codec: VAECodec | None = None  # a host's VAE used instead of `vae` (e.g. ComfyUI's)
+    embedder: ImageEmbedder | None = None  # a host's CLIP image encoder used instead of `clip`
+
+    def __post_init__(self) -> None:
+        if self.codec is None and self.vae is None or self.embedder is None and self.clip is None:
+            raise ValueError("FrozenEncoders needs a VAE (vae or codec) and a CLIP image encoder (clip or embedder)")
+        if self.codec is not None:
+            check_codec(self.codec, self.cfg)
+        if self.embedder is not None:
+            check_embedder(self.embedder, self.cfg)
+
+    @property
+    def vae_codec(self) -> VAECodec:
+        return self.codec if self.codec is not None else DiffusersVAE(self.vae)
+
+    @property
+    def image_embedder(self) -> ImageEmbedder:
+        return self.embedder if self.embedder is not None else HFImageEmbedder(self.clip)
 
     @classmethod
     def random(cls, cfg: M2HConfig, seed: int = 0) -> "FrozenEncoders":
@@ -37,18 +143,26 @@ class FrozenEncoders:
             clip = CLIPVisionModelWithProjection(hf_clip_config(cfg))
         return cls(vae.eval().requires_grad_(False), clip.eval().requires_grad_(False), cfg)
 
+    def _module(self):
+        return self.vae if self.vae is not None else self.clip
+
     @property
     def device(self) -> torch.device:
-        return next(self.vae.parameters()).device
+        m = self._module()
+        return next(m.parameters()).device if m is not None else torch.device("cpu")
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.vae.parameters()).dtype
+        m = self._module()
+        return next(m.parameters()).dtype if m is not None else torch.float32
 
     def to(self, device=None, dtype=None) -> "FrozenEncoders":
+        """Move the pack's own modules (a host's codec / embedder manage their own devices)."""
         # torch's own Module.to: diffusers' override warns "modules ... kept in float32: []" on every dtype cast
-        torch.nn.Module.to(self.vae, device=device, dtype=dtype)
-        self.clip.to(device=device, dtype=dtype)
+        if self.vae is not None:
+            torch.nn.Module.to(self.vae, device=device, dtype=dtype)
+        if self.clip is not None:
+            self.clip.to(device=device, dtype=dtype)
         return self
 
     def _chunks(self, x: torch.Tensor):
@@ -61,20 +175,22 @@ class FrozenEncoders:
         """(..., 3, H, W) in [0,1] -> scaled latents (..., c, h, w). The mode of the posterior unless `sample`."""
         lead = images.shape[:-3]
         flat = images.reshape(-1, *images.shape[-3:])
-        out = []
-        for x in self._chunks(flat):
-            dist = self.vae.encode(x * 2 - 1).latent_dist
-            out.append(dist.sample(generator) if sample else dist.mode())
-        z = torch.cat(out) * self.vae.config.scaling_factor
+        codec = self.vae_codec
+        if sample and not isinstance(codec, DiffusersVAE):
+            raise ValueError("sampling the posterior needs the pack's own diffusers VAE")
+        out = [codec.encode_pixels(x, sample, generator) if sample else codec.encode_pixels(x)
+               for x in self._chunks(flat)]
+        z = torch.cat([o.to(self.device) for o in out]) * self.cfg.vae.scaling_factor
         return z.reshape(*lead, *z.shape[-3:])
 
     def decode(self, latents: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """Scaled latents (..., c, h, w) -> pixels (..., 3, H, W) in [0, 1], in chunks."""
         lead = latents.shape[:-3]
         flat = latents.reshape(-1, *latents.shape[-3:])
+        codec = self.vae_codec
         with torch.set_grad_enabled(grad):
-            out = [self.vae.decode(z / self.vae.config.scaling_factor).sample for z in self._chunks(flat)]
-        x = (torch.cat(out).float() + 1) / 2
+            out = [codec.decode_latents(z / self.cfg.vae.scaling_factor).float() for z in self._chunks(flat)]
+        x = torch.cat([o.to(self.device) for o in out])
         x = x.clamp(0, 1) if not grad else x
         return x.reshape(*lead, *x.shape[-3:])
 
@@ -87,17 +203,13 @@ class FrozenEncoders:
         """
         lead = images.shape[:-3]
         flat = images.reshape(-1, *images.shape[-3:])
-        size = self.cfg.clip.image_size
-        mean = torch.tensor(CLIP_MEAN, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
+        embedder = self.image_embedder
         out = []
         for x in self._chunks(flat):
             h, w = x.shape[-2:]
             s = max(h, w)
             x = F.pad(x, ((s - w) // 2, s - w - (s - w) // 2, (s - h) // 2, s - h - (s - h) // 2))
-            # bicubic antialiased resize has no fp16/bf16 kernel on the CPU: resize in float32, cast back
-            x = F.interpolate(x.float(), size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-            out.append(self.clip(pixel_values=((x.to(self.dtype) - mean) / std)).image_embeds)
+            out.append(embedder.embed(x).to(self.device, self.dtype))
         e = torch.cat(out)
         return e.reshape(*lead, 1, e.shape[-1])
 

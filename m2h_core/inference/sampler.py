@@ -55,6 +55,8 @@ class SamplerSettings:
     seed: int = defaults.SEED
     context_frames: int = defaults.CONTEXT_FRAMES_AUTO
     context_overlap: int = defaults.CONTEXT_OVERLAP
+    pose_strength: float = defaults.POSE_STRENGTH  # scales E_pose's residual (paper: 1)
+    identity_strength: float = defaults.IDENTITY_STRENGTH  # scales A's re-normalised identity branch (paper: 1)
 
     @property
     def classifier_free(self) -> bool:
@@ -73,6 +75,11 @@ class SamplerSettings:
         if self.context_frames < 0 or self.context_overlap < 0:
             raise InputError(f"context frames and overlap must be >= 0, got {self.context_frames} and "
                              f"{self.context_overlap}")
+        for name in ("pose_strength", "identity_strength"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= defaults.STRENGTH_MAX:
+                raise InputError(f"{name.replace('_', ' ')} must be between 0 and {defaults.STRENGTH_MAX:g} (paper: 1), "
+                                 f"got {v}")
         asked = self.context_frames or cfg.num_frames
         cf = max(1, min(asked, num_frames))
         co = min(self.context_overlap, cf - 1)
@@ -154,8 +161,12 @@ def guided_epsilon(model: M2HModel, z: torch.Tensor, t: torch.Tensor, cond: M2HC
 @torch.no_grad()
 def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[int, ...], settings: SamplerSettings,
                     progress: Callable[[int, int], None] | None = None,
-                    cancel: Callable[[], bool] | None = None) -> torch.Tensor:
-    """The reverse process over context windows. latent_shape = (B, N, c, h, w). Returns float32 latents."""
+                    cancel: Callable[[], bool] | None = None,
+                    preview: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """The reverse process over context windows. latent_shape = (B, N, c, h, w). Returns float32 latents.
+
+    preview(step, total, x0): after each step, the scheduler's predicted clean latents (B, N, c, h, w) (scaled; the
+    current latents for solvers that do not predict x0), for a host's live preview."""
     device = next(model.parameters()).device
     scheduler = make_scheduler(settings.scheduler, prediction_type=model.cfg.prediction_type)
     scheduler.set_timesteps(settings.steps, device=device)
@@ -182,7 +193,11 @@ def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[
         if not torch.isfinite(eps).all():
             raise SamplingError(f"the model produced NaN/inf at step {step + 1}; in fp16 try bf16 or fp32, "
                                 "and check the checkpoint")
-        latents = scheduler.step(eps, t, latents).prev_sample
+        out = scheduler.step(eps, t, latents)
+        latents = out.prev_sample
+        if preview is not None:
+            x0 = getattr(out, "pred_original_sample", None)
+            preview(step, len(scheduler.timesteps), latents if x0 is None else x0)
         if progress is not None:
             progress(step + 1, len(scheduler.timesteps))
         if cancel is not None and cancel():
@@ -204,12 +219,13 @@ def _typed_inputs(video, identity, rest: tuple, settings):
 def sample_video(model: M2HModel, encoders: FrozenEncoders, video: VideoInputs, identity: IdentityInputs, *rest,
                  settings: SamplerSettings | None = None, progress: Callable[[int, int], None] | None = None,
                  cancel: Callable[[], bool] | None = None,
-                 offload_device: str | torch.device | None = None) -> SampleResult:
+                 offload_device: str | torch.device | None = None,
+                 preview: Callable[[int, int, torch.Tensor], None] | None = None) -> SampleResult:
     """Generate the human video from checked inputs (`inputs.prepare_video`, `inputs.place_identity`).
 
     settings may also be the fifth positional argument. offload_device (e.g. "cpu"): keep only the stage that
     runs on the accelerator — the VAE and CLIP are moved there while the UNet denoises, and the UNet while the
-    VAE decodes.
+    VAE decodes. preview: see `denoise_latents`.
     """
     video, identity, settings = _typed_inputs(video, identity, rest, settings)
     check_pair(video, identity, model.cfg.vae.downscale)
@@ -219,13 +235,15 @@ def sample_video(model: M2HModel, encoders: FrozenEncoders, video: VideoInputs, 
                                       identity.image[None], identity.landmarks[None], identity.arcface[None])
         dtype = next(model.parameters()).dtype
         inputs = inputs.to(next(model.parameters()).device, dtype)
-        cond = model.encode_conditions(inputs, classifier_free=settings.classifier_free)
+        cond = model.encode_conditions(inputs, classifier_free=settings.classifier_free,
+                                       pose_strength=settings.pose_strength,
+                                       identity_strength=settings.identity_strength)
         latent_shape = tuple(inputs.clothing_latents.shape)
         del inputs  # full-resolution pose images are not needed any more
     device = encoders.device
     if offload_device is not None:
         encoders.to(offload_device)
-    latents = denoise_latents(model, cond, latent_shape, settings, progress, cancel)
+    latents = denoise_latents(model, cond, latent_shape, settings, progress, cancel, preview)
     del cond
     if offload_device is not None:
         model.to(offload_device)

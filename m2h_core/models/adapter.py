@@ -114,6 +114,7 @@ def _window_key(index: torch.Tensor | slice | None, num_frames: int) -> tuple:
 
 
 TOKENS = "__tokens__"  # m2h_kv key of the lazy (f_clip, f_pi) tokens
+IDENTITY_STRENGTH = "__identity_strength__"  # m2h_kv key: scale of z_pi after Eq. 3 (default 1)
 
 
 class PassThroughProcessor(AttnProcessor2_0):
@@ -163,7 +164,8 @@ class HeadClothingAdapterProcessor(nn.Module):
             z_clip, z_pi = attend(kv[0], kv[1]), attend(kv[2], kv[3])
             if self.cfg.normalize:
                 z_pi = match_distribution(z_pi.float(), z_clip.float(), self.cfg.eps).to(z_clip.dtype)
-            z = z_clip + z_pi
+            # identity strength (sampling knob, paper = 1): scales the re-normalised identity branch
+            z = z_clip + z_pi * float(m2h_kv.get(IDENTITY_STRENGTH, 1.0))
         return attn.to_out[1](attn.to_out[0](z)) / attn.rescale_output_factor
 
 

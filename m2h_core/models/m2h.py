@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..config import M2HConfig
-from .adapter import AdapterKV, project_all
+from .adapter import IDENTITY_STRENGTH, AdapterKV, project_all
 from .head_encoder import HeadEncoder
 from .id_encoder import IdentityEncoder
 from .pose_encoder import PoseEncoder
@@ -85,6 +85,7 @@ class M2HConditioning:
     unet_input: torch.Tensor  # (B, F, 2c, h, w): [0, f_c] + E_pose(p_h); z_t is written into the first c channels
     kv: AdapterKV
     latent_channels: int
+    identity_strength: float = 1.0  # sampling knob: scale of A's identity branch after Eq. 3 (paper: 1)
 
     @property
     def num_frames(self) -> int:
@@ -92,7 +93,10 @@ class M2HConditioning:
 
     def window(self, index: torch.Tensor | slice | None) -> tuple[torch.Tensor, dict]:
         base = self.unet_input if index is None else self.unet_input[:, index]
-        return base, self.kv.frames(index)
+        kv = self.kv.frames(index)
+        if self.identity_strength != 1.0:
+            kv = {**kv, IDENTITY_STRENGTH: float(self.identity_strength)}
+        return base, kv
 
     def nbytes(self) -> int:
         """Bytes held for the whole video (the per-window key/value cache, bounded by its budget, excluded)."""
@@ -118,7 +122,8 @@ class M2HModel(nn.Module):
 
     # -- once per video -------------------------------------------------------------------------------------
     def encode_conditions(self, inputs: M2HInputs, drop: torch.Tensor | None = None,
-                          classifier_free: bool = False, precompute_kv: bool = True) -> M2HConditioning:
+                          classifier_free: bool = False, precompute_kv: bool = True, pose_strength: float = 1.0,
+                          identity_strength: float = 1.0) -> M2HConditioning:
         """Pose encoding, E_id, H (Eq. 2) and the adapter's keys/values.
 
         drop: (B,) bool — clips whose identity and CLIP tokens are dropped (training's condition dropout).
@@ -126,6 +131,8 @@ class M2HModel(nn.Module):
         precompute_kv: project A's keys/values outside the UNet (sampling): per context window, kept up to
         `self.kv_cache_bytes` for later steps (None: the whole video, once); False: each adapter layer projects the
         tokens in its own forward (training: used once anyway, and FSDP-wrapped blocks only have whole weights then).
+        pose_strength / identity_strength (sampling knobs, paper = 1): scale E_pose's residual added to the UNet
+        input, and A's identity branch z_pi after its re-normalisation (Eq. 3).
         """
         inputs.check(self.cfg, finite=not torch.is_grad_enabled())
         b, f = inputs.clothing_latents.shape[:2]
@@ -150,7 +157,7 @@ class M2HModel(nn.Module):
             keep = (~drop).to(f_pi.dtype).view(b, 1, 1, 1)
             f_pi, clip = f_pi * keep, clip * keep
         unet_input = torch.cat([torch.zeros_like(inputs.clothing_latents), inputs.clothing_latents], dim=2)
-        unet_input = unet_input + pose_residual
+        unet_input = unet_input + (pose_residual if pose_strength == 1.0 else pose_residual * pose_strength)
         if classifier_free:  # [conditional; unconditional]: the same UNet input (a view when B = 1)
             unet_input = unet_input.unsqueeze(0).expand(2, *unet_input.shape).reshape(2 * b, *unet_input.shape[1:])
         if precompute_kv and self.kv_cache_bytes is None:
@@ -158,7 +165,7 @@ class M2HModel(nn.Module):
         else:
             kv = project_all(self.unet, clip, f_pi, lazy=not precompute_kv, per_window=precompute_kv,
                              uncond=classifier_free, cache_bytes=self.kv_cache_bytes or 0)
-        return M2HConditioning(unet_input, kv, self.cfg.unet.latent_channels)
+        return M2HConditioning(unet_input, kv, self.cfg.unet.latent_channels, float(identity_strength))
 
     # -- once per step ---------------------------------------------------------------------------------------
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: M2HConditioning,
