@@ -252,13 +252,10 @@ def training_stride(checkpoint: str | Path) -> tuple[int, str]:
     return 4, "default (paper Sec. IV-B)"
 
 
-def in_models(models: str | None, subfolder: str, filename: str) -> Path | None:
-    """`models/subfolder/filename` when `--models` is given and the file is there; else None (default search:
-    $M2H_MODELS/<subfolder>, <repo>/models/<subfolder>)."""
-    if not models:
-        return None
-    path = Path(models) / subfolder / filename
-    return path if path.is_file() else None
+def in_models(models: str | None, subfolder: str) -> Path | None:
+    """The folder `models/subfolder` searched for a metric's file when `--models` is given (a missing file is then
+    reported there); None: the default search ($M2H_MODELS/<subfolder>, <repo>/models/<subfolder>)."""
+    return Path(models) / subfolder if models else None
 
 
 def face_embedder(pack: str, models: str | None):
@@ -322,11 +319,11 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
         notes.append("lpips: random stand-in networks (--random-encoders), not a perceptual metric")
     else:
         vgg = optional("LPIPS-VGG", lambda: metrics.LPIPS.from_files(
-            a.vgg or in_models(a.models, "vgg", metrics.VGG16_FILENAME),
-            a.lpips or in_models(a.models, "lpips", metrics.LPIPS_FILENAME)), notes, explicit=bool(a.vgg or a.lpips))
+            a.vgg or in_models(a.models, "vgg"),
+            a.lpips or in_models(a.models, "lpips")), notes, explicit=bool(a.vgg or a.lpips))
         alex = optional("LPIPS-Alex", lambda: metrics.LPIPSAlex.from_files(
-            a.alexnet or in_models(a.models, "lpips", metrics.ALEXNET_FILENAME),
-            a.lpips_alex or in_models(a.models, "lpips", metrics.LPIPS_ALEX_FILENAME)), notes,
+            a.alexnet or in_models(a.models, "lpips"),
+            a.lpips_alex or in_models(a.models, "lpips")), notes,
             explicit=bool(a.alexnet or a.lpips_alex))
         lpips_models.update({k: m for k, m in (("lpips", vgg), ("lpips_alex", alex)) if m is not None})
     if embedder is None and not a.no_csim:
@@ -336,7 +333,7 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
         if a.frames < metrics.I3D_MIN_FRAMES:
             notes.append(f"FVD: skipped - needs chunks of >= {metrics.I3D_MIN_FRAMES} frames (--frames {a.frames})")
         else:
-            i3d = optional("FVD", lambda: metrics.load_i3d(a.i3d or in_models(a.models, "fvd", metrics.I3D_FILENAME),
+            i3d = optional("FVD", lambda: metrics.load_i3d(a.i3d or in_models(a.models, "fvd"),
                                                             device=device), notes, explicit=bool(a.i3d))
     enc = build_encoders(a, cfg).to(device)
     base = SamplerSettings(steps=a.steps, guidance_scale=a.guidance, seed=a.seed,
