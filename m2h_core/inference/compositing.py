@@ -69,13 +69,18 @@ def _disk(px: int) -> np.ndarray:
 
 
 def erode(mask: np.ndarray, px: int) -> np.ndarray:
-    """(H, W) bool eroded by `px` (outside the image counts as off)."""
+    """(H, W) or (N, H, W) bool eroded by `px` (outside the image counts as off)."""
+    if mask.ndim == 3:
+        return np.stack([erode(m, px) for m in mask])
     if px <= 0:
         return mask.astype(bool)
     return cv2.erode(mask.astype(np.uint8), _disk(px), borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
 
 
 def dilate(mask: np.ndarray, px: int) -> np.ndarray:
+    """(H, W) or (N, H, W) bool dilated by `px`."""
+    if mask.ndim == 3:
+        return np.stack([dilate(m, px) for m in mask])
     if px <= 0:
         return mask.astype(bool)
     return cv2.dilate(mask.astype(np.uint8), _disk(px)) > 0
@@ -166,7 +171,8 @@ def _check(gen: np.ndarray, src: np.ndarray, **masks: np.ndarray | None) -> None
 
 
 def lock_region(clothing: np.ndarray, body: np.ndarray | None, erode_px: int) -> np.ndarray:
-    """Where the garment lock takes the source: M_c eroded by `erode_px`, minus the generated body parts."""
+    """Where the garment lock takes the source: M_c eroded by `erode_px`, minus the generated body parts
+    ((H, W) or (N, H, W))."""
     m = erode(clothing.astype(bool), erode_px)
     return m & ~body.astype(bool) if body is not None else m
 
@@ -183,7 +189,8 @@ def garment_lock(generated: np.ndarray, source: np.ndarray, clothing: np.ndarray
 
 
 def background_region(person: np.ndarray, mannequin: np.ndarray | None, grow_px: int) -> np.ndarray:
-    """Where keep_background takes the source: outside the generated person and the mannequin, both grown."""
+    """Where keep_background takes the source: outside the generated person and the mannequin, both grown
+    ((H, W) or (N, H, W))."""
     keep = ~dilate(person.astype(bool), grow_px)
     return keep & ~dilate(mannequin.astype(bool), grow_px) if mannequin is not None else keep
 
