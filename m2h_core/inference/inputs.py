@@ -228,6 +228,80 @@ def analyze_face(photo: np.ndarray, analyzer: Any, name: str = "the identity pho
     return face, ([f"{n} faces in {name}: using the largest"] if n > 1 else [])
 
 
+MAX_PHOTOS = 8
+PHOTO_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class PhotoSet:
+    """Several photos of one person combined (issue 16): the face to place (the best photo's geometry with the
+    averaged ArcFace embedding), which photo that is, every photo's cosine to the mean, and a preview strip."""
+
+    photo: np.ndarray  # the chosen photo (uint8 RGB), x_id / p_id come from it
+    face: Any  # its FaceResult, embedding replaced by the set's mean
+    best: int
+    names: tuple[str, ...]
+    similarity: tuple[float, ...]
+    kept: tuple[bool, ...]
+    preview: np.ndarray  # (112, N * 112, 3) uint8
+    notes: tuple[str, ...] = ()
+
+
+def identity_photo_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """`--identity` as given: one file, several files, or a folder (its images, sorted); 1-8 photos."""
+    items = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    paths: list[str] = []
+    for item in items:
+        s = os.fspath(item)
+        if os.path.isdir(s):
+            found = sorted(os.path.join(s, f) for f in os.listdir(s) if f.lower().endswith(PHOTO_EXTENSIONS))
+            if not found:
+                raise InputError(f"{s}: the identity folder holds no photos ({', '.join(PHOTO_EXTENSIONS)})")
+            paths += found
+        else:
+            _must_exist(s, "the identity photo")
+            paths.append(s)
+    if not paths:
+        raise InputError("no identity photo given")
+    if len(paths) > MAX_PHOTOS:
+        raise InputError(f"{len(paths)} identity photos given; use 1 to {MAX_PHOTOS} photos of the same person")
+    return paths
+
+
+def combine_photos(photos: Sequence[np.ndarray], analyzer: Any, names: Sequence[str]) -> PhotoSet:
+    """Analyse every photo's face; ArcFace embeddings L2-normalised and averaged, outliers (cosine < 0.4 to the
+    mean of the others) dropped and reported; x_id / p_id from the most frontal, sharpest kept face. A set whose
+    mean pairwise cosine is below `face.SAME_PERSON_COSINE` shows different people: refused, naming each photo."""
+    from dataclasses import replace
+
+    from ..preprocess import face as fc
+
+    if not 1 <= len(photos) <= MAX_PHOTOS:
+        raise InputError(f"{len(photos)} identity photos given; use 1 to {MAX_PHOTOS} photos of the same person")
+    faces, notes = [], []
+    for photo, name in zip(photos, names):
+        f, more = analyze_face(photo, analyzer, name)
+        faces.append(f)
+        notes += more
+    emb = fc.mean_embedding(np.stack([f.embedding for f in faces]))
+    if len(faces) > 1 and emb.mean_pairwise < fc.SAME_PERSON_COSINE:
+        sims = ", ".join(f"{os.path.basename(n)} {s:.2f}" for n, s in zip(names, emb.similarity))
+        raise InputError(f"the {len(faces)} identity photos seem to show different people (mean pairwise face "
+                         f"similarity {emb.mean_pairwise:.2f} < {fc.SAME_PERSON_COSINE}; similarity to the mean: "
+                         f"{sims}); give photos of one person only")
+    best, why = fc.best_photo(faces, emb.kept)
+    dropped = [f"{os.path.basename(n)} ({s:.2f})" for n, s, k in zip(names, emb.similarity, emb.kept) if not k]
+    if len(faces) > 1:
+        notes.append(f"identity from {int(emb.kept.sum())} of {len(faces)} photos (ArcFace embeddings averaged); "
+                     f"x_id and p_id from {os.path.basename(names[best])}: {why}")
+    if dropped:
+        notes.append(f"dropped as outliers (cosine to the others' mean < {fc.OUTLIER_COSINE}): {', '.join(dropped)}")
+    face = replace(faces[best], embedding=emb.mean.copy())
+    return PhotoSet(photos[best], face, best, tuple(os.fspath(n) for n in names),
+                    tuple(float(x) for x in emb.similarity), tuple(bool(k) for k in emb.kept),
+                    fc.faces_preview(faces, emb, best), tuple(notes))
+
+
 def place_identity(photo: np.ndarray, face: Any, height: int, width: int, *, placement: str = "head_from_pose",
                    poses: Sequence[Any] | None = None, pose_size: tuple[int, int] | None = None,
                    reference_frame: int = 0, face_scale: float = 1.0, identity_input: str = "full"

@@ -320,3 +320,97 @@ class FaceAnalyzer:
                           landmark_points_image(pts, h, w), mask, aligned, len(boxes), boxes, norm)
 
     __call__ = analyze
+
+
+# ------------------------------------------------------------------------------------------ several photos
+
+#: a photo whose embedding has cosine below this to the mean of the others is dropped (issue 16)
+OUTLIER_COSINE = 0.4
+#: a set whose mean pairwise cosine is below this shows different people (ArcFace: the same person scores
+#: ~0.5-0.8 across photos, two people ~0-0.2)
+SAME_PERSON_COSINE = 0.25
+
+
+@dataclass(frozen=True)
+class EmbeddingSet:
+    """Several photos' ArcFace embeddings combined: the L2-normalised mean of the kept ones."""
+
+    mean: np.ndarray  # (D,) unit norm, over the kept photos
+    similarity: np.ndarray  # (N,) cosine of every photo to `mean`
+    kept: np.ndarray  # (N,) bool
+    mean_pairwise: float  # over all photos, before any was dropped
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def mean_embedding(embeddings: np.ndarray, outlier_cosine: float = OUTLIER_COSINE) -> EmbeddingSet:
+    """L2-normalise each embedding, drop outliers one at a time (the worst first, while its cosine to the mean of
+    the *other* kept photos is below `outlier_cosine` and more than two remain: a photo cannot vouch for itself),
+    and average the rest (re-normalised). The caller decides what a low `mean_pairwise` means."""
+    e = _unit(np.asarray(embeddings, np.float32).reshape(len(embeddings), -1))
+    n = len(e)
+    if n == 0:
+        raise ValueError("no embeddings to average")
+    sims = e @ e.T
+    pair = float((sims.sum() - n) / (n * (n - 1))) if n > 1 else 1.0
+    kept = np.ones(n, bool)
+    while kept.sum() > 2:
+        idx = np.nonzero(kept)[0]
+        loo = np.array([float(e[i] @ _unit(e[idx[idx != i]].sum(0))) for i in idx])
+        worst = int(np.argmin(loo))
+        if loo[worst] >= outlier_cosine:
+            break
+        kept[idx[worst]] = False
+    mean = _unit(e[kept].mean(0))
+    return EmbeddingSet(mean.astype(np.float32), (e @ mean).astype(np.float32), kept, pair)
+
+
+def frontal_score(kps: np.ndarray) -> float:
+    """1 for a face looking straight at the camera, towards 0 when turned: the nose tip's horizontal offset from
+    the eyes' midpoint (in the eye line's frame, so roll does not count) relative to the eye distance."""
+    k = np.asarray(kps, np.float64).reshape(5, 2)
+    d = k[1] - k[0]
+    dist = float(np.hypot(*d))
+    if dist < 1e-6:
+        return 0.0
+    u = d / dist
+    off = abs(float((k[2] - (k[0] + k[1]) / 2) @ u)) / dist
+    return float(max(0.0, 1.0 - 2.0 * off))
+
+
+def sharpness(aligned: np.ndarray) -> float:
+    """Variance of the Laplacian of the aligned 112x112 crop's grey levels (higher = sharper)."""
+    grey = cv2.cvtColor(np.ascontiguousarray(aligned), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return float(cv2.Laplacian(grey, cv2.CV_32F).var())
+
+
+def best_photo(faces: Sequence[FaceResult], kept: np.ndarray) -> tuple[int, str]:
+    """Index of the kept face to take x_id / p_id from: the most frontal, then the sharpest (score = frontal +
+    0.5 x sharpness relative to the sharpest kept face), and why, in words."""
+    idx = [i for i in range(len(faces)) if kept[i]]
+    front = {i: frontal_score(faces[i].kps) for i in idx}
+    sharp = {i: sharpness(faces[i].aligned) for i in idx}
+    top = max(sharp.values()) or 1.0
+    score = {i: front[i] + 0.5 * sharp[i] / top for i in idx}
+    best = max(idx, key=lambda i: score[i])
+    return best, (f"frontal {front[best]:.2f} (1 = straight at the camera), sharpness {sharp[best] / top:.2f} of "
+                  "the sharpest")
+
+
+def faces_preview(faces: Sequence[FaceResult], emb: EmbeddingSet, best: int, size: int = 112) -> np.ndarray:
+    """A strip of the aligned faces, each labelled with its cosine to the mean; dropped ones dimmed with a red
+    frame, the one used for x_id / p_id framed green. (size, N * size, 3) uint8."""
+    tiles = []
+    for i, f in enumerate(faces):
+        t = cv2.resize(np.ascontiguousarray(f.aligned), (size, size), interpolation=cv2.INTER_AREA)
+        if not emb.kept[i]:
+            t = (t * 0.4).astype(np.uint8)
+        colour = (0, 200, 0) if i == best else (220, 40, 40) if not emb.kept[i] else (200, 200, 200)
+        cv2.rectangle(t, (0, 0), (size - 1, size - 1), colour, 2)
+        cv2.putText(t, f"{emb.similarity[i]:.2f}", (4, size - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * size / 112,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(t)
+    return np.concatenate(tiles, 1)
