@@ -21,7 +21,7 @@ from .test_preprocess_builders import build_face_pack
 
 def lit(person: Identity, rng: np.random.Generator, amount: int = 14) -> np.ndarray:
     """One photo's embedding: the person's colours under other lighting."""
-    j = lambda c: tuple(int(v) for v in np.clip(np.asarray(c) + rng.integers(-amount, amount + 1, 3), 0, 255))  # noqa: E731
+    j = lambda c: tuple(int(v) for v in np.clip(np.asarray(c) + rng.integers(-amount, amount + 1, 3), 0, 255))
     return identity_embedding(replace(person, skin=j(person.skin), hair_color=j(person.hair_color),
                                       eye_color=j(person.eye_color)))
 
@@ -122,7 +122,7 @@ def test_combine_photos_averages_the_embeddings_through_the_face_models(analyzer
     assert res.photo is photos[res.best] and all(res.kept)
     expect = np.stack([e / np.linalg.norm(e) for e in embs.values()]).mean(0)
     np.testing.assert_allclose(res.face.embedding, expect / np.linalg.norm(expect), atol=1e-5)
-    assert any(f"identity from 3 of 3 photos" in n and f"x_id and p_id from {'abc'[res.best]}.png" in n
+    assert any("identity from 3 of 3 photos" in n and f"x_id and p_id from {'abc'[res.best]}.png" in n
                for n in res.notes)
     assert res.preview.shape == (112, 3 * 112, 3) and res.preview.dtype == np.uint8
     ident, _ = inputs.place_identity(res.photo, res.face, 64, 32, placement="fit_photo")
