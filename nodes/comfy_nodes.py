@@ -10,7 +10,7 @@ import importlib.util
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -37,6 +37,10 @@ def _input(i: spec.In):
         return io.Image.Input(i.id, **kw)
     if i.type == "MASK":
         return io.Mask.Input(i.id, **kw)
+    if i.type == "VAE":
+        return io.Vae.Input(i.id, **kw)
+    if i.type == "CLIP_VISION":
+        return io.ClipVision.Input(i.id, **kw)
     if i.type in CUSTOM:
         return CUSTOM[i.type].Input(i.id, **kw)
     if i.type == "INT":
@@ -76,6 +80,18 @@ def missing_dependencies(needs: tuple[str, ...]) -> list[str]:
         except (ImportError, ValueError):
             out.append(mod)
     return out
+
+
+def install_advice(missing: list[str]) -> str:
+    """The README's install commands: insightface with --no-deps (its dependencies would replace onnxruntime and
+    OpenCV builds), the rest plainly."""
+    cmds = []
+    plain = [m for m in missing if m != "insightface"]
+    if plain:
+        cmds.append(f"pip install {' '.join(plain)}")
+    if "insightface" in missing:
+        cmds.append("pip install --no-deps insightface")
+    return " and ".join(cmds)
 
 
 def build_schema(s: spec.NodeSpec, unavailable: str | None = None):
@@ -121,23 +137,8 @@ def progress_bar(total: int):
     return lambda done, tot: bar.update_absolute(int(done), int(tot))
 
 
-@dataclass
-class M2HModelHandle:
-    """The M2H_MODEL value: the loaded pipeline (kept on the offload device between runs) and where it came from."""
-
-    pipeline: Any
-    key: tuple
-    dtype: torch.dtype
-    description: str
-
-    @property
-    def cfg(self):
-        return self.pipeline.cfg
-
-
 _CACHE_LOCK = threading.Lock()
-_PIPELINES: dict[tuple, M2HModelHandle] = {}  # at most one entry: the last loaded model
-_PREPROCESSORS: dict[tuple, Any] = {}
+_PREPROCESSORS: dict[tuple, Any] = {}  # parsing / DWPose / face ONNX sessions (small; not ComfyUI models)
 
 
 def _cached_preprocessor(key: tuple, make):
@@ -149,15 +150,25 @@ def _cached_preprocessor(key: tuple, make):
         return _PREPROCESSORS[key]
 
 
-def _mtime(path: str | None) -> float:
-    try:
-        return os.path.getmtime(path) if path else 0.0
-    except OSError:
-        return 0.0
+def _latent_format(cfg):
+    """ComfyUI's SD-1.5 latent format (its latent-to-RGB preview factors) for 4-channel models, else None."""
+    if cfg.unet.latent_channels != 4:
+        return None
+    import comfy.latent_formats
+
+    fmt = comfy.latent_formats.SD15()
+    fmt.scale_factor = cfg.vae.scaling_factor
+    return fmt
 
 
-def load_m2h_model(checkpoint: str, base: str, clip_vision: str, motion: str, precision: str) -> M2HModelHandle:
+def load_m2h_model(checkpoint: str, base: str, clip_vision: str, motion: str, precision: str, vae=None,
+                   clip_vision_model=None):
+    """The loader node: an M2HModelPatcher (ComfyUI's memory manager owns it; ComfyUI's node cache reuses it
+    while the inputs are unchanged). Weights are built on the offload device; nothing is moved here."""
     from m2h_core.inference.pipeline import load_pipeline
+
+    from .comfy_encoders import ComfyClipVision, ComfyVAE
+    from .model_patcher import M2HModelPatcher, M2HSource
 
     mm = _mm()
     device = mm.get_torch_device()
@@ -169,53 +180,75 @@ def load_m2h_model(checkpoint: str, base: str, clip_vision: str, motion: str, pr
         clip_vision=None if clip_vision == files.NONE else files.resolve("clip_vision", clip_vision),
         motion_module=None if motion == files.NONE else files.resolve("animatediff_models", motion),
     )
-    key = tuple((k, v, _mtime(v)) for k, v in paths.items()) + (("dtype", str(dtype)),)
-    with _CACHE_LOCK:
-        if key in _PIPELINES:
-            log.info("M2H Model Loader: reusing the loaded model (%s)", os.path.basename(paths["checkpoint"]))
-            return _PIPELINES[key]
-        _PIPELINES.clear()
-        offload = mm.unet_offload_device()
-        pipe = load_pipeline(device=offload, dtype=dtype, **paths)
-        desc = (f"{os.path.basename(paths['checkpoint'])} ({pipe.cfg.name}, {pipe.cfg.width}x{pipe.cfg.height}, "
-                f"{str(dtype).replace('torch.', '')})")
-        log.info("M2H Model Loader: loaded %s", desc)
-        handle = M2HModelHandle(pipe, key, dtype, desc)
-        _PIPELINES[key] = handle
-        return handle
-
-
-def _model_bytes(pipe) -> int:
-    mods = [pipe.model, pipe.encoders.vae, pipe.encoders.clip]
-    return sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
-
-
-def sample_on_device(handle: M2HModelHandle, video, head, settings, progress):
-    """Move the pipeline to ComfyUI's torch device for the run (freeing ComfyUI's own models first), then back
-    to the offload device. On out-of-memory, retry once with half the context window."""
-    mm = _mm()
-    device = mm.get_torch_device()
+    codec = ComfyVAE(vae) if vae is not None else None
+    embedder = ComfyClipVision(clip_vision_model) if clip_vision_model is not None else None
     offload = mm.unet_offload_device()
-    pipe = handle.pipeline
-    if device.type != "cpu":
-        mm.free_memory(int(_model_bytes(pipe) * 1.2) + 2 * 1024 ** 3, device)
+
+    def build():
+        return load_pipeline(device=offload, dtype=dtype, codec=codec, embedder=embedder, **paths)
+
+    pipe = build()
+    parts = [p for p, on in (("connected VAE", codec), ("connected CLIP vision", embedder)) if on is not None]
+    desc = (f"{os.path.basename(paths['checkpoint'])} ({pipe.cfg.name}, {pipe.cfg.width}x{pipe.cfg.height}, "
+            f"{str(dtype).replace('torch.', '')}{', ' + ', '.join(parts) if parts else ''})")
+    patcher = M2HModelPatcher.from_pipeline(pipe, M2HSource(build, desc, dtype, codec, embedder), device, offload,
+                                            _latent_format(pipe.cfg))
+    log.info("M2H Model Loader: loaded %s (%.0f MB)", desc, patcher.model_size() / 2 ** 20)
+    return patcher
+
+
+def _is_oom(err: BaseException) -> bool:
+    mm = _mm()
+    return isinstance(err, mm.OOM_EXCEPTION) or "out of memory" in str(err).lower()
+
+
+def _preview_callback(patcher, steps: int, frame: int):
+    """ComfyUI's own previewer (latent_preview, the user's --preview-method) on one frame of the predicted x0,
+    every step; also drives the progress bar."""
+    import latent_preview
+
+    if patcher.model.latent_format is None:
+        bar = progress_bar(steps)
+        return None, bar
+    callback = latent_preview.prepare_callback(patcher, steps)
+
+    def preview(step: int, total: int, x0: torch.Tensor) -> None:
+        callback(step, x0[0, min(frame, x0.shape[1] - 1)][None].float(), None, total)
+
+    return preview, None
+
+
+def sample_with_host(patcher, video, head, settings, steps: int):
+    """Load the model through ComfyUI (load_models_gpu: nothing moves if it is already there), sample, and on
+    out-of-memory retry once with a smaller window and VAE/CLIP chunk for this run only (shared state untouched)."""
+    from dataclasses import replace
+
+    from m2h_core.inference.sampler import sample_video
+
+    mm = _mm()
+    mm.load_models_gpu([patcher])
+    pipe = patcher.pipeline
+    frame = video.num_frames // 2
+
+    def run(settings, encoders):
+        preview, bar = _preview_callback(patcher, steps, frame)
+        return sample_video(pipe.model, encoders, video, head.at_size(video.height, video.width), settings,
+                            progress=bar, cancel=cancel_check, preview=preview)
+
     try:
-        pipe.to(device)
-        try:
-            return logic.run_sampler(pipe, video, head, settings, progress=progress, cancel=cancel_check)
-        except mm.OOM_EXCEPTION:
-            if settings.context_frames <= 2:
-                raise
-            mm.soft_empty_cache(True)
-            settings.context_frames = max(2, settings.context_frames // 2)
-            settings.context_overlap = min(settings.context_overlap, settings.context_frames - 1)
-            pipe.encoders.chunk = max(1, pipe.encoders.chunk // 2)
-            log.warning("M2H Sampler: out of GPU memory; retrying with context_frames=%d (set it lower to avoid "
-                        "this)", settings.context_frames)
-            return logic.run_sampler(pipe, video, head, settings, progress=progress, cancel=cancel_check)
-    finally:
-        pipe.to(offload)
-        mm.soft_empty_cache()
+        res = run(settings, pipe.encoders)
+    except Exception as err:  # noqa: BLE001 - only out-of-memory is retried
+        if not _is_oom(err) or settings.context_frames <= 2:
+            raise
+        mm.soft_empty_cache(True)
+        smaller = replace(settings, context_frames=max(2, settings.context_frames // 2))
+        smaller = replace(smaller, context_overlap=min(smaller.context_overlap, smaller.context_frames - 1))
+        encoders = replace(pipe.encoders, chunk=max(1, pipe.encoders.chunk // 2))
+        log.warning("M2H Sampler: out of memory with context_frames=%d; retrying this run with context_frames=%d, "
+                    "context_overlap=%d and VAE/CLIP chunks of %d (set context_frames lower to avoid this)",
+                    settings.context_frames, smaller.context_frames, smaller.context_overlap, encoders.chunk)
+        res = run(smaller, encoders)
+    return logic.nchw_to_bhwc(res.frames), res.latents
 
 
 # ------------------------------------------------------------------------------------------ nodes
@@ -232,6 +265,7 @@ class M2HMannequinSegmentation(_M2HNode):
         if masks is None:
             from m2h_core.preprocess.parsing import load_parser
 
+            files.check_name("human_parsing", model)
             device = str(_mm().get_torch_device())
             parser = _cached_preprocessor(("parser", model, device), lambda: load_parser(
                 model, search_dirs=files.search_dirs("human_parsing"), device=device))
@@ -267,6 +301,7 @@ class M2HHeadEncoder(_M2HNode):
         cls.check_available()
         from m2h_core.preprocess.face import FaceAnalyzer
 
+        files.check_name("insightface", face_model)
         dirs = files.search_dirs("insightface")
         analyzer = _cached_preprocessor(("face", face_model), lambda: FaceAnalyzer(face_model, dirs))
         log.info("M2H Identity Photo: %s from %s, providers %s", face_model, analyzer.folder,
@@ -282,9 +317,11 @@ class M2HUNetLoader(_M2HNode):
     SPEC = spec.UNET_LOADER
 
     @classmethod
-    def execute(cls, m2h_checkpoint, base_model, clip_vision, motion_module, precision) -> io.NodeOutput:
+    def execute(cls, m2h_checkpoint, base_model, clip_vision, motion_module, precision, vae=None,
+                clip_vision_model=None) -> io.NodeOutput:
         cls.check_available()
-        return io.NodeOutput(load_m2h_model(m2h_checkpoint, base_model, clip_vision, motion_module, precision))
+        return io.NodeOutput(load_m2h_model(m2h_checkpoint, base_model, clip_vision, motion_module, precision,
+                                            vae=vae, clip_vision_model=clip_vision_model))
 
 
 class M2HSampler(_M2HNode):
@@ -292,7 +329,8 @@ class M2HSampler(_M2HNode):
 
     @classmethod
     def execute(cls, model, frames, clothing_mask, pose_images, head_cond, seed, steps, cfg, scheduler,
-                context_frames, context_overlap, resize) -> io.NodeOutput:
+                context_frames, context_overlap, resize, pose_strength, identity_strength, **more
+                ) -> io.NodeOutput:
         cls.check_available()
         video = logic.prepare_sampler_inputs(frames, clothing_mask, pose_images, model.cfg.height,
                                              model.cfg.width, resize)
@@ -301,8 +339,11 @@ class M2HSampler(_M2HNode):
         settings = logic.sampler_settings(model.cfg, video.num_frames, seed=seed, steps=steps, cfg=cfg,
                                           scheduler=scheduler, context_frames=context_frames,
                                           context_overlap=context_overlap)
-        images, latents = sample_on_device(model, video, head_cond, settings, progress_bar(steps))
-        return io.NodeOutput(images, {"samples": latents})
+        settings = replace(settings, pose_strength=float(pose_strength), identity_strength=float(identity_strength))
+        settings, _ = settings.for_video(model.cfg, video.num_frames)  # checks the strengths
+        images, latents = sample_with_host(model, video, head_cond, settings, steps)
+        # ComfyUI's LATENT is the VAE's raw latent (the model's latent_format scales it): undo the model's factor
+        return io.NodeOutput(images, {"samples": latents / model.cfg.vae.scaling_factor})
 
 
 NODE_CLASSES = (M2HMannequinSegmentation, M2HDWPose, M2HHeadEncoder, M2HUNetLoader, M2HSampler)
@@ -318,8 +359,8 @@ class M2HExtension(ComfyExtension):
         files.register_folders()
         for cls in NODE_CLASSES:
             missing = missing_dependencies(cls.SPEC.needs)
-            cls.UNAVAILABLE = (f"missing optional dependency {', '.join(missing)} (pip install "
-                               f"{' '.join(missing)}; see the README's Install section)") if missing else None
+            cls.UNAVAILABLE = (f"missing optional dependency {', '.join(missing)} ({install_advice(missing)}; see "
+                               "the README's Install section)") if missing else None
             if cls.UNAVAILABLE:
                 log.warning("M2HVideo: node '%s' disabled: %s", cls.SPEC.display_name, cls.UNAVAILABLE)
         return list(NODE_CLASSES)

@@ -34,7 +34,7 @@ CANONICAL = {
     "dwpose_pose": ("dw-ll_ucoco_384.onnx",),
     "human_parsing": ("auto", "segformer_b2_clothes", "parsing_atr.onnx", "parsing_lip.onnx"),
     "insightface": ("antelopev2", "buffalo_l"),
-    "m2hvideo": ("m2hvideo.safetensors",),
+    "m2hvideo": ("m2hvideo_sd15.safetensors",),
 }
 NONE = "none"
 DIFFUSERS_PREFIX = "diffusers/"

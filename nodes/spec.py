@@ -25,7 +25,7 @@ M2H_HEAD_COND = "M2H_HEAD_COND"
 CUSTOM_TYPES = (M2H_MODEL, M2H_POSE, M2H_HEAD_COND)
 
 # Socket-only (non-widget) types.
-SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "VIDEO", "AUDIO", *CUSTOM_TYPES}
+SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "VIDEO", "AUDIO", "VAE", "CLIP_VISION", *CUSTOM_TYPES}
 WIDGET_TYPES = {"INT", "FLOAT", "BOOLEAN", "STRING", "COMBO"}
 
 SCHEDULERS = defaults.SCHEDULERS
@@ -188,9 +188,10 @@ UNET_LOADER = NodeSpec(
     node_id="M2HUNetLoader",  # id kept from the first release (saved workflows store it)
     display_name="M2H Model Loader",
     description="Loads everything the sampler needs: the M2HVideo model (UNet with motion modules, pose and "
-                "identity encoders, head encoder, adapter) and the frozen VAE and CLIP image encoder (from the "
-                "checkpoint when it embeds them, else from the base model and clip_vision files). Checks that the "
-                "files belong together before building anything. Kept in memory between runs.",
+                "identity encoders, head encoder, adapter) and the frozen VAE and CLIP image encoder (connected "
+                "VAE / CLIP_VISION inputs first, else the checkpoint's own when it embeds them, else the base model "
+                "and clip_vision files). Checks that the files belong together before building anything. ComfyUI's "
+                "memory manager owns the model (Unload Models / --lowvram / --highvram apply to it).",
     inputs=(
         In("m2h_checkpoint", "COMBO", "M2HVideo checkpoint from ComfyUI/models/m2hvideo/.",
            options_source="m2hvideo"),
@@ -204,6 +205,11 @@ UNET_LOADER = NodeSpec(
            options_source="animatediff_models"),
         In("precision", "COMBO", "Weights dtype: auto = fp16/bf16 on a GPU that supports it, fp32 on CPU.",
            default=AUTO, options=PRECISIONS),
+        In("vae", "VAE", "Optional: a VAE from core Load Checkpoint / Load VAE (SD-1.5's for sd15 models). When "
+           "connected it is used instead of the checkpoint's or base_model's VAE.", optional=True),
+        In("clip_vision_model", "CLIP_VISION", "Optional: a CLIP vision model from core Load CLIP Vision (ViT-L/14 "
+           "for sd15 models). When connected it is used instead of the checkpoint's or the clip_vision file's.",
+           optional=True, display_name="clip_vision"),
     ),
     outputs=(Out("model", M2H_MODEL, "The loaded M2HVideo pipeline."),),
 )
@@ -233,10 +239,17 @@ SAMPLER = NodeSpec(
         In("resize", "COMBO", "crop_to_model: centre-crop and resize every input to the model's training size "
            "(logged). keep: use the frames' own size (must be a multiple of 8).", default="crop_to_model",
            options=("crop_to_model", "keep")),
+        In("pose_strength", "FLOAT", "How strongly the body pose steers the video: scales the pose encoder's "
+           "residual (1 = as trained, the paper's; 0 = pose ignored).", default=defaults.POSE_STRENGTH, min=0.0,
+           max=defaults.STRENGTH_MAX, step=0.05),
+        In("identity_strength", "FLOAT", "How strongly the identity photo shapes the face: scales the adapter's "
+           "identity branch after its re-normalisation (1 = as trained, the paper's).",
+           default=defaults.IDENTITY_STRENGTH, min=0.0, max=defaults.STRENGTH_MAX, step=0.05),
     ),
     outputs=(
         Out("images", "IMAGE", "The generated frames (connect to Create Video with the source fps)."),
-        Out("latent", "LATENT", "The final latents."),
+        Out("latent", "LATENT", "The final latents in ComfyUI's convention (the VAE's raw latents, one per frame): "
+            "core VAE Decode with the model's VAE gives the same frames as 'images'."),
     ),
 )
 

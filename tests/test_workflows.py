@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 UI_FILES = sorted((ROOT / "example_workflows").glob("*.json"))
 API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
 EXPECTED = {"m2h_mannequin_to_human", "m2h_user_masks", "m2h_preprocess_preview"}
+UI_TITLES = {"M2HVideo - mannequin video to human video", "M2HVideo - with your own clothing masks",
+             "M2HVideo - preprocess preview (masks and poses)"}
 
 
 def _types(t: bw.NodeType) -> dict[str, str]:
@@ -48,7 +50,7 @@ def _check_widget_value(node_type: str, name: str, value) -> None:
 
 
 def test_all_workflows_are_present_in_both_formats():
-    assert {p.stem for p in UI_FILES} == EXPECTED
+    assert {p.stem for p in UI_FILES} == UI_TITLES
     assert {p.stem for p in API_FILES} == EXPECTED
 
 
@@ -157,9 +159,17 @@ def test_api_workflow(path: Path):
         visit(k)
 
 
+def _ui_file(stem: str) -> Path:
+    """The UI file of an API workflow (UI files carry a readable title as their name)."""
+    for p in UI_FILES:
+        if json.loads(p.read_text())["extra"]["m2hvideo_workflow"] == stem:
+            return p
+    raise FileNotFoundError(stem)
+
+
 @pytest.mark.parametrize("stem", sorted(EXPECTED))
 def test_ui_and_api_describe_the_same_graph(stem: str):
-    ui = json.loads((ROOT / "example_workflows" / f"{stem}.json").read_text())
+    ui = json.loads(_ui_file(stem).read_text())
     api = json.loads((ROOT / "workflows" / "api" / f"{stem}.json").read_text())
     ui_nodes = {str(n["id"]): n for n in ui["nodes"] if n["type"] not in bw.UI_ONLY}
     assert set(ui_nodes) == set(api)
@@ -177,3 +187,25 @@ def test_sampler_keeps_the_source_fps():
             if n["class_type"] == "CreateVideo":
                 src = api[n["inputs"]["fps"][0]]
                 assert src["class_type"] == "GetVideoComponents" and n["inputs"]["fps"][1] == 2
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_templates_open_clean(path: Path):
+    """What the frontend checks or shows first: a UUID id (else the 'Invalid uuid' toast), notes inside the first
+    view (right of the sidebar, at the saved offset/scale), a thumbnail next to the file, README's file names."""
+    import uuid
+
+    wf = json.loads(path.read_text())
+    assert str(uuid.UUID(wf["id"])) == wf["id"]
+    scale, (ox, oy) = wf["extra"]["ds"]["scale"], wf["extra"]["ds"]["offset"]
+    notes = [n for n in wf["nodes"] if n["type"] in bw.UI_ONLY]
+    assert notes
+    for n in notes:
+        x, y = (n["pos"][0] + ox) * scale, (n["pos"][1] + oy) * scale
+        title_y = (n["pos"][1] - 30 + oy) * scale  # the title bar is drawn above pos
+        assert 48 <= x and x + n["size"][0] * scale <= 1280 and 80 <= title_y <= 600, (n.get("title"), x, title_y)
+    for ext in ("jpg", "webp"):  # this frontend asks for <name>.jpg; template packs ship .webp
+        thumb = path.with_suffix("." + ext)
+        assert thumb.is_file() and 1000 < thumb.stat().st_size < 200_000, thumb
+    text = path.read_text()
+    assert "clip_vision_vit_l14" not in text and "--no-deps insightface" in text

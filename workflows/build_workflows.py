@@ -1,6 +1,8 @@
 """Writes the pack's workflows from one description each, in both formats:
 
-- UI format (drag and drop into ComfyUI; also served as the pack's templates) -> example_workflows/<name>.json
+- UI format (drag and drop into ComfyUI; also served as the pack's templates) -> example_workflows/<title>.json
+  (the template browser shows the file name as the title, and <title>.jpg / .webp as its thumbnail: made from a
+  real render by tests/host/check_templates.py --thumbnails)
 - API format (POST /prompt; used by tests/host/run_host_test.py)             -> workflows/api/<name>.json
 
 Run `python workflows/build_workflows.py` after changing a node's inputs; tests/test_workflows.py fails when the
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,16 +91,26 @@ class Node:
     links_in: dict[str, tuple["Node", str]] = field(default_factory=dict)
 
 
+NOTE_X = 60  # notes start here (graph units): inside the first view, right of the sidebar
+X_SHIFT = 600  # the other nodes sit right of the notes column
+
+
 class Graph:
-    def __init__(self, name: str, title: str):
-        self.name, self.title = name, title
+    def __init__(self, name: str, title: str, file_title: str):
+        self.name, self.title, self.file_title = name, title, file_title
         self.nodes: list[Node] = []
+
+    @property
+    def uuid(self) -> str:
+        """The workflow id: a UUID (the frontend's schema requires one), stable per workflow name."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://github.com/m2hvideo/ComfyUI-M2HVideo/{self.name}"))
 
     def add(self, type_name: str, pos, size=(320, 200), title=None, **widgets) -> Node:
         t = NODE_TYPES[type_name]
         unknown = set(widgets) - {w for w, _ in t.widgets}
         if unknown:
             raise KeyError(f"{type_name} has no widgets {unknown}")
+        pos = (NOTE_X, pos[1]) if type_name in UI_ONLY else (pos[0] + X_SHIFT, pos[1])
         n = Node(len(self.nodes) + 1, t, {**t.defaults, **widgets}, pos, size, title)
         self.nodes.append(n)
         return n
@@ -183,9 +196,10 @@ class Graph:
             if n.type.name in UI_ONLY:
                 node["color"], node["bgcolor"] = "#432", "#653"
             nodes.append(node)
-        return {"id": f"m2hvideo-{self.name}", "revision": 0, "last_node_id": len(self.nodes),
+        return {"id": self.uuid, "revision": 0, "last_node_id": len(self.nodes),
                 "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [], "config": {},
-                "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}, "m2hvideo_workflow": self.name},
+                "extra": {"ds": {"scale": 0.75, "offset": [20, 100]}, "m2hvideo_workflow": self.name,
+                          "m2hvideo_title": self.title},
                 "version": 0.4}
 
     def _ui_inputs(self, n: Node) -> list[dict]:
@@ -210,14 +224,16 @@ Put each file in the ComfyUI folder shown (names are what the nodes look for; no
 
 | node | file | folder |
 | --- | --- | --- |
-| M2H Model Loader | `m2hvideo.safetensors` (trained with this pack's `train/`) | `models/m2hvideo/` |
+| M2H Model Loader | `m2hvideo_sd15.safetensors` (trained with this pack's `train/`) | `models/m2hvideo/` |
 | M2H Model Loader | `v1-5-pruned-emaonly.safetensors` (SD-1.5, for its VAE) | `models/checkpoints/` |
-| M2H Model Loader | `clip_vision_vit_l14.safetensors` (CLIP ViT-L/14 image encoder) | `models/clip_vision/` |
+| M2H Model Loader | `clip-vit-large-patch14.safetensors` (CLIP ViT-L/14 image encoder) | `models/clip_vision/` |
 | M2H DWPose | `yolox_l.onnx`, `dw-ll_ucoco_384.onnx` | `models/dwpose/` |
 | M2H Mannequin Segmentation | `segformer_b2_clothes/` folder, or `parsing_atr.onnx` / `parsing_lip.onnx` | `models/human_parsing/` |
 | M2H Identity Photo | insightface `antelopev2/` (or `buffalo_l/`) folder | `models/insightface/models/` |
 
 A self-contained M2H checkpoint (one that embeds its VAE and CLIP) needs base_model and clip_vision = none.
+You may instead connect core **Load VAE** / **Load CLIP Vision** to the loader's optional vae / clip_vision inputs.
+Missing insightface? `pip install --no-deps insightface` (see the README: its dependencies break onnxruntime).
 insightface model packs are for non-commercial research use only.
 """
 
@@ -255,8 +271,8 @@ def _front(g: Graph, with_identity: bool = True):
 
 
 def _generate(g: Graph, comps: Node, ident: Node, clothing_mask_from: tuple[Node, str]) -> None:
-    loader = g.add("M2HUNetLoader", (380, 600), (340, 180), m2h_checkpoint="m2hvideo.safetensors",
-                   base_model="v1-5-pruned-emaonly.safetensors", clip_vision="clip_vision_vit_l14.safetensors")
+    loader = g.add("M2HUNetLoader", (380, 600), (340, 180), m2h_checkpoint="m2hvideo_sd15.safetensors",
+                   base_model="v1-5-pruned-emaonly.safetensors", clip_vision="clip-vit-large-patch14.safetensors")
     pose = g.add("M2HDWPose", (760, 380), (320, 300))
     g.link(comps, "images", pose, "frames")
     g.link(comps, "fps", pose, "fps")
@@ -280,7 +296,8 @@ def _generate(g: Graph, comps: Node, ident: Node, clothing_mask_from: tuple[Node
 
 
 def mannequin_to_human() -> Graph:
-    g = Graph("m2h_mannequin_to_human", "Mannequin video + identity photo -> human video")
+    g = Graph("m2h_mannequin_to_human", "Mannequin video + identity photo -> human video",
+              "M2HVideo - mannequin video to human video")
     g.add("MarkdownNote", (-520, 40), (520, 460), title="Model files", text=MODELS_NOTE)
     g.add("MarkdownNote", (-520, 540), (520, 300), title="How to use", text=VIDEO_NOTE)
     _, comps, ident = _front(g)
@@ -291,7 +308,8 @@ def mannequin_to_human() -> Graph:
 
 
 def user_masks() -> Graph:
-    g = Graph("m2h_user_masks", "Mannequin video + your own clothing masks + identity photo -> human video")
+    g = Graph("m2h_user_masks", "Mannequin video + your own clothing masks + identity photo -> human video",
+              "M2HVideo - with your own clothing masks")
     g.add("MarkdownNote", (-520, 40), (520, 460), title="Model files", text=MODELS_NOTE)
     g.add("MarkdownNote", (-520, 540), (520, 260), title="Your own masks", text=MASKS_NOTE)
     _, comps, ident = _front(g)
@@ -308,7 +326,8 @@ def user_masks() -> Graph:
 
 
 def preprocess_preview() -> Graph:
-    g = Graph("m2h_preprocess_preview", "Preprocess only: clothing segmentation + DWPose previews")
+    g = Graph("m2h_preprocess_preview", "Preprocess only: clothing segmentation + DWPose previews",
+              "M2HVideo - preprocess preview (masks and poses)")
     g.add("MarkdownNote", (-520, 40), (520, 460), title="Model files", text=MODELS_NOTE)
     g.add("MarkdownNote", (-520, 540), (520, 200), title="Preprocess only", text=PREPROCESS_NOTE)
     _, comps, _ = _front(g, with_identity=False)
@@ -334,13 +353,18 @@ def render_all() -> dict[Path, str]:
     out = {}
     for make in WORKFLOWS:
         g = make()
-        out[UI_DIR / f"{g.name}.json"] = json.dumps(g.ui(), indent=1) + "\n"
+        out[UI_DIR / f"{g.file_title}.json"] = json.dumps(g.ui(), indent=1) + "\n"
         out[API_DIR / f"{g.name}.json"] = json.dumps(g.api(), indent=1) + "\n"
     return out
 
 
 def main() -> None:
-    for path, text in render_all().items():
+    files = render_all()
+    for stale in [*UI_DIR.glob("*.json"), *API_DIR.glob("*.json")]:
+        if stale not in files:
+            stale.unlink()
+            print(f"removed {stale.relative_to(ROOT)} (renamed)")
+    for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         print(f"wrote {path.relative_to(ROOT)}")
