@@ -14,7 +14,8 @@ def _add_generate(sub) -> None:
 
     p = sub.add_parser("generate", help="mannequin video + identity photo -> human video")
     p.add_argument("--video", required=True, help="mannequin video (mp4/webm/gif/folder of frames)")
-    p.add_argument("--identity", required=True, help="photo of the person")
+    p.add_argument("--identity", required=True, nargs="+",
+                   help="photo(s) of the person: one, several (1-8, the same person) or a folder")
     p.add_argument("--out", required=True, help="output video (.mp4/.webm/.gif, or a folder for PNGs)")
     p.add_argument("--checkpoint", required=True, help="M2H checkpoint (.safetensors)")
     p.add_argument("--base", help="SD-1.5 checkpoint for the VAE (unless the M2H checkpoint embeds it)")
@@ -39,8 +40,42 @@ def _add_generate(sub) -> None:
     p.add_argument("--context", type=int, default=d.CONTEXT_FRAMES_AUTO,
                    help="frames the model sees at once (default: the frame count the model was trained with)")
     p.add_argument("--overlap", type=int, default=d.CONTEXT_OVERLAP, help="frames shared by neighbouring windows")
+    _add_common(p)
+
+
+def _add_common(p) -> None:
+    """Model, preprocessing and compositing options `m2h generate` and `m2h batch` share."""
+    p.add_argument("--garment-lock", action="store_true",
+                   help="keep the source video's own garment pixels inside the (eroded) clothing mask, seam blended")
+    p.add_argument("--keep-background", action="store_true",
+                   help="keep the source video's pixels outside the generated person (the shop's background)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--precision", default="fp16" if _cuda() else "fp32", choices=sorted(DTYPES))
+
+
+def _add_batch(sub) -> None:
+    from .inference import defaults as d
+
+    p = sub.add_parser("batch", help="run every job of a jobs.csv (video, identity, output, ...) with models "
+                                     "loaded once; several processes via accelerate launch")
+    p.add_argument("--jobs", required=True, help="CSV with columns video, identity, output (optional: masks, poses, "
+                                                 "frames, steps, cfg, seed, scheduler, context, overlap, garment_lock, "
+                                                 "keep_background)")
+    p.add_argument("--failed", help="where failed jobs are listed (default: failed.csv next to the job list)")
+    p.add_argument("--checkpoint", required=True, help="M2H checkpoint (.safetensors)")
+    p.add_argument("--base", help="SD-1.5 checkpoint for the VAE (unless the M2H checkpoint embeds it)")
+    p.add_argument("--clip-vision", help="CLIP ViT-L/14 image encoder (unless embedded)")
+    p.add_argument("--models-dir", action="append", default=[],
+                   help="folder(s) with DWPose / parsing / insightface files (also $M2H_MODELS)")
+    p.add_argument("--parser", default="auto", help="parsing model file/folder name (default: first found)")
+    p.add_argument("--face-pack", default="antelopev2", help="insightface pack (antelopev2 or buffalo_l)")
+    p.add_argument("--steps", type=int, default=d.STEPS)
+    p.add_argument("--cfg", type=float, default=d.GUIDANCE_SCALE)
+    p.add_argument("--scheduler", default=d.SCHEDULER, choices=list(d.SCHEDULERS))
+    p.add_argument("--seed", type=int, default=d.SEED)
+    p.add_argument("--context", type=int, default=d.CONTEXT_FRAMES_AUTO)
+    p.add_argument("--overlap", type=int, default=d.CONTEXT_OVERLAP)
+    _add_common(p)
 
 
 def _cuda() -> bool:
@@ -66,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     _add_demo(sub)
     _add_generate(sub)
+    _add_batch(sub)
     d = sub.add_parser("doctor", help="list every model file the pack can use and where it looked")
     d.add_argument("--models-dir", action="append", default=[])
     a = ap.parse_args(argv)
@@ -84,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         report = run_demo(a.out, quick=a.quick, seed=a.seed, device=a.device, settings=settings)
         print(_demo_summary(report))
         return 0
+    if a.command == "batch":
+        return _batch(a)
     return _generate(a)
 
 
@@ -115,13 +153,45 @@ def _generate(a) -> int:
                                context_frames=a.context, context_overlap=a.overlap,
                                pose_strength=a.pose_strength, identity_strength=a.identity_strength)
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
-    req = GenerateRequest(a.video, a.identity, a.out, a.masks, a.poses, a.frames, a.parser, a.face_pack, dirs)
+    identity = a.identity[0] if len(a.identity) == 1 else a.identity
+    req = GenerateRequest(a.video, identity, a.out, a.masks, a.poses, a.frames, a.parser, a.face_pack, dirs,
+                          a.garment_lock, a.keep_background)
     with _ProgressBar("sampling") as bar:
         report = generate(files, req, settings, progress=bar.update)
     for note in report.notes:
         print("note:", note, file=sys.stderr)
     print(f"wrote {report.out}: {report.num_frames} frames, {report.size}, {report.fps:g} fps")
     return 0
+
+
+def _batch(a) -> int:
+    import torch
+
+    from .inference.batch import distributed, run_batch
+    from .inference.generate import ModelFiles
+    from .inference.sampler import SamplerSettings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    state = distributed(cpu=a.device == "cpu")
+    device = str(state.device) if a.device != "cpu" and state.num_processes > 1 else a.device
+    files = ModelFiles(a.checkpoint, a.base, a.clip_vision, device, getattr(torch, DTYPES[a.precision]))
+    settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
+                               context_frames=a.context, context_overlap=a.overlap)
+    dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
+    defaults = {"parser": a.parser, "face_pack": a.face_pack, "search_dirs": dirs, "garment_lock": a.garment_lock,
+                "keep_background": a.keep_background}
+    tag = f"[{state.process_index}/{state.num_processes}] " if state.num_processes > 1 else ""
+
+    def on_job(what: str, job) -> None:
+        print(f"{tag}{what}: row {job.row} -> {job.output}", flush=True)
+
+    report = run_batch(a.jobs, files, defaults, settings, failed_csv=a.failed, state=state, on_job=on_job)
+    print(f"{tag}{len(report.done)} done, {len(report.skipped)} already done, {len(report.failed)} failed"
+          + (f" (listed in {a.failed or os.path.join(os.path.dirname(a.jobs), 'failed.csv')})" if report.failed
+             else ""), flush=True)
+    return 0 if not report.failed else 1
 
 
 class _ProgressBar:

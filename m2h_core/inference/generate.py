@@ -46,7 +46,7 @@ class ModelFiles:
 @dataclass
 class GenerateRequest:
     video: str
-    identity: str
+    identity: str | list[str]  # one photo, several (1-8, one person), or a folder of them
     out: str
     masks: str | None = None  # user clothing masks instead of the parsing model
     poses: str | None = None  # user pose video instead of DWPose
@@ -54,6 +54,36 @@ class GenerateRequest:
     parser: str = "auto"
     face_pack: str = "antelopev2"
     search_dirs: list[str] = field(default_factory=list)
+    garment_lock: bool = False  # the source's garment pixels inside the eroded clothing mask (compositing.py)
+    keep_background: bool = False  # the source's pixels outside the generated person
+
+
+class Preprocessors:
+    """The preprocessing models, each loaded on first use and kept: `m2h batch` loads each once for all jobs."""
+
+    def __init__(self, search_dirs: list[str]):
+        self.search_dirs = list(search_dirs)
+        self._cache: dict[tuple[str, str], object] = {}
+
+    def _get(self, kind: str, name: str, make: Callable[[], object]):
+        if (kind, name) not in self._cache:
+            self._cache[(kind, name)] = make()
+        return self._cache[(kind, name)]
+
+    def parser(self, name: str = "auto"):
+        from ..preprocess.parsing import load_parser
+
+        return self._get("parser", name, lambda: load_parser(name, search_dirs=self.search_dirs))
+
+    def dwpose(self):
+        from ..preprocess.dwpose import DWPoseDetector
+
+        return self._get("dwpose", "", lambda: DWPoseDetector(search_dirs=self.search_dirs))
+
+    def face(self, pack: str = "antelopev2"):
+        from ..preprocess.face import FaceAnalyzer
+
+        return self._get("face", pack, lambda: FaceAnalyzer(pack, search_dirs=self.search_dirs))
 
 
 @dataclass
@@ -70,20 +100,20 @@ class GenerateReport:
         return f"{self.width}x{self.height} (WxH)"
 
 
-def parse_masks(frames: np.ndarray, parser: str, search_dirs: list[str]) -> np.ndarray:
+def parse_masks(frames: np.ndarray, parser: str, search_dirs: list[str], models: Preprocessors | None = None
+                ) -> np.ndarray:
     """Clothing masks of uint8 model-size frames from the human-parsing model."""
-    from ..preprocess.parsing import load_parser
+    models = models or Preprocessors(search_dirs)
+    return models.parser(parser).parse(frames, temporal_window=3).clothing_mask
 
-    return load_parser(parser, search_dirs=search_dirs).parse(frames, temporal_window=3).clothing_mask
 
-
-def detect_poses(frames: np.ndarray, fps: float, search_dirs: list[str], notes: list[str]
-                 ) -> tuple[np.ndarray, list]:
+def detect_poses(frames: np.ndarray, fps: float, search_dirs: list[str], notes: list[str],
+                 models: Preprocessors | None = None) -> tuple[np.ndarray, list]:
     """DWPose on uint8 model-size frames: rendered pose images and the smoothed keypoints."""
-    from ..preprocess.dwpose import DWPoseDetector, render_poses
+    from ..preprocess.dwpose import render_poses
     from ..preprocess.smoothing import smooth_pose_sequence
 
-    found = [r.pose for r in DWPoseDetector(search_dirs=search_dirs).detect(frames)]
+    found = [r.pose for r in (models or Preprocessors(search_dirs)).dwpose().detect(frames)]
     if all(p is None for p in found):
         raise inputs.InputError("DWPose found no person in any frame of the video: check that it shows the whole "
                                 "mannequin and is not too dark, or give --poses")
@@ -100,68 +130,103 @@ class Sources:
 
     frames: np.ndarray  # (N, H, W, 3) uint8
     fps: float
-    photo: np.ndarray  # (H, W, 3) uint8
+    photo: np.ndarray  # (H, W, 3) uint8, the first identity photo
     masks: np.ndarray | None  # user masks (N or 1, H', W') float32
     poses: np.ndarray | None  # user pose images (N, H'', W'', 3) uint8
     notes: list[str]
+    photos: list[np.ndarray] = field(default_factory=list)  # every identity photo (1-8)
+    photo_names: list[str] = field(default_factory=list)
 
 
 def read_sources(req: GenerateRequest) -> Sources:
     """Read and check every input file (decodable, counts, an empty user mask, a photo big enough for a face)."""
     from ..preprocess.face import MIN_FACE_IMAGE_SIDE
 
+    names = inputs.identity_photo_paths(req.identity)
     clip = inputs.read_video_file(req.video, max_frames=req.max_frames)
-    photo = inputs.read_photo(req.identity)
-    if min(photo.shape[:2]) < MIN_FACE_IMAGE_SIDE:
-        raise inputs.InputError(f"{req.identity} is {photo.shape[1]}x{photo.shape[0]} (WxH): too small to hold a "
-                                "detectable face; use a photo with the face at least ~100 px wide")
+    photos = [inputs.read_photo(name) for name in names]
+    for name, photo in zip(names, photos):
+        if min(photo.shape[:2]) < MIN_FACE_IMAGE_SIDE:
+            raise inputs.InputError(f"{name} is {photo.shape[1]}x{photo.shape[0]} (WxH): too small to hold a "
+                                    "detectable face; use a photo with the face at least ~100 px wide")
     n, capped = clip.frames.shape[0], req.max_frames is not None
     masks = inputs.read_mask_file(req.masks, n, capped) if req.masks else None
     if masks is not None and float(masks.max()) <= 0:
         raise inputs.InputError(f"{req.masks}: the clothing mask is empty in every frame (white = clothing)")
     poses = inputs.read_pose_file(req.poses, n, clip.fps, capped) if req.poses else None
-    return Sources(clip.frames, clip.fps, photo, masks, poses, list(getattr(clip, "notes", [])))
+    return Sources(clip.frames, clip.fps, photos[0], masks, poses, list(getattr(clip, "notes", [])), photos, names)
 
 
-def preprocess(src: Sources, req: GenerateRequest, cfg: M2HConfig, notes: list[str]
-               ) -> tuple[inputs.VideoInputs, inputs.IdentityInputs]:
+def preprocess(src: Sources, req: GenerateRequest, cfg: M2HConfig, notes: list[str],
+               models: Preprocessors | None = None) -> tuple[inputs.VideoInputs, inputs.IdentityInputs]:
     """The preprocessing models, cheapest check first: parsing (an empty result stops here), DWPose, the face."""
-    from ..preprocess.face import FaceAnalyzer
-
+    models = models or Preprocessors(req.search_dirs)
     h, w = cfg.height, cfg.width
     fitted = None
     if src.masks is None or src.poses is None:  # the models read the frames at the model's size
         fitted = inputs.to_uint8(inputs.fit_frames(src.frames, h, w)[0])
     masks = src.masks
     if masks is None:
-        masks = parse_masks(fitted, req.parser, req.search_dirs)
+        masks = parse_masks(fitted, req.parser, req.search_dirs, models)
         if not masks.any():
             raise inputs.InputError(f"{req.video}: the parsing model found no clothing in any frame; check the "
                                     "video or give --masks")
     poses, keypoints = src.poses, None
     if poses is None:
-        poses, keypoints = detect_poses(fitted, src.fps, req.search_dirs, notes)
+        poses, keypoints = detect_poses(fitted, src.fps, req.search_dirs, notes, models)
     video = inputs.prepare_video(src.frames, masks, poses, h, w)
-    analyzer = FaceAnalyzer(req.face_pack, search_dirs=req.search_dirs)
-    face, face_notes = inputs.analyze_face(src.photo, analyzer, os.fspath(req.identity))
-    ident, id_notes = inputs.place_identity(src.photo, face, h, w, poses=keypoints, identity_input=cfg.identity_input,
+    photos = src.photos or [src.photo]
+    names = src.photo_names or [os.fspath(req.identity)]
+    chosen = inputs.combine_photos(photos, models.face(req.face_pack), names)
+    face, face_notes = chosen.face, list(chosen.notes)
+    ident, id_notes = inputs.place_identity(chosen.photo, face, h, w, poses=keypoints,
+                                            identity_input=cfg.identity_input,
                                             placement="head_from_pose" if keypoints else "fit_photo")
     notes += ([video.notes[0]] + ([video.notes[1]] if req.masks else []) + ([video.notes[2]] if req.poses else [])
               + face_notes + id_notes)
     return video, ident
 
 
+def composite_output(frames: np.ndarray, video: inputs.VideoInputs, req: GenerateRequest, models: Preprocessors,
+                     notes: list[str]) -> np.ndarray:
+    """Garment lock / keep background (compositing.py) on the generated float (N, H, W, 3) frames: the parser
+    run on the generated frames gives the body parts to protect and the new person; on the source, the mannequin."""
+    from ..preprocess.parsing import BODY_GROUPS
+    from .compositing import CompositeSettings, composite
+
+    cs = CompositeSettings.for_height(video.height, req.garment_lock, req.keep_background)
+    parser = models.parser(req.parser)
+    gen = parser.parse(inputs.to_uint8(frames), fill_holes=False)
+    body = np.isin(gen.labels, gen.label_set.ids([g for g in BODY_GROUPS if g != "background"]))
+    source = video.frames.permute(0, 2, 3, 1).numpy()
+    mannequin = parser.parse(inputs.to_uint8(source), fill_holes=False).person_mask if req.keep_background else None
+    done = [n for n, on in (("garment lock", req.garment_lock), ("keep background", req.keep_background)) if on]
+    notes.append(f"{' + '.join(done)}: erode {cs.erode_px}, feather {cs.feather_px}, {cs.seam} seam over "
+                 f"{cs.harmonise_px} px")
+    return composite(frames, source, cs, clothing=video.clothing_masks.numpy() > 0.5, body=body,
+                     person=gen.person_mask, mannequin=mannequin)
+
+
 def generate(files: ModelFiles, req: GenerateRequest, settings: SamplerSettings | None = None,
-             progress: Callable[[int, int], None] | None = None) -> GenerateReport:
-    """Checks without models (output, model-file headers, input files), preprocessing models, then M2H."""
+             progress: Callable[[int, int], None] | None = None, *, models: Preprocessors | None = None,
+             pipeline: M2HPipeline | None = None) -> GenerateReport:
+    """Checks without models (output, model-file headers, input files), preprocessing models, then M2H.
+
+    `models` / `pipeline`: already loaded ones (m2h batch), else each is loaded here."""
     inputs.check_output_path(req.out)
-    cfg = files.check()
+    cfg = files.check() if pipeline is None else pipeline.model.cfg
     src = read_sources(req)
     settings, notes = (settings or SamplerSettings()).for_video(cfg, len(src.frames))
-    video, ident = preprocess(src, req, cfg, notes)
-    pipe = files.load()
+    models = models or Preprocessors(req.search_dirs)
+    video, ident = preprocess(src, req, cfg, notes, models)
+    if req.garment_lock or req.keep_background:
+        models.parser(req.parser)  # a missing parsing model fails here, before sampling
+    pipe = pipeline or files.load()
     result = sample_video(pipe.model, pipe.encoders, video, ident, settings, progress=progress)
-    pixels = inputs.to_uint8(result.frames.permute(0, 2, 3, 1))
+    frames = result.frames.permute(0, 2, 3, 1).numpy()
+    if req.garment_lock or req.keep_background:
+        frames = composite_output(frames, video, req, models, notes)
+    pixels = inputs.to_uint8(frames)
     try:
         write_video(req.out, pixels, src.fps)
     except OSError as e:

@@ -296,7 +296,7 @@ def combine_photos(photos: Sequence[np.ndarray], analyzer: Any, names: Sequence[
                      f"x_id and p_id from {os.path.basename(names[best])}: {why}")
     if dropped:
         notes.append(f"dropped as outliers (cosine to the others' mean < {fc.OUTLIER_COSINE}): {', '.join(dropped)}")
-    face = replace(faces[best], embedding=emb.mean.copy())
+    face = replace(faces[best], embedding=emb.mean.copy()) if len(faces) > 1 else faces[0]  # one photo: as is
     return PhotoSet(photos[best], face, best, tuple(os.fspath(n) for n in names),
                     tuple(float(x) for x in emb.similarity), tuple(bool(k) for k in emb.kept),
                     fc.faces_preview(faces, emb, best), tuple(notes))
