@@ -343,7 +343,7 @@ class M2HSampler(_M2HNode):
         settings, _ = settings.for_video(model.cfg, video.num_frames)  # checks the strengths
         images, latents = sample_with_host(model, video, head_cond, settings, steps)
         # ComfyUI's LATENT is the VAE's raw latent (the model's latent_format scales it): undo the model's factor
-        return io.NodeOutput(images, {"samples": latents / model.cfg.vae.scaling_factor})
+        return io.NodeOutput(images, logic.comfy_latent(latents, model.cfg.vae.scaling_factor))
 
 
 NODE_CLASSES = (M2HMannequinSegmentation, M2HDWPose, M2HHeadEncoder, M2HUNetLoader, M2HSampler)

@@ -302,6 +302,12 @@ def sampler_settings(model_cfg: Any, num_frames: int, *, seed: int, steps: int, 
     return settings
 
 
+def comfy_latent(latents: torch.Tensor, scaling_factor: float) -> dict:
+    """The sampler's scaled latents (N, c, h, w) as a ComfyUI LATENT: the VAE's raw latent (ComfyUI's model
+    latent_format applies the scaling), so core VAE Decode of it gives the sampler's frames."""
+    return {"samples": latents.float() / float(scaling_factor)}
+
+
 def run_sampler(pipeline: Any, video: VideoInputs, head: IdentityInputs, settings: Any, progress=None, cancel=None):
     """sample_video on the prepared inputs; returns (IMAGE [N,H,W,3], latents (N,c,h,w))."""
     from m2h_core.inference.sampler import sample_video

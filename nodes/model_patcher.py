@@ -23,6 +23,18 @@ from comfy.model_patcher import ModelPatcher
 log = logging.getLogger("M2HVideo")
 
 
+def _return_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, so the process would not shrink)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 class M2HModules(torch.nn.Module):
     """Every weight of the pipeline in one module tree (what ModelPatcher sizes and moves). ``latent_format`` is
     what ComfyUI's latent_preview reads (SD-1.5's latent-to-RGB factors for 4-channel models)."""
@@ -90,6 +102,7 @@ class M2HModelPatcher(ModelPatcher):
         size = self.model_size()
         self.model.to("meta")
         self.released = True
+        _return_freed_memory()
         log.info("M2H: ComfyUI unloaded %s; its weights were released (%.0f MB) and are read again from the files "
                  "on the next run", self.description, size / 2 ** 20)
 

@@ -505,3 +505,47 @@ def test_sampler_widgets_default_to_the_one_set_of_defaults():
     assert (s.input("context_frames").default, s.input("context_overlap").default) == \
         (d.context_frames, d.context_overlap)
     assert s.input("context_frames").min == 0  # 0 = the model's trained frame count
+
+
+def test_sampler_latent_output_is_comfyuis_raw_vae_latent():
+    """ComfyUI's LATENT is the VAE's raw latent: decoding the node's LATENT with the VAE alone (as core VAE Decode
+    does) gives the sampler's images. A model whose VAE scaling factor is not 1 makes a scaled LATENT fail."""
+    import dataclasses
+
+    from m2h_core.config import tiny
+    from m2h_core.inference.encoders import FrozenEncoders
+    from m2h_core.inference.pipeline import M2HPipeline
+    from m2h_core.inference.sampler import SamplerSettings
+    from m2h_core.models.m2h import M2HModel
+
+    cfg = dataclasses.replace(tiny(), vae=dataclasses.replace(tiny().vae, scaling_factor=0.18215))
+    torch.manual_seed(0)
+    pipe = M2HPipeline(M2HModel(cfg).eval(), FrozenEncoders.random(cfg))
+    f, m, p = _video(n=3, h=cfg.height, w=cfg.width)
+    fitted = logic.prepare_sampler_inputs(f, m, p, cfg.height, cfg.width)
+    cond, _ = logic.encode_identity(torch.rand(1, 64, 64, 3), FakeFaceAnalyzer((10, 10, 40, 50)), cfg.height,
+                                    cfg.width, placement="fit_photo")
+    images, latents = logic.run_sampler(pipe, fitted, cond, SamplerSettings(steps=1, guidance_scale=1.0))
+    latent = logic.comfy_latent(latents, cfg.vae.scaling_factor)
+    with torch.no_grad():
+        decoded = ((pipe.encoders.vae.decode(latent["samples"]).sample + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    assert latent["samples"].shape == (3, 4, cfg.height // cfg.vae.downscale, cfg.width // cfg.vae.downscale)
+    assert float((decoded - images).abs().mean()) <= 1 / 255
+
+
+def test_native_comfyui_inputs_and_strength_knobs_in_the_spec():
+    from m2h_core.inference import defaults
+
+    vae, clip = spec.UNET_LOADER.input("vae"), spec.UNET_LOADER.input("clip_vision_model")
+    assert (vae.type, vae.optional, clip.type, clip.optional) == ("VAE", True, "CLIP_VISION", True)
+    for name in ("pose_strength", "identity_strength"):
+        i = spec.SAMPLER.input(name)
+        assert i.type == "FLOAT" and i.default == 1.0 and i.min == 0.0 and i.max == defaults.STRENGTH_MAX
+    assert spec.SAMPLER.input("steps").default == defaults.STEPS == 50
+    assert "raw" in spec.SAMPLER.outputs[1].tooltip
+
+
+def test_missing_insightface_advice_follows_the_readme():
+    src = (ROOT / "nodes/comfy_nodes.py").read_text()
+    assert "pip install --no-deps insightface" in src
+    assert "--no-deps insightface" in (ROOT / "README.md").read_text()

@@ -13,15 +13,28 @@ Run it with a Python that has the pack's requirements (m2h_core, onnx) — norma
    core nodes used by the workflows have the inputs the workflows give them;
 4. queues each workflows/api/*.json via POST /prompt (file names and the tiny model patched in, 2 steps),
    polls /history/<id>, and checks each saved video's frame count, size and fps;
-5. optionally (`--quick-test`) runs `main.py --cpu --quick-test-for-ci` and fails on "IMPORT FAILED" for the pack.
+5. ComfyUI-native checks (`native_checks`), on an M2H model with a full-size SD-1.5-shaped VAE (random weights,
+   also written as models/vae/ for core Load VAE) and a ViT-L/14-shaped CLIP vision file for core Load CLIP Vision:
+   the model is loaded once across two queued runs, then POST /free {"unload_models": true} gives its memory back
+   (process RSS drops by at least the model's size) and the next run reads it again; core VAE Decode of the
+   Sampler's LATENT equals the Sampler's images (mean abs diff <= 1/255); preview images arrive over the
+   websocket during a run (--preview-method latent2rgb); a workflow taking VAE and CLIP_VISION from core loader
+   nodes runs; ComfyUI's VAE / CLIP vision through the pack's encoder interface match the pack's own encoders on
+   the same files (tests/host/encoder_equivalence.py, run with ComfyUI's Python); every traversal name given to a
+   model input is refused;
+6. optionally (`--quick-test`) runs `main.py --cpu --quick-test-for-ci` and fails on "IMPORT FAILED" for the pack.
 Prints one line per check and exits non-zero when any fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import dataclasses
 import json
 import os
+import re
+import threading
 import shutil
 import socket
 import subprocess
@@ -65,6 +78,45 @@ def write_models(models: Path) -> dict:
     build_schp(models / "human_parsing" / "parsing_atr.onnx")
     build_face_pack(models / "insightface" / "models" / "antelopev2", "antelopev2")
     return {"checkpoint": ckpt.name, "height": cfg.height, "width": cfg.width}
+
+
+def native_config():
+    """The tiny model with SD-1.5's interfaces: the full-size SD-1.5 VAE shape (4 channels, 8x, 0.18215) and
+    768-wide cross-attention (CLIP ViT-L/14's projection), so core Load VAE / Load CLIP Vision files fit it."""
+    from m2h_core.config import VAEConfig, tiny
+
+    c = tiny()
+    return dataclasses.replace(c, unet=dataclasses.replace(c.unet, cross_attention_dim=768), vae=VAEConfig(),
+                               clip=dataclasses.replace(c.clip, projection_dim=768),
+                               head=dataclasses.replace(c.head, pose_channels=(8, 16, 32, 64),
+                                                        id_channels=(8, 16, 32, 64)))
+
+
+def write_native_models(models: Path) -> dict:
+    """An M2H checkpoint embedding a full-size SD-1.5-shaped VAE (random weights) and a small CLIP; the same VAE as
+    models/vae/<file> (diffusers layout, which core Load VAE accepts); a ViT-L/14-shaped CLIP vision file (fp16)."""
+    import torch
+
+    from m2h_core.checkpoint import save_checkpoint
+    from m2h_core.config import sd15
+    from m2h_core.inference.encoders import FrozenEncoders
+    from tests.fixtures import build_clip_vision, build_m2h_model, save_state_dict
+
+    cfg = native_config()
+    torch.manual_seed(0)
+    enc = FrozenEncoders.random(cfg, seed=5)
+    ckpt = models / "m2hvideo" / "m2h_native_host_test.safetensors"
+    save_checkpoint(build_m2h_model(cfg, seed=0), ckpt, encoders=enc)
+    vae = models / "vae" / "m2h_host_sd15_shaped_vae.safetensors"
+    vae.parent.mkdir(parents=True, exist_ok=True)
+    save_state_dict({k: v.contiguous() for k, v in enc.vae.state_dict().items()}, vae)
+    clip = models / "clip_vision" / "m2h_host_vit_l14.safetensors"
+    clip.parent.mkdir(parents=True, exist_ok=True)
+    big = build_clip_vision(dataclasses.replace(cfg, clip=sd15().clip), seed=7)
+    save_state_dict({k: v.half().contiguous() for k, v in big.state_dict().items()}, clip)
+    del big
+    return {"checkpoint": ckpt.name, "vae": vae.name, "clip_vision": clip.name, "vae_path": str(vae),
+            "clip_path": str(clip), "height": cfg.height, "width": cfg.width}
 
 
 def write_inputs(inputs: Path) -> dict:
@@ -122,7 +174,7 @@ class Server:
                "--extra-model-paths-config", str(work / "extra_model_paths.yaml"),
                "--input-directory", str(work / "input"), "--output-directory", str(work / "output"),
                "--temp-directory", str(work / "temp"), "--user-directory", str(work / "user"),
-               "--database-url", "sqlite:///:memory:"]
+               "--database-url", "sqlite:///:memory:", "--preview-method", "latent2rgb"]
         (work / "user").mkdir(exist_ok=True)
         self.log = open(self.log_path, "w")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -139,6 +191,16 @@ class Server:
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(1)
         raise TimeoutError(f"ComfyUI did not answer in {timeout:.0f} s; see {self.log_path}")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -237,6 +299,216 @@ def run_workflow(server: Server, wf: dict, timeout: float) -> dict:
     return {"error": f"not finished after {timeout:.0f} s"}
 
 
+class Websocket:
+    """A minimal websocket reader (RFC 6455, stdlib only) for ComfyUI's /ws: collects binary frames in a thread."""
+
+    def __init__(self, url: str, client_id: str):
+        host, port = url.split("//")[1].split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET /ws?clientId={client_id} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                           ).encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += self.sock.recv(1)
+        if b" 101 " not in head.split(b"\r\n")[0]:
+            raise RuntimeError(f"websocket handshake refused: {head[:200]!r}")
+        self.binary: list[bytes] = []
+        self.text: list[str] = []
+        self.sock.settimeout(None)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _exact(self, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
+
+    def _run(self) -> None:
+        try:
+            while True:
+                b0, b1 = self._exact(2)
+                n = b1 & 0x7F
+                if n == 126:
+                    n = int.from_bytes(self._exact(2), "big")
+                elif n == 127:
+                    n = int.from_bytes(self._exact(8), "big")
+                mask = self._exact(4) if b1 & 0x80 else None
+                data = self._exact(n)
+                if mask:
+                    data = bytes(c ^ mask[i % 4] for i, c in enumerate(data))
+                op = b0 & 0x0F
+                if op == 2:
+                    self.binary.append(data)
+                elif op == 1:
+                    self.text.append(data.decode(errors="replace"))
+                elif op == 8:
+                    return
+        except (OSError, ConnectionError, ValueError):
+            return
+
+    def previews(self) -> list[bytes]:
+        """PREVIEW_IMAGE (1) / PREVIEW_IMAGE_WITH_METADATA (4) frames holding a JPEG or PNG."""
+        out = []
+        for d in self.binary:
+            kind = int.from_bytes(d[:4], "big")
+            if kind in (1, 4) and (b"\xff\xd8\xff" in d[:4096] or b"\x89PNG" in d[:4096]):
+                out.append(d)
+        return out
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def saved_images(hist: dict, node_id: str, out_dir: Path):
+    import numpy as np
+    from PIL import Image
+
+    items = hist.get("outputs", {}).get(node_id, {}).get("images", [])
+    paths = sorted(out_dir / it.get("subfolder", "") / it["filename"] for it in items)
+    return np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255 for p in paths]) if paths \
+        else None
+
+
+TRAVERSAL = ["/etc/passwd", "../../x.safetensors", "diffusers/../../../../etc", "..\\..\\x.onnx",
+             "sub/../../x.safetensors", "~/.ssh/id_rsa"]
+NAME_INPUTS = {"M2HUNetLoader": ("m2h_checkpoint", "base_model", "clip_vision", "motion_module"),
+               "M2HDWPose": ("detector", "pose_model"), "M2HMannequinSegmentation": ("model",),
+               "M2HHeadEncoder": ("face_model",)}
+
+
+def native_checks(server: Server, comfyui: Path, python: str, work: Path, names: dict, model: dict, native: dict,
+                  timeout: float, rep: Report) -> None:
+    """ComfyUI-native behaviour (see the module docstring, item 5)."""
+    import numpy as np
+
+    base = patch_workflow(json.loads((ROOT / "workflows" / "api" / "m2h_user_masks.json").read_text()), names, model)
+    ids = {n["class_type"]: k for k, n in base.items()}
+    loader, sampler = ids["M2HUNetLoader"], ids["M2HSampler"]
+    base[loader]["inputs"]["m2h_checkpoint"] = native["checkpoint"]
+    base["100"] = {"class_type": "VAELoader", "inputs": {"vae_name": native["vae"]}}
+    base["101"] = {"class_type": "VAEDecode", "inputs": {"samples": [sampler, 1], "vae": ["100", 0]}}
+    base["102"] = {"class_type": "SaveImage", "inputs": {"images": [sampler, 0], "filename_prefix": "host_native_sampler"}}
+    base["103"] = {"class_type": "SaveImage", "inputs": {"images": ["101", 0], "filename_prefix": "host_native_decode"}}
+    loaded_line = "M2H Model Loader: loaded " + native["checkpoint"]
+    before = server.log_text().count(loaded_line)
+
+    # run 1 (websocket listening) and run 2 (another seed): one load, previews, VAE Decode == images
+    client = uuid.uuid4().hex
+    ws = Websocket(server.url, client)
+    t0 = time.time()
+    try:
+        res = http(server.url + "/prompt", {"prompt": base, "client_id": client})
+        hist = wait_history(server, res["prompt_id"], timeout)
+        time.sleep(1)
+    finally:
+        ws.close()
+    if not rep.check("native: SD-1.5-shaped VAE workflow ran", "error" not in hist,
+                     hist.get("error", f"{time.time() - t0:.1f} s")):
+        return
+    n_prev = len(ws.previews())
+    rep.check("native: preview images arrived over the websocket during the run", n_prev >= 2,
+              f"{n_prev} preview frames (2 steps), {len(ws.binary)} binary messages")
+    a, b = saved_images(hist, "102", work / "output"), saved_images(hist, "103", work / "output")
+    ok = a is not None and b is not None and a.shape == b.shape and a.shape[0] == N_FRAMES
+    diff = float(np.abs(a - b).mean()) if ok else float("nan")
+    rep.check("native: core VAE Decode of the Sampler's LATENT equals its images (mean abs diff <= 1/255)",
+              ok and diff <= 1 / 255, f"{None if a is None else a.shape} vs {None if b is None else b.shape}, "
+              f"mean abs diff {diff * 255:.3f}/255, max {float(np.abs(a - b).max()) * 255 if ok else -1:.0f}/255")
+    second = json.loads(json.dumps(base))
+    second[sampler]["inputs"]["seed"] = int(second[sampler]["inputs"].get("seed", 0)) + 1
+    hist2 = run_workflow(server, second, timeout)
+    loads = server.log_text().count(loaded_line) - before
+    rep.check("native: model loaded once across two queued runs", "error" not in hist2 and loads == 1,
+              hist2.get("error", f"{loads} load(s)"))
+    size_mb = float(re.findall(re.escape(loaded_line) + r".*\((\d+) MB\)", server.log_text())[-1])
+
+    # POST /free: the memory comes back; the next run reads the model again
+    rss0 = server.rss_mb()
+    req = urllib.request.Request(server.url + "/free", data=json.dumps({"unload_models": True}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:  # answers 200 with an empty body
+        r.read()
+    t0 = time.time()
+    while time.time() - t0 < 60 and "unloaded " + native["checkpoint"] not in server.log_text():
+        time.sleep(0.5)
+    time.sleep(3)
+    rss1 = server.rss_mb()
+    rep.check("native: POST /free {unload_models} gives the model's memory back", rss0 - rss1 >= size_mb,
+              f"RSS {rss0:.0f} MB -> {rss1:.0f} MB (drop {rss0 - rss1:.0f} MB; model {size_mb:.0f} MB)")
+    hist3 = run_workflow(server, second, timeout)
+    rep.check("native: the next run reads the model again and runs", "error" not in hist3
+              and "read m2h_native_host_test" in server.log_text(), hist3.get("error", ""))
+
+    # VAE and CLIP_VISION from core loader nodes
+    wired = json.loads(json.dumps(base))
+    wired["104"] = {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": native["clip_vision"]}}
+    wired[loader]["inputs"].update(vae=["100", 0], clip_vision_model=["104", 0])
+    wired["102"]["inputs"]["filename_prefix"] = "host_native_wired"
+    del wired["101"], wired["103"]
+    t0 = time.time()
+    hist4 = run_workflow(server, wired, timeout)
+    imgs = saved_images(hist4, "102", work / "output") if "error" not in hist4 else None
+    rep.check("native: workflow with VAE and CLIP_VISION from core Load VAE / Load CLIP Vision runs",
+              imgs is not None and imgs.shape[0] == N_FRAMES,
+              hist4.get("error", f"{time.time() - t0:.1f} s, {None if imgs is None else imgs.shape}"))
+
+    # the encoder interface: ComfyUI's objects vs the pack's own encoders on the same files
+    out = subprocess.run([python, str(ROOT / "tests" / "host" / "encoder_equivalence.py"), "--comfyui", str(comfyui),
+                          "--vae", native["vae_path"], "--clip-vision", native["clip_path"]],
+                         capture_output=True, text=True, timeout=900)
+    try:
+        eq = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        rep.check("native: encoder interface equivalence ran", False, out.stderr[-2000:])
+    else:
+        rep.check("native: ComfyUI VAE == the pack's VAE on the same file (latents, decoded frames)",
+                  eq["latent_rel"] < 1e-3 and eq["decode_max_abs"] < 2e-3, json.dumps(eq))
+        rep.check("native: ComfyUI CLIP vision == the pack's CLIP on the same file (image embeddings)",
+                  eq["clip_cosine_min"] > 0.999 and eq["clip_rel"] < 0.05, json.dumps(eq))
+
+    # every traversal name refused by every model-name input
+    accepted = []
+    for ct, inputs in NAME_INPUTS.items():
+        node = next((k for k, n in base.items() if n["class_type"] == ct), None)
+        for inp in inputs:
+            for name in TRAVERSAL:
+                wf = json.loads(json.dumps(base))
+                wf[node]["inputs"][inp] = name
+                try:
+                    res = http(server.url + "/prompt", {"prompt": wf, "client_id": "traversal"})
+                    if not res.get("node_errors"):
+                        accepted.append(f"{ct}.{inp}={name!r}")
+                except urllib.error.HTTPError:
+                    pass
+    total = sum(len(v) for v in NAME_INPUTS.values()) * len(TRAVERSAL)
+    rep.check("native: every traversal name refused by every model input", not accepted,
+              f"{total - len(accepted)}/{total} refused; accepted: {accepted}")
+
+
+def wait_history(server: Server, pid: str, timeout: float) -> dict:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        hist = http(server.url + f"/history/{pid}")
+        if pid in hist:
+            status = hist[pid].get("status", {})
+            if status.get("completed") or status.get("status_str") in ("success", "error"):
+                if status.get("status_str") == "error":
+                    msgs = [m for m in status.get("messages", []) if m[0] == "execution_error"]
+                    return {"error": json.dumps(msgs)[:3000]}
+                return hist[pid]
+        time.sleep(1)
+    return {"error": f"not finished after {timeout:.0f} s"}
+
+
 def video_props(path: Path) -> tuple[int, int, int, Fraction]:
     import av
 
@@ -288,6 +560,7 @@ def main() -> int:
     ap.add_argument("--quick-test", action="store_true", help="also run main.py --quick-test-for-ci")
     ap.add_argument("--keep", action="store_true", help="keep the temp folder (models, inputs, outputs, log)")
     ap.add_argument("--workflow", action="append", help="only these workflows/api/<name>.json (repeatable)")
+    ap.add_argument("--skip-native", action="store_true", help="skip the ComfyUI-native checks (item 5)")
     args = ap.parse_args()
     comfyui = args.comfyui.resolve()
     python = args.python or (str(comfyui / ".venv/bin/python") if (comfyui / ".venv/bin/python").exists()
@@ -306,11 +579,13 @@ def main() -> int:
         (work / "user").mkdir()
         os.symlink(ROOT, work / "custom_nodes" / PACK_DIR_NAME)
         model = write_models(work / "models")
+        native = None if args.skip_native else write_native_models(work / "models")
         names = write_inputs(work / "input")
         (work / "extra_model_paths.yaml").write_text(
             "m2h_host_test:\n"
             f"  base_path: {work / 'models'}\n"
             "  m2hvideo: m2hvideo\n  dwpose: dwpose\n  human_parsing: human_parsing\n  insightface: insightface\n"
+            "  vae: vae\n  clip_vision: clip_vision\n"
             f"  custom_nodes: {work / 'custom_nodes'}\n")
         print(f"work folder: {work}", flush=True)
         if args.quick_test:
@@ -335,6 +610,8 @@ def main() -> int:
                              hist.get("error", f"{time.time() - t0:.1f} s")):
                 continue
             check_outputs(path.stem, hist, work / "output", model, rep)
+        if native is not None:
+            native_checks(server, comfyui, python, work, names, model, native, args.timeout, rep)
     except Exception as e:  # noqa: BLE001 - report and fail
         rep.check("host test", False, f"{type(e).__name__}: {e}")
     finally:
