@@ -75,6 +75,8 @@ def _add_batch(sub) -> None:
     p.add_argument("--seed", type=int, default=d.SEED)
     p.add_argument("--context", type=int, default=d.CONTEXT_FRAMES_AUTO)
     p.add_argument("--overlap", type=int, default=d.CONTEXT_OVERLAP)
+    p.add_argument("--pose-strength", type=float, default=d.POSE_STRENGTH)
+    p.add_argument("--identity-strength", type=float, default=d.IDENTITY_STRENGTH)
     _add_common(p)
 
 
@@ -178,7 +180,8 @@ def _batch(a) -> int:
     device = str(state.device) if a.device != "cpu" and state.num_processes > 1 else a.device
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, device, getattr(torch, DTYPES[a.precision]))
     settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
-                               context_frames=a.context, context_overlap=a.overlap)
+                               context_frames=a.context, context_overlap=a.overlap, pose_strength=a.pose_strength,
+                               identity_strength=a.identity_strength)
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
     defaults = {"parser": a.parser, "face_pack": a.face_pack, "search_dirs": dirs, "garment_lock": a.garment_lock,
                 "keep_background": a.keep_background}
