@@ -243,7 +243,7 @@ class PhotoSet:
     names: tuple[str, ...]
     similarity: tuple[float, ...]
     kept: tuple[bool, ...]
-    preview: np.ndarray  # (112, N * 112, 3) uint8
+    preview: np.ndarray | None  # (112, N * 112, 3) uint8; None for a single photo
     notes: tuple[str, ...] = ()
 
 
@@ -283,20 +283,21 @@ def combine_photos(photos: Sequence[np.ndarray], analyzer: Any, names: Sequence[
         f, more = analyze_face(photo, analyzer, name)
         faces.append(f)
         notes += more
+    if len(faces) == 1:  # as before: the photo's own face and embedding, untouched
+        return PhotoSet(photos[0], faces[0], 0, (os.fspath(names[0]),), (1.0,), (True,), None, tuple(notes))
     emb = fc.mean_embedding(np.stack([f.embedding for f in faces]))
-    if len(faces) > 1 and emb.mean_pairwise < fc.SAME_PERSON_COSINE:
+    if emb.mean_pairwise < fc.SAME_PERSON_COSINE:
         sims = ", ".join(f"{os.path.basename(n)} {s:.2f}" for n, s in zip(names, emb.similarity))
         raise InputError(f"the {len(faces)} identity photos seem to show different people (mean pairwise face "
                          f"similarity {emb.mean_pairwise:.2f} < {fc.SAME_PERSON_COSINE}; similarity to the mean: "
                          f"{sims}); give photos of one person only")
     best, why = fc.best_photo(faces, emb.kept)
     dropped = [f"{os.path.basename(n)} ({s:.2f})" for n, s, k in zip(names, emb.similarity, emb.kept) if not k]
-    if len(faces) > 1:
-        notes.append(f"identity from {int(emb.kept.sum())} of {len(faces)} photos (ArcFace embeddings averaged); "
-                     f"x_id and p_id from {os.path.basename(names[best])}: {why}")
+    notes.append(f"identity from {int(emb.kept.sum())} of {len(faces)} photos (ArcFace embeddings averaged); "
+                 f"x_id and p_id from {os.path.basename(names[best])}: {why}")
     if dropped:
         notes.append(f"dropped as outliers (cosine to the others' mean < {fc.OUTLIER_COSINE}): {', '.join(dropped)}")
-    face = replace(faces[best], embedding=emb.mean.copy()) if len(faces) > 1 else faces[0]  # one photo: as is
+    face = replace(faces[best], embedding=emb.mean.copy())
     return PhotoSet(photos[best], face, best, tuple(os.fspath(n) for n in names),
                     tuple(float(x) for x in emb.similarity), tuple(bool(k) for k in emb.kept),
                     fc.faces_preview(faces, emb, best), tuple(notes))
