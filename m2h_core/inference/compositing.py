@@ -249,3 +249,24 @@ def seam_energy(frames: np.ndarray, band: np.ndarray) -> float:
         tot += float((gx ** 2 + gy ** 2)[b].sum())
         n += int(b.sum())
     return tot / max(n, 1)
+
+
+def composite_with_parser(generated: np.ndarray, source: np.ndarray, clothing: np.ndarray, parser,
+                          settings: CompositeSettings) -> tuple[np.ndarray, str]:
+    """What `m2h generate` and the sampler node run: a human parser (`preprocess.parsing.HumanParser`) on the
+    generated frames gives the body parts to protect and the new person; on the source (keep_background only)
+    the mannequin's silhouette. Frames float (N, H, W, 3) in [0, 1]; returns the frames and a note for the log."""
+    from ..preprocess.parsing import BODY_GROUPS
+
+    def u8(x: np.ndarray) -> np.ndarray:
+        return (np.clip(x, 0, 1) * 255.0).round().astype(np.uint8)
+
+    gen = parser.parse(u8(generated), fill_holes=False)
+    body = np.isin(gen.labels, gen.label_set.ids([g for g in BODY_GROUPS if g != "background"]))
+    mannequin = parser.parse(u8(source), fill_holes=False).person_mask if settings.keep_background else None
+    out = composite(generated, source, settings, clothing=clothing, body=body, person=gen.person_mask,
+                    mannequin=mannequin)
+    done = [n for n, on in (("garment lock", settings.garment_lock), ("keep background", settings.keep_background))
+            if on]
+    return out, (f"{' + '.join(done)}: erode {settings.erode_px}, feather {settings.feather_px}, {settings.seam} "
+                 f"seam over {settings.harmonise_px} px")

@@ -189,22 +189,14 @@ def preprocess(src: Sources, req: GenerateRequest, cfg: M2HConfig, notes: list[s
 
 def composite_output(frames: np.ndarray, video: inputs.VideoInputs, req: GenerateRequest, models: Preprocessors,
                      notes: list[str]) -> np.ndarray:
-    """Garment lock / keep background (compositing.py) on the generated float (N, H, W, 3) frames: the parser
-    run on the generated frames gives the body parts to protect and the new person; on the source, the mannequin."""
-    from ..preprocess.parsing import BODY_GROUPS
-    from .compositing import CompositeSettings, composite
+    """Garment lock / keep background (compositing.py) on the generated float (N, H, W, 3) frames."""
+    from .compositing import CompositeSettings, composite_with_parser
 
     cs = CompositeSettings.for_height(video.height, req.garment_lock, req.keep_background)
-    parser = models.parser(req.parser)
-    gen = parser.parse(inputs.to_uint8(frames), fill_holes=False)
-    body = np.isin(gen.labels, gen.label_set.ids([g for g in BODY_GROUPS if g != "background"]))
-    source = video.frames.permute(0, 2, 3, 1).numpy()
-    mannequin = parser.parse(inputs.to_uint8(source), fill_holes=False).person_mask if req.keep_background else None
-    done = [n for n, on in (("garment lock", req.garment_lock), ("keep background", req.keep_background)) if on]
-    notes.append(f"{' + '.join(done)}: erode {cs.erode_px}, feather {cs.feather_px}, {cs.seam} seam over "
-                 f"{cs.harmonise_px} px")
-    return composite(frames, source, cs, clothing=video.clothing_masks.numpy() > 0.5, body=body,
-                     person=gen.person_mask, mannequin=mannequin)
+    out, note = composite_with_parser(frames, video.frames.permute(0, 2, 3, 1).numpy(),
+                                      video.clothing_masks.numpy() > 0.5, models.parser(req.parser), cs)
+    notes.append(note)
+    return out
 
 
 def generate(files: ModelFiles, req: GenerateRequest, settings: SamplerSettings | None = None,
