@@ -73,7 +73,7 @@ from m2h_core import metrics
 from m2h_core.checkpoint import load_checkpoint
 from m2h_core.inference.encoders import FrozenEncoders
 from m2h_core.inference.sampler import SamplerSettings, sample_video
-from m2h_core.training.dataset import CacheError, ClipCacheDataset, read_split
+from m2h_core.training.dataset import CacheError, ClipCacheDataset, read_split, sampler_inputs
 
 #: The paper's Table I (Mu et al., "From Mannequin to Human: A Pose-Aware and Identity-Preserving Video Generation
 #: Framework for Lifelike Clothing Display", Sec. IV-C4, Table I): (method, dataset, PSNR, SSIM, LPIPS, CSIM, FVD).
@@ -360,8 +360,7 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
         for j, start in enumerate(starts):
             item = ds.window(i, a.frames, start, a.stride)
             settings = dataclasses.replace(base, seed=a.seed + 1000 * i + j)
-            res = sample_video(model, enc, item["frames"], item["clothing_masks"], item["pose_images"],
-                               item["identity_image"], item["identity_landmarks"], item["arcface"], settings)
+            res = sample_video(model, enc, *sampler_inputs(item), settings)
             gen, gt = to_uint8(res.frames), to_uint8(item["frames"])
             mask = item["clothing_masks"].numpy() > 0.5
             c = {"start": start, "frame_indices": item["frame_indices"].tolist(),

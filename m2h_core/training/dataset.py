@@ -56,6 +56,7 @@ import torch
 from safetensors.numpy import load_file as load_np
 from torch.utils.data import Dataset, Sampler
 
+from ..inference.inputs import IdentityInputs, VideoInputs
 from ..pose_render import PoseFrame, draw_pose, load_openpose_json
 from ..video_io import CropInfo, apply_crop, compute_center_crop, crop_resize_keypoints, crop_resize_masks
 
@@ -158,6 +159,14 @@ def draw_poses(keypoints: Sequence[PoseFrame | None], info: CropInfo) -> np.ndar
         if p is not None:
             out[i] = draw_pose(map_pose(p, info), info.out_height, info.out_width)
     return out
+
+
+def sampler_inputs(item: dict) -> tuple[VideoInputs, IdentityInputs]:
+    """One dataset item (one clip, no batch dimension) as the sampler's typed inputs (validation, evaluation)."""
+    masks = item["clothing_masks"]
+    masks = masks[:, 0] if masks.ndim == 4 else masks
+    return (VideoInputs(item["frames"], masks.float(), item["pose_images"]),
+            IdentityInputs(item["identity_image"], item["identity_landmarks"], item["arcface"].reshape(-1)))
 
 
 def transform_sample(frames: np.ndarray, clothing: np.ndarray, face: np.ndarray, poses: np.ndarray | None,

@@ -59,7 +59,7 @@ from ..inference.encoders import FrozenEncoders
 from ..models.m2h import M2HModel
 from .components import apply_lora, build_components, enable_gradient_checkpointing, make_train_scheduler
 from .config import TrainConfig, checkpoint_model_config, size_multiple
-from .dataset import ClipCacheDataset, ResumableSampler, SyntheticClipDataset
+from .dataset import ClipCacheDataset, ResumableSampler, SyntheticClipDataset, sampler_inputs
 from .mirror_loss import MirrorLoss, eps_from_v
 from .state import clean_stale_tmp, list_checkpoints, load_training_checkpoint, save_training_checkpoint
 
@@ -334,8 +334,7 @@ class Trainer:
         model = acc.unwrap_model(self.ddp_model)
         model.eval()
         try:
-            res = sample_video(model, self.encoders, item["frames"], item["clothing_masks"], item["pose_images"],
-                               item["identity_image"], item["identity_landmarks"], item["arcface"],
+            res = sample_video(model, self.encoders, *sampler_inputs(item),
                                SamplerSettings(steps=self.tc.validation_steps,
                                                guidance_scale=self.tc.validation_guidance, seed=self.tc.seed,
                                                context_frames=(ctx := min(self.tc.num_frames, item["frames"].shape[0])),
