@@ -227,3 +227,21 @@ def test_generate_with_a_folder_of_photos_garment_lock_and_keep_background(files
     src_u8 = inputs.to_uint8(source)
     np.testing.assert_array_equal(locked[region], src_u8[region])
     assert (plain[region] != src_u8[region]).any(-1).mean() > 0.9  # without the lock these are generated
+
+
+def test_garment_lock_without_a_parsing_model_stops_before_sampling(files, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    build_dwpose_pair(models / "dwpose")
+    build_face_pack(models / "insightface" / "models" / "antelopev2")
+    import m2h_core.inference.generate as gen
+
+    def no_sampling(*a, **k):
+        raise AssertionError("sampled without the parsing model the lock needs")
+
+    monkeypatch.setattr(gen, "sample_video", no_sampling)
+    a = ["generate", "--video", str(files / "a.mp4"), "--identity", str(files / "a.png"), "--masks",
+         str(files / "a_masks.npy"), "--out", str(tmp_path / "o.mp4"), "--checkpoint",
+         str(files / "m2h_tiny.safetensors"), "--steps", "1", "--models-dir", str(models), "--device", "cpu",
+         "--precision", "fp32"]
+    with pytest.raises(FileNotFoundError, match="No human-parsing model found"):
+        main(a + ["--garment-lock"])
