@@ -26,6 +26,10 @@ from . import files, logic, spec
 log = logging.getLogger("M2HVideo")
 
 CUSTOM = {t: io.Custom(t) for t in spec.CUSTOM_TYPES}
+# spec options_source of a model-name input -> the folder kind files.resolve / check_name use
+FILE_KINDS = {"m2hvideo": "m2hvideo", "base": "base", "clip_vision": "clip_vision",
+              "animatediff_models": "animatediff_models", "dwpose_det": "dwpose", "dwpose_pose": "dwpose",
+              "human_parsing": "human_parsing", "insightface": "insightface"}
 
 
 # ------------------------------------------------------------------------------------------ schema from the table
@@ -108,6 +112,20 @@ class _M2HNode(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return build_schema(cls.SPEC, cls.UNAVAILABLE)
+
+    @classmethod
+    def check_names(cls, **names) -> bool | str:
+        """validate_inputs of the model-name inputs (at queue time): a name that could leave its kind's folders is
+        refused with files.ModelNameError's message. ComfyUI 0.3.x does not check V3 combo values itself."""
+        for i in cls.SPEC.inputs:
+            kind = FILE_KINDS.get(i.options_source or "")
+            value = names.get(i.id)
+            if kind and isinstance(value, str):
+                try:
+                    files.check_name(kind, value)
+                except files.ModelNameError as err:
+                    return str(err)
+        return True
 
     @classmethod
     def check_available(cls) -> None:
@@ -258,6 +276,10 @@ class M2HMannequinSegmentation(_M2HNode):
     SPEC = spec.SEGMENTATION
 
     @classmethod
+    def validate_inputs(cls, model):
+        return cls.check_names(model=model)
+
+    @classmethod
     def execute(cls, frames, model, clothing_classes, grow, feather, fill_holes, temporal_window, masks=None
                 ) -> io.NodeOutput:
         cls.check_available()
@@ -279,6 +301,10 @@ class M2HDWPose(_M2HNode):
     SPEC = spec.DWPOSE
 
     @classmethod
+    def validate_inputs(cls, detector, pose_model):
+        return cls.check_names(detector=detector, pose_model=pose_model)
+
+    @classmethod
     def execute(cls, frames, detector, pose_model, hands, face, feet, smoothing, fill_missing, fps
                 ) -> io.NodeOutput:
         cls.check_available()
@@ -294,6 +320,10 @@ class M2HDWPose(_M2HNode):
 
 class M2HHeadEncoder(_M2HNode):
     SPEC = spec.HEAD_ENCODER
+
+    @classmethod
+    def validate_inputs(cls, face_model):
+        return cls.check_names(face_model=face_model)
 
     @classmethod
     def execute(cls, identity, model, face_model, placement, reference_frame, face_scale, pose=None
@@ -315,6 +345,11 @@ class M2HHeadEncoder(_M2HNode):
 
 class M2HUNetLoader(_M2HNode):
     SPEC = spec.UNET_LOADER
+
+    @classmethod
+    def validate_inputs(cls, m2h_checkpoint, base_model, clip_vision, motion_module):
+        return cls.check_names(m2h_checkpoint=m2h_checkpoint, base_model=base_model, clip_vision=clip_vision,
+                               motion_module=motion_module)
 
     @classmethod
     def execute(cls, m2h_checkpoint, base_model, clip_vision, motion_module, precision, vae=None,

@@ -549,3 +549,26 @@ def test_missing_insightface_advice_follows_the_readme():
     src = (ROOT / "nodes/comfy_nodes.py").read_text()
     assert "pip install --no-deps insightface" in src
     assert "--no-deps insightface" in (ROOT / "README.md").read_text()
+
+
+def test_every_model_name_input_is_validated_at_queue_time():
+    """ComfyUI 0.3.x does not check V3 combo values: each node's validate_inputs takes exactly its model-name
+    inputs (those with a file list), and the kinds it checks them as are the ones files.resolve knows."""
+    tree = ast.parse((ROOT / "nodes/comfy_nodes.py").read_text())
+    specs = {"SEGMENTATION": spec.SEGMENTATION, "DWPOSE": spec.DWPOSE, "HEAD_ENCODER": spec.HEAD_ENCODER,
+             "UNET_LOADER": spec.UNET_LOADER, "SAMPLER": spec.SAMPLER}
+    for cls in [n for n in tree.body if isinstance(n, ast.ClassDef)]:
+        s = next((specs[st.value.attr] for st in cls.body if isinstance(st, ast.Assign)
+                  and getattr(st.targets[0], "id", "") == "SPEC"), None)
+        if s is None:
+            continue
+        names = [i.id for i in s.inputs if i.options_source]
+        fn = next((f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "validate_inputs"), None)
+        if not names:
+            assert fn is None
+            continue
+        assert fn is not None, f"{cls.name} has model-name inputs {names} but no validate_inputs"
+        assert [a.arg for a in fn.args.args[1:]] == names and fn.args.kwarg is None, cls.name
+    kinds = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "FILE_KINDS")
+    mapping = ast.literal_eval(kinds.value)
+    assert {i.options_source for n in spec.NODES for i in n.inputs if i.options_source} <= set(mapping)

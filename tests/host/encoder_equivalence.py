@@ -31,6 +31,9 @@ def main() -> int:
     from diffusers import AutoencoderKL
     from safetensors.torch import load_file
 
+    from comfy.cli_args import args as comfy_args
+
+    comfy_args.cpu = True  # as the host test's server (--cpu); read when comfy.model_management is imported
     import comfy.clip_vision
     import comfy.sd
     import comfy.utils
@@ -38,7 +41,12 @@ def main() -> int:
     from m2h_core.base_weights import load_clip_vision
     from m2h_core.config import VAEConfig, sd15, tiny
     from m2h_core.inference.encoders import FrozenEncoders
-    from nodes.comfy_encoders import ComfyClipVision, ComfyVAE
+    import importlib.util  # ComfyUI's own nodes.py shadows the pack's nodes/ package here: load the file
+
+    spec = importlib.util.spec_from_file_location("m2h_comfy_encoders", ROOT / "nodes" / "comfy_encoders.py")
+    adapters = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(adapters)
+    ComfyClipVision, ComfyVAE = adapters.ComfyClipVision, adapters.ComfyVAE
 
     cfg = dataclasses.replace(tiny(), unet=dataclasses.replace(tiny().unet, cross_attention_dim=768), vae=VAEConfig(),
                               clip=sd15().clip)
