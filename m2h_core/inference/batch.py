@@ -22,7 +22,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .inputs import InputError
 
@@ -102,9 +102,9 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
         try:
             if not job.video or not job.identity or not job.output:
                 raise ValueError("video, identity and output must all be given")
-            for k in _INT:
+            for k, field_name in _INT.items():
                 if r.get(k):
-                    job.options[_INT[k]] = int(r[k])
+                    job.options[field_name] = int(r[k])
             if r.get("cfg"):
                 job.options["guidance_scale"] = float(r["cfg"])
             if r.get("scheduler"):
