@@ -20,9 +20,9 @@ import csv
 import glob
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from collections.abc import Callable
 
 from .inputs import InputError
 
