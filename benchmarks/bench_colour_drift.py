@@ -12,6 +12,7 @@ the demo ships, or a checkpoint (`--checkpoint`, e.g. one written by `m2h demo`)
 
     python benchmarks/bench_colour_drift.py [--frames 200] [--steps 20] [--cfg 1.5] [--context 8] [--overlap 4]
                                            [--static] [--checkpoint m2h_demo_out/m2h_tiny.safetensors]
+                                           [--ramp-power 2]
 """
 
 from __future__ import annotations
@@ -88,9 +89,10 @@ def report(name: str, frames: np.ndarray, edges: np.ndarray) -> dict[str, float]
     out = {}
     for what, j in (("colour", colour), ("luma", luma)):
         b, i = j[edges].mean(), j[~edges].mean()
+        se = np.sqrt(j[edges].var() / edges.sum() + j[~edges].var() / (~edges).sum())  # s.e. of b - i
         out[what] = b / i
         print(f"{name}: mean {what} jump at window boundaries {b:.3f}, inside windows {i:.3f} (0-255 scale), "
-              f"ratio {b / i:.3f}")
+              f"ratio {b / i:.3f}, difference {b - i:+.3f} +- {se:.3f} (1 s.e.)")
     return out
 
 
@@ -105,7 +107,15 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="an M2H checkpoint (default: perturbed random tiny model)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--static", action="store_true", help="hold the first frame: content never changes")
+    ap.add_argument("--ramp-power", type=float, default=1.0,
+                    help="experiment: blend with sampler.window_weights ** p (p > 1: the edge weight 1/(overlap+1) "
+                         "shrinks to its p-th power, so less of the prediction switches windows at an edge)")
     a = ap.parse_args()
+    if a.ramp_power != 1.0:  # a proposed sampler change, tried here without editing the sampler
+        import m2h_core.inference.sampler as sampler_mod
+
+        plain = sampler_mod.window_weights
+        sampler_mod.window_weights = lambda *args: plain(*args) ** a.ramp_power
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     model, enc = model_and_encoders(a.checkpoint)
@@ -117,7 +127,7 @@ def main() -> None:
     frames = out.frames.permute(0, 2, 3, 1).numpy() * 255
     edges = boundary_transitions(a.frames, a.context, a.overlap)
     print(f"{a.frames} frames {model.cfg.height}x{model.cfg.width}, {a.steps} steps, CFG {a.cfg}, context "
-          f"{a.context}/{a.overlap}: {int(edges.sum())} boundary and {int((~edges).sum())} inner transitions "
+          f"{a.context}/{a.overlap}, ramp power {a.ramp_power:g}: {int(edges.sum())} boundary and {int((~edges).sum())} inner transitions "
           f"({time.perf_counter() - t0:.0f} s)")
     if not a.static:
         report("mannequin (input)", source.astype(np.float64), edges)
