@@ -85,6 +85,8 @@ def main() -> int:
     ap.add_argument("--python", default=None)
     ap.add_argument("--out", type=Path, default=None, help="folder for the screenshots (default: a temp folder)")
     ap.add_argument("--thumbnails", action="store_true", help="write example_workflows/<template>.jpg and .webp")
+    ap.add_argument("--dir", type=Path, default=ROOT / "example_workflows", help="templates to open (default: "
+                    "the pack's example_workflows/)")
     args = ap.parse_args()
     comfyui = args.comfyui.resolve()
     python = args.python or str(comfyui / ".venv/bin/python")
@@ -107,7 +109,7 @@ def main() -> int:
         wait_app(drv)
         time.sleep(3)
         clear_ui(drv)
-        for path in sorted((ROOT / "example_workflows").glob("*.json")):
+        for path in sorted(args.dir.glob("*.json")):
             wf = json.loads(path.read_text())
             clear_ui(drv)
             drv.execute_script("const a = window.app || window.comfyAPI.app.app; "
