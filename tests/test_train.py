@@ -355,11 +355,30 @@ def test_lora_resume_clips_prepared_params_and_keeps_optimizer_step_on_cpu(tmp_p
 
 
 def test_load_onto_cpu_index_device(tmp_path):
-    tr = Trainer(_tc(tmp_path, mirror=False))
+    """accelerate on a CPU host may name the device cpu:0; loading restores weights, Adam moments and the lr
+    schedule onto the CPU exactly as saved."""
+    tr = Trainer(_tc(tmp_path, mirror=False, progressive=False, warmup_steps=10))
+    tr.train_step([next(tr._loader(1.0))])
+    tr.step = 1
     ckpt = tr.save()
-    b = Trainer(_tc(tmp_path, mirror=False))
-    b.device = torch.device("cpu", 0)  # e.g. accelerate on a CPU host with an index
+    b = Trainer(_tc(tmp_path, mirror=False, progressive=False, warmup_steps=10))
+    b.device = torch.device("cpu", 0)
+    want, before = _params(tr.model), _params(b.model)
+    assert any(not torch.equal(want[k], before[k]) for k in want)  # the step changed the weights
     b.load(ckpt)
+    got = _params(b.model)
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].device.type == "cpu" and torch.equal(got[k], want[k]), k
+    opt_a = tr.optimizer.optimizer if hasattr(tr.optimizer, "optimizer") else tr.optimizer
+    opt_b = b.optimizer.optimizer if hasattr(b.optimizer, "optimizer") else b.optimizer
+    assert len(opt_b.state) == len(b.params) > 0
+    for pa, pb in zip(tr.params, b.params):
+        sa, sb = opt_a.state[pa], opt_b.state[pb]
+        assert sb["exp_avg"].device.type == "cpu" and float(sb["step"]) == 1.0
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert b.step == 1 and b.lr_scheduler.last_epoch == 1
+    assert b.lr_scheduler.get_last_lr() == tr.lr_scheduler.get_last_lr()
 
 
 def test_nonfinite_loss_skips_the_step_and_scaler_skips_keep_the_lr_schedule(tmp_path, monkeypatch):
