@@ -126,7 +126,7 @@ MUTANTS: list[Mutant] = [
     m("psnr-per-pixel-not-per-channel", "masked PSNR's MSE divided by pixels, not pixels x 3",
       ["tests/test_metrics.py"], [(METRICS, "/ (3 * count))", "/ count)")]),
     m("mask-crop-resize-linear", "clothing masks cropped/resized with linear instead of nearest interpolation",
-      ["tests/test_video_io.py", *T_NODES],
+      ["tests/test_mask_resize.py", "tests/test_video_io.py", *T_NODES],
       [("m2h_core/video_io.py", "return apply_crop(m, info, cv2.INTER_NEAREST)",
         "return apply_crop(m, info, cv2.INTER_LINEAR)")]),
     m("center-crop-not-centred", "the centre crop takes the left/top edge", ["tests/test_video_io.py"],
@@ -171,6 +171,14 @@ MUTANTS: list[Mutant] = [
       [("m2h_core/demo/run.py", "batch_size=s.batch_size, lr=s.lr,", "batch_size=s.batch_size, lr=0.0,")]),
     m("optimizer-step-skipped", "the trainer never applies its optimizer step", ["tests/test_train.py"],
       [(TRAINER, "        self.optimizer.step()\n", "        pass\n")]),
+    m("crop-target-wrong-box", "the mirror loss crops the target at another clip's face box", T_TRAIN,
+      [(MIRROR, "gt = _crop(gt, boxes, size, scale)", "gt = _crop(gt, boxes.flip(0), size, scale)")]),
+    m("paper-reduction-mean-over-frames", "mirror_reduction=paper averages over frames instead of Eq. 6's sum",
+      T_TRAIN, [(MIRROR, "norm = w / b", "norm = w / b / f")]),
+    m("motion-modules-not-checkpointed", "gradient checkpointing leaves the AnimateDiff motion modules out",
+      ["tests/test_train.py", "tests/test_preflight.py"],
+      [("m2h_core/training/components.py", "module.__class__ = classes.setdefault(cls, _checkpointed(cls))",
+        "pass")]),
 ]
 
 
