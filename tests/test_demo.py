@@ -55,7 +55,34 @@ def test_quick_demo_metrics_have_both_models(quick_run):
     assert m["test_case"]["identity_in_training_set"] is False
     assert m["training"]["steps"] == DemoSettings.quick().train_steps
     assert m["heldout_mean"]["trained"]["cases"] == DemoSettings.quick().eval_cases
+    # the stable keys: trained / untrained / VAE ceiling on the same pairs, identity across people, wall time
+    assert set(m["heldout_mean"]) == {"trained", "untrained", "vae_ceiling"}
+    assert m["heldout_mean"]["vae_ceiling"]["cases"] == m["heldout_mean"]["trained"]["cases"]
+    # one pair: its ceiling is the shown clip's VAE reconstruction
+    assert m["heldout_mean"]["vae_ceiling"]["clothing_psnr"] == pytest.approx(
+        m["vae_reconstruction_of_ground_truth"]["clothing_psnr"], abs=1e-3)
+    assert m["identity"]["people"] == DemoSettings.quick().identity_sheet_people
+    for k in ("face_colour_correlation", "hair_colour_correlation"):
+        assert -1.0 <= m["identity"][k] <= 1.0, k
+    assert 0 < m["seconds"]["total"] == pytest.approx(report.seconds, abs=0.1)
     assert m == json.loads(json.dumps(report.metrics))
+
+
+def test_colour_correlation_measures_following_the_person():
+    from m2h_core.demo.run import colour_correlation
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 1, (6, 3))
+    assert colour_correlation(truth * 0.5 + 0.2, truth) == pytest.approx(1.0)  # follows (any gain / offset)
+    assert colour_correlation(1 - truth, truth) == pytest.approx(-1.0)
+    # always the average face: no variation with the person -> undefined, not a high score
+    assert np.isnan(colour_correlation(np.tile(truth.mean(0), (6, 1)), truth))
+    # per-channel offsets between people are what counts, not that skin has more red than blue
+    same_order = np.tile([[0.9, 0.6, 0.4]], (6, 1)) + rng.normal(0, 0.01, (6, 3))
+    assert abs(colour_correlation(same_order, truth)) < 0.9
+    nan_row = truth.copy()
+    nan_row[0] = np.nan
+    assert colour_correlation(nan_row, truth) == pytest.approx(1.0)
 
 
 def test_quick_demo_training_beats_the_untrained_model(quick_run):

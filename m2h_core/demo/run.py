@@ -134,7 +134,7 @@ class DemoSettings:
     sample_steps: int = 20
     guidance_scale: float = 1.5
     eval_cases: int = 3  # held-out (mannequin clip, person) pairs scored; the first one is shown
-    identity_sheet_people: int = 5  # identity_sheet.png: the shown clip with this many other held-out people
+    identity_sheet_people: int = 6  # identity_sheet.png: the shown clip with this many other held-out people
     scheduler: str = "ddim"
     sheet_frames: int = 6
     video_scale: int = 4  # result.mp4 is upscaled (nearest) this many times: 64x32 px is tiny on screen
@@ -143,7 +143,7 @@ class DemoSettings:
     def quick(cls) -> "DemoSettings":
         return cls(n_train_clips=3, clip_frames=12, test_frames=8, vae_source="train", vae_steps=12, vae_batch=8,
                    train_steps=6, batch_size=1, sample_steps=3, sheet_frames=4, eval_cases=1,
-                   identity_sheet_people=2)
+                   identity_sheet_people=3)
 
 
 @dataclass
@@ -261,6 +261,12 @@ def _make_test_case(seed: int, n_frames: int, H: int, W: int, src_scale: int) ->
     """A held-out mannequin clip + the identity of another held-out person; both seeds are outside the training
     set's seed stream."""
     s_clip, s_id = (int(s) for s in np.random.SeedSequence([int(seed), 7]).generate_state(2))
+    return _build_case(s_clip, s_id, n_frames, H, W, src_scale)
+
+
+def _build_case(s_clip: int, s_id: int, n_frames: int, H: int, W: int, src_scale: int) -> _TestCase:
+    """The clip of seed `s_clip` worn by the person of seed `s_id`: mannequin inputs, that person's identity inputs
+    and the ground truth (the same clip rendered as that person), with face / head masks, at H x W."""
     donor = generate_clip(s_id, n_frames=1, height=H * src_scale, width=W * src_scale)
     gt = generate_clip(s_clip, n_frames=n_frames, height=H * src_scale, width=W * src_scale, identity=donor.identity)
     man, _ = transform_sample(gt.mannequin, gt.clothing_mask, gt.face_mask, gt.pose_images, donor.identity_image,
@@ -372,17 +378,41 @@ def identity_sheet(columns: list[tuple[np.ndarray, np.ndarray, np.ndarray]], fra
     return np.concatenate([head] + rows, 0)
 
 
-def _identity_variants(case: _TestCase, n: int, seed: int, H: int, W: int, n_frames: int):
-    """n more held-out people for the same mannequin clip: (x_id, p_id, embedding, ground truth (N, 3, H, W))."""
+def _identity_variants(case: _TestCase, n: int, seed: int, H: int, W: int, n_frames: int) -> list[_TestCase]:
+    """n more held-out people for the same mannequin clip, each as a whole test case (ground truth, masks)."""
     out = []
     for k in range(n):
         s_id = int(np.random.SeedSequence([int(seed), 13, k]).generate_state(1)[0])
-        donor = generate_clip(s_id, n_frames=1, height=2 * H, width=2 * W)
-        gt = generate_clip(case.clip.seed, n_frames=n_frames, height=2 * H, width=2 * W, identity=donor.identity)
-        hum, _ = transform_sample(gt.human, gt.clothing_mask, gt.face_mask, gt.pose_images, donor.identity_image,
-                                  donor.identity_landmarks, H, W)
-        out.append((hum["identity_image"], hum["identity_landmarks"],
-                    torch.from_numpy(donor.identity_embedding.copy()), hum["frames"]))
+        out.append(_build_case(int(case.clip.seed), s_id, n_frames, H, W, 2))
+    return out
+
+
+def colour_correlation(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Pearson r between per-person mean colours of the results and of the ground truths, (P, 3) each.
+
+    Each channel is centred over the people first, so r measures whether the result's colour *varies with the
+    person's* (always painting the average face scores ~0, copying the ground truth scores 1); the P x 3 centred
+    values are pooled. NaN rows (no such region) are left out; NaN when fewer than 3 people remain."""
+    ok = ~(np.isnan(pred).any(1) | np.isnan(truth).any(1))
+    if ok.sum() < 3:
+        return float("nan")
+    a = pred[ok] - pred[ok].mean(0)
+    b = truth[ok] - truth[ok].mean(0)
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def identity_correlations(results: list[torch.Tensor], cases: list[_TestCase]) -> dict[str, float]:
+    """Face-skin and hair colour correlation (`colour_correlation`) of the results with their ground truths
+    across people: per person the mean colour over all frames of the ground truth's face / hair region."""
+    out: dict[str, float] = {"people": len(cases)}
+    for name, region in (("face", lambda c: c.face_masks > 0.5),
+                         ("hair", lambda c: (c.head_masks > 0.5) & ~(c.face_masks > 0.5))):
+        p = np.stack([np.nanmean(_region_colours(r, region(c)), 0) if region(c).any() else np.full(3, np.nan)
+                      for r, c in zip(results, cases)])
+        t = np.stack([np.nanmean(_region_colours(c.ground_truth[: len(r)], region(c)), 0) if region(c).any()
+                      else np.full(3, np.nan) for r, c in zip(results, cases)])
+        out[f"{name}_colour_correlation"] = round(colour_correlation(p, t), 4)
     return out
 
 
@@ -415,9 +445,16 @@ def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> s
     hm = metrics.get("heldout_mean")
     if hm and hm["trained"]["cases"] > 1:
         lines += ["", "Mean over %d held-out (mannequin clip, person) pairs, the one above included:" %
-                  hm["trained"]["cases"], "                                       trained    untrained"]
+                  hm["trained"]["cases"],
+                  "                                       trained    untrained  VAE ceiling (ground truth via VAE)"]
         for k in ("clothing_psnr", "clothing_ssim", "head_colour_similarity", "head_psnr"):
-            lines.append(f"  {k:<37}{hm['trained'][k]:>8.3f}   {hm['untrained'][k]:>8.3f}")
+            lines.append(f"  {k:<37}{hm['trained'][k]:>8.3f}   {hm['untrained'][k]:>8.3f}   "
+                         f"{hm['vae_ceiling'][k]:>8.3f}")
+    ident = metrics.get("identity") or {}
+    if ident:
+        lines += ["", "Identity across the identity sheet's %d held-out people (colour correlation, 1 = follows the "
+                  "person): face %.3f, hair %.3f" % (ident["people"], ident["face_colour_correlation"],
+                                                     ident["hair_colour_correlation"])]
     lines += ["", "Metric definitions:"] + [f"  {k}: {v}" for k, v in metrics["definitions"].items()]
     lines += ["", "Stand-ins at this size (what the paper uses -> what this demo uses):"]
     lines += [f"  - {name}: {what}" for name, what in STAND_INS]
@@ -557,20 +594,23 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
                              progress=lambda i, n, name=name: say(f"[4/5 sample] {name} step {i}/{n}")
                              if i == n or i % max(1, n // 4) == 0 else None)
             results[name] = r.frames
-        extra_scores: dict[str, list[dict[str, float]]] = {"trained": [], "untrained": []}
+        extra_scores: dict[str, list[dict[str, float]]] = {"trained": [], "untrained": [], "vae_ceiling": []}
         for k in range(1, s.eval_cases):  # more held-out pairs, scored only (one case is a noisy measurement)
             other = _make_test_case(seed + 1000 * k, s.test_frames, H, W, 2)
             for name, m in (("trained", model), ("untrained", untrained)):
                 r = sample_video(m, encoders, other.video(), other.identity(), settings_s)
                 extra_scores[name].append(_score(r.frames, other))
+            extra_scores["vae_ceiling"].append(_score(reconstruct(encoders.vae, other.ground_truth), other))
             say(f"[4/5 sample] scored held-out pair {k + 1}/{s.eval_cases}")
-        id_columns = []
+        id_columns, id_results, id_cases = [], [], []
         if s.identity_sheet_people > 0:  # the same mannequin clip with other held-out people
             nf = min(s.num_frames, s.test_frames)
-            for x_id, p_id, arc, gt in _identity_variants(case, s.identity_sheet_people, seed, H, W, nf):
-                r = sample_video(model, encoders, case.video(nf), IdentityInputs(x_id, p_id, arc.reshape(-1)),
-                                 settings_s)
-                id_columns.append((_to_uint8(x_id[None])[0], _to_uint8(r.frames), _to_uint8(gt)))
+            for person in _identity_variants(case, s.identity_sheet_people, seed, H, W, nf):
+                r = sample_video(model, encoders, case.video(nf), person.identity(), settings_s)
+                id_columns.append((_to_uint8(person.identity_image[None])[0], _to_uint8(r.frames),
+                                   _to_uint8(person.ground_truth)))
+                id_results.append(r.frames)
+                id_cases.append(person)
             say(f"[4/5 sample] the same clip with {s.identity_sheet_people} more held-out people")
         stages["sample"] = time.perf_counter() - t0
 
@@ -579,12 +619,16 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         say("[5/5 write] metrics, video, contact sheet, checkpoint, README")
         vae_rec = reconstruct(encoders.vae, case.ground_truth)
         shown = {name: _score(results[name], case) for name in ("trained", "untrained")}
+        shown["vae_ceiling"] = _score(vae_rec, case)
         metrics = {
             "num_frames": s.test_frames,
             "trained": shown["trained"],
             "untrained": shown["untrained"],
             "vae_reconstruction_of_ground_truth": _score(vae_rec, case),
+            # trained / untrained / the VAE's reconstruction of the ground truth (the ceiling), on the same pairs
             "heldout_mean": {name: _mean_scores([shown[name]] + extra_scores[name]) for name in shown},
+            # the shown clip worn by `identity_sheet_people` held-out people (identity_sheet.png)
+            "identity": (identity_correlations(id_results, id_cases) if id_cases else {}),
             "definitions": {
                 "clothing_psnr": "PSNR (dB) over the clothing-mask pixels, generated vs ground-truth human frames",
                 "clothing_ssim": "SSIM (11x11 Gaussian window) averaged over the clothing-mask pixels",
@@ -597,6 +641,13 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
                 "head_psnr": "PSNR (dB) over the ground truth's head (face + hair) pixels",
                 "full_frame_psnr": "PSNR (dB) over whole frames",
                 "vae_reconstruction_of_ground_truth": "the ground truth through the tiny VAE: the ceiling at this size",
+                "heldout_mean": "mean over `eval_cases` held-out (mannequin clip, person) pairs; vae_ceiling = the "
+                                "ground truth through the tiny VAE on the same pairs",
+                "identity.face_colour_correlation": "Pearson r, across the identity sheet's held-out people, between "
+                                                    "the result's and the ground truth's mean face-skin colour "
+                                                    "(channels centred over people, pooled); 1 = follows the person",
+                "identity.hair_colour_correlation": "the same over the hair region (head minus face skin)",
+                "seconds.total": "the demo's wall time (all stages), seconds",
             },
             "test_case": {"clip_seed": case.clip.seed, "identity_seed": case.donor.seed, "motion": case.clip.motion,
                           "outfit": case.clip.outfit.top.kind + (f" + {case.clip.outfit.bottom.kind}"
