@@ -33,6 +33,7 @@ info = json.load(sys.stdin)
 ids = ["M2HMannequinSegmentation", "M2HDWPose", "M2HHeadEncoder", "M2HUNetLoader", "M2HSampler"]
 found = [i for i in ids if i in info and info[i]["python_module"] == "custom_nodes.ComfyUI-M2HVideo"]
 for i in found:
-    print(f"found {i}: {info[i][\"display_name\"]}" + (" (UNAVAILABLE)" if info[i]["description"].startswith("UNAVAILABLE") else ""))
+    off = " (UNAVAILABLE)" if info[i]["description"].startswith("UNAVAILABLE") else ""
+    print("found", i + ":", info[i]["display_name"] + off)
 print(f"{len(found)} passed, {len(ids) - len(found)} failed")
 sys.exit(0 if len(found) == len(ids) else 1)'
