@@ -159,8 +159,8 @@ def test_training_identity_image_is_the_same_person_in_other_clothes():
 def test_quick_demo_with_the_shipped_vae_and_its_fallback(tmp_path):
     """The full demo's default: the pretrained tiny VAE from m2h_core/assets, embedded in the checkpoint; a missing
     file falls back to training one, saying so."""
-    from m2h_core.inference.pipeline import load_pipeline
     from m2h_core.demo.tiny_vae import SHIPPED_VAE
+    from m2h_core.inference.pipeline import load_pipeline
 
     s = DemoSettings.quick()
     s.vae_source = "shipped"
