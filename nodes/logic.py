@@ -260,17 +260,35 @@ def encode_identity(photo: torch.Tensor, analyzer: Any, height: int, width: int,
     """The identity-photo node: analyse the face (``analyzer.analyze``), place it (inputs.place_identity, as
     `m2h generate`); returns the M2H_HEAD_COND value and the preview IMAGE."""
     images = as_image_batch(photo, "identity")
-    if images.shape[0] > 1:
-        log.info("M2H Identity Photo: %d identity images given; using the first", images.shape[0])
-    rgb = images_to_uint8(images[:1])[0]
-    face, notes = inputs.analyze_face(rgb, analyzer, "the identity image")
+    photos = list(images_to_uint8(images))  # 1-8 photos of one person (inputs.combine_photos, as m2h generate)
+    names = ["the identity image"] if len(photos) == 1 else [f"identity image {i + 1}" for i in range(len(photos))]
+    chosen = inputs.combine_photos(photos, analyzer, names)
+    notes = list(chosen.notes)
     ident, more = inputs.place_identity(
-        rgb, face, height, width, placement=placement, poses=None if pose is None else pose.poses,
+        chosen.photo, chosen.face, height, width, placement=placement, poses=None if pose is None else pose.poses,
         pose_size=None if pose is None else (pose.height, pose.width), reference_frame=reference_frame,
         face_scale=face_scale, identity_input=identity_input)
     for note in notes + more:
         log.info("M2H Identity Photo: %s", note)
-    return ident, ident.preview[None]
+    preview = ident.preview[None]
+    if chosen.preview is not None:  # several photos: then every face with its similarity to the mean
+        preview = torch.cat([preview, face_tiles(chosen.preview, len(photos), height, width)])
+    return ident, preview
+
+
+def face_tiles(strip: np.ndarray, n: int, height: int, width: int) -> torch.Tensor:
+    """The (s, n * s, 3) uint8 strip of labelled faces -> n preview images [n, height, width, 3], letterboxed."""
+    import cv2
+
+    s = strip.shape[0]
+    k = min(height, width) / s
+    size = (max(1, round(s * k)), max(1, round(s * k)))
+    out = torch.zeros(n, height, width, 3)
+    for i in range(n):
+        tile = cv2.resize(np.ascontiguousarray(strip[:, i * s:(i + 1) * s]), size, interpolation=cv2.INTER_AREA)
+        y, x = (height - size[1]) // 2, (width - size[0]) // 2
+        out[i, y:y + size[1], x:x + size[0]] = torch.from_numpy(tile).float() / 255.0
+    return out
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -306,6 +324,24 @@ def comfy_latent(latents: torch.Tensor, scaling_factor: float) -> dict:
     """The sampler's scaled latents (N, c, h, w) as a ComfyUI LATENT: the VAE's raw latent (ComfyUI's model
     latent_format applies the scaling), so core VAE Decode of it gives the sampler's frames."""
     return {"samples": latents.float() / float(scaling_factor)}
+
+
+def composite_frames(images: torch.Tensor, video: VideoInputs, parser: Any | None, *, garment_lock: bool = False,
+                     keep_background: bool = False) -> torch.Tensor:
+    """The sampler's garment_lock / keep_background on its IMAGE [N, H, W, 3] (at the video's working size):
+    compositing.composite_with_parser, as `m2h generate` (the parser finds the generated person's body parts)."""
+    if not (garment_lock or keep_background):
+        return images
+    if parser is None:
+        raise M2HInputError("garment_lock / keep_background need a human-parsing model (ComfyUI/models/"
+                            "human_parsing/) to find the generated person's body: add one or turn them off")
+    from m2h_core.inference.compositing import CompositeSettings, composite_with_parser
+
+    cs = CompositeSettings.for_height(video.height, garment_lock, keep_background)
+    out, note = composite_with_parser(images.detach().cpu().float().numpy(), video.frames.permute(0, 2, 3, 1).numpy(),
+                                      video.clothing_masks.numpy() > 0.5, parser, cs)
+    log.info("M2H Sampler: %s", note)
+    return torch.from_numpy(out)
 
 
 def run_sampler(pipeline: Any, video: VideoInputs, head: IdentityInputs, settings: Any, progress=None, cancel=None):

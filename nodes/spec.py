@@ -161,8 +161,9 @@ HEAD_ENCODER = NodeSpec(
                 "places the photo at the model's size with the face on the mannequin's head (x_id) plus the "
                 "face-landmark image p_id. The head encoder H itself runs inside the model, in M2H Sampler.",
     inputs=(
-        In("identity", "IMAGE", "A clear photo of the person (face at least ~100 px wide). Only the first image "
-           "of a batch is used."),
+        In("identity", "IMAGE", "1-8 clear photos of the same person as an image batch (face at least ~100 px "
+           "wide). Several photos: ArcFace embeddings averaged (outliers dropped, different people refused), the "
+           "placed face taken from the most frontal, sharpest one."),
         In("model", M2H_MODEL, "The M2H model (from M2H Model Loader): gives the working size."),
         In("face_model", "COMBO", "insightface pack in ComfyUI/models/insightface/models/ (antelopev2 or "
            "buffalo_l; searched recursively).", default="antelopev2", options_source="insightface"),
@@ -179,7 +180,8 @@ HEAD_ENCODER = NodeSpec(
     outputs=(
         Out("head_cond", M2H_HEAD_COND, "Identity conditioning for M2H Sampler."),
         Out("preview", "IMAGE", "The placed identity image with the detected box and landmarks drawn; what the "
-                                "model does not see (outside the head, for head-only models) is dimmed."),
+                                "model does not see (outside the head, for head-only models) is dimmed. With several "
+                                "photos, then every face with its similarity to the mean (dropped ones dimmed)."),
     ),
     needs=("insightface", "onnxruntime"),
 )

@@ -115,3 +115,27 @@ def test_settings_scale_with_the_frame_height():
     big, small = cp.CompositeSettings.for_height(512, True), cp.CompositeSettings.for_height(64, True)
     assert (big.erode_px, big.feather_px, big.harmonise_px) == (3, 6, 12)
     assert (small.erode_px, small.feather_px, small.harmonise_px) == (1, 2, 4)
+
+
+def test_sampler_node_compositing_with_a_parser(tmp_path, clip):
+    """nodes.logic.composite_frames: the real (tiny) parsing model on the generated frames; this one labels every
+    pixel upper clothes, so no body part is protected and the whole eroded mask is locked."""
+    import torch
+
+    from m2h_core.inference.inputs import prepare_video
+    from m2h_core.preprocess.parsing import load_parser
+    from nodes import logic
+
+    from .test_preprocess_builders import build_segformer
+
+    build_segformer(tmp_path / "segformer_b2_clothes", constant_label=4)
+    parser = load_parser(str(tmp_path / "segformer_b2_clothes"))
+    video = prepare_video(clip.mannequin, clip.clothing_mask, clip.pose_images, 128, 64)
+    gen, _, _ = frames(clip)
+    images = torch.from_numpy(gen)
+    assert logic.composite_frames(images, video, None) is images  # off: untouched, no parser needed
+    with pytest.raises(logic.M2HInputError, match="need a human-parsing model"):
+        logic.composite_frames(images, video, None, garment_lock=True)
+    out = logic.composite_frames(images, video, parser, garment_lock=True).numpy()
+    region = cp.erode(clip.clothing_mask, cp.CompositeSettings.for_height(128).erode_px)
+    np.testing.assert_array_equal(out[region], video.frames.permute(0, 2, 3, 1).numpy()[region])

@@ -156,3 +156,27 @@ def test_photo_paths_from_files_and_folders(tmp_path):
         inputs.identity_photo_paths(str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="nope.png"):
         inputs.identity_photo_paths([str(d / "0.png"), str(tmp_path / "nope.png")])
+
+
+# ------------------------------------------------------------------------------------------ the Identity Photo node
+
+
+def test_identity_node_uses_every_photo_of_the_batch(analyzer):
+    """nodes.logic.encode_identity on an IMAGE batch: the same combine_photos as m2h generate, the preview batch
+    is the placed photo followed by every face with its similarity to the mean."""
+    import torch
+
+    from nodes import logic
+
+    p, rng = person(5), np.random.default_rng(3)
+    photos = [photo_of(31), photo_of(32, blur=2)]
+    embs = {ph.tobytes()[:4096]: lit(p, rng) for ph in photos}
+    batch = torch.from_numpy(np.stack(photos)).float() / 255
+    stand_in = SyntheticEmbeddings(analyzer, {logic.images_to_uint8(batch[i:i + 1])[0].tobytes()[:4096]: e
+                                              for i, e in enumerate(embs.values())})
+    cond, preview = logic.encode_identity(batch, stand_in, 64, 32, placement="fit_photo")
+    expect = np.stack([e / np.linalg.norm(e) for e in embs.values()]).mean(0)
+    np.testing.assert_allclose(cond.arcface.numpy(), expect / np.linalg.norm(expect), atol=1e-5)
+    assert tuple(preview.shape) == (3, 64, 32, 3) and preview[1:].amax() > 0.2
+    one, pv = logic.encode_identity(batch[:1], stand_in, 64, 32, placement="fit_photo")
+    assert tuple(pv.shape) == (1, 64, 32, 3)
