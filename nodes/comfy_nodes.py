@@ -363,9 +363,13 @@ class M2HSampler(_M2HNode):
     SPEC = spec.SAMPLER
 
     @classmethod
+    def validate_inputs(cls, parsing_model="auto"):
+        return cls.check_names(parsing_model=parsing_model)
+
+    @classmethod
     def execute(cls, model, frames, clothing_mask, pose_images, head_cond, seed, steps, cfg, scheduler,
-                context_frames, context_overlap, resize, pose_strength, identity_strength, **more
-                ) -> io.NodeOutput:
+                context_frames, context_overlap, resize, pose_strength, identity_strength, garment_lock,
+                keep_background, parsing_model, **more) -> io.NodeOutput:
         cls.check_available()
         video = logic.prepare_sampler_inputs(frames, clothing_mask, pose_images, model.cfg.height,
                                              model.cfg.width, resize)
@@ -377,8 +381,18 @@ class M2HSampler(_M2HNode):
         settings = replace(settings, pose_strength=float(pose_strength), identity_strength=float(identity_strength))
         settings, _ = settings.for_video(model.cfg, video.num_frames)  # checks the strengths
         images, latents = sample_with_host(model, video, head_cond, settings, steps)
+        parser = None
+        if garment_lock or keep_background:
+            from m2h_core.preprocess.parsing import load_parser
+
+            files.check_name("human_parsing", parsing_model)
+            device = str(_mm().get_torch_device())
+            parser = _cached_preprocessor(("parser", parsing_model, device), lambda: load_parser(
+                parsing_model, search_dirs=files.search_dirs("human_parsing"), device=device))
+        composited = logic.composite_frames(images, video, parser, garment_lock=garment_lock,
+                                            keep_background=keep_background)
         # ComfyUI's LATENT is the VAE's raw latent (the model's latent_format scales it): undo the model's factor
-        return io.NodeOutput(images, logic.comfy_latent(latents, model.cfg.vae.scaling_factor))
+        return io.NodeOutput(composited, logic.comfy_latent(latents, model.cfg.vae.scaling_factor))
 
 
 NODE_CLASSES = (M2HMannequinSegmentation, M2HDWPose, M2HHeadEncoder, M2HUNetLoader, M2HSampler)

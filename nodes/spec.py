@@ -247,11 +247,22 @@ SAMPLER = NodeSpec(
         In("identity_strength", "FLOAT", "How strongly the identity photo shapes the face: scales the adapter's "
            "identity branch after its re-normalisation (1 = as trained, the paper's).",
            default=defaults.IDENTITY_STRENGTH, min=0.0, max=defaults.STRENGTH_MAX, step=0.05),
+        In("garment_lock", "BOOLEAN", "Keep the video's own garment pixels (print, colour, logo) inside the clothing "
+           "mask, eroded a few pixels, seam blended; never over the new person's arms or hair (needs a human-parsing "
+           "model). Off = the paper's.", default=False),
+        In("keep_background", "BOOLEAN", "Keep the video's own pixels outside the generated person (the shop's "
+           "background); mannequin parts the person does not cover stay generated (needs a human-parsing model). "
+           "Off = the paper's.", default=False),
+        In("parsing_model", "COMBO", "Human-parsing model for garment_lock / keep_background (ComfyUI/models/"
+           "human_parsing/); 'auto' picks the first one found. Not used when both are off.", default=AUTO,
+           options_source="human_parsing"),
     ),
     outputs=(
-        Out("images", "IMAGE", "The generated frames (connect to Create Video with the source fps)."),
+        Out("images", "IMAGE", "The generated frames (connect to Create Video with the source fps); with "
+            "garment_lock / keep_background, composited with the source video."),
         Out("latent", "LATENT", "The final latents in ComfyUI's convention (the VAE's raw latents, one per frame): "
-            "core VAE Decode with the model's VAE gives the same frames as 'images'."),
+            "core VAE Decode with the model's VAE gives the same frames as 'images' (before any garment_lock / "
+            "keep_background compositing)."),
     ),
 )
 
