@@ -138,12 +138,15 @@ class Sources:
     photo_names: list[str] = field(default_factory=list)
 
 
-def read_sources(req: GenerateRequest) -> Sources:
-    """Read and check every input file (decodable, counts, an empty user mask, a photo big enough for a face)."""
+def read_sources(req: GenerateRequest, size: tuple[int, int] | None = None) -> Sources:
+    """Read and check every input file (decodable, counts, an empty user mask, a photo big enough for a face).
+
+    With `size` (the model's height, width) the video and pose video are streamed and fitted to it frame by frame,
+    so a long 1080p video never exists at its own size; masks are read at theirs and fitted in prepare_video."""
     from ..preprocess.face import MIN_FACE_IMAGE_SIDE
 
     names = inputs.identity_photo_paths(req.identity)
-    clip = inputs.read_video_file(req.video, max_frames=req.max_frames)
+    clip = inputs.read_video_file(req.video, max_frames=req.max_frames, size=size)
     photos = [inputs.read_photo(name) for name in names]
     for name, photo in zip(names, photos):
         if min(photo.shape[:2]) < MIN_FACE_IMAGE_SIDE:
@@ -153,8 +156,11 @@ def read_sources(req: GenerateRequest) -> Sources:
     masks = inputs.read_mask_file(req.masks, n, capped) if req.masks else None
     if masks is not None and float(masks.max()) <= 0:
         raise inputs.InputError(f"{req.masks}: the clothing mask is empty in every frame (white = clothing)")
-    poses = inputs.read_pose_file(req.poses, n, clip.fps, capped) if req.poses else None
-    return Sources(clip.frames, clip.fps, photos[0], masks, poses, list(getattr(clip, "notes", [])), photos, names)
+    poses = inputs.read_pose_file(req.poses, n, clip.fps, capped, size=size) if req.poses else None
+    notes = list(getattr(clip, "notes", []))
+    if size is not None and notes:
+        notes[0] = f"frames: {notes[0]}"
+    return Sources(clip.frames, clip.fps, photos[0], masks, poses, notes, photos, names)
 
 
 def preprocess(src: Sources, req: GenerateRequest, cfg: M2HConfig, notes: list[str],
@@ -182,7 +188,7 @@ def preprocess(src: Sources, req: GenerateRequest, cfg: M2HConfig, notes: list[s
     ident, id_notes = inputs.place_identity(chosen.photo, face, h, w, poses=keypoints,
                                             identity_input=cfg.identity_input,
                                             placement="head_from_pose" if keypoints else "fit_photo")
-    notes += ([video.notes[0]] + ([video.notes[1]] if req.masks else []) + ([video.notes[2]] if req.poses else [])
+    notes += (([video.notes[1]] if req.masks else [])
               + face_notes + id_notes)
     return video, ident
 
@@ -207,7 +213,7 @@ def generate(files: ModelFiles, req: GenerateRequest, settings: SamplerSettings 
     `models` / `pipeline`: already loaded ones (m2h batch), else each is loaded here."""
     inputs.check_output_path(req.out)
     cfg = files.check() if pipeline is None else pipeline.model.cfg
-    src = read_sources(req)
+    src = read_sources(req, (cfg.height, cfg.width))
     settings, notes = (settings or SamplerSettings()).for_video(cfg, len(src.frames))
     models = models or Preprocessors(req.search_dirs)
     video, ident = preprocess(src, req, cfg, notes, models)

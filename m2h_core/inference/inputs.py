@@ -29,7 +29,8 @@ import torch
 
 from ..identity import head_from_poses, prepare_identity
 from ..preprocess.model_files import describe_file
-from ..video_io import center_crop_resize, compute_center_crop, crop_resize_masks, read_image, read_video
+from ..video_io import (FrameStream, center_crop_resize, compute_center_crop, crop_resize_masks, read_image,
+                        read_video)
 
 FIT_CHUNK = 16  # frames converted to float32 and resized at a time (memory stays at model size)
 OUTPUT_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
@@ -386,11 +387,43 @@ def _must_exist(path: str | os.PathLike, what: str) -> None:
         raise FileNotFoundError(f"{what} not found: {s}")
 
 
+@dataclass
+class FittedClip:
+    """A video read at the working size: float32 (N, H, W, 3) frames in [0, 1], fps, what was done."""
+
+    frames: np.ndarray
+    fps: float
+    notes: list[str] = field(default_factory=list)
+
+
+def read_fitted(path: str | os.PathLike, size: tuple[int, int], max_frames: int | None = None,
+                fps: float | None = None) -> FittedClip:
+    """Decode one frame at a time and fit FIT_CHUNK frames at a time to `size` (height, width) with `fit_frames`:
+    the same pixels as fitting the whole decoded video, but only working-size frames are ever kept."""
+    stream = FrameStream(path, max_frames=max_frames, fps=fps)
+    chunks, buf, note = [], [], ""
+    for frame in stream:
+        buf.append(frame)
+        if len(buf) == FIT_CHUNK:
+            fitted, note = fit_frames(np.stack(buf), *size)
+            chunks.append(fitted)
+            buf = []
+    if buf:
+        fitted, note = fit_frames(np.stack(buf), *size)
+        chunks.append(fitted)
+    if not chunks:
+        raise ValueError("no frame could be decoded")
+    return FittedClip(np.concatenate(chunks), stream.fps, [note] + list(stream.notes))
+
+
 def read_video_file(path: str | os.PathLike, max_frames: int | None = None, fps: float | None = None,
-                    what: str = "the mannequin video"):
-    """`video_io.read_video` with a one-line message for a file that does not decode."""
+                    what: str = "the mannequin video", size: tuple[int, int] | None = None):
+    """`video_io.read_video` (or, with `size`, `read_fitted`: frames streamed and fitted to the working size) with
+    a one-line message for a file that does not decode."""
     _must_exist(path, what)
     try:
+        if size is not None:
+            return read_fitted(path, size, max_frames=max_frames, fps=fps)
         return read_video(path, max_frames=max_frames, fps=fps)
     except FileNotFoundError:
         raise
@@ -428,8 +461,11 @@ def read_mask_file(path: str | os.PathLike, num_frames: int, capped: bool = Fals
     return masks.astype(np.float32)
 
 
-def read_pose_file(path: str | os.PathLike, num_frames: int, fps: float, capped: bool = False) -> np.ndarray:
-    """User pose images (video or folder) at their own size, uint8 (N, H, W, 3); `capped` as in read_mask_file."""
-    clip = read_video_file(path, max_frames=num_frames if capped else None, fps=fps, what="the pose video")
+def read_pose_file(path: str | os.PathLike, num_frames: int, fps: float, capped: bool = False,
+                   size: tuple[int, int] | None = None) -> np.ndarray:
+    """User pose images (video or folder): uint8 (N, H, W, 3) at their own size, or with `size` float32 fitted to
+    it (their own centre crop, as `prepare_video` would); `capped` as in read_mask_file."""
+    clip = read_video_file(path, max_frames=num_frames if capped else None, fps=fps, what="the pose video",
+                           size=size)
     check_counts(num_frames, poses=clip.frames.shape[0])
     return clip.frames
