@@ -350,7 +350,14 @@ def test_writer_in_chunks_equals_whole_write(tmp_path: Path, ext: str) -> None:
         out.write(frames[3])  # a single frame
         out.write(frames[4:])
     assert out.info.num_frames == 10 and out.info.codec == whole.codec
-    np.testing.assert_array_equal(read_video(tmp_path / f"chunks{ext}").frames, read_video(tmp_path / f"whole{ext}").frames)
+    a, b = read_video(tmp_path / f"chunks{ext}").frames, read_video(tmp_path / f"whole{ext}").frames
+    if ext in (".gif", ""):  # lossless: the same pixels
+        np.testing.assert_array_equal(a, b)
+    else:  # x264 / VP9 with threads do not promise bit-identical streams run to run (seen in CI: max 5/255 on 3%
+        # of pixels); the same frames in the same order still decode to nearly the same pixels
+        assert a.shape == b.shape
+        d = np.abs(a.astype(int) - b.astype(int))
+        assert d.max() <= 12 and d.mean() < 0.5, (d.max(), d.mean())
     assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []
 
 
