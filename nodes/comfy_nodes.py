@@ -168,6 +168,16 @@ def _cached_preprocessor(key: tuple, make):
         return _PREPROCESSORS[key]
 
 
+def _parser(name: str):
+    """The human-parsing model `name` from models/human_parsing, kept between runs (segmentation, compositing)."""
+    from m2h_core.preprocess.parsing import load_parser
+
+    files.check_name("human_parsing", name)
+    device = str(_mm().get_torch_device())
+    return _cached_preprocessor(("parser", name, device), lambda: load_parser(
+        name, search_dirs=files.search_dirs("human_parsing"), device=device))
+
+
 def _latent_format(cfg):
     """ComfyUI's SD-1.5 latent format (its latent-to-RGB preview factors) for 4-channel models, else None."""
     if cfg.unet.latent_channels != 4:
@@ -285,12 +295,7 @@ class M2HMannequinSegmentation(_M2HNode):
         cls.check_available()
         parser = None
         if masks is None:
-            from m2h_core.preprocess.parsing import load_parser
-
-            files.check_name("human_parsing", model)
-            device = str(_mm().get_torch_device())
-            parser = _cached_preprocessor(("parser", model, device), lambda: load_parser(
-                model, search_dirs=files.search_dirs("human_parsing"), device=device))
+            parser = _parser(model)
             log.info("M2H Segmentation: %s (%s)", getattr(parser, "path", model), parser.label_set.name)
         cloth, image, person = logic.segment(frames, parser, clothing_classes, grow=grow, feather=feather,
                                              fill_holes=fill_holes, temporal_window=temporal_window, masks=masks)
@@ -381,14 +386,7 @@ class M2HSampler(_M2HNode):
         settings = replace(settings, pose_strength=float(pose_strength), identity_strength=float(identity_strength))
         settings, _ = settings.for_video(model.cfg, video.num_frames)  # checks the strengths
         images, latents = sample_with_host(model, video, head_cond, settings, steps)
-        parser = None
-        if garment_lock or keep_background:
-            from m2h_core.preprocess.parsing import load_parser
-
-            files.check_name("human_parsing", parsing_model)
-            device = str(_mm().get_torch_device())
-            parser = _cached_preprocessor(("parser", parsing_model, device), lambda: load_parser(
-                parsing_model, search_dirs=files.search_dirs("human_parsing"), device=device))
+        parser = _parser(parsing_model) if garment_lock or keep_background else None
         composited = logic.composite_frames(images, video, parser, garment_lock=garment_lock,
                                             keep_background=keep_background)
         # ComfyUI's LATENT is the VAE's raw latent (the model's latent_format scales it): undo the model's factor
