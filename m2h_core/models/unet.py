@@ -50,7 +50,10 @@ def build_unet(cfg: M2HConfig, unet2d: UNet2DConditionModel | None = None,
     if cfg.use_motion:
         if motion is None:
             motion = MotionAdapter(**cfg.unet.motion_kwargs())
-        unet = UNetMotionModel.from_unet2d(unet2d, motion)
+        from ..base_weights import quiet_empty_fp32_notice
+
+        with quiet_empty_fp32_notice():  # from_unet2d casts and diffusers warns with an empty list
+            unet = UNetMotionModel.from_unet2d(unet2d, motion)
     install_adapter(unet, cfg.adapter)
     return unet
 
