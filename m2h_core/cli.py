@@ -10,18 +10,25 @@ DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def _add_generate(sub) -> None:
-    from .inference import defaults as d
 
     p = sub.add_parser("generate", help="mannequin video + identity photo -> human video")
     p.add_argument("--video", required=True, help="mannequin video (mp4/webm/gif/folder of frames)")
     p.add_argument("--identity", required=True, nargs="+",
                    help="photo(s) of the person: one, several (1-8, the same person) or a folder")
     p.add_argument("--out", required=True, help="output video (.mp4/.webm/.gif, or a folder for PNGs)")
+    p.add_argument("--masks", help="clothing masks (folder/video/.npy, the video's framing) instead of the parser")
+    p.add_argument("--poses", help="pose video/folder (the video's framing) instead of running DWPose")
+    p.add_argument("--frames", type=int, default=None, help="use at most this many frames")
+    _add_common(p)
+
+
+def _add_common(p) -> None:
+    """Model, preprocessing, sampling and compositing options `m2h generate` and `m2h batch` share."""
+    from .inference import defaults as d
+
     p.add_argument("--checkpoint", required=True, help="M2H checkpoint (.safetensors)")
     p.add_argument("--base", help="SD-1.5 checkpoint for the VAE (unless the M2H checkpoint embeds it)")
     p.add_argument("--clip-vision", help="CLIP ViT-L/14 image encoder (unless embedded)")
-    p.add_argument("--masks", help="clothing masks (folder/video/.npy, the video's framing) instead of the parser")
-    p.add_argument("--poses", help="pose video/folder (the video's framing) instead of running DWPose")
     p.add_argument("--models-dir", action="append", default=[],
                    help="folder(s) with DWPose / parsing / insightface files (also $M2H_MODELS)")
     p.add_argument("--parser", default="auto", help="parsing model file/folder name (default: first found)")
@@ -31,7 +38,6 @@ def _add_generate(sub) -> None:
                    help=f"classifier-free guidance scale (default {d.GUIDANCE_SCALE}; 1 = off)")
     p.add_argument("--scheduler", default=d.SCHEDULER, choices=list(d.SCHEDULERS))
     p.add_argument("--seed", type=int, default=d.SEED)
-    p.add_argument("--frames", type=int, default=None, help="use at most this many frames")
     p.add_argument("--pose-strength", type=float, default=d.POSE_STRENGTH,
                    help=f"scale of the pose encoder's residual (default {d.POSE_STRENGTH:g}, the paper's; 0..2)")
     p.add_argument("--identity-strength", type=float, default=d.IDENTITY_STRENGTH,
@@ -40,11 +46,6 @@ def _add_generate(sub) -> None:
     p.add_argument("--context", type=int, default=d.CONTEXT_FRAMES_AUTO,
                    help="frames the model sees at once (default: the frame count the model was trained with)")
     p.add_argument("--overlap", type=int, default=d.CONTEXT_OVERLAP, help="frames shared by neighbouring windows")
-    _add_common(p)
-
-
-def _add_common(p) -> None:
-    """Model, preprocessing and compositing options `m2h generate` and `m2h batch` share."""
     p.add_argument("--garment-lock", action="store_true",
                    help="keep the source video's own garment pixels inside the (eroded) clothing mask, seam blended")
     p.add_argument("--keep-background", action="store_true",
@@ -54,7 +55,6 @@ def _add_common(p) -> None:
 
 
 def _add_batch(sub) -> None:
-    from .inference import defaults as d
 
     p = sub.add_parser("batch", help="run every job of a jobs.csv (video, identity, output, ...) with models "
                                      "loaded once; several processes via accelerate launch")
@@ -62,21 +62,6 @@ def _add_batch(sub) -> None:
                                                  "frames, steps, cfg, seed, scheduler, context, overlap, garment_lock, "
                                                  "keep_background)")
     p.add_argument("--failed", help="where failed jobs are listed (default: failed.csv next to the job list)")
-    p.add_argument("--checkpoint", required=True, help="M2H checkpoint (.safetensors)")
-    p.add_argument("--base", help="SD-1.5 checkpoint for the VAE (unless the M2H checkpoint embeds it)")
-    p.add_argument("--clip-vision", help="CLIP ViT-L/14 image encoder (unless embedded)")
-    p.add_argument("--models-dir", action="append", default=[],
-                   help="folder(s) with DWPose / parsing / insightface files (also $M2H_MODELS)")
-    p.add_argument("--parser", default="auto", help="parsing model file/folder name (default: first found)")
-    p.add_argument("--face-pack", default="antelopev2", help="insightface pack (antelopev2 or buffalo_l)")
-    p.add_argument("--steps", type=int, default=d.STEPS)
-    p.add_argument("--cfg", type=float, default=d.GUIDANCE_SCALE)
-    p.add_argument("--scheduler", default=d.SCHEDULER, choices=list(d.SCHEDULERS))
-    p.add_argument("--seed", type=int, default=d.SEED)
-    p.add_argument("--context", type=int, default=d.CONTEXT_FRAMES_AUTO)
-    p.add_argument("--overlap", type=int, default=d.CONTEXT_OVERLAP)
-    p.add_argument("--pose-strength", type=float, default=d.POSE_STRENGTH)
-    p.add_argument("--identity-strength", type=float, default=d.IDENTITY_STRENGTH)
     _add_common(p)
 
 
