@@ -33,7 +33,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_sampler import peak_rss_kib, reset_peak_rss  # noqa: E402  (the same peak-RSS window)
 from m2h_core.config import preset  # noqa: E402
 
 
@@ -118,17 +120,6 @@ def e2e(frame_counts: list[int], size: tuple[int, int], steps: int, threads: int
 
 
 # ------------------------------------------------------------------------------------------------ sd15 sampler
-
-
-def reset_peak_rss() -> None:
-    """Start a new peak-RSS window (Linux: VmHWM := VmRSS), so model building does not set the peak."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 
 
 def sd15_inputs(cfg, n: int):
