@@ -176,19 +176,20 @@ def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[
     n = latent_shape[1]
     windows = context_windows(n, settings.context_frames, settings.context_overlap)
     weights = [window_weights(w, n, settings.context_overlap).to(device).view(1, -1, 1, 1, 1) for w in windows]
+    windows = [w.to(device) for w in windows]
+    total = torch.zeros(1, n, 1, 1, 1, device=device)  # the blend's normaliser: the same at every step
+    for index, weight in zip(windows, weights):
+        total[:, index] += weight
     for step, t in enumerate(scheduler.timesteps):
         model_in = scheduler.scale_model_input(latents, t)
         if len(windows) == 1:
             eps = guided_epsilon(model, model_in, t, cond, None, settings.guidance_scale)
         else:
             eps = torch.zeros_like(latents)
-            total = torch.zeros(1, n, 1, 1, 1, device=device)
-            for index, weight in zip(windows, weights):
+            for idx, weight in zip(windows, weights):
                 if cancel is not None and cancel():
                     raise SamplingCancelled(f"cancelled at step {step + 1}/{len(scheduler.timesteps)}")
-                idx = index.to(device)
                 eps[:, idx] += weight * guided_epsilon(model, model_in[:, idx], t, cond, idx, settings.guidance_scale)
-                total[:, idx] += weight
             eps = eps / total
         if not torch.isfinite(eps).all():
             raise SamplingError(f"the model produced NaN/inf at step {step + 1}; in fp16 try bf16 or fp32, "
@@ -206,8 +207,8 @@ def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[
 
 
 def _typed_inputs(video, identity, rest: tuple, settings):
-    """Backward-compatible call: sample_video(model, encoders, frames, clothing_masks, pose_images, identity_image,
-    identity_landmarks, arcface[, settings]) with tensors, as the trainer, evaluate.py and the demo still call it."""
+    """The tensor form sample_video(model, encoders, frames, clothing_masks, pose_images, identity_image,
+    identity_landmarks, arcface[, settings]) (tests and benchmarks), turned into the typed inputs (checked the same)."""
     if isinstance(video, VideoInputs):
         return video, identity, rest[0] if rest else settings
     poses, image, landmarks, arcface, *more = rest
