@@ -129,6 +129,9 @@ class AdapterConfig:
     eps: float = 1e-6
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
 @dataclass
 class M2HConfig:
     """The whole M2HVideo architecture."""
@@ -145,7 +148,13 @@ class M2HConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     use_head_encoder: bool = True  # False: "w/o H" — identity tokens + pose tokens added, no attention
     use_motion: bool = True
+    # what the UNet predicts: "epsilon" (SD-1.5, the paper), "v_prediction" or "sample" (x0)
     prediction_type: str = "epsilon"
+    # True: the prediction is written relative to the clothing latents, x̂_0 = UNet(...) + f_c (prediction_type
+    # "sample" only): copying the pixel-aligned garment it is given is the zero function, and the UNet learns what
+    # differs (head, skin, background). For models trained from random init (the tiny demo); the paper's
+    # pretrained SD-1.5 UNet keeps epsilon and no skip.
+    clothing_skip: bool = False
     # what of x_id the model sees: "head" = x_id ⊙ M_head (`identity.head_only`), "full" = the whole image. The
     # field's default is "full" so checkpoints written before it existed load as they were trained; the presets
     # say "head".
@@ -154,6 +163,11 @@ class M2HConfig:
     def __post_init__(self):
         if self.identity_input not in ("head", "full"):
             raise ValueError(f"identity_input must be 'head' or 'full', got {self.identity_input!r}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if self.clothing_skip and self.prediction_type != "sample":
+            raise ValueError("clothing_skip writes x̂_0 relative to the clothing latents: it needs "
+                             f"prediction_type='sample', got {self.prediction_type!r}")
 
     @property
     def latent_size(self) -> tuple[int, int]:

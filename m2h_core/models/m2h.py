@@ -8,6 +8,9 @@ come in through `M2HInputs`. Everything that does not depend on the timestep is 
 `encode_conditions` into an `M2HConditioning` (per frame: the UNet's extra input channels and A's tokens; A's
 keys/values per context window, kept for later steps within a byte budget); `denoise` is the per-step work.
 
+The tiny demo's model predicts x̂_0 relative to the clothing latents instead (`cfg.clothing_skip`):
+    x̂_0 = UNet(...) + f_c   (a skip connection from the pixel-aligned garment to the output; see config.py)
+
 Classifier-free guidance: the unconditional branch drops the identity tokens f_pi and the CLIP clothing tokens
 (both set to zero before the key/value projections); the clothing latents f_c and the pose keep conditioning it.
 Training drops them together with probability `cond_dropout` so the model learns that branch.
@@ -86,6 +89,7 @@ class M2HConditioning:
     kv: AdapterKV
     latent_channels: int
     identity_strength: float = 1.0  # sampling knob: scale of A's identity branch after Eq. 3 (paper: 1)
+    skip: torch.Tensor | None = None  # (B', F, c, h, w) f_c, added to the UNet's output (cfg.clothing_skip)
 
     @property
     def num_frames(self) -> int:
@@ -98,10 +102,13 @@ class M2HConditioning:
             kv = {**kv, IDENTITY_STRENGTH: float(self.identity_strength)}
         return base, kv
 
+    def skip_window(self, index: torch.Tensor | slice | None) -> torch.Tensor | None:
+        return None if self.skip is None or index is None else self.skip[:, index]
+
     def nbytes(self) -> int:
         """Bytes held for the whole video (the per-window key/value cache, bounded by its budget, excluded)."""
-        u = self.unet_input
-        stored = u.untyped_storage().nbytes() if u.numel() else 0
+        stored = sum(x.untyped_storage().nbytes() for x in {id(x): x for x in (self.unet_input, self.skip)
+                                                             if x is not None and x.numel()}.values())
         return stored + self.kv.nbytes()
 
 
@@ -115,6 +122,9 @@ class M2HModel(nn.Module):
         self.head_encoder = HeadEncoder(cfg.head, c, cfg.head.pose_channels[-1], cfg.unet.cross_attention_dim,
                                         fuse=cfg.use_head_encoder)
         self.unet = unet if unet is not None else build_unet(cfg)
+        if cfg.clothing_skip and unet is None:  # x̂_0 = f_c + UNet(...): start from "copy the given garment"
+            nn.init.zeros_(self.unet.conv_out.weight)
+            nn.init.zeros_(self.unet.conv_out.bias)
         self.pose_chunk = 16  # frames per E_pose (and, sampling, H) call: pose features dominate on long videos
         # A's keys/values when sampling: projected per context window, and kept for the next steps up to this many
         # bytes (so a short video is projected once); None: the whole video projected up front (O(video) memory).
@@ -158,19 +168,23 @@ class M2HModel(nn.Module):
             f_pi, clip = f_pi * keep, clip * keep
         unet_input = torch.cat([torch.zeros_like(inputs.clothing_latents), inputs.clothing_latents], dim=2)
         unet_input = unet_input + (pose_residual if pose_strength == 1.0 else pose_residual * pose_strength)
+        skip = inputs.clothing_latents if self.cfg.clothing_skip else None
         if classifier_free:  # [conditional; unconditional]: the same UNet input (a view when B = 1)
             unet_input = unet_input.unsqueeze(0).expand(2, *unet_input.shape).reshape(2 * b, *unet_input.shape[1:])
+            if skip is not None:
+                skip = skip.unsqueeze(0).expand(2, *skip.shape).reshape(2 * b, *skip.shape[1:])
         if precompute_kv and self.kv_cache_bytes is None:
             kv = project_all(self.unet, clip, f_pi, uncond=classifier_free)
         else:
             kv = project_all(self.unet, clip, f_pi, lazy=not precompute_kv, per_window=precompute_kv,
                              uncond=classifier_free, cache_bytes=self.kv_cache_bytes or 0)
-        return M2HConditioning(unet_input, kv, self.cfg.unet.latent_channels, float(identity_strength))
+        return M2HConditioning(unet_input, kv, self.cfg.unet.latent_channels, float(identity_strength), skip)
 
     # -- once per step ---------------------------------------------------------------------------------------
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: M2HConditioning,
                 frames: torch.Tensor | slice | None = None) -> torch.Tensor:
-        """z_t (B', Fw, c, h, w) for the frames `frames` of the conditioned video -> predicted noise, same shape.
+        """z_t (B', Fw, c, h, w) for the frames `frames` of the conditioned video -> the prediction (ε, v or x̂_0 as
+        `cfg.prediction_type` says), same shape; with `cfg.clothing_skip` x̂_0 = UNet(...) + f_c.
 
         B' is the conditioning's batch (2B for classifier-free batches: pass z_t already repeated).
         """
@@ -183,11 +197,14 @@ class M2HModel(nn.Module):
         t = torch.as_tensor(t, device=z_t.device)
         if t.ndim == 0:
             t = t.expand(z_t.shape[0])
-        return run_unet(self.unet, sample, t, kv)
+        out = run_unet(self.unet, sample, t, kv)
+        if cond.skip is not None:
+            out = out + (cond.skip if frames is None else cond.skip_window(frames)).to(out.dtype)
+        return out
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, inputs: M2HInputs,
                 drop: torch.Tensor | None = None) -> torch.Tensor:
-        """Epsilon prediction for a batch of clips (training)."""
+        """The prediction (`denoise`) for a batch of clips (training)."""
         return self.denoise(z_t, t, self.encode_conditions(inputs, drop=drop, precompute_kv=False))
 
     # -- parameter groups ------------------------------------------------------------------------------------

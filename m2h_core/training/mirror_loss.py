@@ -86,6 +86,13 @@ def eps_from_v(v_pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, schedul
     return (a.sqrt() * v_pred.to(a.dtype) + (1 - a).sqrt() * z_t.to(a.dtype)).to(v_pred.dtype)
 
 
+def eps_from_x0(x0_pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, scheduler) -> torch.Tensor:
+    """ε̂ from an x0 prediction: ε = (z_t - √ᾱ_t z_0) / √(1-ᾱ_t) (Eq. 1 solved for ε; 1-ᾱ_t >= β_1 > 0), so that
+    `one_step_x0` gives x0_pred back. Per sample; returned in x0_pred's dtype."""
+    a = alphas_cumprod_at(scheduler, t, z_t)
+    return ((z_t.to(a.dtype) - a.sqrt() * x0_pred.to(a.dtype)) / (1 - a).sqrt()).to(x0_pred.dtype)
+
+
 def one_step_x0(z_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor, scheduler) -> torch.Tensor:
     """DDIM's predicted x0: (z_t - √(1-ᾱ_t)·ε̂) / √ᾱ_t, per sample (t is (B,) or a scalar). See module docstring."""
     a = alphas_cumprod_at(scheduler, t, z_t)

@@ -9,7 +9,7 @@ Per optimizer step (x `grad_accum` micro-batches):
   L_mir = MirrorLoss(z_t, ε̂, t, v_h, M_id)  (one-step DDIM x0, face-crop decode; Eq. 6 reduced as
                                             `mirror_reduction` says; mirror_loss.py)
   Adam(β1=0, β2=0.99), lr 5e-5 on L_diff + L_mir.
-  (v-prediction, the tiny demo: ε̂ = √ᾱ_t v̂ + √(1-ᾱ_t) z_t, `mirror_loss.eps_from_v`.)
+  (v-prediction: ε̂ = √ᾱ_t v̂ + √(1-ᾱ_t) z_t, `mirror_loss.eps_from_v`; x0-prediction, the tiny demo: `eps_from_x0`.)
 Trainable: E_pose, E_id, H, A (to_k_id/to_v_id), the UNet incl. motion modules (or LoRA on its spatial
 attention + conv_in + motion modules when `lora_rank` > 0). Frozen: VAE, CLIP, VGG (ArcFace is precomputed).
 
@@ -60,7 +60,7 @@ from ..models.m2h import M2HModel
 from .components import apply_lora, build_components, enable_gradient_checkpointing, make_train_scheduler
 from .config import TrainConfig, checkpoint_model_config, size_multiple
 from .dataset import ClipCacheDataset, ResumableSampler, SyntheticClipDataset, sampler_inputs
-from .mirror_loss import MirrorLoss, eps_from_v
+from .mirror_loss import MirrorLoss, eps_from_v, eps_from_x0
 from .state import clean_stale_tmp, list_checkpoints, load_training_checkpoint, save_training_checkpoint
 
 
@@ -227,9 +227,12 @@ class Trainer:
         z_t = self.noise_scheduler.add_noise(z0, noise, t)
         with self.accelerator.autocast():
             eps = self.ddp_model(z_t, t, inputs, drop)
-        if self.cfg.prediction_type == "v_prediction":  # the tiny demo: v = √ᾱ ε - √(1-ᾱ) z_0; ε̂ for L_mir from v̂
+        if self.cfg.prediction_type == "v_prediction":  # v = √ᾱ ε - √(1-ᾱ) z_0; ε̂ for L_mir from v̂
             l_diff = F.mse_loss(eps.float(), self.noise_scheduler.get_velocity(z0, noise, t))
             eps = eps_from_v(eps, z_t, t, self.noise_scheduler)
+        elif self.cfg.prediction_type == "sample":  # the tiny demo: x̂_0 (+ f_c, cfg.clothing_skip); ε̂ for L_mir
+            l_diff = F.mse_loss(eps.float(), z0)
+            eps = eps_from_x0(eps, z_t, t, self.noise_scheduler)
         else:
             l_diff = F.mse_loss(eps.float(), noise)
         out = {"l_diff": l_diff.detach()}
