@@ -449,3 +449,27 @@ def test_gradient_checkpointing_covers_motion_modules_and_keeps_gradients(tmp_pa
     assert l1 == pytest.approx(l2, rel=1e-6) and g1.keys() == g2.keys()
     assert all(torch.allclose(g1[k], g2[k], atol=1e-6, rtol=1e-4) for k in g1)
     assert s2 < 0.8 * s3 < 0.8 * s1, (s1, s3, s2)  # the motion modules' share is gone too
+
+
+def test_cosine_lr_schedule_warms_up_decays_to_zero_and_resumes(tmp_path):
+    """lr_schedule="cosine": linear warm-up, then lr·½(1+cos(π s/max_steps)), 0 at the last step; "constant" stays at
+    lr; a resumed run continues the same curve (the factor is rebuilt from the config, the step from the state)."""
+    import math
+
+    from m2h_core.training.trainer import lr_factor
+
+    tc = _tc(tmp_path, max_steps=100, warmup_steps=10, lr_schedule="cosine")
+    f = lr_factor(tc)
+    assert f(0) == pytest.approx(0.1 * 0.5 * (1 + math.cos(0.0)))
+    assert f(50) == pytest.approx(0.5)
+    assert f(100) == pytest.approx(0.0, abs=1e-12) and f(150) == pytest.approx(0.0, abs=1e-12)
+    assert [lr_factor(_tc(tmp_path, max_steps=100, warmup_steps=10))(s) for s in (0, 50, 100)] == [0.1, 1.0, 1.0]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _tc(tmp_path, lr_schedule="linear")
+    run = _tc(tmp_path, max_steps=4, warmup_steps=0, lr_schedule="cosine", checkpoint_every=2, progressive=False)
+    tr = Trainer(run)
+    tr.run(stop_after=2)
+    lr_after_2 = tr.optimizer.param_groups[0]["lr"]
+    assert lr_after_2 == pytest.approx(run.lr * 0.5)
+    back = Trainer(run)
+    assert back.resume("auto") and back.optimizer.param_groups[0]["lr"] == pytest.approx(lr_after_2)

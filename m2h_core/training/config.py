@@ -17,6 +17,9 @@ from ..config import M2HConfig, preset
 MIRROR_REDUCTIONS = ("normalized", "paper")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs; YAML keys have the same names (see train/configs/*.yaml)."""
@@ -41,6 +44,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    lr_schedule: str = "constant"  # after the warm-up: "constant" (the paper's) or "cosine" (decays to 0 at max_steps)
     max_grad_norm: float = 1.0
     max_nonfinite_steps: int = 5  # consecutive non-finite losses (each step skipped) before the run aborts
     progressive: bool = True  # half resolution for the first half_res_fraction of the steps
@@ -117,6 +121,8 @@ class TrainConfig:
                              f"{self.mirror_weighting!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if not self.random_init and self.init_checkpoint is None and self.base is None:
             raise ValueError("give base weights (base: SD-1.5 file, clip_vision, motion_module), an "
                              "init_checkpoint, or random_init: true (tiny preset / tests)")

@@ -96,6 +96,20 @@ def _memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def lr_factor(tc: TrainConfig) -> Callable[[int], float]:
+    """The lr multiplier after `s` optimizer steps: linear warm-up over `warmup_steps`, then constant or a cosine
+    decay to 0 at `max_steps` (`lr_schedule`). A function of the config only, so a resumed run rebuilds it."""
+    warm, total = max(0, tc.warmup_steps), max(1, tc.max_steps)
+
+    def factor(s: int) -> float:
+        w = min(1.0, (s + 1) / warm) if warm else 1.0
+        if tc.lr_schedule == "cosine":
+            w *= 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+        return w
+
+    return factor
+
+
 class Trainer:
     """Algorithm 1. Components can be injected (the tiny demo trains its own VAE; tests share models)."""
 
@@ -143,9 +157,7 @@ class Trainer:
         self.param_names = [n for n, p in self.model.named_parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=tc.lr, betas=(tc.adam_beta1, tc.adam_beta2),
                                           eps=tc.adam_eps, weight_decay=tc.weight_decay)
-        warm = max(0, tc.warmup_steps)
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(tc))
         # the lr scheduler stays unprepared: accelerate would step it once per process
         self.ddp_model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.noise_scheduler = make_train_scheduler()
