@@ -10,10 +10,15 @@ vs diffusers (issue 15): diffusers' own `AnimateDiffPipeline` on a UNet of the s
            FreeNoise context windows of the same length and stride as ours, DDIM, CFG 7.5, for 16 and 64 frames:
            wall time per denoising step (median over steps, both pipelines timed alternately in one process, so
            load from other processes hits both alike) and peak RSS of a whole call including the VAE decode (one
-           subprocess each). Printed as ours / theirs: < 1 is better.
+           subprocess each). Printed as ours / theirs: < 1 is better. Ours runs with `chunk_frames` (default:
+           SamplerSettings', 32 frames; --chunk-frames 8 = one window per UNet call, the
+           per-window path). Both run CFG as one batch; ours takes the exact CFG shortcuts of adapter.py (the first
+           spatial self-attention once for both halves, no attention over the unconditional branch's zero tokens),
+           and the bare-UNet timing of `overhead` is of the same [z; z] pair the sampler passes.
 
     python benchmarks/bench_sampler.py [--steps 50] [--preset tiny] [--threads 1] [--no-diffusers]
-    python benchmarks/bench_sampler.py --diffusers-only --threads 1 [--vs-steps 4]
+    python benchmarks/bench_sampler.py --diffusers-only --threads 1 [--vs-steps 4] [--chunk-frames N]
+    python benchmarks/bench_sampler.py --diffusers-only --threads 1 --only-frames 64 --vs-steps 3   (step time only)
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ def speed(cfg, steps):
     with torch.no_grad():
         inp = enc.make_inputs(*(a[None] for a in args[:5]), args[5][None])
         cond = model.encode_conditions(inp, classifier_free=True)
-        z = torch.randn(2, n, 4, *cfg.latent_size)
+        z = torch.randn(1, n, 4, *cfg.latent_size).repeat(2, 1, 1, 1, 1)  # the CFG pair the sampler passes
         model.denoise(z, torch.tensor(500), cond)  # warm-up
         unet = best_of(lambda: model.denoise(z, torch.tensor(500), cond), 5)
     sample_video(model, enc, *args, settings=SamplerSettings(steps=2, context_frames=n))  # warm-up
@@ -149,6 +154,13 @@ def step_times(run) -> float:
     return gaps[len(gaps) // 2]
 
 
+CHUNK = -1  # SamplerSettings.chunk_frames of our runs (--chunk-frames; -1 = the default)
+
+
+def chunk_kw() -> dict:
+    return {} if CHUNK < 0 else {"chunk_frames": CHUNK}
+
+
 def vs_diffusers_speed(cfg, frames, steps: int, context: int, overlap: int) -> dict[int, tuple[float, float]]:
     torch.manual_seed(0)
     model, enc = M2HModel(cfg).eval(), FrozenEncoders.random(cfg)
@@ -156,7 +168,7 @@ def vs_diffusers_speed(cfg, frames, steps: int, context: int, overlap: int) -> d
     out = {}
     for n in frames:
         args = inputs(cfg, n)
-        settings = SamplerSettings(steps=steps, context_frames=context, context_overlap=overlap)
+        settings = SamplerSettings(steps=steps, context_frames=context, context_overlap=overlap, **chunk_kw())
         ours = lambda cb: sample_video(model, enc, *args, settings=settings, progress=cb)  # noqa: E731
         theirs = lambda cb: run_diffusers(pipe, cfg, n, steps, "latent", cb)  # noqa: E731
         t_ours, t_theirs = [], []
@@ -179,27 +191,32 @@ def diffusers_child(cfg_name, n, size=None, steps=2, context=8, overlap=4):
     print(json.dumps({"growth_kib": peak - base, "peak_kib": peak}))
 
 
-def vs_diffusers(cfg_name, size, steps: int, threads: int) -> None:
+def vs_diffusers(cfg_name, size, steps: int, threads: int, frames=(16, 64), with_memory: bool = True) -> None:
     cfg = sized(cfg_name, size)
     context, overlap = cfg.num_frames, min(4, cfg.num_frames - 1)
     print(f"vs diffusers AnimateDiffPipeline + FreeNoise: {cfg_name} UNet, {cfg.height}x{cfg.width}, windows of "
-          f"{context} frames, stride {context - overlap}, DDIM, CFG 7.5, {threads} thread(s)")
-    speed_ = vs_diffusers_speed(cfg, (16, 64), steps, context, overlap)
+          f"{context} frames, stride {context - overlap}, DDIM, CFG 7.5, {threads} thread(s), our chunk_frames "
+          f"{CHUNK if CHUNK >= 0 else SamplerSettings().chunk_frames}")
+    speed_ = vs_diffusers_speed(cfg, frames, steps, context, overlap)
     mem = {}
-    for who in ("ours", "theirs"):
-        for n in (16, 64):
+    for who in ("ours", "theirs") if with_memory else ():
+        for n in frames:
             mem[who, n] = memory(cfg_name, n, size, steps, diffusers=who == "theirs")
-    for n in (16, 64):
+    for n in frames:
         o, t = speed_[n]
-        print(f"{n} frames: step {o * 1e3:.1f} ms ours vs {t * 1e3:.1f} ms diffusers; peak RSS "
-              f"{mem['ours', n]['peak_kib'] / 1024:.0f} vs {mem['theirs', n]['peak_kib'] / 1024:.0f} MiB, growth "
-              f"during the call {mem['ours', n]['growth_kib'] / 1024:.1f} vs {mem['theirs', n]['growth_kib'] / 1024:.1f} MiB")
-    for n in (16, 64):
+        line = f"{n} frames: step {o * 1e3:.1f} ms ours vs {t * 1e3:.1f} ms diffusers"
+        if with_memory:
+            line += (f"; peak RSS {mem['ours', n]['peak_kib'] / 1024:.0f} vs {mem['theirs', n]['peak_kib'] / 1024:.0f} "
+                     f"MiB, growth during the call {mem['ours', n]['growth_kib'] / 1024:.1f} vs "
+                     f"{mem['theirs', n]['growth_kib'] / 1024:.1f} MiB")
+        print(line)
+    for n in frames:
         print(f"vs_diffusers_step_time_{n}={speed_[n][0] / speed_[n][1]:.3f}")
-    for n in (16, 64):
+    for n in frames if with_memory else ():
         print(f"vs_diffusers_memory_{n}={mem['ours', n]['peak_kib'] / mem['theirs', n]['peak_kib']:.3f}")
         print(f"vs_diffusers_memory_growth_{n}={max(mem['ours', n]['growth_kib'], 1) / max(mem['theirs', n]['growth_kib'], 1):.3f}")
-    print(f"vs_diffusers_step_time={speed_[64][0] / speed_[64][1]:.3f}")
+    if 64 in frames:
+        print(f"vs_diffusers_step_time={speed_[64][0] / speed_[64][1]:.3f}")
 
 
 def sized(cfg_name, size):
@@ -229,14 +246,16 @@ def child(cfg_name, n, size=None, steps=2):
     reset_peak_rss()
     base = peak_rss_kib()
     sample_video(model, enc, *args, settings=SamplerSettings(steps=steps, context_frames=cfg.num_frames,
-                                                             context_overlap=min(4, cfg.num_frames - 1)))
+                                                             context_overlap=min(4, cfg.num_frames - 1),
+                                                             **chunk_kw()))
     peak = peak_rss_kib()
     print(json.dumps({"growth_kib": peak - base, "peak_kib": peak}))
 
 
 def memory(cfg_name, n, size=None, steps=2, diffusers=False):
     cmd = [sys.executable, __file__, "--child", str(n), "--preset", cfg_name, "--steps", str(steps),
-           "--threads", str(torch.get_num_threads())] + (["--child-diffusers"] if diffusers else [])
+           "--threads", str(torch.get_num_threads()), "--chunk-frames", str(CHUNK)] + (
+        ["--child-diffusers"] if diffusers else [])
     out = subprocess.run(cmd + (["--size", size] if size else []), check=True,
                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(out)
@@ -254,9 +273,16 @@ def main():
     ap.add_argument("--vs-steps", type=int, default=4, help="denoising steps of each side-by-side run")
     ap.add_argument("--vs-size", default="256x128",
                     help="HxW of the side-by-side (at the tiny preset's 64x32 both peaks are the libraries')")
+    ap.add_argument("--chunk-frames", type=int, default=-1,
+                    help="our sampler's chunk_frames (at most this many frames per UNet call; -1 = its default, <= the "
+                         "context window = one window per call, the per-window path)")
+    ap.add_argument("--only-frames", type=int, default=0,
+                    help="side by side at this many frames only, step time only (a quick look)")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--child-diffusers", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    global CHUNK
+    CHUNK = a.chunk_frames
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.child:
@@ -264,7 +290,8 @@ def main():
             return diffusers_child(a.preset, a.child, a.size, a.steps)
         return child(a.preset, a.child, a.size, a.steps)
     if a.diffusers_only:
-        return vs_diffusers(a.preset, a.vs_size, a.vs_steps, torch.get_num_threads())
+        frames = (a.only_frames,) if a.only_frames else (16, 64)
+        return vs_diffusers(a.preset, a.vs_size, a.vs_steps, torch.get_num_threads(), frames, not a.only_frames)
     cfg = sized(a.preset, a.size)
     print(f"preset={a.preset} frames={cfg.num_frames} size={cfg.height}x{cfg.width} steps={a.steps} "
           f"threads={torch.get_num_threads()}")

@@ -119,7 +119,7 @@ def test_blend_of_known_window_predictions(motion_model):
 
     for scheduler in ("ddim", "euler"):
         s = SamplerSettings(steps=3, guidance_scale=1.0, scheduler=scheduler, seed=4, context_frames=4,
-                            context_overlap=2)
+                            context_overlap=2, chunk_frames=4)  # one window per call: the stand-in's unit
         got = denoise_latents(StandIn(per_window), no_cfg, shape, s)
         want = denoise_latents(StandIn(whole_video), no_cfg, shape, dataclasses.replace(s, context_frames=10))
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -155,7 +155,10 @@ def test_windowed_sampling_blends_the_real_models_window_predictions(motion_mode
         disagreement.append(max((e[0] - e[1]).abs().max().item() for e in per_frame.values() if len(e) == 2))
         return num / den
 
-    s = SamplerSettings(steps=2, guidance_scale=1.0, seed=2, context_frames=length, context_overlap=2)
+    # one window per UNet call (chunk_frames <= context_frames): the per-window path; chunks of several windows
+    # blend inside the motion modules instead (tests/test_chunked_windows.py)
+    s = SamplerSettings(steps=2, guidance_scale=1.0, seed=2, context_frames=length, context_overlap=2,
+                        chunk_frames=length)
     got = denoise_latents(model, cond, shape, s)
     probe = StandIn(hand_blend)
     want = denoise_latents(probe, cond, shape, dataclasses.replace(s, context_frames=N))
@@ -173,10 +176,12 @@ def test_windows_equal_one_window_when_frames_are_independent():
         cond = model.encode_conditions(random_inputs(cfg, frames=N, seed=2), classifier_free=True)
     shape = (1, N, cfg.unet.latent_channels, *cfg.latent_size)
     one = denoise_latents(model, cond, shape, SamplerSettings(steps=2, guidance_scale=2.0, seed=6, context_frames=N))
-    for length, overlap in ((4, 2), (3, 0), (6, 1)):
+    for length, overlap, chunk in ((4, 2, 4), (3, 0, 3), (6, 1, 6), (4, 2, 6), (3, 1, 64)):  # per window, chunks
         got = denoise_latents(model, cond, shape, SamplerSettings(steps=2, guidance_scale=2.0, seed=6,
-                                                                  context_frames=length, context_overlap=overlap))
-        torch.testing.assert_close(got, one, rtol=1e-4, atol=1e-4, msg=f"windows of {length}, overlap {overlap}")
+                                                                  context_frames=length, context_overlap=overlap,
+                                                                  chunk_frames=chunk))
+        torch.testing.assert_close(got, one, rtol=1e-4, atol=1e-4,
+                                   msg=f"windows of {length}, overlap {overlap}, chunks of {chunk}")
     # the frames' conditions differ, so pairing a frame with another frame's conditions would show
     rolled = torch.roll(torch.arange(N), 1)
     with torch.no_grad():

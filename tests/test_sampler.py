@@ -133,3 +133,38 @@ def test_clip_tokens_in_half_precision_on_the_cpu(setup, dtype):
     tokens = enc.clip_tokens(torch.rand(2, 3, cfg.height, cfg.width))
     assert tokens.dtype == dtype and tokens.shape == (2, 1, cfg.clip.projection_dim)
     assert torch.isfinite(tokens.float()).all()
+
+
+def test_cfg_shortcuts_are_exact_and_taken(setup):
+    """The classifier-free pair's shortcuts (adapter.py): the first spatial self-attention once for both halves
+    (nothing before it sees the tokens), no attention over the unconditional half's zero tokens. The batched pair
+    equals the two branches run as separate batches without any shortcut, and the shortcut layer is the first
+    spatial self-attention of the down path, only that one."""
+    from m2h_core.models.adapter import PassThroughProcessor
+
+    cfg, model, enc = setup
+    flagged = [n for n, m in model.unet.named_modules()
+               if isinstance(getattr(m, "processor", None), PassThroughProcessor) and m.processor.first_spatial]
+    assert flagged == ["down_blocks.0.attentions.0.transformer_blocks.0.attn1"]
+    frames, masks, poses, ident, lm, arc = video(6, cfg)
+    calls = []
+    first = dict(model.unet.named_modules())[flagged[0]]
+    hook = first.to_q.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))  # rows attended
+    try:
+        with torch.no_grad():
+            inputs = enc.make_inputs(frames[None], masks[None], poses[None], ident[None], lm[None], arc[None])
+            both = model.encode_conditions(inputs, classifier_free=True)
+            cond = model.encode_conditions(inputs)
+            uncond = model.encode_conditions(inputs, drop=torch.tensor([True]))
+            z = torch.randn(1, 6, 4, *cfg.latent_size)
+            t = torch.tensor(300)
+            pair = model.denoise(torch.cat([z, z]), t, both)
+            apart = torch.cat([model.denoise(z, t, cond), model.denoise(z, t, uncond)])
+            different = model.denoise(torch.cat([z, z + 0.1]), t, both)  # halves differ: no shared prefix
+            apart_different = torch.cat([model.denoise(z, t, cond), model.denoise(z + 0.1, t, uncond)])
+    finally:
+        hook.remove()
+    torch.testing.assert_close(pair, apart, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(different, apart_different, rtol=1e-5, atol=1e-5)
+    assert (pair - different).abs().max() > 1e-3
+    assert calls == [6, 6, 6, 12, 6, 6]  # the pair: one half; cond; uncond; the differing pair: both; cond; uncond

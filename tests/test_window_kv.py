@@ -28,8 +28,9 @@ def inputs(model):
     return random_inputs(model.cfg, batch=1, frames=FRAMES, seed=4)
 
 
-def _sample(model, inputs, budget, seed=0, guidance=3.0):
-    settings = SamplerSettings(steps=3, guidance_scale=guidance, seed=seed, context_frames=6, context_overlap=2)
+def _sample(model, inputs, budget, seed=0, guidance=3.0, chunk=6):
+    settings = SamplerSettings(steps=3, guidance_scale=guidance, seed=seed, context_frames=6, context_overlap=2,
+                               chunk_frames=chunk)
     model.kv_cache_bytes = budget
     try:
         with torch.no_grad():
@@ -41,16 +42,18 @@ def _sample(model, inputs, budget, seed=0, guidance=3.0):
 
 
 @pytest.mark.parametrize("guidance", [3.0, 1.0], ids=["cfg", "no_cfg"])
-def test_per_window_keys_values_give_the_same_video(model, inputs, guidance):
-    whole, whole_cond = _sample(model, inputs, None, guidance=guidance)  # every frame projected up front
+@pytest.mark.parametrize("chunk, calls", [(6, 3), (10, 2)], ids=["per_window", "chunks"])
+def test_per_window_keys_values_give_the_same_video(model, inputs, guidance, chunk, calls):
+    whole, whole_cond = _sample(model, inputs, None, guidance=guidance, chunk=chunk)  # every frame up front
     assert whole_cond.kv.kv  # the reference really is the whole-video path
-    per_step, cond0 = _sample(model, inputs, 0, guidance=guidance)  # every window projected at every step
-    cached, cond_all = _sample(model, inputs, 1 << 30, guidance=guidance)  # projected once, reused
+    per_step, cond0 = _sample(model, inputs, 0, guidance=guidance, chunk=chunk)  # every call projects its frames
+    cached, cond_all = _sample(model, inputs, 1 << 30, guidance=guidance, chunk=chunk)  # projected once, reused
     assert not cond0.kv.kv and not cond0.kv.cache  # nothing per frame, nothing kept
-    assert len(cond_all.kv.cache) == 3  # 14 frames, windows of 6 overlapping by 2: 0-5, 4-9, 8-13
+    # 14 frames, windows of 6 overlapping by 2: 0-5, 4-9, 8-13; chunks of <= 10 frames: 0-9 (two windows), 8-13
+    assert len(cond_all.kv.cache) == calls
     torch.testing.assert_close(per_step, whole, rtol=0, atol=1e-5)
     torch.testing.assert_close(cached, whole, rtol=0, atol=1e-5)
-    other, _ = _sample(model, inputs, 0, seed=1, guidance=guidance)
+    other, _ = _sample(model, inputs, 0, seed=1, guidance=guidance, chunk=chunk)
     assert (other - whole).abs().max() > 0.1  # the comparison can fail
 
 

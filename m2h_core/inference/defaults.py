@@ -13,6 +13,10 @@ SCHEDULERS = ("ddim", "euler", "dpmpp_2m", "unipc")
 SEED = 0
 CONTEXT_FRAMES_AUTO = 0  # = M2HConfig.num_frames, the clip length the model was trained on
 CONTEXT_OVERLAP = 4
+# Long videos: at most this many frames per UNet call. A chunk of consecutive context windows runs the spatial
+# layers once per frame and the motion modules per window; memory is O(chunk), not O(video). A value <= the context
+# window (0 included) = one window per call, the per-window path (every window a whole UNet pass).
+CHUNK_FRAMES = 32
 POSE_STRENGTH = 1.0  # scale of E_pose's residual on the UNet input (paper: 1)
 IDENTITY_STRENGTH = 1.0  # scale of A's identity branch after its re-normalisation, Eq. 3 (paper: 1)
 STRENGTH_MAX = 2.0

@@ -10,8 +10,13 @@ typed, already-checked `VideoInputs` and `IdentityInputs` of `inputs.py`; defaul
   CFG runs is decided once (`SamplerSettings.classifier_free`): it builds the 2B conditioning batch, and
   `guided_epsilon` reads it back from that batch (a mismatch with the scale is an error, never a silent mix).
 - Any number of frames: the model sees `context_frames` at a time; overlapping windows (no wrap-around, the
-  last window aligned to the end) are blended with linear ramps over the overlap, so memory does not grow with
-  video length and there is no seam at window edges. The scheduler then steps the whole video's latents.
+  last window aligned to the end) are blended with linear ramps over the overlap, so there is no seam at window
+  edges. Consecutive windows are grouped into chunks of at most `chunk_frames` frames: one UNet call per chunk runs
+  the spatial layers once per frame and every motion module per window (a batch of windows, positions 0..L-1 as in
+  training), blending the windows' outputs back to frames with the same ramps (`context_chunks`,
+  `unet.windowed_motion`). Chunks overlap and are blended at the output as windows are; memory is O(chunk), not
+  O(video). One window per chunk (chunk_frames <= context_frames) is the per-window path: every window a whole UNet
+  pass, blended only at the output. The scheduler then steps the whole video's latents.
 - Deterministic for a seed on a device: the initial noise is drawn on the CPU from `torch.Generator(seed)`.
 """
 
@@ -33,6 +38,7 @@ from .encoders import FrozenEncoders
 from .inputs import IdentityInputs, InputError, VideoInputs, check_pair
 from ..config import M2HConfig
 from ..models.m2h import M2HConditioning, M2HModel
+from ..models.unet import MotionWindows
 
 SCHEDULERS = defaults.SCHEDULERS
 
@@ -55,6 +61,9 @@ class SamplerSettings:
     seed: int = defaults.SEED
     context_frames: int = defaults.CONTEXT_FRAMES_AUTO
     context_overlap: int = defaults.CONTEXT_OVERLAP
+    # at most this many frames per UNet call (a chunk of windows: spatial layers once per frame, motion modules per
+    # window); <= context_frames (0 included) = one window per call, the per-window path
+    chunk_frames: int = defaults.CHUNK_FRAMES
     pose_strength: float = defaults.POSE_STRENGTH  # scales E_pose's residual (paper: 1)
     identity_strength: float = defaults.IDENTITY_STRENGTH  # scales A's re-normalised identity branch (paper: 1)
 
@@ -75,6 +84,9 @@ class SamplerSettings:
         if self.context_frames < 0 or self.context_overlap < 0:
             raise InputError(f"context frames and overlap must be >= 0, got {self.context_frames} and "
                              f"{self.context_overlap}")
+        if self.chunk_frames < 0:
+            raise InputError(f"chunk frames must be >= 0 (<= the context window: one window per UNet call), "
+                             f"got {self.chunk_frames}")
         for name in ("pose_strength", "identity_strength"):
             v = getattr(self, name)
             if not 0.0 <= v <= defaults.STRENGTH_MAX:
@@ -92,7 +104,7 @@ class SamplerSettings:
 
 @dataclass
 class SampleResult:
-    frames: torch.Tensor  # (N, 3, H, W) in [0, 1], float32 on the CPU
+    frames: torch.Tensor | None  # (N, 3, H, W) in [0, 1], float32 on the CPU (None: sample_video(decode=False))
     latents: torch.Tensor  # (N, c, h, w) scaled latents, float32 on the CPU
 
 
@@ -137,6 +149,58 @@ def window_weights(index: torch.Tensor, num_frames: int, overlap: int) -> torch.
     return w
 
 
+def context_chunks(windows: list[torch.Tensor], max_frames: int) -> list[list[int]]:
+    """Consecutive windows grouped into chunks spanning at most `max_frames` frames (at least one window each),
+    as few chunks as greedy packing needs, with the windows spread evenly over them. Returns window positions."""
+    greedy: list[list[int]] = []
+    for k, w in enumerate(windows):
+        if greedy and int(w[-1]) - int(windows[greedy[-1][0]][0]) + 1 <= max_frames:
+            greedy[-1].append(k)
+        else:
+            greedy.append([k])
+    q, r = divmod(len(windows), len(greedy))
+    even, start = [], 0
+    for c in range(len(greedy)):
+        size = q + (c < r)
+        even.append(list(range(start, start + size)))
+        start += size
+    fits = all(int(windows[g[-1]][-1]) - int(windows[g[0]][0]) + 1 <= max_frames for g in even)
+    return even if fits else greedy
+
+
+@dataclass
+class Chunk:
+    """One UNet call: the frames `index` of the video, its output's blend weight per frame (the sum of its
+    windows' ramps, (1, F, 1, 1, 1)), and its windows (None: the chunk is one window)."""
+
+    index: torch.Tensor
+    weight: torch.Tensor
+    motion: MotionWindows | None
+
+
+def chunk_plan(num_frames: int, length: int, overlap: int, max_frames: int,
+               device: torch.device | str = "cpu") -> list[Chunk]:
+    """The UNet calls of one step: context windows (`context_windows`, ramps `window_weights`) grouped into chunks
+    (`context_chunks`). Inside a chunk each frame's windows are normalised to sum 1 (the motion modules' blend);
+    between chunks the outputs are weighted by the sum of their windows' ramps and normalised per frame."""
+    windows = context_windows(num_frames, length, overlap)
+    ramps = [window_weights(w, num_frames, overlap) for w in windows]
+    plan = []
+    for group in context_chunks(windows, max_frames):
+        first, last = int(windows[group[0]][0]), int(windows[group[-1]][-1])
+        index = torch.arange(first, last + 1)
+        weight = torch.zeros(index.numel())
+        for k in group:
+            weight[windows[k] - first] += ramps[k]
+        motion = None
+        if len(group) > 1:
+            local = torch.stack([windows[k] - first for k in group])
+            per_window = torch.stack([ramps[k] for k in group]) / weight[local]
+            motion = MotionWindows(local.to(device), per_window.to(device), index.numel())
+        plan.append(Chunk(index.to(device), weight.to(device).view(1, -1, 1, 1, 1), motion))
+    return plan
+
+
 def classifier_free_batch(cond: M2HConditioning, batch: int) -> bool:
     """Whether `cond` was built with the unconditional branch (`encode_conditions(classifier_free=True)`)."""
     uncond = getattr(cond.kv, "uncond", None)  # adapter key/values that append the zero tokens per window
@@ -144,18 +208,26 @@ def classifier_free_batch(cond: M2HConditioning, batch: int) -> bool:
 
 
 def guided_epsilon(model: M2HModel, z: torch.Tensor, t: torch.Tensor, cond: M2HConditioning,
-                   index: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
-    """Epsilon for a window. CFG runs exactly when `cond` is a 2B classifier-free batch (built from
-    `SamplerSettings.classifier_free`); a scale that disagrees with the batch is an error."""
+                   index: torch.Tensor | None, guidance_scale: float,
+                   motion_windows: MotionWindows | None = None) -> torch.Tensor:
+    """Epsilon for a window (or a chunk of windows: `motion_windows`). CFG runs exactly when `cond` is a 2B
+    classifier-free batch (built from `SamplerSettings.classifier_free`); a scale that disagrees with the batch is
+    an error."""
     paired = classifier_free_batch(cond, z.shape[0])
     if paired != (guidance_scale != 1.0):
         raise ValueError(f"guidance scale {guidance_scale} but the conditioning was built "
                          f"{'with' if paired else 'without'} the unconditional branch: build it with "
                          "classifier_free=SamplerSettings.classifier_free")
     if not paired:
-        return model.denoise(z, t, cond, frames=index).float()
-    eps_c, eps_u = model.denoise(torch.cat([z, z]), t, cond, frames=index).float().chunk(2)
+        return _denoise(model, z, t, cond, index, motion_windows).float()
+    eps_c, eps_u = _denoise(model, torch.cat([z, z]), t, cond, index, motion_windows).float().chunk(2)
     return eps_u + guidance_scale * (eps_c - eps_u)
+
+
+def _denoise(model, z, t, cond, index, motion_windows):
+    if motion_windows is None:  # (stand-in models of the tests take no motion_windows)
+        return model.denoise(z, t, cond, frames=index)
+    return model.denoise(z, t, cond, frames=index, motion_windows=motion_windows)
 
 
 @torch.no_grad()
@@ -174,22 +246,22 @@ def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[
     latents = torch.randn(latent_shape, generator=generator, dtype=torch.float32).to(device)
     latents = latents * scheduler.init_noise_sigma
     n = latent_shape[1]
-    windows = context_windows(n, settings.context_frames, settings.context_overlap)
-    weights = [window_weights(w, n, settings.context_overlap).to(device).view(1, -1, 1, 1, 1) for w in windows]
-    windows = [w.to(device) for w in windows]
+    plan = chunk_plan(n, settings.context_frames, settings.context_overlap, settings.chunk_frames, device)
     total = torch.zeros(1, n, 1, 1, 1, device=device)  # the blend's normaliser: the same at every step
-    for index, weight in zip(windows, weights):
-        total[:, index] += weight
+    for chunk in plan:
+        total[:, chunk.index] += chunk.weight
     for step, t in enumerate(scheduler.timesteps):
         model_in = scheduler.scale_model_input(latents, t)
-        if len(windows) == 1:
-            eps = guided_epsilon(model, model_in, t, cond, None, settings.guidance_scale)
+        if len(plan) == 1:  # the video is one window, or one chunk of windows
+            eps = guided_epsilon(model, model_in, t, cond, None, settings.guidance_scale, plan[0].motion)
         else:
             eps = torch.zeros_like(latents)
-            for idx, weight in zip(windows, weights):
+            for chunk in plan:
                 if cancel is not None and cancel():
                     raise SamplingCancelled(f"cancelled at step {step + 1}/{len(scheduler.timesteps)}")
-                eps[:, idx] += weight * guided_epsilon(model, model_in[:, idx], t, cond, idx, settings.guidance_scale)
+                idx = chunk.index
+                eps[:, idx] += chunk.weight * guided_epsilon(model, model_in[:, idx], t, cond, idx,
+                                                             settings.guidance_scale, chunk.motion)
             eps = eps / total
         if not torch.isfinite(eps).all():
             raise SamplingError(f"the model produced NaN/inf at step {step + 1}; in fp16 try bf16 or fp32, "
@@ -221,12 +293,14 @@ def sample_video(model: M2HModel, encoders: FrozenEncoders, video: VideoInputs, 
                  settings: SamplerSettings | None = None, progress: Callable[[int, int], None] | None = None,
                  cancel: Callable[[], bool] | None = None,
                  offload_device: str | torch.device | None = None,
-                 preview: Callable[[int, int, torch.Tensor], None] | None = None) -> SampleResult:
+                 preview: Callable[[int, int, torch.Tensor], None] | None = None,
+                 decode: bool = True) -> SampleResult:
     """Generate the human video from checked inputs (`inputs.prepare_video`, `inputs.place_identity`).
 
     settings may also be the fifth positional argument. offload_device (e.g. "cpu"): keep only the stage that
     runs on the accelerator — the VAE and CLIP are moved there while the UNet denoises, and the UNet while the
-    VAE decodes. preview: see `denoise_latents`.
+    VAE decodes. preview: see `denoise_latents`. decode=False: latents only (frames None), for a caller that
+    decodes chunks of frames straight into its writer (`encoders.decode`, `m2h generate`).
     """
     video, identity, settings = _typed_inputs(video, identity, rest, settings)
     check_pair(video, identity, model.cfg.vae.downscale)
@@ -246,6 +320,8 @@ def sample_video(model: M2HModel, encoders: FrozenEncoders, video: VideoInputs, 
         encoders.to(offload_device)
     latents = denoise_latents(model, cond, latent_shape, settings, progress, cancel, preview)
     del cond
+    if not decode:
+        return SampleResult(frames=None, latents=latents[0].float().cpu())
     if offload_device is not None:
         model.to(offload_device)
         encoders.to(device)

@@ -24,6 +24,13 @@ being denoised, in one of three modes (`project_all`):
   FSDP a module's weights are only whole during its own forward.
 For classifier-free guidance (`uncond=True`) only the conditional tokens are stored; the unconditional batch
 (zero tokens, paper Sec. III-C's dropped condition) is appended per window.
+
+Two exact shortcuts of the classifier-free batch [conditional; unconditional] (sampling only, flagged in `m2h_kv`):
+- `UNCOND_HALF`: the unconditional half's tokens are zero, so all its keys are equal (to_k(0)) and so are its
+  values: softmax is uniform and the attention output is that value for every query; attention runs on the
+  conditional half only. (Likewise a single key, as f_clip's one token: the output is its value.)
+- `SHARED_HALVES`: the two halves have the same UNet input (z_t, f_c, pose, timestep), so everything before the
+  first cross-attention is the same for both: the first spatial self-attention runs on one half and is repeated.
 """
 
 from __future__ import annotations
@@ -114,14 +121,27 @@ def _window_key(index: torch.Tensor | slice | None, num_frames: int) -> tuple:
 
 
 TOKENS = "__tokens__"  # m2h_kv key of the lazy (f_clip, f_pi) tokens
+UNCOND_HALF = "__uncond_half__"  # m2h_kv key: the batch's second half is the unconditional (zero-token) branch
+SHARED_HALVES = "__shared_halves__"  # m2h_kv key: the batch's two halves have the same UNet input (a CFG pair)
 IDENTITY_STRENGTH = "__identity_strength__"  # m2h_kv key: scale of z_pi after Eq. 3 (default 1)
 
 
 class PassThroughProcessor(AttnProcessor2_0):
-    """diffusers' SDPA processor that accepts (and ignores) `m2h_kv`, so self-attention stays silent."""
+    """diffusers' SDPA processor that accepts (and ignores) `m2h_kv`, so self-attention stays silent.
+
+    first_spatial: this is the UNet's first spatial self-attention (nothing before it sees the tokens): with
+    `SHARED_HALVES` it runs on the batch's first half and repeats the result."""
+
+    def __init__(self, first_spatial: bool = False):
+        super().__init__()
+        self.first_spatial = first_spatial
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
                  m2h_kv=None, *args, **kwargs):
+        if (self.first_spatial and m2h_kv is not None and m2h_kv.get(SHARED_HALVES) and encoder_hidden_states is None
+                and attention_mask is None and temb is None and hidden_states.shape[0] % 2 == 0):
+            out = super().__call__(attn, hidden_states[: hidden_states.shape[0] // 2])
+            return torch.cat([out, out])
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
@@ -156,8 +176,18 @@ class HeadClothingAdapterProcessor(nn.Module):
         else:
             kv = m2h_kv[self.name]
         q = rearrange(attn.to_q(hidden_states), "n l (h d) -> n h l d", h=attn.heads)
-        attend = lambda k, v: rearrange(  # noqa: E731
-            F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype)), "n h l d -> n l (h d)")
+        half = q.shape[0] // 2 if m2h_kv.get(UNCOND_HALF) and q.shape[0] % 2 == 0 else None
+
+        def attend(k, v):
+            k, v = k.to(q.dtype), v.to(q.dtype)
+            if k.shape[2] == 1:  # one key: softmax is 1, the output is its value
+                out = v.expand(-1, -1, q.shape[2], -1)
+            elif half is not None:  # unconditional half: equal keys and values (zero tokens), output = the value
+                out = torch.cat([F.scaled_dot_product_attention(q[:half], k[:half], v[:half]),
+                                 v[half:, :, :1].expand(-1, -1, q.shape[2], -1)])
+            else:
+                out = F.scaled_dot_product_attention(q, k, v)
+            return rearrange(out, "n h l d -> n l (h d)")
         if not self.cfg.enabled:
             z = attend(*kv)
         else:
@@ -176,6 +206,7 @@ def is_spatial_cross_attention(name: str, module: nn.Module) -> bool:
 def install_adapter(unet: nn.Module, cfg: AdapterConfig) -> dict[str, HeadClothingAdapterProcessor]:
     """Put A on every spatial attn2 and the pass-through processor everywhere else. Returns name -> processor."""
     installed: dict[str, HeadClothingAdapterProcessor] = {}
+    first = True  # the first spatial self-attention of the down path: no cross-attention runs before it
     for name, module in list(unet.named_modules()):
         if not isinstance(module, Attention):
             continue
@@ -183,7 +214,9 @@ def install_adapter(unet: nn.Module, cfg: AdapterConfig) -> dict[str, HeadClothi
             proc = HeadClothingAdapterProcessor(name, module, cfg)
             installed[name] = proc
         else:
-            proc = PassThroughProcessor()
+            spatial_self = name.endswith("attn1") and "motion_modules" not in name and name.startswith("down_blocks.")
+            proc = PassThroughProcessor(first_spatial=first and spatial_self and not installed)
+            first = first and not spatial_self
         module.set_processor(proc)
     if not installed:
         raise ValueError("the UNet has no spatial cross-attention blocks to install the head-clothing adapter in")

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from ..config import M2HConfig
-from .adapter import IDENTITY_STRENGTH, AdapterKV, project_all
+from .adapter import IDENTITY_STRENGTH, SHARED_HALVES, UNCOND_HALF, AdapterKV, project_all
 from .head_encoder import HeadEncoder
 from .id_encoder import IdentityEncoder
 from .pose_encoder import PoseEncoder
-from .unet import build_unet, run_unet
+from .unet import MotionWindows, build_unet, run_unet
 
 
 @dataclass
@@ -182,22 +182,31 @@ class M2HModel(nn.Module):
 
     # -- once per step ---------------------------------------------------------------------------------------
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: M2HConditioning,
-                frames: torch.Tensor | slice | None = None) -> torch.Tensor:
+                frames: torch.Tensor | slice | None = None,
+                motion_windows: MotionWindows | None = None) -> torch.Tensor:
         """z_t (B', Fw, c, h, w) for the frames `frames` of the conditioned video -> the prediction (ε, v or x̂_0 as
         `cfg.prediction_type` says), same shape; with `cfg.clothing_skip` x̂_0 = UNet(...) + f_c.
 
         B' is the conditioning's batch (2B for classifier-free batches: pass z_t already repeated).
+        motion_windows: the Fw frames are a chunk of several context windows (spatial layers once per frame, motion
+        modules per window, see `unet.windowed_motion`); None: they are one window.
         """
         base, kv = cond.window(frames)
         if z_t.shape[0] != base.shape[0] or z_t.shape[1] != base.shape[1]:
             raise ValueError(f"z_t has {tuple(z_t.shape[:2])} clips x frames but the conditioning window has "
                              f"{tuple(base.shape[:2])}")
         c = cond.latent_channels
+        if cond.kv.uncond and not torch.is_grad_enabled():
+            # a classifier-free pair: the second half's tokens are zero (adapter.UNCOND_HALF); the halves share f_c
+            # and the pose by construction, so if z_t is repeated too the UNet's layers before the first
+            # cross-attention compute the same for both (adapter.SHARED_HALVES)
+            half = z_t.shape[0] // 2
+            kv = {**kv, UNCOND_HALF: True, **({SHARED_HALVES: True} if torch.equal(z_t[:half], z_t[half:]) else {})}
         sample = torch.cat([base[:, :, :c] + z_t.to(base.dtype), base[:, :, c:]], dim=2)
         t = torch.as_tensor(t, device=z_t.device)
         if t.ndim == 0:
             t = t.expand(z_t.shape[0])
-        out = run_unet(self.unet, sample, t, kv)
+        out = run_unet(self.unet, sample, t, kv, motion_windows)
         if cond.skip is not None:
             out = out + (cond.skip if frames is None else cond.skip_window(frames)).to(out.dtype)
         return out
