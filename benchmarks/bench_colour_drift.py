@@ -12,7 +12,12 @@ the demo ships, or a checkpoint (`--checkpoint`, e.g. one written by `m2h demo`)
 
     python benchmarks/bench_colour_drift.py [--frames 200] [--steps 20] [--cfg 1.5] [--context 8] [--overlap 4]
                                            [--static] [--checkpoint m2h_demo_out/m2h_tiny.safetensors]
-                                           [--ramp-power 2]
+                                           [--ramp-power 2] [--chunk-frames N]
+
+Chunks of windows (`SamplerSettings.chunk_frames`, default 32): one UNet call per chunk, the windows blended inside
+every motion module; chunks are blended at the output as windows are. The transitions at chunk edges (where a chunk
+starts or ends, a subset of the window edges) are reported on their own as well. --chunk-frames 8 (= the context)
+is the per-window path.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2h_core.config import tiny  # noqa: E402
-from m2h_core.inference.sampler import SamplerSettings, context_windows, sample_video  # noqa: E402
+from m2h_core.inference.sampler import SamplerSettings, chunk_plan, context_windows, sample_video  # noqa: E402
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -76,6 +81,18 @@ def boundary_transitions(n: int, context: int, overlap: int) -> np.ndarray:
     return edges
 
 
+def chunk_transitions(n: int, context: int, overlap: int, chunk_frames: int) -> np.ndarray:
+    """Bool (n-1,): transition t -> t+1 crosses a chunk edge (a chunk starts at t+1 or ends at t)."""
+    edges = np.zeros(n - 1, bool)
+    for c in chunk_plan(n, context, overlap, chunk_frames):
+        s, e = int(c.index[0]), int(c.index[-1])
+        if s > 0:
+            edges[s - 1] = True
+        if e < n - 1:
+            edges[e] = True
+    return edges
+
+
 def jumps(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """frames (N, H, W, 3) in [0, 255] -> |mean colour step| (L2 over RGB) and |mean luma step| per transition."""
     mean = frames.reshape(len(frames), -1, 3).mean(axis=1)
@@ -107,6 +124,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="an M2H checkpoint (default: perturbed random tiny model)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--static", action="store_true", help="hold the first frame: content never changes")
+    ap.add_argument("--chunk-frames", type=int, default=-1,
+                    help="SamplerSettings.chunk_frames (-1: its default; the context length: the per-window path)")
     ap.add_argument("--ramp-power", type=float, default=1.0,
                     help="experiment: blend with sampler.window_weights ** p (p > 1: the edge weight 1/(overlap+1) "
                          "shrinks to its p-th power, so less of the prediction switches windows at an edge)")
@@ -122,18 +141,25 @@ def main() -> None:
     args, source = clip_tensors(model.cfg, a.frames, seed=7, static=a.static)
     settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, seed=a.seed, context_frames=a.context,
                                context_overlap=a.overlap)
+    if a.chunk_frames >= 0:
+        settings = SamplerSettings(**{**settings.__dict__, "chunk_frames": a.chunk_frames})
     t0 = time.perf_counter()
     out = sample_video(model, enc, *args, settings=settings)
     frames = out.frames.permute(0, 2, 3, 1).numpy() * 255
     edges = boundary_transitions(a.frames, a.context, a.overlap)
     print(f"{a.frames} frames {model.cfg.height}x{model.cfg.width}, {a.steps} steps, CFG {a.cfg}, context "
-          f"{a.context}/{a.overlap}, ramp power {a.ramp_power:g}: {int(edges.sum())} boundary and {int((~edges).sum())} inner transitions "
+          f"{a.context}/{a.overlap}, chunks of <= {settings.chunk_frames} frames, ramp power {a.ramp_power:g}: {int(edges.sum())} boundary and {int((~edges).sum())} inner transitions "
           f"({time.perf_counter() - t0:.0f} s)")
     if not a.static:
         report("mannequin (input)", source.astype(np.float64), edges)
     r = report("generated", frames, edges)
     print(f"boundary_vs_inside_colour_jump={r['colour']:.3f}")
     print(f"boundary_vs_inside_luma_jump={r['luma']:.3f}")
+    chunk_edges = chunk_transitions(a.frames, a.context, a.overlap, settings.chunk_frames)
+    if chunk_edges.any():
+        print(f"{int(chunk_edges.sum())} transitions at chunk edges:")
+        rc = report("generated, chunk edges vs the rest", frames, chunk_edges)
+        print(f"chunk_edge_vs_rest_colour_jump={rc['colour']:.3f}")
 
 
 if __name__ == "__main__":

@@ -210,3 +210,36 @@ def test_cli_prints_the_error_on_its_own_line(files, monkeypatch, capsys):
     assert entry() == 2
     err = capsys.readouterr().err
     assert err.startswith("m2h: error: ") and err.count("\n") == 1 and "out.avi" in err
+
+
+# ------------------------------------------------------------------------------------------ streamed output
+
+
+def test_output_is_decoded_composited_and_written_in_chunks(files, tmp_path):
+    """`write_output` decodes, composites and writes a few frames at a time; the frames written (PNG: lossless)
+    are exactly those of decoding, compositing and converting the whole video at once."""
+    from m2h_core.inference import inputs
+    from m2h_core.inference.generate import GenerateRequest, Preprocessors, composite_output, write_output
+
+    cfg = tiny()
+    enc = FrozenEncoders.random(cfg)
+    g = torch.Generator().manual_seed(0)
+    n = 7
+    latents = torch.randn(n, cfg.unet.latent_channels, *cfg.latent_size, generator=g)
+    masks = torch.zeros(n, cfg.height, cfg.width)
+    masks[:, 16:48, 8:24] = 1
+    video = inputs.VideoInputs(torch.rand(n, 3, cfg.height, cfg.width, generator=g), masks,
+                               torch.rand(n, 3, cfg.height, cfg.width, generator=g))
+    models = Preprocessors([str(files / "models")])
+    for lock in (False, True):
+        req = GenerateRequest(video="-", identity="-", out=str(tmp_path / f"frames_{lock}"), garment_lock=lock,
+                              keep_background=lock)
+        notes: list[str] = []
+        assert write_output(latents, enc, video, req, models, 12, notes, chunk=4) == n  # 4 + 3 frames
+        whole = enc.decode(latents).permute(0, 2, 3, 1).numpy()
+        if lock:
+            whole = composite_output(whole, video, req, models, [])
+            assert len(notes) == 1 and "garment lock" in notes[0]
+        got = read_video(tmp_path / f"frames_{lock}").frames
+        assert got.shape == (n, cfg.height, cfg.width, 3)
+        np.testing.assert_array_equal(got, inputs.to_uint8(whole))

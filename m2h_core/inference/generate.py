@@ -20,7 +20,7 @@ from . import inputs
 from .pipeline import M2HPipeline, check_model_files, load_pipeline
 from .sampler import SamplerSettings, sample_video
 from ..config import M2HConfig
-from ..video_io import write_video
+from ..video_io import VideoWriter
 
 log = logging.getLogger("m2h")
 
@@ -194,13 +194,15 @@ def preprocess(src: Sources, req: GenerateRequest, cfg: M2HConfig, notes: list[s
 
 
 def composite_output(frames: np.ndarray, video: inputs.VideoInputs, req: GenerateRequest, models: Preprocessors,
-                     notes: list[str]) -> np.ndarray:
-    """Garment lock / keep background (compositing.py) on the generated float (N, H, W, 3) frames."""
+                     notes: list[str], start: int = 0) -> np.ndarray:
+    """Garment lock / keep background (compositing.py) on the generated float (N, H, W, 3) frames, which are the
+    video's frames start, start + 1, ... (frame by frame: a chunk gives the same as the whole video)."""
     from .compositing import CompositeSettings, composite_with_parser
 
     cs = CompositeSettings.for_height(video.height, req.garment_lock, req.keep_background)
-    out, note = composite_with_parser(frames, video.frames.permute(0, 2, 3, 1).numpy(),
-                                      video.clothing_masks.numpy() > 0.5, models.parser(req.parser), cs)
+    part = slice(start, start + len(frames))
+    out, note = composite_with_parser(frames, video.frames[part].permute(0, 2, 3, 1).numpy(),
+                                      video.clothing_masks[part].numpy() > 0.5, models.parser(req.parser), cs)
     notes.append(note)
     return out
 
@@ -220,13 +222,30 @@ def generate(files: ModelFiles, req: GenerateRequest, settings: SamplerSettings 
     if req.garment_lock or req.keep_background:
         models.parser(req.parser)  # a missing parsing model fails here, before sampling
     pipe = pipeline or files.load()
-    result = sample_video(pipe.model, pipe.encoders, video, ident, settings, progress=progress)
-    frames = result.frames.permute(0, 2, 3, 1).numpy()
-    if req.garment_lock or req.keep_background:
-        frames = composite_output(frames, video, req, models, notes)
-    pixels = inputs.to_uint8(frames)
+    latents = sample_video(pipe.model, pipe.encoders, video, ident, settings, progress=progress,
+                           decode=False).latents
+    written = write_output(latents, pipe.encoders, video, req, models, src.fps, notes)
+    return GenerateReport(req.out, written, src.fps, cfg.width, cfg.height, src.notes + notes)
+
+
+DECODE_CHUNK = 16  # frames decoded, composited and written at a time (a multiple of the parser's batch of 4)
+
+
+def write_output(latents: torch.Tensor, encoders, video: inputs.VideoInputs, req: GenerateRequest,
+                 models: Preprocessors, fps, notes: list[str], chunk: int = DECODE_CHUNK) -> int:
+    """Decode `chunk` frames at a time, composite them (garment lock / keep background work frame by frame) and
+    write them straight into the video: the decoded video is never held whole. Returns the frames written."""
+    compositing = req.garment_lock or req.keep_background
+    written, note = 0, []
     try:
-        write_video(req.out, pixels, src.fps)
+        with VideoWriter(req.out, fps) as out:
+            for s in range(0, latents.shape[0], chunk):
+                frames = encoders.decode(latents[s: s + chunk]).float().cpu().permute(0, 2, 3, 1).numpy()
+                if compositing:
+                    frames = composite_output(frames, video, req, models, note, start=s)
+                out.write(inputs.to_uint8(frames))
+                written += len(frames)
     except OSError as e:
         raise inputs.InputError(f"{req.out}: could not write the video ({e.strerror or e})") from None
-    return GenerateReport(req.out, len(pixels), src.fps, cfg.width, cfg.height, src.notes + notes)
+    notes += note[:1]  # the same note for every chunk
+    return written
