@@ -13,8 +13,8 @@
               clothing PSNR/SSIM 11.85/0.316 vs 11.83/0.303, head colour similarity 0.78 vs 0.81: off by default).
 2. vae      - the paper freezes SD-1.5's *pretrained* VAE; the tiny preset's AutoencoderKL has no published
               weights, so the package ships one pretrained on synthetic frames of its own seed stream
-              (`m2h_core/demo/assets/tiny_vae.safetensors`, ~1 MB, made by `python -m m2h_core.demo.tiny_vae`: 12000 steps x
-              batch 8, ~25 min on one core). It is embedded in the demo's checkpoint. `--train-vae` (vae_source=
+              (`m2h_core/demo/assets/tiny_vae.safetensors`, ~1 MB, made by `python -m m2h_core.demo.tiny_vae`: 5000 steps x
+              batch 8, ~16 min on one core; no mid-block attention, see below). It is embedded in the demo's checkpoint. `--train-vae` (vae_source=
               "train") trains one here instead, as the first version of this demo did: 1000 steps (~110 s) gave
               thumbnail-level reconstructions in which no head colour was visible, and the M2H result cannot be
               sharper than its VAE.
@@ -25,7 +25,7 @@
               mannequin clip, for the trained model and for the same model before training; `eval_cases - 1` more
               held-out (clip, person) pairs are scored too (metrics.json "heldout_mean").
 
-What moved the result, measured on one held-out mannequin clip with 6 held-out people each (identity_sheet.png):
+What moved the result earlier (v-prediction, the attention VAE), measured on one held-out mannequin clip with 6 held-out people each (identity_sheet.png):
 with the 1000-step in-demo VAE nothing did (its reconstructions have no visible head colours); with the shipped
 VAE, the identity embedding's linear attribute part, lr 2e-3 instead of 1e-3 and 1500 steps instead of 600, the
 result's face colour follows the person's (correlation 0.48 across people, mean |ΔRGB| 0.106 vs 0.143 for always
@@ -38,22 +38,29 @@ steps.
               untrained vs the VAE ceiling (`heldout_mean`, same pairs), `identity.face_colour_correlation` /
               `identity.hair_colour_correlation` across the identity sheet's 6 held-out people, `seconds.total`.
 
-Why the model does not draw the garment it is given (measured with `benchmarks/probe_demo.py` on the default
-1500-step model, 3 held-out pairs; figures in that script's docstring): not the VAE (decoding the given clothing
-latents f_c scores 20.5 dB inside the clothing, 1.2 dB under the VAE ceiling of 21.7), not the sampler (CFG 1.0 vs
-1.5, 20 vs 50 DDIM steps: < 0.4 dB; the one-step x0 estimate from pure noise is no better, 13.4 dB), not that f_c is
-ignored (the output's stripes move with the input's when they are shifted by 1 px). The randomly initialised UNet
-passes f_c on with low gain and wrong colours: even a plain garment comes out 14 dB under its copy, and the high-pass
-correlation of output and input is 0.52 where the VAE keeps 0.82. Writing the v prediction relative to f_c (a model
-change, probe only: `probe_demo.ClothingSkipModel`) raises the one-step estimate to 15.3 dB and that correlation
-to 0.77 at the same cost; the sampled result gains 0.6 dB (13.5), the identity colours do not suffer.
+Why the garment was not kept, and what changed (issue 12; `benchmarks/probe_demo.py`, 3 held-out pairs):
+- Not the sampler (CFG, 20 vs 50 DDIM steps: < 0.4 dB) and not the step budget (4x steps: +1.7 dB).
+- The clothing latents do enter pixel-aligned (the output's stripes follow the input's, shifted by 1 px), but the
+  tiny VAE's latents are not local: the garment's latents on black, VAE(v ⊙ M_c), differ from the same garment's
+  latents in its scene by 0.69 of the latent variance inside the mask (`tiny_vae.locality_error`), and the decoded
+  garment depends on the head and background latents around it. Decoding the true latents inside the garment with
+  the model's outside them scores 15.6 dB where the ceiling is 17.7. The previous VAE's mid-block self-attention is
+  global at 16x8 latents; its GroupNorm statistics are global too. So the model has to *re-encode* the garment,
+  not copy it, and a from-scratch UNet did so with low gain and wrong colours.
+- Changes, each measured on the held-out pairs (clothing PSNR, trained; VAE ceiling in brackets):
+  v-prediction, attention VAE 12.0 (21.7); x0-prediction relative to the clothing latents (`clothing_skip`)
+  15.3 (21.7), and with a cosine lr decay face / hair colour correlation 0.94 / 0.72; VAE without mid-block
+  attention (`VAEConfig.mid_block_add_attention=False`, 5000 steps) 14.3 (18.6), SSIM 0.48 (0.61), face / hair
+  0.87 / 0.87 - the default. A locality term in the VAE's training (weight 1) made the latents local (0.0003) but
+  collapsed a latent channel: ceiling 16.2, trained 12.3, so it is off.
+- Left: the gap to the ceiling is 4.3 dB, not 1.5. What would close it is a VAE whose garment latents do not
+  depend on the scene without losing capacity (SD-1.5's behaves much better here), or a pretrained tiny base.
 
-Parameterisation: the demo's model predicts v (`prediction_type="v_prediction"`, Salimans & Ho 2022) instead of
-SD-1.5's epsilon. With epsilon prediction the loss barely weighs the x0 error at high noise levels (it is scaled by
-ᾱ_t / (1 - ᾱ_t) ≈ 0.005 at t = 999), so a model trained for a few hundred steps leans on the residual signal in
-z_t instead of the clothing latents and sampling from pure noise drifts; v prediction makes the model predict
-(almost) x0 there, and the few-minute model samples cleanly. The SD-1.5 preset keeps epsilon (its UNet is
-pretrained that way).
+Parameterisation: the demo's model predicts x0 written relative to the clothing latents,
+x̂_0 = UNet(...) + f_c (`M2HConfig.clothing_skip`, prediction_type "sample"; its output layer starts at zero, so the
+untrained model copies the given garment and draws nothing else). The SD-1.5 preset keeps epsilon (its UNet is
+pretrained that way). An earlier version predicted v: with epsilon the loss barely weighs the x0 error at high
+noise (ᾱ_t / (1 - ᾱ_t) ≈ 0.005 at t = 999), so a few-minute model leaned on leftover signal in z_t.
 
 Threads: on a machine that is already busy, two PyTorch threads on two cores are many times slower than one
 (the threads wait for each other), so `threads=None` uses one thread when the load average is high.
@@ -85,7 +92,7 @@ from ..models.m2h import M2HModel
 from ..inference.inputs import IdentityInputs, VideoInputs
 from ..inference.sampler import SamplerSettings, sample_video
 from .synthetic import SyntheticClip, generate_clip, generate_dataset
-from .tiny_vae import (SHIPPED_VAE, _psnr, load_vae_weights, reconstruct, train_tiny_vae,
+from .tiny_vae import (SHIPPED_VAE, _psnr, load_vae_weights, masked_pairs, reconstruct, train_tiny_vae,
                        vae_training_images)
 from ..video_io import write_video
 
@@ -126,12 +133,14 @@ class DemoSettings:
     vae_batch: int = 8
     vae_lr: float = 2e-3
     vae_anchor_fraction: float = 0.15  # thumbnail anchor for the first 15 % of the VAE steps (see tiny_vae)
+    vae_locality_weight: float = 0.0  # garment-locality term (tiny_vae.locality_error); off, as for the shipped VAE
     train_steps: int = 1500
     batch_size: int = 2
     num_frames: int = 8
     frame_stride: int = 2
     lr: float = 2e-3
     warmup_steps: int = 10
+    lr_schedule: str = "cosine"  # TrainConfig.lr_schedule: decays to 0 over the few minutes of training
     mirror_alpha: float = 3.0
     # v-prediction's x0 estimate is well-behaved at every t, so the mirror loss needs no ᾱ weighting here; it is
     # what teaches the head's colours, which only the identity inputs can supply at high noise (module docstring)
@@ -141,7 +150,8 @@ class DemoSettings:
     identity_other_outfit: bool = False  # True: training x_id shows the same person in another outfit (see doc)
     vae_max_images: int = 0  # > 0: at most this many VAE training images (every k-th frame of the clips)
     progressive: bool = False
-    prediction_type: str = "v_prediction"  # see run_demo's docstring
+    prediction_type: str = "sample"  # see the module docstring
+    clothing_skip: bool = True  # x̂_0 = UNet(...) + f_c (M2HConfig.clothing_skip; module docstring)
     unet_channels: tuple[int, ...] = (16, 32)  # the tiny preset's UNet widths (block_out_channels)
     sample_steps: int = 20
     guidance_scale: float = 1.5
@@ -231,6 +241,7 @@ class _TestCase:
     ground_truth: torch.Tensor  # (N, 3, H, W) the same clip rendered as a human with the held-out identity
     face_masks: torch.Tensor  # (N, H, W) ground truth's face
     head_masks: torch.Tensor  # (N, H, W) ground truth's head incl. hair (person pixels above the neck)
+    background_masks: torch.Tensor  # (N, H, W) pixels where neither the person nor the mannequin is
     clip: SyntheticClip
     donor: SyntheticClip
 
@@ -287,10 +298,14 @@ def _build_case(s_clip: int, s_id: int, n_frames: int, H: int, W: int, src_scale
                               donor.identity_landmarks, H, W)
     person = hum["clothing_masks"].numpy() > 0.5  # (person mask went through the clothing-mask slot)
     head = _head_masks(gt, H / gt.human.shape[1], H, W, person) & ~(man["clothing_masks"].numpy() > 0.5)
+    mannequin, _ = transform_sample(gt.mannequin, gt.mannequin_mask, gt.face_mask, gt.pose_images,
+                                    donor.identity_image, donor.identity_landmarks, H, W)
+    background = ~person & ~(mannequin["clothing_masks"].numpy() > 0.5)  # (mannequin mask in the same slot)
     return _TestCase(mannequin=man["frames"], clothing_masks=man["clothing_masks"], pose_images=man["pose_images"],
                      identity_image=man["identity_image"], identity_landmarks=man["identity_landmarks"],
                      arcface=torch.from_numpy(donor.identity_embedding.copy()), ground_truth=hum["frames"],
-                     face_masks=man["face_masks"], head_masks=torch.from_numpy(head), clip=gt, donor=donor)
+                     face_masks=man["face_masks"], head_masks=torch.from_numpy(head),
+                     background_masks=torch.from_numpy(background), clip=gt, donor=donor)
 
 
 def _region_colours(frames: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
@@ -334,7 +349,8 @@ def _score(pred: torch.Tensor, case: _TestCase) -> dict[str, float]:
     p, g = _nhwc(pred), _nhwc(case.ground_truth)
     out = {"clothing_psnr": float(masked_psnr(p, g, case.clothing_masks.numpy() > 0.5)),
            "clothing_ssim": float(masked_ssim(p, g, case.clothing_masks.numpy() > 0.5)),
-           "full_frame_psnr": float(masked_psnr(p, g, None))}
+           "full_frame_psnr": float(masked_psnr(p, g, None)),
+           "background_psnr": float(masked_psnr(p, g, case.background_masks.numpy()))}
     out.update(identity_metrics(pred, case))
     return {k: round(v, 4) for k, v in out.items()}
 
@@ -452,14 +468,14 @@ def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> s
         "                                       trained    untrained",
     ]
     for k in ("clothing_psnr", "clothing_ssim", "head_colour_similarity", "head_colour_similarity_to_mannequin",
-              "head_psnr", "full_frame_psnr"):
+              "head_psnr", "background_psnr", "full_frame_psnr"):
         lines.append(f"  {k:<37}{t[k]:>8.3f}   {u[k]:>8.3f}")
     hm = metrics.get("heldout_mean")
     if hm and hm["trained"]["cases"] > 1:
         lines += ["", "Mean over %d held-out (mannequin clip, person) pairs, the one above included:" %
                   hm["trained"]["cases"],
                   "                                       trained    untrained  VAE ceiling (ground truth via VAE)"]
-        for k in ("clothing_psnr", "clothing_ssim", "head_colour_similarity", "head_psnr"):
+        for k in ("clothing_psnr", "clothing_ssim", "head_colour_similarity", "head_psnr", "background_psnr"):
             lines.append(f"  {k:<37}{hm['trained'][k]:>8.3f}   {hm['untrained'][k]:>8.3f}   "
                          f"{hm['vae_ceiling'][k]:>8.3f}")
     ident = metrics.get("identity") or {}
@@ -470,9 +486,10 @@ def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> s
     lines += ["", "Metric definitions:"] + [f"  {k}: {v}" for k, v in metrics["definitions"].items()]
     lines += ["", "Stand-ins at this size (what the paper uses -> what this demo uses):"]
     lines += [f"  - {name}: {what}" for name, what in STAND_INS]
-    lines += ["", "Training differences from the paper's SD-1.5 recipe, for a few minutes of CPU: the model predicts v",
-              "(prediction_type=v_prediction) instead of epsilon, Adam beta1 = 0.9 and lr %g instead of beta1 = 0 and "
-              "5e-5," % settings.lr,
+    lines += ["", "Training differences from the paper's SD-1.5 recipe, for a few minutes of CPU: the model predicts x0",
+              "relative to the clothing latents (x0 = UNet + f_c, prediction_type=sample, clothing_skip) instead of",
+              "epsilon, Adam beta1 = 0.9 and lr %g with a %s decay instead of beta1 = 0 and a constant 5e-5,"
+              % (settings.lr, settings.lr_schedule),
               "mirror loss alpha = %g (pixel term only), no half-resolution phase, CFG scale %g at sampling."
               % (settings.mirror_alpha, settings.guidance_scale)]
     lines += ["", "This is a demonstration that every part of the method runs and learns, not a model of people:",
@@ -512,7 +529,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         dev = torch.device(device)
         cfg = tiny()
         cfg.num_frames = s.num_frames
-        cfg.prediction_type = s.prediction_type
+        cfg.prediction_type, cfg.clothing_skip = s.prediction_type, s.clothing_skip
         cfg.unet.block_out_channels = tuple(s.unet_channels)
         H, W = cfg.height, cfg.width
         say(f"[demo] {'quick' if quick else 'full'} run, seed {seed}, {n_threads} CPU thread(s), device {dev}, "
@@ -548,7 +565,8 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
             vres = train_tiny_vae(encoders.vae, images, steps=s.vae_steps, batch_size=s.vae_batch, lr=s.vae_lr,
                                   anchor_fraction=s.vae_anchor_fraction, seed=seed, holdout=holdout,
                                   progress=lambda i, n, loss: say(f"[2/5 vae] step {i}/{n} loss {loss:.4f}"),
-                                  progress_every=max(1, s.vae_steps // 6))
+                                  progress_every=max(1, s.vae_steps // 6), pairs=masked_pairs(clips, H, W),
+                                  locality_weight=s.vae_locality_weight)
             say(f"[2/5 vae] done in {vres.seconds:.0f}s: held-out reconstruction PSNR {vres.recon_psnr:.2f} dB, "
                 f"latent scaling factor {vres.scaling_factor:.4f}")
         cfg.vae.scaling_factor = vres.scaling_factor  # stored in the checkpoint's config
@@ -568,7 +586,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         tc = TrainConfig(preset="tiny", random_init=True, synthetic_clips=s.n_train_clips,
                          synthetic_frames=s.clip_frames, num_frames=s.num_frames, frame_stride=s.frame_stride,
                          max_steps=s.train_steps, batch_size=s.batch_size, lr=s.lr, adam_beta1=0.9,
-                         warmup_steps=min(s.warmup_steps, max(0, s.train_steps // 4)),
+                         warmup_steps=min(s.warmup_steps, max(0, s.train_steps // 4)), lr_schedule=s.lr_schedule,
                          progressive=s.progressive, mirror=s.mirror_alpha > 0, alpha=s.mirror_alpha, beta=0.0,
                          mirror_weighting=s.mirror_weighting, cond_dropout=s.cond_dropout,
                          output_dir=tmp.name, seed=seed, checkpoint_every=10 ** 9, log_every=10 ** 9)
@@ -652,6 +670,8 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
                                                        "input (high = the grey mannequin head was copied)",
                 "head_psnr": "PSNR (dB) over the ground truth's head (face + hair) pixels",
                 "full_frame_psnr": "PSNR (dB) over whole frames",
+                "background_psnr": "PSNR (dB) over the pixels where neither the person nor the mannequin is (the "
+                                   "scene: not an input of the method, the model paints the backdrop it learned)",
                 "vae_reconstruction_of_ground_truth": "the ground truth through the tiny VAE: the ceiling at this size",
                 "heldout_mean": "mean over `eval_cases` held-out (mannequin clip, person) pairs; vae_ceiling = the "
                                 "ground truth through the tiny VAE on the same pairs",

@@ -106,12 +106,41 @@ def init_low_variance(vae: AutoencoderKL, logvar: float = -8.0) -> None:
         conv.weight[c:].mul_(0.1)
 
 
+def masked_pairs(clips: list[SyntheticClip], H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Human frames and their clothing masks, (N, 3, H, W) and (N, 1, H, W): the pairs for the locality term."""
+    frames, masks = [], []
+    for c in clips:
+        hum, _ = transform_sample(c.human, c.clothing_mask, c.face_mask, c.pose_images, c.identity_image,
+                                  c.identity_landmarks, H, W)
+        frames.append(hum["frames"])
+        masks.append(hum["clothing_masks"][:, None])
+    return torch.cat(frames), torch.cat(masks)
+
+
+def locality_error(vae: AutoencoderKL, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """How much the garment's latents depend on the rest of the frame: |E(x ⊙ m) - E(x)|² over the latent cells that
+    lie wholly inside the mask m, relative to the latents' variance (so shrinking the latents cannot lower it).
+    x in [-1, 1] (N, 3, H, W), m in {0, 1} (N, 1, H, W). 0 = the garment encodes the same on black as in its scene,
+    which is what copying VAE(v ⊙ M_c) into the result needs (issue 12)."""
+    down = 2 ** (len(vae.config.block_out_channels) - 1)
+    inside = (F.avg_pool2d(m, down) > 0.999).expand(-1, vae.config.latent_channels, -1, -1)
+    z_full = vae.encode(x).latent_dist.mean
+    z_masked = vae.encode((x + 1) * m - 1).latent_dist.mean  # v ⊙ M_c in [0, 1], then to [-1, 1]
+    if not inside.any():
+        return z_full.sum() * 0
+    return ((z_masked - z_full)[inside] ** 2).mean() / z_full.detach().var().clamp_min(1e-8)
+
+
 def train_tiny_vae(vae: AutoencoderKL, images: torch.Tensor, *, steps: int = 300, batch_size: int = 16,
                    lr: float = 2e-3, kl_weight: float = 1e-6, anchor_weight: float = 1.0,
                    anchor_fraction: float = 0.6, holdout: torch.Tensor | None = None, seed: int = 0,
-                   progress: Callable[[int, int, float], None] | None = None, progress_every: int = 25
-                   ) -> VAETrainResult:
+                   progress: Callable[[int, int, float], None] | None = None, progress_every: int = 25,
+                   pairs: tuple[torch.Tensor, torch.Tensor] | None = None, locality_weight: float = 0.0,
+                   locality_batch: int = 4) -> VAETrainResult:
     """Train `vae` in place on `images` (N, 3, H, W) in [0, 1], then set its scaling factor (see module doc).
+
+    pairs, locality_weight: (human frames, clothing masks) from `masked_pairs`; adds `locality_weight` x
+    `locality_error` on `locality_batch` pairs per step, so a garment encodes alike on black and in its scene.
 
     Adam with a cosine decay to 5 % of `lr` (a short warm-up of 5 % of the steps). `progress(step, steps, loss)` is
     called every `progress_every` steps. The VAE is returned in eval mode with gradients off (it is frozen after).
@@ -143,6 +172,9 @@ def train_tiny_vae(vae: AutoencoderKL, images: torch.Tensor, *, steps: int = 300
         rec = vae.decode(z).sample
         kl = 0.5 * (dist.mean ** 2 + dist.var - 1.0 - dist.logvar).sum(dim=(1, 2, 3)).mean()
         loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean() + kl_weight * kl
+        if pairs is not None and locality_weight > 0:
+            j = torch.randint(0, pairs[0].shape[0], (locality_batch,), generator=g)
+            loss = loss + locality_weight * locality_error(vae, pairs[0][j] * 2 - 1, pairs[1][j])
         w = anchor_weight * max(0.0, 1.0 - step / max(1.0, anchor_fraction * steps))
         if w > 0:  # thumbnail anchor (see `thumbnail_latents`): encoder -> thumbnail, decoder from the thumbnail
             target = thumbnail_latents(x, vae.config.latent_channels, down)
@@ -212,9 +244,9 @@ def load_vae_weights(vae: AutoencoderKL, path: str | Path = SHIPPED_VAE) -> VAET
     return VAETrainResult(int(meta.get("steps", 0)), 0.0, float(meta.get("recon_psnr", "nan")), scale, [])
 
 
-def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 12000, batch_size: int = 8, lr: float = 2e-3,
+def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 5000, batch_size: int = 8, lr: float = 2e-3,
              n_clips: int = 120, clip_frames: int = 16, seed: int = 1234, anchor_fraction: float = 0.15,
-             progress: Callable[[str], None] | None = print) -> VAETrainResult:
+             locality_weight: float = 0.0, progress: Callable[[str], None] | None = print) -> VAETrainResult:
     """Train the tiny preset's VAE on synthetic clips (their own seed stream, apart from the demo's) and save it.
 
     This is how `assets/tiny_vae.safetensors` is made: the demo loads it instead of spending most of its minutes
@@ -229,16 +261,23 @@ def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 12000, batch_size: i
     hold = generate_dataset(4, seed + 1, n_frames=8, height=2 * H, width=2 * W)
     images = vae_training_images(clips, H, W)
     holdout = vae_training_images(hold, H, W)
+    pairs = masked_pairs(clips, H, W) if locality_weight > 0 else None
     torch.manual_seed(seed)
     vae = AutoencoderKL(**cfg.vae.vae_kwargs())
     say(f"[tiny vae] {len(images)} images from {n_clips} clips, {steps} steps x batch {batch_size}")
     res = train_tiny_vae(vae, images, steps=steps, batch_size=batch_size, lr=lr, anchor_fraction=anchor_fraction,
-                         holdout=holdout, seed=seed, progress_every=max(1, steps // 20),
+                         holdout=holdout, seed=seed, progress_every=max(1, steps // 20), pairs=pairs,
+                         locality_weight=locality_weight,
                          progress=lambda i, n, loss: say(f"[tiny vae] step {i}/{n} loss {loss:.4f}"))
-    say(f"[tiny vae] held-out reconstruction PSNR {res.recon_psnr:.2f} dB in {res.seconds:.0f} s -> {out}")
+    hp = masked_pairs(hold, H, W)
+    with torch.no_grad():
+        loc = float(locality_error(vae, hp[0] * 2 - 1, hp[1]))
+    say(f"[tiny vae] held-out reconstruction PSNR {res.recon_psnr:.2f} dB, locality error {loc:.4f} in "
+        f"{res.seconds:.0f} s -> {out}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_vae(vae, out, res, {"seed": seed, "n_clips": n_clips, "clip_frames": clip_frames, "batch_size": batch_size,
-                             "lr": lr, "seconds": round(res.seconds)})
+                             "lr": lr, "seconds": round(res.seconds), "locality_weight": locality_weight,
+                             "heldout_locality_error": f"{loc:.4f}"})
     return res
 
 
@@ -247,15 +286,18 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(prog="python -m m2h_core.demo.tiny_vae", description=pretrain.__doc__)
     ap.add_argument("--out", default=str(SHIPPED_VAE))
-    ap.add_argument("--steps", type=int, default=12000)
+    ap.add_argument("--steps", type=int, default=5000)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--clips", type=int, default=120)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--locality-weight", type=float, default=0.0,
+                    help="weight of the garment-locality term (measured: 1.0 collapses a latent channel; off)")
     ap.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (0: PyTorch's default)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    pretrain(a.out, steps=a.steps, batch_size=a.batch_size, n_clips=a.clips, seed=a.seed)
+    pretrain(a.out, steps=a.steps, batch_size=a.batch_size, n_clips=a.clips, seed=a.seed,
+             locality_weight=a.locality_weight)
 
 
 if __name__ == "__main__":
