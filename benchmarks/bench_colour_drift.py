@@ -32,7 +32,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from m2h_core.config import tiny  # noqa: E402
 from m2h_core.inference.sampler import SamplerSettings, chunk_plan, context_windows, sample_video  # noqa: E402
 
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -46,10 +45,10 @@ def model_and_encoders(checkpoint: str | None):
 
         pipe = load_pipeline(checkpoint, device="cpu", dtype=torch.float32)
         return pipe.model.eval(), pipe.encoders
-    from m2h_core.demo.tiny_vae import load_vae_weights
+    from m2h_core.demo.tiny_vae import demo_config, load_vae_weights
     from tests.fixtures import build_m2h_model
 
-    cfg = tiny()
+    cfg = demo_config()
     enc = FrozenEncoders.random(cfg)
     load_vae_weights(enc.vae)
     return build_m2h_model(cfg, seed=0, perturb=True), enc

@@ -162,17 +162,16 @@ def train_variant(variant: str, steps: int, seed: int = 0, lr: float = 2e-3, bat
 
     from accelerate import Accelerator
 
-    from m2h_core.config import tiny
     from m2h_core.demo.run import DemoSettings, _with_head_mask
     from m2h_core.demo.synthetic import generate_dataset
-    from m2h_core.demo.tiny_vae import SHIPPED_VAE, load_vae_weights
+    from m2h_core.demo.tiny_vae import SHIPPED_VAE, demo_config, load_vae_weights
     from m2h_core.inference.encoders import FrozenEncoders
     from m2h_core.training.config import TrainConfig
     from m2h_core.training.dataset import SyntheticClipDataset
     from m2h_core.training.trainer import Trainer
 
     s = DemoSettings()
-    cfg = tiny()
+    cfg = demo_config()
     cfg.num_frames, cfg.prediction_type, cfg.clothing_skip = s.num_frames, s.prediction_type, s.clothing_skip
     if variant == "x0-skip":
         cfg.prediction_type, cfg.clothing_skip = "sample", True

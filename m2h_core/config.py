@@ -74,7 +74,8 @@ class VAEConfig:
     scaling_factor: float = 0.18215
     # self-attention in the encoder's and decoder's mid block (SD-1.5: yes). At the tiny preset's 16x8 latents it is
     # global: every latent then depends on the whole frame, so VAE(v ⊙ M_c) differs from the scene's latents inside
-    # the garment and the decoded garment depends on the head and background latents (issue 12): tiny says False.
+    # the garment and the decoded garment depends on the head and background latents (issue 12): the CPU demo's VAE
+    # (`m2h_core.demo.tiny_vae.demo_config`) has none. The presets keep SD-1.5's layout.
     mid_block_add_attention: bool = True
 
     @property
@@ -238,8 +239,7 @@ def tiny() -> M2HConfig:
             motion_max_seq_length=32,
             motion_mid_block=False,
         ),
-        vae=VAEConfig(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8, scaling_factor=1.0,
-                      mid_block_add_attention=False),
+        vae=VAEConfig(block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8, scaling_factor=1.0),
         clip=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                               image_size=32, patch_size=8, projection_dim=32),
         head=HeadEncoderConfig(pose_channels=(8, 16, 32), id_channels=(8, 16, 32), dim=32, num_layers=4,

@@ -187,12 +187,12 @@ def test_shipped_vae_reproduces_its_recorded_held_out_figures():
     from diffusers import AutoencoderKL
     from safetensors import safe_open
 
-    from m2h_core.config import tiny
     from m2h_core.demo.run import _make_test_case, _score
     from m2h_core.demo.synthetic import generate_dataset
-    from m2h_core.demo.tiny_vae import SHIPPED_VAE, _psnr, load_vae_weights, reconstruct, vae_training_images
+    from m2h_core.demo.tiny_vae import (SHIPPED_VAE, _psnr, demo_config, load_vae_weights, reconstruct,
+                                        vae_training_images)
 
-    cfg = tiny()
+    cfg = demo_config()
     torch.manual_seed(0)
     vae = AutoencoderKL(**cfg.vae.vae_kwargs())
     load_vae_weights(vae, SHIPPED_VAE)

@@ -84,7 +84,6 @@ import numpy as np
 import torch
 
 from ..checkpoint import save_checkpoint
-from ..config import tiny
 from ..training.dataset import SyntheticClipDataset, transform_sample
 from ..inference.encoders import FrozenEncoders
 from ..metrics import masked_psnr, masked_ssim
@@ -92,8 +91,8 @@ from ..models.m2h import M2HModel
 from ..inference.inputs import IdentityInputs, VideoInputs
 from ..inference.sampler import SamplerSettings, sample_video
 from .synthetic import SyntheticClip, generate_clip, generate_dataset
-from .tiny_vae import (SHIPPED_VAE, _psnr, load_vae_weights, masked_pairs, reconstruct, train_tiny_vae,
-                       vae_training_images)
+from .tiny_vae import (SHIPPED_VAE, _psnr, demo_config, load_vae_weights, masked_pairs, reconstruct,
+                       train_tiny_vae, vae_training_images)
 from ..video_io import write_video
 
 __all__ = ["DemoSettings", "DemoReport", "run_demo", "STAND_INS"]
@@ -527,7 +526,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
 
     with _threads(threads) as n_threads, _quiet_tqdm():
         dev = torch.device(device)
-        cfg = tiny()
+        cfg = demo_config()
         cfg.num_frames = s.num_frames
         cfg.prediction_type, cfg.clothing_skip = s.prediction_type, s.clothing_skip
         cfg.unet.block_out_channels = tuple(s.unet_channels)

@@ -33,6 +33,16 @@ if TYPE_CHECKING:
 SHIPPED_VAE = Path(__file__).resolve().parent / "assets" / "tiny_vae.safetensors"
 
 
+def demo_config():
+    """The CPU demo's model config: the `tiny` preset with a VAE without mid-block self-attention (at 16x8 latents it
+    is global, so a garment's latents would depend on the whole frame: see `VAEConfig.mid_block_add_attention`)."""
+    from ..config import tiny
+
+    cfg = tiny()
+    cfg.vae.mid_block_add_attention = False
+    return cfg
+
+
 @dataclass
 class VAETrainResult:
     steps: int
@@ -251,10 +261,9 @@ def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 5000, batch_size: in
 
     This is how `assets/tiny_vae.safetensors` is made: the demo loads it instead of spending most of its minutes
     on a VAE (SD-1.5's VAE is pretrained too); `m2h demo --train-vae` trains one from scratch instead."""
-    from ..config import tiny
     from .synthetic import generate_dataset
 
-    cfg = tiny()
+    cfg = demo_config()
     H, W = cfg.height, cfg.width
     say = progress or (lambda _m: None)
     clips = generate_dataset(n_clips, seed, n_frames=clip_frames, height=2 * H, width=2 * W)

@@ -28,7 +28,7 @@ For classifier-free guidance (`uncond=True`) only the conditional tokens are sto
 Two exact shortcuts of the classifier-free batch [conditional; unconditional] (sampling only, flagged in `m2h_kv`):
 - `UNCOND_HALF`: the unconditional half's tokens are zero, so all its keys are equal (to_k(0)) and so are its
   values: softmax is uniform and the attention output is that value for every query; attention runs on the
-  conditional half only. (Likewise a single key, as f_clip's one token: the output is its value.)
+  conditional half only. (Likewise a single key, as f_clip's one token: the output is its value; without grad.)
 - `SHARED_HALVES`: the two halves have the same UNet input (z_t, f_c, pose, timestep), so everything before the
   first cross-attention is the same for both: the first spatial self-attention runs on one half and is repeated.
 """
@@ -180,7 +180,9 @@ class HeadClothingAdapterProcessor(nn.Module):
 
         def attend(k, v):
             k, v = k.to(q.dtype), v.to(q.dtype)
-            if k.shape[2] == 1:  # one key: softmax is 1, the output is its value
+            # one key: softmax is 1, the output is its value (sampling only: in training to_q / to_k keep their
+            # (zero) gradients, so every trainable parameter has optimizer state, as resumes and FSDP expect)
+            if k.shape[2] == 1 and not torch.is_grad_enabled():
                 out = v.expand(-1, -1, q.shape[2], -1)
             elif half is not None:  # unconditional half: equal keys and values (zero tokens), output = the value
                 out = torch.cat([F.scaled_dot_product_attention(q[:half], k[:half], v[:half]),
