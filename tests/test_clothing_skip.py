@@ -17,7 +17,7 @@ from m2h_core.models.m2h import M2HModel
 from m2h_core.training.mirror_loss import eps_from_x0, one_step_x0
 from m2h_core.training.trainer import Trainer
 from tests.fixtures import build_m2h_model, random_inputs
-from tests.test_train import _tc
+from tests.test_train import _tc, loss_step_seen
 
 
 def _skip_cfg() -> M2HConfig:
@@ -81,16 +81,8 @@ def test_trained_model_adds_its_unet_output_to_exactly_the_windows_frames():
 def test_trainer_scores_x0_and_the_mirror_loss_gets_it_back(tmp_path):
     torch.manual_seed(0)
     tr = Trainer(_tc(tmp_path, progressive=False, cond_dropout=0.0), model=build_m2h_model(_skip_cfg(), seed=6))
-    seen: dict = {}
-    tr.model.register_forward_hook(lambda mod, args, out: seen.__setitem__("x0", out.detach().clone()))
-    real = tr.mirror
-
-    def spy(z_t, eps, t, *rest):
-        seen.update(z_t=z_t.detach().clone(), eps=eps.detach().clone(), t=t.clone())
-        return real(z_t, eps, t, *rest)
-
-    tr.mirror = spy
-    terms = tr.compute_loss(next(tr._loader(1.0)), generator=torch.Generator().manual_seed(4))
+    seen = loss_step_seen(tr, "x0")
+    terms = seen["terms"]
     back = one_step_x0(seen["z_t"], seen["eps"], seen["t"], tr.noise_scheduler)
     assert torch.allclose(back, seen["x0"], atol=1e-3)
     assert torch.isfinite(terms["loss"]) and terms["l_diff"] > 0

@@ -117,6 +117,22 @@ def test_resume_across_warmup_restores_lr_and_every_moment(tmp_path):
     assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 1e-6
 
 
+def loss_step_seen(tr: Trainer, out_name: str) -> dict:
+    """One real `compute_loss` step; returns the network's output (as `out_name`) and the z_t, ε̂, t the mirror loss
+    was handed, plus the step's loss terms ("terms")."""
+    seen: dict = {}
+    tr.model.register_forward_hook(lambda mod, args, out: seen.__setitem__(out_name, out.detach().clone()))
+    real = tr.mirror
+
+    def spy(z_t, eps, t, *rest):
+        seen.update(z_t=z_t.detach().clone(), eps=eps.detach().clone(), t=t.clone())
+        return real(z_t, eps, t, *rest)
+
+    tr.mirror = spy
+    seen["terms"] = tr.compute_loss(next(tr._loader(1.0)), generator=torch.Generator().manual_seed(4))
+    return seen
+
+
 def test_v_prediction_feeds_the_mirror_loss_eps_from_v(tmp_path):
     """v-prediction: the ε̂ that compute_loss hands to the mirror loss is √ᾱ_t·v̂ + √(1-ᾱ_t)·z_t (written out
     here) of the network's own output v̂ - checked on the tensors the real step passes."""
@@ -128,16 +144,7 @@ def test_v_prediction_feeds_the_mirror_loss_eps_from_v(tmp_path):
     cfg.num_frames = 4
     torch.manual_seed(0)
     tr = Trainer(_tc(tmp_path, progressive=False, cond_dropout=0.0), model=M2HModel(cfg))
-    seen: dict = {}
-    tr.model.register_forward_hook(lambda mod, args, out: seen.__setitem__("v", out.detach().clone()))
-    real = tr.mirror
-
-    def spy(z_t, eps, t, *rest):
-        seen.update(z_t=z_t.detach().clone(), eps=eps.detach().clone(), t=t.clone())
-        return real(z_t, eps, t, *rest)
-
-    tr.mirror = spy
-    tr.compute_loss(next(tr._loader(1.0)), generator=torch.Generator().manual_seed(4))
+    seen = loss_step_seen(tr, "v")
     a = tr.noise_scheduler.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1, 1)
     want = a.sqrt() * seen["v"] + (1 - a).sqrt() * seen["z_t"]
     assert torch.allclose(seen["eps"], want, atol=1e-5)
