@@ -46,6 +46,9 @@ def _add_common(p) -> None:
     p.add_argument("--context", type=int, default=d.CONTEXT_FRAMES_AUTO,
                    help="frames the model sees at once (default: the frame count the model was trained with)")
     p.add_argument("--overlap", type=int, default=d.CONTEXT_OVERLAP, help="frames shared by neighbouring windows")
+    p.add_argument("--chunk-frames", type=int, default=d.CHUNK_FRAMES,
+                   help=f"at most this many frames per UNet call (default {d.CHUNK_FRAMES}): windows grouped, spatial "
+                        "layers once per frame; lower it to save memory, 0 or <= --context: one window per call")
     p.add_argument("--garment-lock", action="store_true",
                    help="keep the source video's own garment pixels inside the (eroded) clothing mask, seam blended")
     p.add_argument("--keep-background", action="store_true",
@@ -81,6 +84,12 @@ def _add_demo(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--train-vae", action="store_true",
                    help="train the tiny VAE here instead of loading the pretrained one shipped in m2h_core/demo/assets")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="steps of the model trained here (default 300; the shipped pretrained model had 4000)")
+    p.add_argument("--no-pretrained", action="store_true",
+                   help="do not sample the pretrained tiny M2H model shipped in m2h_core/demo/assets")
+    p.add_argument("--threads", type=int, default=None,
+                   help="PyTorch CPU threads (default: all cores, one when the machine is already busy)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,13 +107,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.command == "demo":
         from .demo.run import run_demo
-        settings = None
-        if a.train_vae:
-            from .demo.run import DemoSettings
+        from .demo.run import DemoSettings
 
-            settings = DemoSettings.quick() if a.quick else DemoSettings()
+        settings = DemoSettings.quick() if a.quick else DemoSettings()
+        if a.train_vae:
             settings.vae_source = "train"
-        report = run_demo(a.out, quick=a.quick, seed=a.seed, device=a.device, settings=settings)
+        if a.no_pretrained:
+            settings.pretrained = False
+        if a.train_steps is not None:
+            settings.train_steps = a.train_steps
+        report = run_demo(a.out, quick=a.quick, seed=a.seed, device=a.device, settings=settings, threads=a.threads)
         print(_demo_summary(report))
         return 0
     if a.command == "batch":
@@ -118,11 +130,17 @@ def _demo_summary(report) -> str:
     for name in ("video", "contact_sheet", "identity_sheet", "checkpoint", "metrics_json", "readme"):
         if getattr(report, name, None) is not None:
             lines.append(f"  {name:14s} {getattr(report, name)}")
-    rows = [(k, m["trained"][k], m["untrained"][k]) for k in m.get("trained", {})
-            if isinstance(m["trained"][k], (int, float)) and k in m.get("untrained", {})]
-    if rows:
-        lines.append(f"  {'metric':36s} {'trained':>9s} {'untrained':>9s}")
-        lines += [f"  {k:36s} {t:9.3f} {u:9.3f}" for k, t, u in rows]
+    hm = m.get("heldout_mean", {})
+    names = [n for n in ("pretrained", "trained", "untrained", "vae_ceiling") if n in hm]
+    if names:
+        lines.append(f"held-out mean of {hm[names[0]]['cases']} pairs (trained = trained here):")
+        lines.append(f"  {'metric':24s}" + "".join(f"{n:>12s}" for n in names))
+        for k in ("clothing_psnr", "clothing_ssim", "head_psnr", "background_psnr"):
+            lines.append(f"  {k:24s}" + "".join(f"{hm[n][k]:12.3f}" for n in names))
+    ident = m.get("identity") or {}
+    if ident:
+        lines.append(f"identity ({ident.get('model')} model, {ident['people']} people): face colour r "
+                     f"{ident['face_colour_correlation']:.3f}, hair colour r {ident['hair_colour_correlation']:.3f}")
     return "\n".join(lines)
 
 
@@ -137,7 +155,7 @@ def _generate(a) -> int:
     hf_logging.disable_progress_bar()  # "Loading weights" of the parsing model: noise to a user of this command
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, a.device, getattr(torch, DTYPES[a.precision]))
     settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
-                               context_frames=a.context, context_overlap=a.overlap,
+                               context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,
                                pose_strength=a.pose_strength, identity_strength=a.identity_strength)
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
     identity = a.identity[0] if len(a.identity) == 1 else a.identity
@@ -165,8 +183,8 @@ def _batch(a) -> int:
     device = str(state.device) if a.device != "cpu" and state.num_processes > 1 else a.device
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, device, getattr(torch, DTYPES[a.precision]))
     settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
-                               context_frames=a.context, context_overlap=a.overlap, pose_strength=a.pose_strength,
-                               identity_strength=a.identity_strength)
+                               context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,
+                               pose_strength=a.pose_strength, identity_strength=a.identity_strength)
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
     defaults = {"parser": a.parser, "face_pack": a.face_pack, "search_dirs": dirs, "garment_lock": a.garment_lock,
                 "keep_background": a.keep_background}

@@ -480,3 +480,22 @@ def test_cosine_lr_schedule_warms_up_decays_to_zero_and_resumes(tmp_path):
     assert lr_after_2 == pytest.approx(run.lr * 0.5)
     back = Trainer(run)
     assert back.resume("auto") and back.optimizer.param_groups[0]["lr"] == pytest.approx(lr_after_2)
+
+
+def test_input_perturbation_moves_the_input_not_the_target(tmp_path):
+    """TrainConfig.input_perturbation (exposure bias, Ning et al. 2023): z_t is made from ε + γξ while L_diff's target
+    stays ε. With γ = 0 the step is the plain one; with γ > 0 the same generator gives another z_t, and the z_t the
+    network saw is not √ᾱ z_0 + √(1-ᾱ) ε for the ε L_diff is measured against."""
+    def seen_with(gamma: float) -> dict:
+        torch.manual_seed(0)
+        tr = Trainer(_tc(tmp_path / str(gamma), progressive=False, cond_dropout=0.0, vae_sample=False,
+                         input_perturbation=gamma))
+        return loss_step_seen(tr, "eps_hat")
+
+    plain, off, on = seen_with(0.0), seen_with(0.0), seen_with(0.5)
+    assert torch.equal(plain["z_t"], off["z_t"])
+    assert torch.equal(plain["t"], on["t"])
+    diff = (on["z_t"] - plain["z_t"]).abs().mean()
+    assert diff > 0.01, float(diff)
+    with pytest.raises(ValueError, match="input_perturbation"):
+        _tc(tmp_path, input_perturbation=-0.1)

@@ -13,48 +13,50 @@
               clothing PSNR/SSIM 11.85/0.316 vs 11.83/0.303, head colour similarity 0.78 vs 0.81: off by default).
 2. vae      - the paper freezes SD-1.5's *pretrained* VAE; the tiny preset's AutoencoderKL has no published
               weights, so the package ships one pretrained on synthetic frames of its own seed stream
-              (`m2h_core/demo/assets/tiny_vae.safetensors`, ~1 MB, made by `python -m m2h_core.demo.tiny_vae`: 5000 steps x
-              batch 8, ~16 min on one core; no mid-block attention, see below). It is embedded in the demo's checkpoint. `--train-vae` (vae_source=
-              "train") trains one here instead, as the first version of this demo did: 1000 steps (~110 s) gave
-              thumbnail-level reconstructions in which no head colour was visible, and the M2H result cannot be
-              sharper than its VAE.
-3. train    - the tiny M2H model with the real trainer (`m2h_core.training.trainer.Trainer`: L_diff + pixel mirror loss,
-              condition dropout, Adam, lr 2e-3), 1500 steps. The model sees only the head of x_id
-              (`identity_input="head"`).
-4. sample   - the real sampler (`m2h_core.inference.sampler.sample_video`, DDIM + CFG 1.5, context windows) on the held-out
-              mannequin clip, for the trained model and for the same model before training; `eval_cases - 1` more
-              held-out (clip, person) pairs are scored too (metrics.json "heldout_mean").
+              (`m2h_core/demo/assets/tiny_vae.safetensors`, ~1 MB, made by `python -m m2h_core.demo.tiny_vae`: 5000
+              steps x batch 8, ~16 min on one core, then 900 steps of `localize_vae`, ~14 min; no mid-block attention,
+              see below). It is embedded in the demo's checkpoint. `--train-vae` (vae_source="train") trains one here
+              instead: 1000 steps (~110 s) give thumbnail-level reconstructions in which no head colour is visible.
+3. train    - the tiny M2H model from random init with the real trainer (`train_demo_model`: L_diff + pixel mirror
+              loss, condition dropout, Adam, lr 2e-3, cosine decay), 300 steps: "training works". The model sees only
+              the head of x_id (`identity_input="head"`).
+4. sample   - the real sampler (`m2h_core.inference.sampler.sample_video`, DDIM 20 + CFG 1.5, context windows) on
+              `eval_cases` held-out (mannequin clip, person) pairs, for three models: the shipped pretrained tiny M2H
+              model (`m2h_core.demo.pretrained`: the same config, trainer and settings for 4000 steps on 64 clips,
+              ~55 min on one core; "what it can do"), the model trained here and the same model untrained.
+5. write    - result video (the pretrained model's), contact sheet, identity sheet, checkpoint, README.txt and
+              metrics.json: every model vs the VAE ceiling per pair (`heldout_cases`) and mean (`heldout_mean`),
+              `identity.face_colour_correlation` / `identity.hair_colour_correlation` across the identity sheet's
+              6 held-out people, `seconds.total`.
 
-What moved the result earlier (v-prediction, the attention VAE), measured on one held-out mannequin clip with 6 held-out people each (identity_sheet.png):
-with the 1000-step in-demo VAE nothing did (its reconstructions have no visible head colours); with the shipped
-VAE, the identity embedding's linear attribute part, lr 2e-3 instead of 1e-3 and 1500 steps instead of 600, the
-result's face colour follows the person's (correlation 0.48 across people, mean |ΔRGB| 0.106 vs 0.143 for always
-painting the average face) and clothing PSNR rose from 11.6 to 13.1 dB (mean of 3 held-out pairs). The mirror
-loss on the whole head without ᾱ weighting trades clothing for identity: alpha 3 -> face / hair correlation 0.64 /
-0.64, clothing 12.9 dB (the default); alpha 10 -> 0.77 / 0.64, clothing 11.7 dB. Not helping: 96-200 training
-identities at this step budget, a wider UNet (32/64), lr 3e-3 (better clothing, worse identity), batch 1 x 2400
-steps.
-5. write    - result video, contact sheet, identity sheet, checkpoint, README.txt and metrics.json: trained vs
-              untrained vs the VAE ceiling (`heldout_mean`, same pairs), `identity.face_colour_correlation` /
-              `identity.hair_colour_correlation` across the identity sheet's 6 held-out people, `seconds.total`.
+What moved the result earlier (v-prediction, the attention VAE; one held-out clip with 6 held-out people each): the
+shipped VAE instead of a 1000-step one, the identity embedding's linear attribute part, lr 2e-3 instead of 1e-3 and
+1500 steps instead of 600 (face colour correlation 0.48, clothing 11.6 -> 13.1 dB). The mirror loss on the whole head
+without ᾱ weighting trades clothing for identity (alpha 3: the default; alpha 10: clothing 11.7 dB). Not helping:
+96-200 training identities, a wider UNet (32/64), lr 3e-3, batch 1 x 2400 steps.
 
-Why the garment was not kept, and what changed (issue 12; `benchmarks/probe_demo.py`, 3 held-out pairs):
-- Not the sampler (CFG, 20 vs 50 DDIM steps: < 0.4 dB) and not the step budget (4x steps: +1.7 dB).
-- The clothing latents do enter pixel-aligned (the output's stripes follow the input's, shifted by 1 px), but the
-  tiny VAE's latents are not local: the garment's latents on black, VAE(v ⊙ M_c), differ from the same garment's
-  latents in its scene by 0.69 of the latent variance inside the mask (`tiny_vae.locality_error`), and the decoded
-  garment depends on the head and background latents around it. Decoding the true latents inside the garment with
-  the model's outside them scores 15.6 dB where the ceiling is 17.7. The previous VAE's mid-block self-attention is
-  global at 16x8 latents; its GroupNorm statistics are global too. So the model has to *re-encode* the garment,
-  not copy it, and a from-scratch UNet did so with low gain and wrong colours.
-- Changes, each measured on the held-out pairs (clothing PSNR, trained; VAE ceiling in brackets):
-  v-prediction, attention VAE 12.0 (21.7); x0-prediction relative to the clothing latents (`clothing_skip`)
-  15.3 (21.7), and with a cosine lr decay face / hair colour correlation 0.94 / 0.72; VAE without mid-block
-  attention (`VAEConfig.mid_block_add_attention=False`, 5000 steps) 14.3 (18.6), SSIM 0.48 (0.61), face / hair
-  0.87 / 0.87 - the default. A locality term in the VAE's training (weight 1) made the latents local (0.0003) but
-  collapsed a latent channel: ceiling 16.2, trained 12.3, so it is off.
-- Left: the gap to the ceiling is 4.3 dB, not 1.5. What would close it is a VAE whose garment latents do not
-  depend on the scene without losing capacity (SD-1.5's behaves much better here), or a pretrained tiny base.
+Why the garment was not kept, and what changed (issue 12; `benchmarks/probe_demo.py`, 3 held-out pairs, clothing
+PSNR of the model's own output, VAE ceiling in brackets):
+- Not the sampler (CFG 1 / 1.5, DDIM 2 / 5 / 20 / 50 steps: within 0.4 dB) and not the step budget alone.
+- v-prediction with an attention VAE 12.0 (21.7). x0-prediction relative to the clothing latents (`clothing_skip`)
+  15.3 (21.7). VAE without mid-block attention (global at 16x8 latents) 14.3 (18.6).
+- The tiny VAE's latents were not local: the garment's latents on black, VAE(v ⊙ M_c), differed from the same
+  garment's latents in its scene by 0.69 of the latent variance (`tiny_vae.locality_error`; GroupNorm statistics are
+  global), so a model copying f_c into its output decoded a wrong garment (`tiny_vae.splice_psnr`: 13.1 dB where the
+  ceiling is 16.1). `localize_vae` fine-tunes the VAE by distillation from itself so the garment encodes alike on
+  black and in its scene: locality 0.17, splice 15.7 (16.1), full-frame reconstruction 22.5 -> 21.4 dB. A locality
+  term in the VAE's own training had collapsed a latent channel.
+- With that VAE a 1500-step model scores 14.3 (18.3) and face / hair colour correlation 0.93 / 0.87: the VAE was
+  not what held the garment back. Per pair the two striped garments are within 0.7 dB of their ceilings (12.6 vs
+  13.3, 11.9 vs 12.6; the stripes are 1-2 px at 64x32 and the 4x VAE cannot keep them); the plain dress is 18.3 vs
+  28.9: the model draws texture and soft edges over a garment its input shows plain, and even its one-step x0 from
+  the noised ground truth at t = 200 is 20.9 there. Input perturbation (`input_perturbation` 0.1, Ning et al. 2023)
+  gave 14.7 (18.3) but identity 0.89 / 0.81: off.
+- The shipped pretrained model (4000 steps, 64 clips, `python -m m2h_core.demo.pretrained`): 14.6 (18.3), per
+  pair 12.7 / 12.1 / 19.1, SSIM 0.45 (0.61), face / hair colour correlation 0.97 / 0.87. Left: 3.7 dB to the ceiling
+  (target 1.5), SSIM 0.16 under it (target 0.1), hair 0.87 (target 0.9). Next: the plain-garment texture (a
+  garment-weighted L_diff or a pixel loss on the garment, a longer pretraining) and a larger demo size whose VAE
+  keeps stripes.
 
 Parameterisation: the demo's model predicts x0 written relative to the clothing latents,
 x̂_0 = UNet(...) + f_c (`M2HConfig.clothing_skip`, prediction_type "sample"; its output layer starts at zero, so the
@@ -91,6 +93,7 @@ from ..models.m2h import M2HModel
 from ..inference.inputs import IdentityInputs, VideoInputs
 from ..inference.sampler import SamplerSettings, sample_video
 from .synthetic import SyntheticClip, generate_clip, generate_dataset
+from .pretrained import SHIPPED_M2H, load_pretrained
 from .tiny_vae import (SHIPPED_VAE, _psnr, demo_config, load_vae_weights, masked_pairs, reconstruct,
                        train_tiny_vae, vae_training_images)
 from ..video_io import write_video
@@ -112,7 +115,9 @@ STAND_INS = (
             "shipped with the package (m2h_core/demo/assets/tiny_vae.safetensors, `python -m m2h_core.demo.tiny_vae` re-makes "
             "it), instead of SD-1.5's pretrained VAE (8x down)"),
     ("UNet + motion modules", "the tiny preset's 2-level UNet with AnimateDiff-style motion modules, trained from "
-                              "random init, instead of SD-1.5's UNet + AnimateDiff v2 (~1.4 B parameters)"),
+                              "random init (here for minutes; the shipped pretrained one, m2h_core/demo/assets/"
+                              "tiny_m2h.safetensors, for about an hour on one core) instead of SD-1.5's UNet + "
+                              "AnimateDiff v2 (~1.4 B parameters) fine-tuned"),
     ("VGG for the mirror loss", "not used: the perceptual term is off (beta = 0); the mirror loss keeps its "
                                 "pixel term (alpha) on the face region"),
     ("data", "synthetic 64x32 figures (sway / turn / walk, tops, bottoms, dresses, patterns) instead of UBC / ASOS "
@@ -133,7 +138,7 @@ class DemoSettings:
     vae_lr: float = 2e-3
     vae_anchor_fraction: float = 0.15  # thumbnail anchor for the first 15 % of the VAE steps (see tiny_vae)
     vae_locality_weight: float = 0.0  # garment-locality term (tiny_vae.locality_error); off, as for the shipped VAE
-    train_steps: int = 1500
+    train_steps: int = 300  # the model trained here ("training works"); the shipped pretrained one had 4000
     batch_size: int = 2
     num_frames: int = 8
     frame_stride: int = 2
@@ -146,6 +151,7 @@ class DemoSettings:
     mirror_weighting: str = "none"  # TrainConfig.mirror_weighting
     identity_mask: str = "head"  # M_id for the mirror loss: "face" (skin only) or "head" (face + hair)
     cond_dropout: float = 0.1
+    input_perturbation: float = 0.0  # TrainConfig.input_perturbation
     identity_other_outfit: bool = False  # True: training x_id shows the same person in another outfit (see doc)
     vae_max_images: int = 0  # > 0: at most this many VAE training images (every k-th frame of the clips)
     progressive: bool = False
@@ -157,6 +163,9 @@ class DemoSettings:
     eval_cases: int = 3  # held-out (mannequin clip, person) pairs scored; the first one is shown
     identity_sheet_people: int = 6  # identity_sheet.png: the shown clip with this many other held-out people
     scheduler: str = "ddim"
+    # the shipped pretrained tiny M2H model (`m2h_core.demo.pretrained`), sampled beside the model trained here
+    pretrained: bool = True
+    pretrained_path: str = ""  # another file written by `python -m m2h_core.demo.pretrained --out PATH`
     sheet_frames: int = 6
     video_scale: int = 4  # result.mp4 is upscaled (nearest) this many times: 64x32 px is tiny on screen
 
@@ -444,44 +453,50 @@ def identity_correlations(results: list[torch.Tensor], cases: list[_TestCase]) -
 
 
 def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> str:
-    t, u = metrics["trained"], metrics["untrained"]
+    names = [n for n in ("pretrained", "trained", "untrained") if n in metrics] + ["vae_ceiling"]
+    shown = dict(metrics, vae_ceiling=metrics["vae_reconstruction_of_ground_truth"])
+    steps = metrics.get("training", {}).get("steps")
+    pre = metrics.get("pretrained_model") or {}
     lines = [
         "M2HVideo tiny CPU demo",
         "======================",
         "",
         "What ran: a synthetic dataset of human clips was generated; the tiny VAE was loaded (or trained); the",
-        "tiny M2H model was trained on the human clips with the real trainer (L_diff + pixel mirror loss); then the",
-        "real sampler turned a HELD-OUT mannequin clip (clothing frames, clothing masks and body poses from the",
-        "mannequin rendering) into a person with a HELD-OUT identity (identity image, landmark image and embedding",
-        "of a different person). The ground truth is the same outfit + motion rendered as a human with that",
-        "identity.",
+        "tiny M2H model was trained here from random init on the human clips with the real trainer (L_diff +",
+        "pixel mirror loss, %s steps); then the real sampler turned HELD-OUT mannequin clips (clothing frames," % steps,
+        "clothing masks and body poses from the mannequin rendering) into people with HELD-OUT identities (identity",
+        "image, landmark image and embedding of a different person), with that model, the same model untrained and",
+        "(if shipped) the pretrained tiny M2H model: the same trainer and settings run for %s steps on more clips"
+        % pre.get("train_steps", "more"),
+        "(`python -m m2h_core.demo.pretrained`). The ground truth is the same outfit + motion rendered as a human",
+        "with that identity.",
         "",
         "Files:",
         "  result.mp4 / result.gif   the generated video (upscaled x%d, nearest neighbour)" % settings.video_scale,
-        "  contact_sheet.png         rows: mannequin input | trained result | ground truth | untrained model",
+        "  contact_sheet.png         rows: mannequin input | result | ground truth | trained here | untrained",
         "  identity_sheet.png        the same mannequin clip with other held-out people: photo | result | truth",
-        "  m2h_tiny.safetensors      the trained model with its VAE and CLIP embedded (load_pipeline(path))",
-        "  metrics.json              trained vs untrained, on the held-out clip (and the mean over all pairs)",
+        "  m2h_tiny.safetensors      the model trained here with its VAE and CLIP embedded (load_pipeline(path))",
+        "  metrics.json              every figure below, per held-out pair and mean",
         "",
-        "Results (held-out clip, %d frames):" % metrics["num_frames"],
-        "                                       trained    untrained",
+        "Results (the shown held-out pair, %d frames):" % metrics["num_frames"],
+        "  " + " " * 37 + "".join(f"{n[:11]:>12}" for n in names),
     ]
-    for k in ("clothing_psnr", "clothing_ssim", "head_colour_similarity", "head_colour_similarity_to_mannequin",
-              "head_psnr", "background_psnr", "full_frame_psnr"):
-        lines.append(f"  {k:<37}{t[k]:>8.3f}   {u[k]:>8.3f}")
+    keys = ("clothing_psnr", "clothing_ssim", "head_colour_similarity", "head_colour_similarity_to_mannequin",
+            "head_psnr", "background_psnr", "full_frame_psnr")
+    for k in keys:
+        lines.append(f"  {k:<37}" + "".join(f"{shown[n][k]:>12.3f}" for n in names))
     hm = metrics.get("heldout_mean")
     if hm and hm["trained"]["cases"] > 1:
-        lines += ["", "Mean over %d held-out (mannequin clip, person) pairs, the one above included:" %
-                  hm["trained"]["cases"],
-                  "                                       trained    untrained  VAE ceiling (ground truth via VAE)"]
-        for k in ("clothing_psnr", "clothing_ssim", "head_colour_similarity", "head_psnr", "background_psnr"):
-            lines.append(f"  {k:<37}{hm['trained'][k]:>8.3f}   {hm['untrained'][k]:>8.3f}   "
-                         f"{hm['vae_ceiling'][k]:>8.3f}")
+        lines += ["", "Mean over %d held-out (mannequin clip, person) pairs, the one above included"
+                  " (vae_ceiling = the ground truth through the VAE):" % hm["trained"]["cases"],
+                  "  " + " " * 37 + "".join(f"{n[:11]:>12}" for n in names)]
+        for k in keys:
+            lines.append(f"  {k:<37}" + "".join(f"{hm[n][k]:>12.3f}" for n in names))
     ident = metrics.get("identity") or {}
     if ident:
-        lines += ["", f"Identity across the identity sheet's {ident['people']} held-out people (colour correlation, "
-                  f"1 = follows the person): face {ident['face_colour_correlation']:.3f}, "
-                  f"hair {ident['hair_colour_correlation']:.3f}"]
+        lines += ["", f"Identity ({ident.get('model', 'trained')} model) across the identity sheet's "
+                  f"{ident['people']} held-out people (colour correlation, 1 = follows the person): "
+                  f"face {ident['face_colour_correlation']:.3f}, hair {ident['hair_colour_correlation']:.3f}"]
     lines += ["", "Metric definitions:"] + [f"  {k}: {v}" for k, v in metrics["definitions"].items()]
     lines += ["", "Stand-ins at this size (what the paper uses -> what this demo uses):"]
     lines += [f"  - {name}: {what}" for name, what in STAND_INS]
@@ -495,6 +510,66 @@ def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> s
               "64x32 px, minutes of CPU training, synthetic data. For real use, train the sd15 preset (train/).", ""]
     lines += report_lines
     return "\n".join(lines) + "\n"
+
+
+def sampler_settings(s: DemoSettings, seed: int) -> SamplerSettings:
+    return SamplerSettings(steps=s.sample_steps, guidance_scale=s.guidance_scale, scheduler=s.scheduler, seed=seed,
+                           context_frames=s.num_frames, context_overlap=s.num_frames // 2)
+
+
+def demo_model_config(s: DemoSettings):
+    """The demo's M2H config: `demo_config()` (the tiny preset with the attention-free VAE) with the settings' knobs."""
+    cfg = demo_config()
+    cfg.num_frames = s.num_frames
+    cfg.prediction_type, cfg.clothing_skip = s.prediction_type, s.clothing_skip
+    cfg.unet.block_out_channels = tuple(s.unet_channels)
+    return cfg
+
+
+def train_demo_model(s: DemoSettings, cfg, encoders: FrozenEncoders, clips: list[SyntheticClip], seed: int,
+                     device: torch.device, say: Callable[[str], None] = print
+                     ) -> tuple[M2HModel, M2HModel, list[dict]]:
+    """Train the tiny M2H model from random init with the real trainer (`Trainer`: L_diff + pixel mirror loss,
+    condition dropout, Adam) for `s.train_steps` steps on `clips`. -> (trained, the same model untrained, logs)."""
+    from accelerate import Accelerator
+
+    from ..training.config import TrainConfig
+    from ..training.trainer import Trainer
+
+    t0 = time.perf_counter()
+    H, W = cfg.height, cfg.width
+    torch.manual_seed(seed)
+    model = M2HModel(cfg)
+    untrained = copy.deepcopy(model).eval()
+    tmp = tempfile.TemporaryDirectory(prefix="m2h_demo_train_")
+    tc = TrainConfig(preset="tiny", random_init=True, synthetic_clips=len(clips),
+                     synthetic_frames=s.clip_frames, num_frames=s.num_frames, frame_stride=s.frame_stride,
+                     max_steps=s.train_steps, batch_size=s.batch_size, lr=s.lr, adam_beta1=0.9,
+                     warmup_steps=min(s.warmup_steps, max(0, s.train_steps // 4)), lr_schedule=s.lr_schedule,
+                     progressive=s.progressive, mirror=s.mirror_alpha > 0, alpha=s.mirror_alpha, beta=0.0,
+                     mirror_weighting=s.mirror_weighting, cond_dropout=s.cond_dropout,
+                     input_perturbation=s.input_perturbation, output_dir=tmp.name, seed=seed,
+                     checkpoint_every=10 ** 9, log_every=10 ** 9)
+    train_clips = clips if s.identity_mask == "face" else [_with_head_mask(c) for c in clips]
+    if s.identity_other_outfit:
+        train_clips = [_with_other_outfit(c) for c in train_clips]
+    dataset = SyntheticClipDataset(train_clips, num_frames=s.num_frames, stride=s.frame_stride, height=H, width=W,
+                                   seed=seed)
+    trainer = Trainer(tc, model=model, encoders=encoders, vgg=None, dataset=dataset,
+                      accelerator=Accelerator(cpu=device.type == "cpu"), log_fn=say)
+    say(f"training the tiny M2H model ({sum(p.numel() for p in model.parameters()) / 1e3:.0f}k parameters) for "
+        f"{s.train_steps} steps, batch {s.batch_size} x {s.num_frames} frames")
+    chunk = max(1, s.train_steps // 10)
+    while trainer.step < s.train_steps:
+        res = trainer.run(stop_after=chunk)
+        recent = res.logs[-chunk:]
+        say(f"step {trainer.step}/{s.train_steps} loss {np.mean([r.loss for r in recent]):.4f} "
+            f"(diff {np.mean([r.l_diff for r in recent]):.4f}, mirror {np.mean([r.l_mir for r in recent]):.4f})"
+            f" {time.perf_counter() - t0:.0f}s")
+    logs = [asdict(r) for r in trainer.logs]
+    model = trainer.accelerator.unwrap_model(trainer.ddp_model).eval()
+    tmp.cleanup()
+    return model, untrained, logs
 
 
 # ---------------------------------------------------------------------------------------------------- the demo
@@ -526,10 +601,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
 
     with _threads(threads) as n_threads, _quiet_tqdm():
         dev = torch.device(device)
-        cfg = demo_config()
-        cfg.num_frames = s.num_frames
-        cfg.prediction_type, cfg.clothing_skip = s.prediction_type, s.clothing_skip
-        cfg.unet.block_out_channels = tuple(s.unet_channels)
+        cfg = demo_model_config(s)
         H, W = cfg.height, cfg.width
         say(f"[demo] {'quick' if quick else 'full'} run, seed {seed}, {n_threads} CPU thread(s), device {dev}, "
             f"load average {load0:.1f} -> {out}")
@@ -573,91 +645,62 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
 
         # 3. M2H training ------------------------------------------------------------------------------------------
         t0 = time.perf_counter()
-        from accelerate import Accelerator
-
-        from ..training.config import TrainConfig
-        from ..training.trainer import Trainer
-
-        torch.manual_seed(seed)
-        model = M2HModel(cfg)
-        untrained = copy.deepcopy(model).eval()
-        tmp = tempfile.TemporaryDirectory(prefix="m2h_demo_train_")
-        tc = TrainConfig(preset="tiny", random_init=True, synthetic_clips=s.n_train_clips,
-                         synthetic_frames=s.clip_frames, num_frames=s.num_frames, frame_stride=s.frame_stride,
-                         max_steps=s.train_steps, batch_size=s.batch_size, lr=s.lr, adam_beta1=0.9,
-                         warmup_steps=min(s.warmup_steps, max(0, s.train_steps // 4)), lr_schedule=s.lr_schedule,
-                         progressive=s.progressive, mirror=s.mirror_alpha > 0, alpha=s.mirror_alpha, beta=0.0,
-                         mirror_weighting=s.mirror_weighting, cond_dropout=s.cond_dropout,
-                         output_dir=tmp.name, seed=seed, checkpoint_every=10 ** 9, log_every=10 ** 9)
-        train_clips = clips if s.identity_mask == "face" else [_with_head_mask(c) for c in clips]
-        if s.identity_other_outfit:
-            train_clips = [_with_other_outfit(c) for c in train_clips]
-        dataset = SyntheticClipDataset(train_clips, num_frames=s.num_frames, stride=s.frame_stride, height=H, width=W,
-                                       seed=seed)
-        trainer = Trainer(tc, model=model, encoders=encoders, vgg=None, dataset=dataset,
-                          accelerator=Accelerator(cpu=dev.type == "cpu"), log_fn=lambda m: say(f"[3/5 train] {m}"))
-        say(f"[3/5 train] training the tiny M2H model ({sum(p.numel() for p in model.parameters()) / 1e3:.0f}k "
-            f"parameters) for {s.train_steps} steps, batch {s.batch_size} x {s.num_frames} frames")
-        chunk = max(1, s.train_steps // 10)
-        while trainer.step < s.train_steps:
-            res = trainer.run(stop_after=chunk)
-            recent = res.logs[-chunk:]
-            say(f"[3/5 train] step {trainer.step}/{s.train_steps} loss {np.mean([r.loss for r in recent]):.4f} "
-                f"(diff {np.mean([r.l_diff for r in recent]):.4f}, mirror {np.mean([r.l_mir for r in recent]):.4f})"
-                f" {time.perf_counter() - t0:.0f}s")
-        train_logs = [asdict(r) for r in trainer.logs]
-        model = trainer.accelerator.unwrap_model(trainer.ddp_model).eval()
-        tmp.cleanup()
+        model, untrained, train_logs = train_demo_model(s, cfg, encoders, clips, seed, dev,
+                                                        say=lambda m: say(f"[3/5 train] {m}"))
         stages["train"] = time.perf_counter() - t0
 
         # 4. sampling ------------------------------------------------------------------------------------------------
         t0 = time.perf_counter()
         encoders.to(dev)
-        settings_s = SamplerSettings(steps=s.sample_steps, guidance_scale=s.guidance_scale, scheduler=s.scheduler,
-                                     seed=seed, context_frames=s.num_frames, context_overlap=s.num_frames // 2)
-        results = {}
-        for name, m in (("trained", model), ("untrained", untrained.to(dev))):
-            say(f"[4/5 sample] {name} model: {s.test_frames} frames, {s.sample_steps} {s.scheduler} steps, "
-                f"CFG {s.guidance_scale}")
-            r = sample_video(m, encoders, case.video(), case.identity(), settings_s,
-                             progress=lambda i, n, name=name: say(f"[4/5 sample] {name} step {i}/{n}")
-                             if i == n or i % max(1, n // 4) == 0 else None)
-            results[name] = r.frames
-        extra_scores: dict[str, list[dict[str, float]]] = {"trained": [], "untrained": [], "vae_ceiling": []}
-        for k in range(1, s.eval_cases):  # more held-out pairs, scored only (one case is a noisy measurement)
-            other = _make_test_case(seed + 1000 * k, s.test_frames, H, W, 2)
-            for name, m in (("trained", model), ("untrained", untrained)):
-                r = sample_video(m, encoders, other.video(), other.identity(), settings_s)
-                extra_scores[name].append(_score(r.frames, other))
-            extra_scores["vae_ceiling"].append(_score(reconstruct(encoders.vae, other.ground_truth), other))
-            say(f"[4/5 sample] scored held-out pair {k + 1}/{s.eval_cases}")
+        settings_s = sampler_settings(s, seed)
+        models: dict[str, tuple[M2HModel, FrozenEncoders]] = {}
+        pre_meta: dict = {}
+        if s.pretrained:
+            try:
+                pmodel, pencoders, pre_meta = load_pretrained(s.pretrained_path or SHIPPED_M2H)
+                models["pretrained"] = (pmodel.to(dev), pencoders.to(dev))
+                say(f"[4/5 sample] pretrained tiny M2H model {s.pretrained_path or SHIPPED_M2H} "
+                    f"({pre_meta.get('train_steps', '?')} steps, made by `python -m m2h_core.demo.pretrained`)")
+            except (FileNotFoundError, ValueError) as e:
+                say(f"[4/5 sample] no pretrained model: {e}")
+        models["trained"] = (model, encoders)
+        models["untrained"] = (untrained.to(dev), encoders)
+        cases = [case] + [_make_test_case(seed + 1000 * k, s.test_frames, H, W, 2) for k in range(1, s.eval_cases)]
+        results: dict[str, list[torch.Tensor]] = {}
+        for name, (m, enc) in models.items():
+            say(f"[4/5 sample] {name} model: {len(cases)} held-out pairs x {s.test_frames} frames, "
+                f"{s.sample_steps} {s.scheduler} steps, CFG {s.guidance_scale}")
+            results[name] = [sample_video(m, enc, c.video(), c.identity(), settings_s).frames for c in cases]
+        best = "pretrained" if "pretrained" in models else "trained"
         id_columns, id_results, id_cases = [], [], []
         if s.identity_sheet_people > 0:  # the same mannequin clip with other held-out people
             nf = min(s.num_frames, s.test_frames)
+            m, enc = models[best]
             for person in _identity_variants(case, s.identity_sheet_people, seed, H, W, nf):
-                r = sample_video(model, encoders, case.video(nf), person.identity(), settings_s)
+                r = sample_video(m, enc, case.video(nf), person.identity(), settings_s)
                 id_columns.append((_to_uint8(person.identity_image[None])[0], _to_uint8(r.frames),
                                    _to_uint8(person.ground_truth)))
                 id_results.append(r.frames)
                 id_cases.append(person)
-            say(f"[4/5 sample] the same clip with {s.identity_sheet_people} more held-out people")
+            say(f"[4/5 sample] the shown clip with {s.identity_sheet_people} more held-out people ({best} model)")
         stages["sample"] = time.perf_counter() - t0
 
         # 5. outputs --------------------------------------------------------------------------------------------------
         t0 = time.perf_counter()
         say("[5/5 write] metrics, video, contact sheet, checkpoint, README")
         vae_rec = reconstruct(encoders.vae, case.ground_truth)
-        shown = {name: _score(results[name], case) for name in ("trained", "untrained")}
-        shown["vae_ceiling"] = _score(vae_rec, case)
+        per_case = {name: [_score(r, c) for r, c in zip(results[name], cases)] for name in results}
+        per_case["vae_ceiling"] = [_score(reconstruct(encoders.vae, c.ground_truth), c) for c in cases]
         metrics = {
             "num_frames": s.test_frames,
-            "trained": shown["trained"],
-            "untrained": shown["untrained"],
-            "vae_reconstruction_of_ground_truth": _score(vae_rec, case),
-            # trained / untrained / the VAE's reconstruction of the ground truth (the ceiling), on the same pairs
-            "heldout_mean": {name: _mean_scores([shown[name]] + extra_scores[name]) for name in shown},
+            **{name: per_case[name][0] for name in results},  # the shown pair
+            "vae_reconstruction_of_ground_truth": per_case["vae_ceiling"][0],
+            # pretrained (shipped) / trained here / untrained / the VAE's reconstruction of the ground truth (the
+            # ceiling), on the same held-out pairs
+            "heldout_mean": {name: _mean_scores(sc) for name, sc in per_case.items()},
+            "heldout_cases": per_case,
             # the shown clip worn by `identity_sheet_people` held-out people (identity_sheet.png)
-            "identity": (identity_correlations(id_results, id_cases) if id_cases else {}),
+            "identity": ({"model": best, **identity_correlations(id_results, id_cases)} if id_cases else {}),
             "definitions": {
                 "clothing_psnr": "PSNR (dB) over the clothing-mask pixels, generated vs ground-truth human frames",
                 "clothing_ssim": "SSIM (11x11 Gaussian window) averaged over the clothing-mask pixels",
@@ -684,16 +727,17 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
                           "outfit": case.clip.outfit.top.kind + (f" + {case.clip.outfit.bottom.kind}"
                                                                   if case.clip.outfit.bottom else ""),
                           "identity_in_training_set": case.donor.identity in train_ids},
+            "pretrained_model": pre_meta,
             "vae": {"steps": vres.steps, "heldout_recon_psnr": round(vres.recon_psnr, 3),
                     "scaling_factor": vres.scaling_factor},
-            "training": {"steps": trainer.step, "first_loss": train_logs[0]["loss"] if train_logs else None,
+            "training": {"steps": len(train_logs), "first_loss": train_logs[0]["loss"] if train_logs else None,
                          "last_loss": float(np.mean([r["loss"] for r in train_logs[-10:]])) if train_logs else None},
             "settings": asdict(s),
             "seed": seed,
             "threads": n_threads,
             "load_average_at_start": round(load0, 2),
         }
-        frames_res = _to_uint8(results["trained"])
+        frames_res = _to_uint8(results[best][0])
         big = np.stack([cv2.resize(f, (W * s.video_scale, H * s.video_scale), interpolation=cv2.INTER_NEAREST)
                         for f in frames_res])
         video = out / "result.mp4"
@@ -706,10 +750,14 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
             write_video(video, big, s.fps)
         n_sheet = min(s.sheet_frames, s.test_frames)
         picks = sorted({int(round(i)) for i in np.linspace(0, s.test_frames - 1, n_sheet)})
-        sheet = contact_sheet([("mannequin (input)", _to_uint8(case.mannequin)), ("trained M2H result", frames_res),
-                               ("ground truth (same identity as human)", _to_uint8(case.ground_truth)),
-                               ("untrained model", _to_uint8(results["untrained"]))],
-                              _to_uint8(case.identity_image[None])[0], picks)
+        rows = [("mannequin (input)", _to_uint8(case.mannequin)),
+                (f"{best} M2H result" + (f" ({pre_meta.get('train_steps', '?')} steps)" if best == "pretrained"
+                                         else f" ({len(train_logs)} steps)"), frames_res),
+                ("ground truth (same identity as human)", _to_uint8(case.ground_truth))]
+        if best == "pretrained":
+            rows.append((f"trained here ({len(train_logs)} steps)", _to_uint8(results["trained"][0])))
+        rows.append(("untrained model", _to_uint8(results["untrained"][0])))
+        sheet = contact_sheet(rows, _to_uint8(case.identity_image[None])[0], picks)
         sheet_path = out / "contact_sheet.png"
         cv2.imwrite(str(sheet_path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
         id_sheet_path = None
@@ -719,19 +767,19 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
             cv2.imwrite(str(id_sheet_path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         ckpt = out / "m2h_tiny.safetensors"
         save_checkpoint(model, ckpt, encoders=encoders,
-                        extra={"demo": "m2h tiny CPU demo", "seed": seed, "train_steps": trainer.step,
+                        extra={"demo": "m2h tiny CPU demo", "seed": seed, "train_steps": len(train_logs),
                                "vae_steps": vres.steps})
         stages["write"] = time.perf_counter() - t0
         total = time.perf_counter() - t_start
         metrics["seconds"] = {k: round(v, 1) for k, v in stages.items()} | {"total": round(total, 1)}
         mpath = out / "metrics.json"
         mpath.write_text(json.dumps(metrics, indent=1))
-        t, u = metrics["trained"], metrics["untrained"]
+        t, u = metrics[best], metrics["untrained"]
         summary = [f"Wall time {total:.0f} s on {n_threads} thread(s), load average {load0:.1f} at start; stages: "
                    + ", ".join(f"{k} {v:.0f}s" for k, v in stages.items())]
         readme = out / "README.txt"
         readme.write_text(_readme(s, metrics, summary))
-        say(f"[demo] clothing PSNR trained {t['clothing_psnr']:.2f} dB vs untrained {u['clothing_psnr']:.2f} dB; "
+        say(f"[demo] clothing PSNR {best} {t['clothing_psnr']:.2f} dB vs untrained {u['clothing_psnr']:.2f} dB; "
             f"SSIM {t['clothing_ssim']:.3f} vs {u['clothing_ssim']:.3f}; head colour similarity "
             f"{t['head_colour_similarity']:.3f} vs {u['head_colour_similarity']:.3f}")
         say(f"[demo] done in {total:.0f}s -> {out}")

@@ -50,6 +50,10 @@ class TrainConfig:
     progressive: bool = True  # half resolution for the first half_res_fraction of the steps
     half_res_fraction: float = 0.5
     cond_dropout: float = 0.1
+    # input perturbation against exposure bias (Ning et al. 2023): z_t is made with ε + γ ξ, the targets keep
+    # ε / z_0, so the model learns not to trust z_t's details fully (the sampler's z_t carries its own earlier
+    # errors). 0 = off
+    input_perturbation: float = 0.0
     vae_sample: bool = True  # sample the VAE posterior for z_0 (False: its mode)
     # mirror loss (Eq. 5-6). alpha, beta: Eq. 6's weights. beta = 0.005, not the 0.001 of Sec. IV-B's text: Table I's
     # M2HVideo row (23.47 / 0.886 / 0.069 / 0.935 / 13.35) is Table IV's alpha = 0.05, beta = 0.005 row, and
@@ -112,6 +116,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.cond_dropout < 1:
             raise ValueError("cond_dropout must be in [0, 1)")
+        if not 0 <= self.input_perturbation < 1:
+            raise ValueError("input_perturbation must be in [0, 1)")
         if self.alpha < 0 or self.beta < 0:
             raise ValueError("alpha and beta must be >= 0")
         if self.mirror_reduction not in MIRROR_REDUCTIONS:

@@ -236,7 +236,10 @@ class Trainer:
         t = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (b,), generator=g)
         drop = (torch.rand(b, generator=g) < self.tc.cond_dropout).to(dev)
         t = t.to(dev)
-        z_t = self.noise_scheduler.add_noise(z0, noise, t)
+        noise_in = noise
+        if self.tc.input_perturbation > 0:  # TrainConfig.input_perturbation: the input's noise only, not the target's
+            noise_in = noise + self.tc.input_perturbation * torch.randn(z0.shape, generator=g).to(dev)
+        z_t = self.noise_scheduler.add_noise(z0, noise_in, t)
         with self.accelerator.autocast():
             eps = self.ddp_model(z_t, t, inputs, drop)
         if self.cfg.prediction_type == "v_prediction":  # v = √ᾱ ε - √(1-ᾱ) z_0; ε̂ for L_mir from v̂

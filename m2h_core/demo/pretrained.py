@@ -1,0 +1,134 @@
+"""The shipped pretrained tiny M2H model: what the method does at the demo's size when trained for longer.
+
+The paper fine-tunes from pretrained SD-1.5 + AnimateDiff weights for many GPU hours; the CPU demo can train its tiny
+model for a few minutes only. So the package ships `assets/tiny_m2h.safetensors`: the demo's model (the same config,
+trainer and settings, `run.train_demo_model`) trained for longer on more synthetic human clips, with the shipped
+tiny VAE and the demo's random tiny CLIP embedded. The demo samples it beside the model it trains itself ("what it
+can do" beside "training works"). Made by
+
+    python -m m2h_core.demo.pretrained --steps 4000 --threads 1
+
+which also scores it on the demo's held-out pairs and records the figures in the file's metadata (`heldout`), so a
+test can check that the shipped file reproduces them. Training clips come from their own seed stream; the held-out
+clips and people are the demo's (`run._make_test_case`), which no training set contains.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..checkpoint import load_checkpoint, read_metadata
+from ..inference.encoders import FrozenEncoders
+from ..models.m2h import M2HModel
+
+SHIPPED_M2H = Path(__file__).resolve().parent / "assets" / "tiny_m2h.safetensors"
+FORMAT_TAG = "m2h tiny pretrained"
+
+
+def load_pretrained(path: str | Path = SHIPPED_M2H) -> tuple[M2HModel, FrozenEncoders, dict]:
+    """-> (model, its embedded encoders, metadata with the recorded held-out figures). FileNotFoundError /
+    ValueError name the file and how to re-make it."""
+    from ..inference.pipeline import embedded_encoders
+
+    path = Path(path)
+    remake = f"re-create it with `python -m m2h_core.demo.pretrained --out {path}`"
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained tiny M2H model not found: {path}; {remake}")
+    try:
+        meta = read_metadata(path)
+        model = load_checkpoint(path).eval()
+        encoders = embedded_encoders(path, model.cfg)
+    except Exception as e:  # noqa: BLE001 - corrupt / foreign files: one clear message
+        raise ValueError(f"{path} is not a readable tiny M2H checkpoint ({e}); {remake}") from e
+    if meta.get("demo") != FORMAT_TAG or encoders is None:
+        raise ValueError(f"{path} is not the demo's pretrained tiny M2H model (no '{FORMAT_TAG}' tag or no embedded "
+                         f"VAE / CLIP); {remake}")
+    info = {k: (json.loads(v) if k in ("heldout", "settings", "identity", "train_steps", "n_clips", "seconds")
+                else v) for k, v in meta.items() if k not in ("config",)}
+    return model, encoders, info
+
+
+def score_heldout(model: M2HModel, encoders: FrozenEncoders, *, eval_cases: int = 3, people: int = 6,
+                  seed: int = 0, settings=None) -> dict:
+    """The demo's held-out figures for one model: per-pair scores and their mean, the VAE ceiling on the same pairs,
+    and the identity colour correlations across `people` held-out people on the first pair's clip."""
+    from .run import (DemoSettings, _identity_variants, _make_test_case, _mean_scores, _score,
+                      identity_correlations, sampler_settings)
+    from .tiny_vae import reconstruct
+    from ..inference.sampler import sample_video
+
+    s = settings or DemoSettings()
+    H, W = model.cfg.height, model.cfg.width
+    ss = sampler_settings(s, seed)
+    cases = [_make_test_case(seed + 1000 * k, s.test_frames, H, W, 2) for k in range(eval_cases)]
+    per = [_score(sample_video(model, encoders, c.video(), c.identity(), ss).frames, c) for c in cases]
+    ceil = [_score(reconstruct(encoders.vae, c.ground_truth), c) for c in cases]
+    out = {"cases": per, "mean": _mean_scores(per), "vae_ceiling": _mean_scores(ceil)}
+    if people >= 3:
+        nf = min(s.num_frames, s.test_frames)
+        variants = _identity_variants(cases[0], people, seed, H, W, nf)
+        res = [sample_video(model, encoders, cases[0].video(nf), p.identity(), ss).frames for p in variants]
+        out["identity"] = identity_correlations(res, variants)
+    return out
+
+
+def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = 4000, n_clips: int = 64, seed: int = 4321,
+             progress: Callable[[str], None] | None = print) -> dict:
+    """Train the demo's model for `steps` on `n_clips` clips of seed `seed`, score it, save it (atomic write)."""
+    import torch
+
+    from ..checkpoint import save_checkpoint
+    from .run import DemoSettings, _quiet_tqdm, demo_model_config, train_demo_model
+    from .synthetic import generate_dataset
+    from .tiny_vae import SHIPPED_VAE, load_vae_weights
+
+    say = progress or (lambda _m: None)
+    s = DemoSettings(train_steps=steps, n_train_clips=n_clips)
+    cfg = demo_model_config(s)
+    H, W = cfg.height, cfg.width
+    encoders = FrozenEncoders.random(cfg, seed=0)  # the demo's CLIP stand-in (seed 0)
+    cfg.vae.scaling_factor = load_vae_weights(encoders.vae, SHIPPED_VAE).scaling_factor
+    t0 = time.perf_counter()
+    clips = generate_dataset(n_clips, seed, n_frames=s.clip_frames, height=2 * H, width=2 * W, fps=s.fps)
+    with _quiet_tqdm():
+        model, _, logs = train_demo_model(s, cfg, encoders, clips, seed, torch.device("cpu"),
+                                          say=lambda m: say(f"[pretrain] {m}"))
+    seconds = time.perf_counter() - t0
+    say("[pretrain] scoring on the demo's held-out pairs")
+    figures = score_heldout(model, encoders)
+    curve = [round(float(sum(r["loss"] for r in logs[i: i + 100]) / len(logs[i: i + 100])), 4)
+             for i in range(0, len(logs), 100)]
+    meta = {"demo": FORMAT_TAG, "train_steps": steps, "n_clips": n_clips, "clip_seed": seed,
+            "seconds": round(seconds), "heldout": figures, "loss_per_100_steps": curve,
+            "command": f"python -m m2h_core.demo.pretrained --steps {steps} --clips {n_clips} --seed {seed}"}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, out, encoders=encoders, extra=meta)
+    m, c = figures["mean"], figures["vae_ceiling"]
+    say(f"[pretrain] {steps} steps in {seconds:.0f} s; held-out clothing PSNR {m['clothing_psnr']:.2f} dB (ceiling "
+        f"{c['clothing_psnr']:.2f}), SSIM {m['clothing_ssim']:.3f} ({c['clothing_ssim']:.3f}), identity "
+        f"{figures.get('identity')} -> {out}")
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    import torch
+
+    ap = argparse.ArgumentParser(prog="python -m m2h_core.demo.pretrained", description=pretrain.__doc__)
+    ap.add_argument("--out", default=str(SHIPPED_M2H))
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--clips", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=4321)
+    ap.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (0: PyTorch's default)")
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    pretrain(a.out, steps=a.steps, n_clips=a.clips, seed=a.seed)
+
+
+if __name__ == "__main__":
+    main()
