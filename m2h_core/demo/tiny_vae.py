@@ -264,7 +264,8 @@ def localize_vae(vae: AutoencoderKL, human: torch.Tensor, mannequin: torch.Tenso
     Distillation from the VAE as it was, E0 (so the latent space the diffusion model learns stays SD-like):
 
         |E(v_h) - E0(v_h)|² + |E(v_m) - E0(v_m)|²                       keep every frame's latents
-      + |E(v ⊙ M_c) - T|² for v in (v_h, v_m),  T = E0(v_h) on the cells inside the garment, E0(v_h ⊙ M_c) elsewhere
+      + |E(v ⊙ M_c) - T|² for v in (v_h, v_m),
+        T = E0(v_h) on the cells inside the garment, E0(v_h ⊙ M_c) elsewhere
       + (decoder) ½ L_rec(D(E(v_h)), v_h) + ½ L_rec(D(splice), v_h),   splice = E(v_m ⊙ M_c) inside, E(v_h) outside
 
     (L_rec = L1 + L2.) The mannequin's garment on black is taught to encode as the garment *in the human's scene*,
