@@ -148,31 +148,6 @@ def test_one_chunk_call_equals_the_hand_written_window_loop(motion_model):
             assert (got - per_window).abs().max() > 1e-3
 
 
-def test_spatial_feed_forward_runs_in_slices_of_the_chunk(motion_model):
-    """Inside a chunk call the spatial blocks' feed-forward (4x wider than the features: the chunk's activation peak)
-    sees about one window's frames at a time, and only there (the test above shows the numbers are unchanged)."""
-    from diffusers.models.attention import BasicTransformerBlock
-
-    cfg, model, cond = motion_model
-    motion = {id(b) for m in model.unet.modules() if isinstance(m, AnimateDiffTransformer3D) for b in m.modules()}
-    ff = next(b.ff for b in model.unet.modules() if isinstance(b, BasicTransformerBlock) and id(b) not in motion)
-    rows: list[int] = []
-    hook = ff.net[0].register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
-    chunk = chunk_plan(N, 4, 2, 6)[0]
-    z = torch.randn(2, N, cfg.unet.latent_channels, *cfg.latent_size, generator=torch.Generator().manual_seed(1))
-    try:
-        with torch.no_grad():
-            model.denoise(z[:, chunk.index], torch.tensor(500), cond, frames=chunk.index, motion_windows=chunk.motion)
-            sliced = list(rows)
-            rows.clear()
-            model.denoise(z[:, chunk.index], torch.tensor(500), cond, frames=chunk.index)
-    finally:
-        hook.remove()
-    assert sum(sliced) == 2 * len(chunk.index) and len(sliced) == 2 and max(sliced) < 2 * len(chunk.index)
-    assert rows == [2 * len(chunk.index)]  # outside a chunk call: one pass, as diffusers runs it
-    assert "forward" not in vars(ff)  # unpatched after the call
-
-
 class StandIn(nn.Module):
     """The sampler only calls `denoise`; this one returns `fn(z, t, frames)` (frames None = the whole video)."""
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
-from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 
@@ -133,28 +132,13 @@ def windowed_motion(unet: nn.Module, windows: MotionWindows):
 
         return forward
 
-    def rows_in_slices(ff: nn.Module):
-        plain = ff.forward
-        pieces = max(1, -(-windows.num_frames // length))  # about one window's frames per slice
-
-        def forward(hidden_states, *args, **kwargs):  # row-wise, so the slices give the same numbers
-            return torch.cat([plain(h, *args, **kwargs) for h in hidden_states.chunk(pieces, 0)], 0)
-
-        return forward
-
     modules = [m for m in unet.modules() if isinstance(m, AnimateDiffTransformer3D)]
-    # the spatial blocks' feed-forward (4x wider than the features) on all the chunk's frames at once would be the
-    # chunk's peak: run it in slices of rows (frames) instead
-    motion_blocks = {id(b) for m in modules for b in m.modules()}
-    ffs = [b.ff for b in unet.modules() if isinstance(b, BasicTransformerBlock) and id(b) not in motion_blocks]
     try:
         for m in modules:
             m.forward = wrap(m)
-        for ff in ffs:
-            ff.forward = rows_in_slices(ff)
         yield
     finally:
-        for m in modules + ffs:
+        for m in modules:
             m.__dict__.pop("forward", None)
 
 
