@@ -688,7 +688,6 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         # 5. outputs --------------------------------------------------------------------------------------------------
         t0 = time.perf_counter()
         say("[5/5 write] metrics, video, contact sheet, checkpoint, README")
-        vae_rec = reconstruct(encoders.vae, case.ground_truth)
         per_case = {name: [_score(r, c) for r, c in zip(results[name], cases)] for name in results}
         per_case["vae_ceiling"] = [_score(reconstruct(encoders.vae, c.ground_truth), c) for c in cases]
         metrics = {

@@ -119,13 +119,8 @@ def init_low_variance(vae: AutoencoderKL, logvar: float = -8.0) -> None:
 
 def masked_pairs(clips: list[SyntheticClip], H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Human frames and their clothing masks, (N, 3, H, W) and (N, 1, H, W): the pairs for the locality term."""
-    frames, masks = [], []
-    for c in clips:
-        hum, _ = transform_sample(c.human, c.clothing_mask, c.face_mask, c.pose_images, c.identity_image,
-                                  c.identity_landmarks, H, W)
-        frames.append(hum["frames"])
-        masks.append(hum["clothing_masks"][:, None])
-    return torch.cat(frames), torch.cat(masks)
+    human, _, masks = garment_triples(clips, H, W)
+    return human, masks
 
 
 def locality_error(vae: AutoencoderKL, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -133,8 +128,7 @@ def locality_error(vae: AutoencoderKL, x: torch.Tensor, m: torch.Tensor) -> torc
     lie wholly inside the mask m, relative to the latents' variance (so shrinking the latents cannot lower it).
     x in [-1, 1] (N, 3, H, W), m in {0, 1} (N, 1, H, W). 0 = the garment encodes the same on black as in its scene,
     which is what copying VAE(v ⊙ M_c) into the result needs (issue 12)."""
-    down = 2 ** (len(vae.config.block_out_channels) - 1)
-    inside = (F.avg_pool2d(m, down) > 0.999).expand(-1, vae.config.latent_channels, -1, -1)
+    inside = _inside_cells(vae, m).bool().expand(-1, vae.config.latent_channels, -1, -1)
     z_full = vae.encode(x).latent_dist.mean
     z_masked = vae.encode((x + 1) * m - 1).latent_dist.mean  # v ⊙ M_c in [0, 1], then to [-1, 1]
     if not inside.any():
