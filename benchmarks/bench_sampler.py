@@ -155,10 +155,14 @@ def step_times(run) -> float:
 
 
 CHUNK = -1  # SamplerSettings.chunk_frames of our runs (--chunk-frames; -1 = the default)
+BATCH_CFG = "default"  # SamplerSettings.batch_cfg of our runs (--batch-cfg on|off|default)
 
 
 def chunk_kw() -> dict:
-    return {} if CHUNK < 0 else {"chunk_frames": CHUNK}
+    kw = {} if CHUNK < 0 else {"chunk_frames": CHUNK}
+    if BATCH_CFG != "default":
+        kw["batch_cfg"] = BATCH_CFG == "on"
+    return kw
 
 
 def vs_diffusers_speed(cfg, frames, steps: int, context: int, overlap: int) -> dict[int, tuple[float, float]]:
@@ -196,7 +200,7 @@ def vs_diffusers(cfg_name, size, steps: int, threads: int, frames=(16, 64), with
     context, overlap = cfg.num_frames, min(4, cfg.num_frames - 1)
     print(f"vs diffusers AnimateDiffPipeline + FreeNoise: {cfg_name} UNet, {cfg.height}x{cfg.width}, windows of "
           f"{context} frames, stride {context - overlap}, DDIM, CFG 7.5, {threads} thread(s), our chunk_frames "
-          f"{CHUNK if CHUNK >= 0 else SamplerSettings().chunk_frames}")
+          f"{CHUNK if CHUNK >= 0 else SamplerSettings().chunk_frames}, batch_cfg {SamplerSettings(**chunk_kw()).batch_cfg}")
     speed_ = vs_diffusers_speed(cfg, frames, steps, context, overlap)
     mem = {}
     for who in ("ours", "theirs") if with_memory else ():
@@ -254,7 +258,7 @@ def child(cfg_name, n, size=None, steps=2):
 
 def memory(cfg_name, n, size=None, steps=2, diffusers=False):
     cmd = [sys.executable, __file__, "--child", str(n), "--preset", cfg_name, "--steps", str(steps),
-           "--threads", str(torch.get_num_threads()), "--chunk-frames", str(CHUNK)] + (
+           "--threads", str(torch.get_num_threads()), "--chunk-frames", str(CHUNK), "--batch-cfg", BATCH_CFG] + (
         ["--child-diffusers"] if diffusers else [])
     out = subprocess.run(cmd + (["--size", size] if size else []), check=True,
                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
@@ -276,13 +280,15 @@ def main():
     ap.add_argument("--chunk-frames", type=int, default=-1,
                     help="our sampler's chunk_frames (at most this many frames per UNet call; -1 = its default, <= the "
                          "context window = one window per call, the per-window path)")
+    ap.add_argument("--batch-cfg", choices=("default", "on", "off"), default="default",
+                    help="our sampler's batch_cfg: CFG's two passes as one UNet call (on) or two calls (off)")
     ap.add_argument("--only-frames", type=int, default=0,
                     help="side by side at this many frames only, step time only (a quick look)")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--child-diffusers", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    global CHUNK
-    CHUNK = a.chunk_frames
+    global CHUNK, BATCH_CFG
+    CHUNK, BATCH_CFG = a.chunk_frames, a.batch_cfg
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.child:

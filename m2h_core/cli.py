@@ -49,6 +49,9 @@ def _add_common(p) -> None:
     p.add_argument("--chunk-frames", type=int, default=d.CHUNK_FRAMES,
                    help=f"at most this many frames per UNet call (default {d.CHUNK_FRAMES}): windows grouped, spatial "
                         "layers once per frame; lower it to save memory, 0 or <= --context: one window per call")
+    p.add_argument("--batch-cfg", action=argparse.BooleanOptionalAction, default=d.BATCH_CFG,
+                   help="guidance's conditional and unconditional passes as one UNet call (2x the memory per call) "
+                        f"or as two (same result; default {'--batch-cfg' if d.BATCH_CFG else '--no-batch-cfg'})")
     p.add_argument("--garment-lock", action="store_true",
                    help="keep the source video's own garment pixels inside the (eroded) clothing mask, seam blended")
     p.add_argument("--keep-background", action="store_true",
@@ -156,7 +159,7 @@ def _generate(a) -> int:
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, a.device, getattr(torch, DTYPES[a.precision]))
     settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
                                context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,
-                               pose_strength=a.pose_strength, identity_strength=a.identity_strength)
+                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength, identity_strength=a.identity_strength)
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
     identity = a.identity[0] if len(a.identity) == 1 else a.identity
     req = GenerateRequest(a.video, identity, a.out, a.masks, a.poses, a.frames, a.parser, a.face_pack, dirs,
@@ -184,7 +187,7 @@ def _batch(a) -> int:
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, device, getattr(torch, DTYPES[a.precision]))
     settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
                                context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,
-                               pose_strength=a.pose_strength, identity_strength=a.identity_strength)
+                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength, identity_strength=a.identity_strength)
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
     defaults = {"parser": a.parser, "face_pack": a.face_pack, "search_dirs": dirs, "garment_lock": a.garment_lock,
                 "keep_background": a.keep_background}

@@ -270,12 +270,13 @@ def sample_with_host(patcher, video, head, settings, steps: int):
             raise
         mm.soft_empty_cache(True)
         smaller = replace(settings, context_frames=max(2, settings.context_frames // 2))
-        # one window per UNet call (chunk_frames <= context_frames): the sampler's smallest-memory path
+        # one window per UNet call (chunk_frames <= context_frames), CFG's two passes as two calls: the sampler's
+        # smallest-memory path
         smaller = replace(smaller, context_overlap=min(smaller.context_overlap, smaller.context_frames - 1),
-                          chunk_frames=smaller.context_frames)
+                          chunk_frames=smaller.context_frames, batch_cfg=False)
         encoders = replace(pipe.encoders, chunk=max(1, pipe.encoders.chunk // 2))
         log.warning("M2H Sampler: out of memory with context_frames=%d; retrying this run with context_frames=%d, "
-                    "context_overlap=%d, one window per UNet call and VAE/CLIP chunks of %d (set context_frames lower to avoid "
+                    "context_overlap=%d, one window and one CFG pass per UNet call and VAE/CLIP chunks of %d (set context_frames lower to avoid "
                     "this)",
                     settings.context_frames, smaller.context_frames, smaller.context_overlap, encoders.chunk)
         res = run(smaller, encoders)

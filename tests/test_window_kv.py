@@ -28,9 +28,9 @@ def inputs(model):
     return random_inputs(model.cfg, batch=1, frames=FRAMES, seed=4)
 
 
-def _sample(model, inputs, budget, seed=0, guidance=3.0, chunk=6):
+def _sample(model, inputs, budget, seed=0, guidance=3.0, chunk=6, batch_cfg=True):
     settings = SamplerSettings(steps=3, guidance_scale=guidance, seed=seed, context_frames=6, context_overlap=2,
-                               chunk_frames=chunk)
+                               chunk_frames=chunk, batch_cfg=batch_cfg)
     model.kv_cache_bytes = budget
     try:
         with torch.no_grad():
@@ -74,3 +74,33 @@ def test_conditioning_memory_is_per_window(model, inputs):
     assert windowed.kv.cached_bytes == 0  # over the 1-byte budget: nothing kept
     per_window = sum(t.numel() * t.element_size() for ts in window.values() for t in ts)
     assert per_window == pytest.approx(whole.kv.nbytes() * 6 / FRAMES)  # a window's keys/values, no more
+
+
+@pytest.mark.parametrize("budget", [None, 0, 1 << 30], ids=["whole_video", "per_call", "cached"])
+@pytest.mark.parametrize("chunk", [6, 10], ids=["per_window", "chunks"])
+def test_separate_cfg_passes_give_the_same_video(model, inputs, budget, chunk):
+    """batch_cfg=False: the conditional and unconditional passes as two UNet calls, the unconditional one with ONE
+    zero token per adapter layer in place of all of them. Same numbers up to round-off (atol 1e-4 on latents up to
+    ~14: the two calls group the same rows differently); each half keeps its own window cache across steps."""
+    batched, _ = _sample(model, inputs, budget, chunk=chunk)
+    split, cond = _sample(model, inputs, budget, chunk=chunk, batch_cfg=False)
+    torch.testing.assert_close(split, batched, rtol=0, atol=1e-4)
+    conditional, unconditional = cond.branches()
+    assert cond.branches()[1] is unconditional  # made once per video
+    assert conditional.unet_input.shape[0] == unconditional.unet_input.shape[0] == 1
+    if budget is None:  # whole-video keys/values: the stored halves, sliced
+        assert unconditional.kv.kv and not unconditional.kv.uncond
+    else:
+        assert [t.shape[2] for t in unconditional.kv.tokens] == [1, 1]  # one zero token per set
+        assert not unconditional.kv.tokens[1].any() and conditional.kv.tokens[1].abs().sum() > 0
+        if budget:  # every chunk projected once, reused at the next steps
+            assert len(conditional.kv.cache) == len(unconditional.kv.cache) == {6: 3, 10: 2}[chunk]
+    other, _ = _sample(model, inputs, budget, chunk=chunk, batch_cfg=False, guidance=5.0)
+    assert (other - batched).abs().max() > 0.1  # the comparison can fail
+
+
+def test_branches_need_a_classifier_free_pair(model, inputs):
+    with torch.no_grad():
+        cond = model.encode_conditions(inputs)
+    with pytest.raises(ValueError, match="no unconditional half"):
+        cond.branches()

@@ -8,7 +8,8 @@ can do" beside "training works"). Made by
 
     python -m m2h_core.demo.pretrained --steps 4000 --threads 1
 
-which also scores it on the demo's held-out pairs and records the figures in the file's metadata (`heldout`), so a
+(`--start-from FILE --steps N --lr LR` continues a file's training for N more steps, with a fresh warm-up and cosine
+decay; the file's metadata then records both commands), which also scores it on the demo's held-out pairs and records the figures in the file's metadata (`heldout`), so a
 test can check that the shipped file reproduces them. Training clips come from their own seed stream; the held-out
 clips and people are the demo's (`run._make_test_case`), which no training set contains.
 """
@@ -46,38 +47,42 @@ def load_pretrained(path: str | Path = SHIPPED_M2H) -> tuple[M2HModel, FrozenEnc
     if meta.get("demo") != FORMAT_TAG or encoders is None:
         raise ValueError(f"{path} is not the demo's pretrained tiny M2H model (no '{FORMAT_TAG}' tag or no embedded "
                          f"VAE / CLIP); {remake}")
-    info = {k: (json.loads(v) if k in ("heldout", "settings", "identity", "train_steps", "n_clips", "seconds")
+    info = {k: (json.loads(v) if k in ("heldout", "settings", "identity", "train_steps", "n_clips", "seconds",
+                                       "history", "total_train_steps", "loss_per_100_steps")
                 else v) for k, v in meta.items() if k not in ("config",)}
     return model, encoders, info
 
 
 def score_heldout(model: M2HModel, encoders: FrozenEncoders, *, eval_cases: int = 3, people: int = 6,
                   seed: int = 0, settings=None) -> dict:
-    """The demo's held-out figures for one model: per-pair scores and their mean, the VAE ceiling on the same pairs,
-    and the identity colour correlations across `people` held-out people on the first pair's clip."""
-    from .run import (DemoSettings, _identity_variants, _make_test_case, _mean_scores, _score,
-                      identity_correlations, sampler_settings)
+    """The demo's held-out figures for one model, as `run_demo` computes them: per-pair scores and their mean, the
+    VAE ceiling on the same pairs, and the identity colour correlations across `people` held-out people on the
+    first pair's clip."""
+    from dataclasses import replace
+
+    from .run import (DemoSettings, _mean_scores, _score, heldout_test_cases, identity_correlations, identity_runs,
+                      sampler_settings)
     from .tiny_vae import reconstruct
     from ..inference.sampler import sample_video
 
-    s = settings or DemoSettings()
-    H, W = model.cfg.height, model.cfg.width
+    s = replace(settings or DemoSettings(), eval_cases=eval_cases, identity_sheet_people=people)
     ss = sampler_settings(s, seed)
-    cases = [_make_test_case(seed + 1000 * k, s.test_frames, H, W, 2) for k in range(eval_cases)]
+    cases = heldout_test_cases(s, seed, model.cfg.height, model.cfg.width)
     per = [_score(sample_video(model, encoders, c.video(), c.identity(), ss).frames, c) for c in cases]
     ceil = [_score(reconstruct(encoders.vae, c.ground_truth), c) for c in cases]
     out = {"cases": per, "mean": _mean_scores(per), "vae_ceiling": _mean_scores(ceil)}
     if people >= 3:
-        nf = min(s.num_frames, s.test_frames)
-        variants = _identity_variants(cases[0], people, seed, H, W, nf)
-        res = [sample_video(model, encoders, cases[0].video(nf), p.identity(), ss).frames for p in variants]
-        out["identity"] = identity_correlations(res, variants)
+        others, frames = identity_runs(model, encoders, cases[0], s, seed)
+        out["identity"] = identity_correlations(frames, others)
     return out
 
 
 def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = 4000, n_clips: int = 64, seed: int = 4321,
-             progress: Callable[[str], None] | None = print) -> dict:
-    """Train the demo's model for `steps` on `n_clips` clips of seed `seed`, score it, save it (atomic write)."""
+             progress: Callable[[str], None] | None = print, start_from: str | Path | None = None,
+             lr: float | None = None) -> dict:
+    """Train the demo's model for `steps` on `n_clips` clips of seed `seed`, score it, save it (atomic write).
+    start_from: continue from this pretrained file's weights (its metadata's history is kept); lr: peak learning rate
+    (default DemoSettings.lr)."""
     import torch
 
     from ..checkpoint import save_checkpoint
@@ -87,6 +92,15 @@ def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = 4000, n_clips: int =
 
     say = progress or (lambda _m: None)
     s = DemoSettings(train_steps=steps, n_train_clips=n_clips)
+    if lr is not None:
+        s.lr = lr
+    init, history = None, []
+    if start_from is not None:
+        base, _, base_meta = load_pretrained(start_from)
+        init = base.state_dict()
+        history = list(base_meta.get("history") or []) + [{k: base_meta.get(k) for k in (
+            "command", "train_steps", "n_clips", "clip_seed", "seconds", "loss_per_100_steps")}]
+        del base
     cfg = demo_model_config(s)
     H, W = cfg.height, cfg.width
     encoders = FrozenEncoders.random(cfg, seed=0)  # the demo's CLIP stand-in (seed 0)
@@ -95,7 +109,7 @@ def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = 4000, n_clips: int =
     clips = generate_dataset(n_clips, seed, n_frames=s.clip_frames, height=2 * H, width=2 * W, fps=s.fps)
     with _quiet_tqdm():
         model, _, logs = train_demo_model(s, cfg, encoders, clips, seed, torch.device("cpu"),
-                                          say=lambda m: say(f"[pretrain] {m}"))
+                                          say=lambda m: say(f"[pretrain] {m}"), init=init)
     seconds = time.perf_counter() - t0
     say("[pretrain] scoring on the demo's held-out pairs")
     figures = score_heldout(model, encoders)
@@ -103,7 +117,12 @@ def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = 4000, n_clips: int =
              for i in range(0, len(logs), 100)]
     meta = {"demo": FORMAT_TAG, "train_steps": steps, "n_clips": n_clips, "clip_seed": seed,
             "seconds": round(seconds), "heldout": figures, "loss_per_100_steps": curve,
-            "command": f"python -m m2h_core.demo.pretrained --steps {steps} --clips {n_clips} --seed {seed}"}
+            "command": f"python -m m2h_core.demo.pretrained --steps {steps} --clips {n_clips} --seed {seed}"
+                       + (f" --lr {s.lr:g}" if lr is not None else "")
+                       + (" --start-from FILE (the previous file: history)" if start_from is not None else "")}
+    if history:
+        meta["history"] = history
+        meta["total_train_steps"] = steps + sum(int(h.get("train_steps") or 0) for h in history)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, out, encoders=encoders, extra=meta)
     m, c = figures["mean"], figures["vae_ceiling"]
@@ -124,10 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clips", type=int, default=64)
     ap.add_argument("--seed", type=int, default=4321)
     ap.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (0: PyTorch's default)")
+    ap.add_argument("--start-from", default=None, help="continue the training of this pretrained file")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the demo's)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    pretrain(a.out, steps=a.steps, n_clips=a.clips, seed=a.seed)
+    pretrain(a.out, steps=a.steps, n_clips=a.clips, seed=a.seed, start_from=a.start_from, lr=a.lr)
 
 
 if __name__ == "__main__":

@@ -316,6 +316,21 @@ def _build_case(s_clip: int, s_id: int, n_frames: int, H: int, W: int, src_scale
                      background_masks=torch.from_numpy(background), clip=gt, donor=donor)
 
 
+def heldout_test_cases(s: DemoSettings, seed: int, H: int, W: int) -> list[_TestCase]:
+    """The demo's `s.eval_cases` held-out (mannequin clip, person) pairs (seeds seed + 1000 k); the first is shown."""
+    return [_make_test_case(seed + 1000 * k, s.test_frames, H, W, 2) for k in range(s.eval_cases)]
+
+
+def identity_runs(model: M2HModel, encoders: FrozenEncoders, case: _TestCase, s: DemoSettings, seed: int
+                  ) -> tuple[list[_TestCase], list[torch.Tensor]]:
+    """The shown clip worn by `s.identity_sheet_people` other held-out people: (their cases, the model's frames)."""
+    H, W = case.mannequin.shape[-2:]
+    nf = min(s.num_frames, s.test_frames)
+    people = _identity_variants(case, s.identity_sheet_people, seed, H, W, nf)
+    ss = sampler_settings(s, seed)
+    return people, [sample_video(model, encoders, case.video(nf), p.identity(), ss).frames for p in people]
+
+
 def _region_colours(frames: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
     """Mean RGB (in [0, 1]) of each frame over its mask; NaN where the mask is empty. -> (N, 3)."""
     f = frames.permute(0, 2, 3, 1).numpy().astype(np.float64)
@@ -527,10 +542,11 @@ def demo_model_config(s: DemoSettings):
 
 
 def train_demo_model(s: DemoSettings, cfg, encoders: FrozenEncoders, clips: list[SyntheticClip], seed: int,
-                     device: torch.device, say: Callable[[str], None] = print
-                     ) -> tuple[M2HModel, M2HModel, list[dict]]:
-    """Train the tiny M2H model from random init with the real trainer (`Trainer`: L_diff + pixel mirror loss,
-    condition dropout, Adam) for `s.train_steps` steps on `clips`. -> (trained, the same model untrained, logs)."""
+                     device: torch.device, say: Callable[[str], None] = print,
+                     init: dict[str, torch.Tensor] | None = None) -> tuple[M2HModel, M2HModel, list[dict]]:
+    """Train the tiny M2H model from random init (or from the weights `init`, e.g. the shipped pretrained model's) with
+    the real trainer (`Trainer`: L_diff + pixel mirror loss, condition dropout, Adam) for `s.train_steps` steps on
+    `clips`. -> (trained, the same model before training, logs)."""
     from accelerate import Accelerator
 
     from ..training.config import TrainConfig
@@ -540,6 +556,8 @@ def train_demo_model(s: DemoSettings, cfg, encoders: FrozenEncoders, clips: list
     H, W = cfg.height, cfg.width
     torch.manual_seed(seed)
     model = M2HModel(cfg)
+    if init is not None:
+        model.load_state_dict(init)
     untrained = copy.deepcopy(model).eval()
     tmp = tempfile.TemporaryDirectory(prefix="m2h_demo_train_")
     tc = TrainConfig(preset="tiny", random_init=True, synthetic_clips=len(clips),
@@ -665,7 +683,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
                 say(f"[4/5 sample] no pretrained model: {e}")
         models["trained"] = (model, encoders)
         models["untrained"] = (untrained.to(dev), encoders)
-        cases = [case] + [_make_test_case(seed + 1000 * k, s.test_frames, H, W, 2) for k in range(1, s.eval_cases)]
+        cases = [case] + heldout_test_cases(s, seed, H, W)[1:]
         results: dict[str, list[torch.Tensor]] = {}
         for name, (m, enc) in models.items():
             say(f"[4/5 sample] {name} model: {len(cases)} held-out pairs x {s.test_frames} frames, "
@@ -674,14 +692,9 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         best = "pretrained" if "pretrained" in models else "trained"
         id_columns, id_results, id_cases = [], [], []
         if s.identity_sheet_people > 0:  # the same mannequin clip with other held-out people
-            nf = min(s.num_frames, s.test_frames)
-            m, enc = models[best]
-            for person in _identity_variants(case, s.identity_sheet_people, seed, H, W, nf):
-                r = sample_video(m, enc, case.video(nf), person.identity(), settings_s)
-                id_columns.append((_to_uint8(person.identity_image[None])[0], _to_uint8(r.frames),
-                                   _to_uint8(person.ground_truth)))
-                id_results.append(r.frames)
-                id_cases.append(person)
+            id_cases, id_results = identity_runs(*models[best], case, s, seed)
+            id_columns = [(_to_uint8(p.identity_image[None])[0], _to_uint8(r), _to_uint8(p.ground_truth))
+                          for p, r in zip(id_cases, id_results)]
             say(f"[4/5 sample] the shown clip with {s.identity_sheet_people} more held-out people ({best} model)")
         stages["sample"] = time.perf_counter() - t0
 

@@ -17,6 +17,7 @@ CONTEXT_OVERLAP = 4
 # layers once per frame and the motion modules per window; memory is O(chunk), not O(video). A value <= the context
 # window (0 included) = one window per call, the per-window path (every window a whole UNet pass).
 CHUNK_FRAMES = 32
+BATCH_CFG = True  # CFG's conditional and unconditional passes as one UNet call (2x the batch)
 POSE_STRENGTH = 1.0  # scale of E_pose's residual on the UNet input (paper: 1)
 IDENTITY_STRENGTH = 1.0  # scale of A's identity branch after its re-normalisation, Eq. 3 (paper: 1)
 STRENGTH_MAX = 2.0

@@ -64,6 +64,9 @@ class SamplerSettings:
     # at most this many frames per UNet call (a chunk of windows: spatial layers once per frame, motion modules per
     # window); <= context_frames (0 included) = one window per call, the per-window path
     chunk_frames: int = defaults.CHUNK_FRAMES
+    # classifier-free guidance's two passes as one batched UNet call (2x the activations per call); False: two calls
+    # of chunk_frames each, the unconditional one with a single zero token per adapter layer (same numbers)
+    batch_cfg: bool = defaults.BATCH_CFG
     pose_strength: float = defaults.POSE_STRENGTH  # scales E_pose's residual (paper: 1)
     identity_strength: float = defaults.IDENTITY_STRENGTH  # scales A's re-normalised identity branch (paper: 1)
 
@@ -209,10 +212,10 @@ def classifier_free_batch(cond: M2HConditioning, batch: int) -> bool:
 
 def guided_epsilon(model: M2HModel, z: torch.Tensor, t: torch.Tensor, cond: M2HConditioning,
                    index: torch.Tensor | None, guidance_scale: float,
-                   motion_windows: MotionWindows | None = None) -> torch.Tensor:
+                   motion_windows: MotionWindows | None = None, batch_cfg: bool = True) -> torch.Tensor:
     """Epsilon for a window (or a chunk of windows: `motion_windows`). CFG runs exactly when `cond` is a 2B
     classifier-free batch (built from `SamplerSettings.classifier_free`); a scale that disagrees with the batch is
-    an error."""
+    an error. batch_cfg: both branches in one UNet call; False: one call each (`M2HConditioning.branches`)."""
     paired = classifier_free_batch(cond, z.shape[0])
     if paired != (guidance_scale != 1.0):
         raise ValueError(f"guidance scale {guidance_scale} but the conditioning was built "
@@ -220,7 +223,12 @@ def guided_epsilon(model: M2HModel, z: torch.Tensor, t: torch.Tensor, cond: M2HC
                          "classifier_free=SamplerSettings.classifier_free")
     if not paired:
         return _denoise(model, z, t, cond, index, motion_windows).float()
-    eps_c, eps_u = _denoise(model, torch.cat([z, z]), t, cond, index, motion_windows).float().chunk(2)
+    if batch_cfg:
+        eps_c, eps_u = _denoise(model, torch.cat([z, z]), t, cond, index, motion_windows).float().chunk(2)
+    else:
+        conditional, unconditional = cond.branches()
+        eps_c = _denoise(model, z, t, conditional, index, motion_windows).float()
+        eps_u = _denoise(model, z, t, unconditional, index, motion_windows).float()
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 
@@ -253,7 +261,8 @@ def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[
     for step, t in enumerate(scheduler.timesteps):
         model_in = scheduler.scale_model_input(latents, t)
         if len(plan) == 1:  # the video is one window, or one chunk of windows
-            eps = guided_epsilon(model, model_in, t, cond, None, settings.guidance_scale, plan[0].motion)
+            eps = guided_epsilon(model, model_in, t, cond, None, settings.guidance_scale, plan[0].motion,
+                                 settings.batch_cfg)
         else:
             eps = torch.zeros_like(latents)
             for chunk in plan:
@@ -261,7 +270,8 @@ def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[
                     raise SamplingCancelled(f"cancelled at step {step + 1}/{len(scheduler.timesteps)}")
                 idx = chunk.index
                 eps[:, idx] += chunk.weight * guided_epsilon(model, model_in[:, idx], t, cond, idx,
-                                                             settings.guidance_scale, chunk.motion)
+                                                             settings.guidance_scale, chunk.motion,
+                                                             settings.batch_cfg)
             eps = eps / total
         if not torch.isfinite(eps).all():
             raise SamplingError(f"the model produced NaN/inf at step {step + 1}; in fp16 try bf16 or fp32, "

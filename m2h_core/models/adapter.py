@@ -102,6 +102,22 @@ class AdapterKV:
             self.cache[key] = out
         return out
 
+    def branch(self, uncond: bool) -> "AdapterKV":
+        """One half of a classifier-free pair as its own batch (the sampler's separate CFG passes): the conditional
+        tokens, or the unconditional branch as ONE zero token per set. Zero tokens all have the same key and value,
+        so attention over one of them gives exactly what attention over all of them gives (the value); its
+        projections are a few bytes per frame. In whole-video mode the stored halves are sliced instead."""
+        if not self.uncond:
+            raise ValueError("branch() splits a classifier-free pair; these keys/values have no unconditional half")
+        if self.kv:
+            half = next(iter(self.kv.values()))[0].shape[0] // 2
+            part = slice(half, None) if uncond else slice(0, half)
+            return AdapterKV({n: tuple(t[part] for t in ts) for n, ts in self.kv.items()})
+        toks = self.tokens
+        if uncond:
+            toks = tuple(t.new_zeros(*t.shape[:2], 1, t.shape[3]) for t in toks)
+        return AdapterKV({}, toks, self.layers, False, self.cache_bytes)
+
     @property
     def cached_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for win in self.cache.values() for ts in win.values() for t in ts)

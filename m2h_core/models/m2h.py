@@ -18,7 +18,7 @@ Training drops them together with probability `cond_dropout` so the model learns
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch import nn
@@ -90,6 +90,7 @@ class M2HConditioning:
     latent_channels: int
     identity_strength: float = 1.0  # sampling knob: scale of A's identity branch after Eq. 3 (paper: 1)
     skip: torch.Tensor | None = None  # (B', F, c, h, w) f_c, added to the UNet's output (cfg.clothing_skip)
+    _branches: tuple | None = field(default=None, repr=False)  # `branches()`, made on first use
 
     @property
     def num_frames(self) -> int:
@@ -101,6 +102,17 @@ class M2HConditioning:
         if self.identity_strength != 1.0:
             kv = {**kv, IDENTITY_STRENGTH: float(self.identity_strength)}
         return base, kv
+
+    def branches(self) -> tuple["M2HConditioning", "M2HConditioning"]:
+        """(conditional, unconditional) halves of a classifier-free batch, each its own conditioning (made once and
+        kept, so each half's key/value window cache lives across steps): for the sampler's separate CFG passes,
+        which hold half the activations of one batched call. See `AdapterKV.branch`."""
+        if self._branches is None:
+            b = self.unet_input.shape[0] // 2
+            self._branches = tuple(replace(self, unet_input=self.unet_input[part], kv=self.kv.branch(uncond),
+                                           skip=None if self.skip is None else self.skip[part], _branches=None)
+                                   for uncond, part in ((False, slice(0, b)), (True, slice(b, None))))
+        return self._branches
 
     def skip_window(self, index: torch.Tensor | slice | None) -> torch.Tensor | None:
         return None if self.skip is None or index is None else self.skip[:, index]
