@@ -157,7 +157,7 @@ class StandIn(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(1))
         self.fn = fn
 
-    def denoise(self, z, t, cond, frames=None):
+    def denoise(self, z, t, cond, frames=None, **_):
         return self.fn(z, t, frames)
 
 
@@ -167,7 +167,9 @@ def test_chunked_sampler_equals_the_hand_written_chunk_blend(motion_model):
     [1/3, 2/3, 1, 1, 1, 1] on frames 4-9)."""
     cfg, model, cond = motion_model
     shape = (1, N, cfg.unet.latent_channels, *cfg.latent_size)
-    s = SamplerSettings(steps=2, guidance_scale=3.0, seed=2, context_frames=4, context_overlap=2, chunk_frames=6)
+    # batched CFG: the stand-in below answers for the [conditional; unconditional] batch
+    s = SamplerSettings(steps=2, guidance_scale=3.0, seed=2, context_frames=4, context_overlap=2, chunk_frames=6,
+                        batch_cfg=True)
     chunk_weight = {0: [1, 1, 1, 1, 2 * third, third], 4: [third, 2 * third, 1, 1, 1, 1]}
 
     def hand_blend(z, t, frames):
@@ -185,16 +187,19 @@ def test_chunked_sampler_equals_the_hand_written_chunk_blend(motion_model):
         want = denoise_latents(StandIn(cfg, hand_blend), cond, shape,
                                dataclasses.replace(s, guidance_scale=3.0, context_frames=N))
         per_window = denoise_latents(model, cond, shape, dataclasses.replace(s, chunk_frames=4))
+        split = denoise_latents(model, cond, shape, dataclasses.replace(s, batch_cfg=False))  # two CFG calls
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(split, got, rtol=1e-4, atol=1e-4)
     assert (got - per_window).abs().max() > 1e-3  # chunks are not the per-window path
 
 
 def test_one_window_per_chunk_is_the_per_window_path_bitwise(motion_model):
     """chunk_frames <= context_frames reproduces, bit for bit, the sampler before chunks: a loop over windows, each a
-    whole UNet call, blended at the output with the ramps and normalised per frame (written out here)."""
+    whole UNet call, blended at the output with the ramps and normalised per frame (written out here, CFG batched)."""
     cfg, model, cond = motion_model
     shape = (1, N, cfg.unet.latent_channels, *cfg.latent_size)
-    s = SamplerSettings(steps=3, guidance_scale=3.0, seed=4, context_frames=4, context_overlap=2, chunk_frames=4)
+    s = SamplerSettings(steps=3, guidance_scale=3.0, seed=4, context_frames=4, context_overlap=2, chunk_frames=4,
+                        batch_cfg=True)
     with torch.no_grad():
         got = denoise_latents(model, cond, shape, s)
         scheduler = make_scheduler("ddim", prediction_type=cfg.prediction_type)

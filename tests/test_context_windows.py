@@ -95,7 +95,7 @@ class StandIn(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(1))  # the sampler reads the device from the parameters
         self.fn = fn
 
-    def denoise(self, z, t, cond, frames=None):
+    def denoise(self, z, t, cond, frames=None, **_):
         return self.fn(z, t, frames)
 
 

@@ -104,3 +104,22 @@ def test_branches_need_a_classifier_free_pair(model, inputs):
         cond = model.encode_conditions(inputs)
     with pytest.raises(ValueError, match="no unconditional half"):
         cond.branches()
+
+
+def test_separate_cfg_calls_share_the_first_self_attention(model, inputs):
+    """The two calls of a CFG pair have the same UNet input up to the first cross-attention: the first call leaves
+    the first spatial self-attention's output in the shared dict and the second takes it (same result as computing
+    it again)."""
+    with torch.no_grad():
+        conditional, unconditional = model.encode_conditions(inputs, classifier_free=True).branches()
+        z = torch.randn(1, 6, *inputs.clothing_latents.shape[2:], generator=torch.Generator().manual_seed(0))
+        t, idx = torch.tensor(500), torch.arange(6)
+        shared: dict = {}
+        model.denoise(z, t, conditional, frames=idx, shared_first=shared)
+        assert shared["out"].shape[0] == 6  # one frame-batch of the first spatial self-attention's output
+        reused = model.denoise(z, t, unconditional, frames=idx, shared_first=shared)
+        assert not shared  # taken by the second call
+        fresh = model.denoise(z, t, unconditional, frames=idx)
+        other = model.denoise(z + 0.5, t, unconditional, frames=idx)
+    torch.testing.assert_close(reused, fresh, rtol=0, atol=1e-5)
+    assert (other - fresh).abs().max() > 1e-2

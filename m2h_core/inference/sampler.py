@@ -5,10 +5,13 @@ typed, already-checked `VideoInputs` and `IdentityInputs` of `inputs.py`; defaul
 
 - Everything that does not depend on the timestep (VAE of the clothing frames, CLIP tokens, E_pose, E_id, H and
   the adapter's key/value projections) is computed once per video by `M2HModel.encode_conditions`.
-- Classifier-free guidance (default 7.5): the conditional and unconditional branches run as one batch; the
-  unconditional branch drops the identity tokens f_pi and the CLIP clothing tokens (see `models/m2h.py`). Whether
-  CFG runs is decided once (`SamplerSettings.classifier_free`): it builds the 2B conditioning batch, and
-  `guided_epsilon` reads it back from that batch (a mismatch with the scale is an error, never a silent mix).
+- Classifier-free guidance (default 7.5): the unconditional branch drops the identity tokens f_pi and the CLIP
+  clothing tokens (see `models/m2h.py`). Whether CFG runs is decided once (`SamplerSettings.classifier_free`): it
+  builds the 2B conditioning batch, and `guided_epsilon` reads it back from that batch (a mismatch with the scale is
+  an error, never a silent mix). `batch_cfg=True` runs both branches as one batched UNet call; False runs them as
+  two calls of the same frames (`M2HConditioning.branches`): half the activations per call, the same numbers (the
+  unconditional call attends to one zero token, which is what attention over all-zero tokens gives, and reuses the
+  conditional call's first spatial self-attention, which precedes every token).
 - Any number of frames: the model sees `context_frames` at a time; overlapping windows (no wrap-around, the
   last window aligned to the end) are blended with linear ramps over the overlap, so there is no seam at window
   edges. Consecutive windows are grouped into chunks of at most `chunk_frames` frames: one UNet call per chunk runs
@@ -227,15 +230,17 @@ def guided_epsilon(model: M2HModel, z: torch.Tensor, t: torch.Tensor, cond: M2HC
         eps_c, eps_u = _denoise(model, torch.cat([z, z]), t, cond, index, motion_windows).float().chunk(2)
     else:
         conditional, unconditional = cond.branches()
-        eps_c = _denoise(model, z, t, conditional, index, motion_windows).float()
-        eps_u = _denoise(model, z, t, unconditional, index, motion_windows).float()
+        shared: dict = {}  # the first spatial self-attention, computed once for both (adapter.SHARED_FIRST)
+        eps_c = _denoise(model, z, t, conditional, index, motion_windows, shared).float()
+        eps_u = _denoise(model, z, t, unconditional, index, motion_windows, shared).float()
     return eps_u + guidance_scale * (eps_c - eps_u)
 
 
-def _denoise(model, z, t, cond, index, motion_windows):
+def _denoise(model, z, t, cond, index, motion_windows, shared_first=None):
+    kw = {} if shared_first is None else {"shared_first": shared_first}
     if motion_windows is None:  # (stand-in models of the tests take no motion_windows)
-        return model.denoise(z, t, cond, frames=index)
-    return model.denoise(z, t, cond, frames=index, motion_windows=motion_windows)
+        return model.denoise(z, t, cond, frames=index, **kw)
+    return model.denoise(z, t, cond, frames=index, motion_windows=motion_windows, **kw)
 
 
 @torch.no_grad()

@@ -31,6 +31,8 @@ Two exact shortcuts of the classifier-free batch [conditional; unconditional] (s
   conditional half only. (Likewise a single key, as f_clip's one token: the output is its value; without grad.)
 - `SHARED_HALVES`: the two halves have the same UNet input (z_t, f_c, pose, timestep), so everything before the
   first cross-attention is the same for both: the first spatial self-attention runs on one half and is repeated.
+  When the halves run as two calls (the sampler's `batch_cfg=False`), `SHARED_FIRST` carries that attention's
+  output from the conditional call to the unconditional one.
 """
 
 from __future__ import annotations
@@ -139,6 +141,9 @@ def _window_key(index: torch.Tensor | slice | None, num_frames: int) -> tuple:
 TOKENS = "__tokens__"  # m2h_kv key of the lazy (f_clip, f_pi) tokens
 UNCOND_HALF = "__uncond_half__"  # m2h_kv key: the batch's second half is the unconditional (zero-token) branch
 SHARED_HALVES = "__shared_halves__"  # m2h_kv key: the batch's two halves have the same UNet input (a CFG pair)
+# m2h_kv key: a dict shared by the two calls of a CFG pair run separately (same UNet input): the first call leaves the
+# first spatial self-attention's output in it, the second takes it instead of recomputing
+SHARED_FIRST = "__shared_first__"
 IDENTITY_STRENGTH = "__identity_strength__"  # m2h_kv key: scale of z_pi after Eq. 3 (default 1)
 
 
@@ -146,7 +151,8 @@ class PassThroughProcessor(AttnProcessor2_0):
     """diffusers' SDPA processor that accepts (and ignores) `m2h_kv`, so self-attention stays silent.
 
     first_spatial: this is the UNet's first spatial self-attention (nothing before it sees the tokens): with
-    `SHARED_HALVES` it runs on the batch's first half and repeats the result."""
+    `SHARED_HALVES` it runs on the batch's first half and repeats the result; with `SHARED_FIRST` it runs in the
+    first of two calls and the second reuses its output."""
 
     def __init__(self, first_spatial: bool = False):
         super().__init__()
@@ -158,6 +164,12 @@ class PassThroughProcessor(AttnProcessor2_0):
                 and attention_mask is None and temb is None and hidden_states.shape[0] % 2 == 0):
             out = super().__call__(attn, hidden_states[: hidden_states.shape[0] // 2])
             return torch.cat([out, out])
+        shared = m2h_kv.get(SHARED_FIRST) if self.first_spatial and m2h_kv is not None else None
+        if shared is not None and encoder_hidden_states is None and attention_mask is None and temb is None:
+            out = shared.pop("out", None)
+            if out is None or out.shape != hidden_states.shape:
+                out = shared["out"] = super().__call__(attn, hidden_states)
+            return out
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 

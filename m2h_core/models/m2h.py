@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..config import M2HConfig
-from .adapter import IDENTITY_STRENGTH, SHARED_HALVES, UNCOND_HALF, AdapterKV, project_all
+from .adapter import IDENTITY_STRENGTH, SHARED_FIRST, SHARED_HALVES, UNCOND_HALF, AdapterKV, project_all
 from .head_encoder import HeadEncoder
 from .id_encoder import IdentityEncoder
 from .pose_encoder import PoseEncoder
@@ -195,13 +195,15 @@ class M2HModel(nn.Module):
     # -- once per step ---------------------------------------------------------------------------------------
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: M2HConditioning,
                 frames: torch.Tensor | slice | None = None,
-                motion_windows: MotionWindows | None = None) -> torch.Tensor:
+                motion_windows: MotionWindows | None = None, shared_first: dict | None = None) -> torch.Tensor:
         """z_t (B', Fw, c, h, w) for the frames `frames` of the conditioned video -> the prediction (ε, v or x̂_0 as
         `cfg.prediction_type` says), same shape; with `cfg.clothing_skip` x̂_0 = UNet(...) + f_c.
 
         B' is the conditioning's batch (2B for classifier-free batches: pass z_t already repeated).
         motion_windows: the Fw frames are a chunk of several context windows (spatial layers once per frame, motion
         modules per window, see `unet.windowed_motion`); None: they are one window.
+        shared_first: the same dict for the two calls of a CFG pair run separately, with the same z_t, t and frames
+        (sampling): the second reuses the first's first spatial self-attention (adapter.SHARED_FIRST).
         """
         base, kv = cond.window(frames)
         if z_t.shape[0] != base.shape[0] or z_t.shape[1] != base.shape[1]:
@@ -214,6 +216,8 @@ class M2HModel(nn.Module):
             # cross-attention compute the same for both (adapter.SHARED_HALVES)
             half = z_t.shape[0] // 2
             kv = {**kv, UNCOND_HALF: True, **({SHARED_HALVES: True} if torch.equal(z_t[:half], z_t[half:]) else {})}
+        if shared_first is not None and not torch.is_grad_enabled():
+            kv = {**kv, SHARED_FIRST: shared_first}
         sample = torch.cat([base[:, :, :c] + z_t.to(base.dtype), base[:, :, c:]], dim=2)
         t = torch.as_tensor(t, device=z_t.device)
         if t.ndim == 0:
