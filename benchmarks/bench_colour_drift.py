@@ -14,7 +14,7 @@ the demo ships, or a checkpoint (`--checkpoint`, e.g. one written by `m2h demo`)
                                            [--static] [--checkpoint m2h_demo_out/m2h_tiny.safetensors]
                                            [--ramp-power 2] [--chunk-frames N]
 
-Chunks of windows (`SamplerSettings.chunk_frames`, default 32): one UNet call per chunk, the windows blended inside
+Chunks of windows (`SamplerSettings.chunk_frames`, default 64): one UNet call per chunk, the windows blended inside
 every motion module; chunks are blended at the output as windows are. The transitions at chunk edges (where a chunk
 starts or ends, a subset of the window edges) are reported on their own as well. --chunk-frames 8 (= the context)
 is the per-window path.

@@ -1,6 +1,7 @@
 """Sampler speed and memory (issue 3), tiny preset on the CPU. Prints figures; asserts nothing.
 
-overhead = sampler wall time / (steps x one bare UNet forward on the same batch)        target <= 1.10
+overhead = sampler wall time / (steps x the bare UNet calls of one step: the [cond; uncond] batch, or the two CFG
+           calls with SamplerSettings.batch_cfg False, the default)                      target <= 1.10
 naive    = the same for a straightforward sampler: separate cond / uncond passes, conditioning recomputed
            every step
 memory   = peak RSS of a whole `sample_video` call for 64 frames / for 16 frames   target <= 1.25 (the peak is
@@ -10,11 +11,11 @@ vs diffusers (issue 15): diffusers' own `AnimateDiffPipeline` on a UNet of the s
            FreeNoise context windows of the same length and stride as ours, DDIM, CFG 7.5, for 16 and 64 frames:
            wall time per denoising step (median over steps, both pipelines timed alternately in one process, so
            load from other processes hits both alike) and peak RSS of a whole call including the VAE decode (one
-           subprocess each). Printed as ours / theirs: < 1 is better. Ours runs with `chunk_frames` (default:
-           SamplerSettings', 32 frames; --chunk-frames 8 = one window per UNet call, the
-           per-window path). Both run CFG as one batch; ours takes the exact CFG shortcuts of adapter.py (the first
-           spatial self-attention once for both halves, no attention over the unconditional branch's zero tokens),
-           and the bare-UNet timing of `overhead` is of the same [z; z] pair the sampler passes.
+           subprocess each). Printed as ours / theirs: < 1 is better. Ours runs with SamplerSettings' defaults
+           (`chunk_frames` 64, `batch_cfg` False: CFG's two passes as two calls) unless --chunk-frames / --batch-cfg
+           say otherwise (--chunk-frames 8 = one window per UNet call, the per-window path). Diffusers runs CFG as
+           one batch; ours takes the exact CFG shortcuts of adapter.py (the first spatial self-attention once for
+           both passes, no attention over the unconditional branch's zero tokens).
 
     python benchmarks/bench_sampler.py [--steps 50] [--preset tiny] [--threads 1] [--no-diffusers]
     python benchmarks/bench_sampler.py --diffusers-only --threads 1 [--vs-steps 4] [--chunk-frames N]
@@ -79,13 +80,23 @@ def speed(cfg, steps):
     model, enc = M2HModel(cfg).eval(), FrozenEncoders.random(cfg)
     n = cfg.num_frames
     args = inputs(cfg, n)
-    settings = SamplerSettings(steps=steps, context_frames=n)
+    settings = SamplerSettings(steps=steps, context_frames=n, **chunk_kw())
     with torch.no_grad():
         inp = enc.make_inputs(*(a[None] for a in args[:5]), args[5][None])
         cond = model.encode_conditions(inp, classifier_free=True)
-        z = torch.randn(1, n, 4, *cfg.latent_size).repeat(2, 1, 1, 1, 1)  # the CFG pair the sampler passes
-        model.denoise(z, torch.tensor(500), cond)  # warm-up
-        unet = best_of(lambda: model.denoise(z, torch.tensor(500), cond), 5)
+        z = torch.randn(1, n, 4, *cfg.latent_size)
+        t = torch.tensor(500)
+        if settings.batch_cfg:  # the CFG pair the sampler passes, as one batch
+            bare = lambda: model.denoise(torch.cat([z, z]), t, cond)  # noqa: E731
+        else:  # the sampler's two calls (the second reuses the first's first self-attention)
+            c, u = cond.branches()
+
+            def bare():
+                shared: dict = {}
+                model.denoise(z, t, c, shared_first=shared)
+                model.denoise(z, t, u, shared_first=shared)
+        bare()  # warm-up
+        unet = best_of(bare, 5)
     sample_video(model, enc, *args, settings=SamplerSettings(steps=2, context_frames=n))  # warm-up
     ours = best_of(lambda: sample_video(model, enc, *args, settings=settings))
     naive = best_of(lambda: naive_sample(model, enc, args, settings))
@@ -303,7 +314,7 @@ def main():
           f"threads={torch.get_num_threads()}")
     if not a.memory_only:
         unet, ours, naive = speed(cfg, a.steps)
-        print(f"one UNet forward (cond+uncond batch): {unet * 1e3:.1f} ms")
+        print(f"the UNet calls of one step (CFG {'one batch' if SamplerSettings(**chunk_kw()).batch_cfg else 'two calls'}): {unet * 1e3:.1f} ms")
         print(f"sampler:  {ours:.2f} s  = {ours / (a.steps * unet):.2f} x steps*UNet")
         print(f"naive:    {naive:.2f} s  = {naive / (a.steps * unet):.2f} x steps*UNet")
     mem_steps = a.steps if a.memory_only else 2

@@ -79,10 +79,10 @@ def score_heldout(model: M2HModel, encoders: FrozenEncoders, *, eval_cases: int 
 
 def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = 4000, n_clips: int = 64, seed: int = 4321,
              progress: Callable[[str], None] | None = print, start_from: str | Path | None = None,
-             lr: float | None = None) -> dict:
+             lr: float | None = None, unet_channels: tuple[int, ...] | None = None) -> dict:
     """Train the demo's model for `steps` on `n_clips` clips of seed `seed`, score it, save it (atomic write).
     start_from: continue from this pretrained file's weights (its metadata's history is kept); lr: peak learning rate
-    (default DemoSettings.lr)."""
+    (default DemoSettings.lr); unet_channels: the UNet's widths (default DemoSettings.unet_channels)."""
     import torch
 
     from ..checkpoint import save_checkpoint
@@ -94,6 +94,8 @@ def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = 4000, n_clips: int =
     s = DemoSettings(train_steps=steps, n_train_clips=n_clips)
     if lr is not None:
         s.lr = lr
+    if unet_channels:
+        s.unet_channels = tuple(unet_channels)
     init, history = None, []
     if start_from is not None:
         base, _, base_meta = load_pretrained(start_from)
@@ -119,6 +121,7 @@ def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = 4000, n_clips: int =
             "seconds": round(seconds), "heldout": figures, "loss_per_100_steps": curve,
             "command": f"python -m m2h_core.demo.pretrained --steps {steps} --clips {n_clips} --seed {seed}"
                        + (f" --lr {s.lr:g}" if lr is not None else "")
+                       + (f" --unet-channels {','.join(map(str, s.unet_channels))}" if unet_channels else "")
                        + (" --start-from FILE (the previous file: history)" if start_from is not None else "")}
     if history:
         meta["history"] = history
@@ -145,10 +148,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (0: PyTorch's default)")
     ap.add_argument("--start-from", default=None, help="continue the training of this pretrained file")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the demo's)")
+    ap.add_argument("--unet-channels", default=None, help="the UNet's widths, e.g. 32,64 (default: the demo's)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    pretrain(a.out, steps=a.steps, n_clips=a.clips, seed=a.seed, start_from=a.start_from, lr=a.lr)
+    channels = tuple(int(v) for v in a.unet_channels.split(",")) if a.unet_channels else None
+    pretrain(a.out, steps=a.steps, n_clips=a.clips, seed=a.seed, start_from=a.start_from, lr=a.lr,
+             unet_channels=channels)
 
 
 if __name__ == "__main__":
