@@ -22,8 +22,8 @@
               the head of x_id (`identity_input="head"`).
 4. sample   - the real sampler (`m2h_core.inference.sampler.sample_video`, DDIM 20 + CFG 1.5, context windows) on
               `eval_cases` held-out (mannequin clip, person) pairs, for three models: the shipped pretrained tiny M2H
-              model (`m2h_core.demo.pretrained`: the same config, trainer and settings for 4000 steps on 64 clips,
-              ~55 min on one core; "what it can do"), the model trained here and the same model untrained.
+              model (`m2h_core.demo.pretrained`: the same trainer and settings at twice the UNet widths, 4000 steps
+              on 256 clips, ~21 min on one core; "what it can do"), the model trained here and that model untrained.
 5. write    - result video (the pretrained model's), contact sheet, identity sheet, checkpoint, README.txt and
               metrics.json: every model vs the VAE ceiling per pair (`heldout_cases`) and mean (`heldout_mean`),
               `identity.face_colour_correlation` / `identity.hair_colour_correlation` across the identity sheet's
@@ -33,7 +33,8 @@ What moved the result earlier (v-prediction, the attention VAE; one held-out cli
 shipped VAE instead of a 1000-step one, the identity embedding's linear attribute part, lr 2e-3 instead of 1e-3 and
 1500 steps instead of 600 (face colour correlation 0.48, clothing 11.6 -> 13.1 dB). The mirror loss on the whole head
 without ᾱ weighting trades clothing for identity (alpha 3: the default; alpha 10: clothing 11.7 dB). Not helping:
-96-200 training identities, a wider UNet (32/64), lr 3e-3, batch 1 x 2400 steps.
+96-200 training identities, a wider UNet (32/64) at these step counts (it helps the longer-trained shipped model),
+lr 3e-3, batch 1 x 2400 steps.
 
 Why the garment was not kept, and what changed (issue 12; `benchmarks/probe_demo.py`, 3 held-out pairs, clothing
 PSNR of the model's own output, VAE ceiling in brackets):
@@ -52,11 +53,13 @@ PSNR of the model's own output, VAE ceiling in brackets):
   28.9: the model draws texture and soft edges over a garment its input shows plain, and even its one-step x0 from
   the noised ground truth at t = 200 is 20.9 there. Input perturbation (`input_perturbation` 0.1, Ning et al. 2023)
   gave 14.7 (18.3) but identity 0.89 / 0.81: off.
-- The shipped pretrained model (4000 steps, 64 clips, `python -m m2h_core.demo.pretrained`): 14.6 (18.3), per
-  pair 12.7 / 12.1 / 19.1, SSIM 0.45 (0.61), face / hair colour correlation 0.97 / 0.87. Left: 3.7 dB to the ceiling
-  (target 1.5), SSIM 0.16 under it (target 0.1), hair 0.87 (target 0.9). Next: the plain-garment texture (a
-  garment-weighted L_diff or a pixel loss on the garment, a longer pretraining) and a larger demo size whose VAE
-  keeps stripes.
+- The first shipped pretrained model (4000 steps, 64 clips): 14.6 (18.3), per pair 12.7 / 12.1 / 19.1, SSIM 0.45
+  (0.61), face / hair colour correlation 0.97 / 0.87. Twice the UNet widths on 256 clips (the shipped one now,
+  `python -m m2h_core.demo.pretrained`; its docstring has the table): 15.5 (18.3), per pair 12.5 / 12.2 / 21.7, SSIM
+  0.50, face / hair 0.98 / 0.95. Left: 2.8 dB to the ceiling (target 1.5), SSIM 0.11 under it (target 0.1), all of
+  it on the plain sleeveless dress, where the model draws sleeves over bare arms and a narrower hem than its input
+  shows (its 2-px boundary band 18.9 vs 26.4 dB). Next: more clips and capacity (the trend held), a garment-weighted
+  loss on the boundary, and a larger demo size whose VAE keeps stripes.
 
 Parameterisation: the demo's model predicts x0 written relative to the clothing latents,
 x̂_0 = UNet(...) + f_c (`M2HConfig.clothing_skip`, prediction_type "sample"; its output layer starts at zero, so the
@@ -116,7 +119,7 @@ STAND_INS = (
             "it), instead of SD-1.5's pretrained VAE (8x down)"),
     ("UNet + motion modules", "the tiny preset's 2-level UNet with AnimateDiff-style motion modules, trained from "
                               "random init (here for minutes; the shipped pretrained one, m2h_core/demo/assets/"
-                              "tiny_m2h.safetensors, for about an hour on one core) instead of SD-1.5's UNet + "
+                              "tiny_m2h.safetensors, at twice the widths for ~21 min on one core) instead of SD-1.5's UNet + "
                               "AnimateDiff v2 (~1.4 B parameters) fine-tuned"),
     ("VGG for the mirror loss", "not used: the perceptual term is off (beta = 0); the mirror loss keeps its "
                                 "pixel term (alpha) on the face region"),
