@@ -484,9 +484,10 @@ def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> s
         "pixel mirror loss, %s steps); then the real sampler turned HELD-OUT mannequin clips (clothing frames," % steps,
         "clothing masks and body poses from the mannequin rendering) into people with HELD-OUT identities (identity",
         "image, landmark image and embedding of a different person), with that model, the same model untrained and",
-        "(if shipped) the pretrained tiny M2H model: the same trainer and settings run for %s steps on more clips"
-        % pre.get("train_steps", "more"),
-        "(`python -m m2h_core.demo.pretrained`). The ground truth is the same outfit + motion rendered as a human",
+        "(if shipped) the pretrained tiny M2H model: the same trainer and settings run for %s steps on %s clips,"
+        % (pre.get("train_steps", "more"), pre.get("n_clips", "more")),
+        "made by `%s`." % pre.get("command", "python -m m2h_core.demo.pretrained"),
+        "The ground truth is the same outfit + motion rendered as a human",
         "with that identity.",
         "",
         "Files:",
