@@ -22,8 +22,8 @@
               the head of x_id (`identity_input="head"`).
 4. sample   - the real sampler (`m2h_core.inference.sampler.sample_video`, DDIM 20 + CFG 1.5, context windows) on
               `eval_cases` held-out (mannequin clip, person) pairs, for three models: the shipped pretrained tiny M2H
-              model (`m2h_core.demo.pretrained`: the same trainer and settings at twice the UNet widths, 4000 steps
-              on 256 clips, ~21 min on one core; "what it can do"), the model trained here and that model untrained.
+              model (`m2h_core.demo.pretrained`: the same trainer and settings at twice the UNet widths, 8000 steps
+              on 256 clips, ~45 min on one core; "what it can do"), the model trained here and that model untrained.
 5. write    - result video (the pretrained model's), contact sheet, identity sheet, checkpoint, README.txt and
               metrics.json: every model vs the VAE ceiling per pair (`heldout_cases`) and mean (`heldout_mean`),
               `identity.face_colour_correlation` / `identity.hair_colour_correlation` across the identity sheet's
@@ -55,9 +55,9 @@ PSNR of the model's own output, VAE ceiling in brackets):
   gave 14.7 (18.3) but identity 0.89 / 0.81: off.
 - The first shipped pretrained model (4000 steps, 64 clips): 14.6 (18.3), per pair 12.7 / 12.1 / 19.1, SSIM 0.45
   (0.61), face / hair colour correlation 0.97 / 0.87. Twice the UNet widths on 256 clips (the shipped one now,
-  `python -m m2h_core.demo.pretrained`; its docstring has the table): 15.5 (18.3), per pair 12.5 / 12.2 / 21.7, SSIM
-  0.50, face / hair 0.98 / 0.95. Left: 2.8 dB to the ceiling (target 1.5), SSIM 0.11 under it (target 0.1), all of
-  it on the plain sleeveless dress, where the model draws sleeves over bare arms and a narrower hem than its input
+  `python -m m2h_core.demo.pretrained`; its docstring has the table): 15.5 (18.3), per pair 12.7 / 12.3 / 21.6, SSIM
+  0.52 (0.61), face / hair 0.92 / 0.94. Left: 2.8 dB to the ceiling (target 1.5), all of it on the plain sleeveless
+  dress, where the model draws sleeves over bare arms and a narrower hem than its input
   shows (its 2-px boundary band 18.9 vs 26.4 dB). Next: more clips and capacity (the trend held), a garment-weighted
   loss on the boundary, and a larger demo size whose VAE keeps stripes.
 
@@ -119,7 +119,7 @@ STAND_INS = (
             "it), instead of SD-1.5's pretrained VAE (8x down)"),
     ("UNet + motion modules", "the tiny preset's 2-level UNet with AnimateDiff-style motion modules, trained from "
                               "random init (here for minutes; the shipped pretrained one, m2h_core/demo/assets/"
-                              "tiny_m2h.safetensors, at twice the widths for ~21 min on one core) instead of SD-1.5's UNet + "
+                              "tiny_m2h.safetensors, at twice the widths for ~45 min on one core) instead of SD-1.5's UNet + "
                               "AnimateDiff v2 (~1.4 B parameters) fine-tuned"),
     ("VGG for the mirror loss", "not used: the perceptual term is off (beta = 0); the mirror loss keeps its "
                                 "pixel term (alpha) on the face region"),
@@ -141,7 +141,7 @@ class DemoSettings:
     vae_lr: float = 2e-3
     vae_anchor_fraction: float = 0.15  # thumbnail anchor for the first 15 % of the VAE steps (see tiny_vae)
     vae_locality_weight: float = 0.0  # garment-locality term (tiny_vae.locality_error); off, as for the shipped VAE
-    train_steps: int = 300  # the model trained here ("training works"); the shipped pretrained one had 4000
+    train_steps: int = 300  # the model trained here ("training works"); the shipped pretrained one had 8000
     batch_size: int = 2
     num_frames: int = 8
     frame_stride: int = 2
