@@ -28,8 +28,8 @@ than the A-line its input shows, the outfit prior of the training data over a le
 The command scores the model on the demo's held-out pairs and records the figures in the file's metadata
 (`heldout`), so a test can check that the shipped file reproduces them. `--start-from FILE --steps N --lr LR`
 continues a file's training for N more steps, with a fresh warm-up and cosine decay; the metadata then records both
-commands. Training clips come from their own seed stream; the held-out
-clips and people are the demo's (`run._make_test_case`), which no training set contains.
+commands. Training clips come from their own seed stream; the held-out clips and people are the demo's
+(`run._make_test_case`), which no training set contains.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ FORMAT_TAG = "m2h tiny pretrained"
 # module docstring); the model trained inside the demo keeps the narrow widths to fit its time budget.
 PRETRAINED_UNET_CHANNELS = (32, 64)
 PRETRAINED_CLIPS = 256
+PRETRAINED_STEPS = 8000
 
 
 def load_pretrained(path: str | Path = SHIPPED_M2H) -> tuple[M2HModel, FrozenEncoders, dict]:
@@ -99,8 +100,8 @@ def score_heldout(model: M2HModel, encoders: FrozenEncoders, *, eval_cases: int 
     return out
 
 
-def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = 8000, n_clips: int = PRETRAINED_CLIPS, seed: int = 4321,
-             progress: Callable[[str], None] | None = print, start_from: str | Path | None = None,
+def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = PRETRAINED_STEPS, n_clips: int = PRETRAINED_CLIPS,
+             seed: int = 4321, progress: Callable[[str], None] | None = print, start_from: str | Path | None = None,
              lr: float | None = None, unet_channels: tuple[int, ...] | None = None) -> dict:
     """Train the demo's model for `steps` on `n_clips` clips of seed `seed`, score it, save it (atomic write).
     start_from: continue from this pretrained file's weights (its metadata's history is kept); lr: peak learning rate
@@ -116,16 +117,14 @@ def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = 8000, n_clips: int =
     s = DemoSettings(train_steps=steps, n_train_clips=n_clips)
     if lr is not None:
         s.lr = lr
-    s.unet_channels = tuple(unet_channels or PRETRAINED_UNET_CHANNELS)
-    init, history = None, []
+    init, history, channels = None, [], PRETRAINED_UNET_CHANNELS
     if start_from is not None:
         base, _, base_meta = load_pretrained(start_from)
-        if not unet_channels:
-            s.unet_channels = tuple(base.cfg.unet.block_out_channels)
-        init = base.state_dict()
+        channels, init = base.cfg.unet.block_out_channels, base.state_dict()
         history = list(base_meta.get("history") or []) + [{k: base_meta.get(k) for k in (
             "command", "train_steps", "n_clips", "clip_seed", "seconds", "loss_per_100_steps")}]
         del base
+    s.unet_channels = tuple(unet_channels or channels)
     cfg = demo_model_config(s)
     H, W = cfg.height, cfg.width
     encoders = FrozenEncoders.random(cfg, seed=0)  # the demo's CLIP stand-in (seed 0)
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(prog="python -m m2h_core.demo.pretrained", description=pretrain.__doc__)
     ap.add_argument("--out", default=str(SHIPPED_M2H))
-    ap.add_argument("--steps", type=int, default=8000)
+    ap.add_argument("--steps", type=int, default=PRETRAINED_STEPS)
     ap.add_argument("--clips", type=int, default=PRETRAINED_CLIPS)
     ap.add_argument("--seed", type=int, default=4321)
     ap.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads (0: PyTorch's default)")

@@ -57,8 +57,8 @@ PSNR of the model's own output, VAE ceiling in brackets):
   (0.61), face / hair colour correlation 0.97 / 0.87. Twice the UNet widths on 256 clips (the shipped one now,
   `python -m m2h_core.demo.pretrained`; its docstring has the table): 15.5 (18.3), per pair 12.7 / 12.3 / 21.6, SSIM
   0.52 (0.61), face / hair 0.92 / 0.94. Left: 2.8 dB to the ceiling (target 1.5), all of it on the plain sleeveless
-  dress, where the model draws sleeves over bare arms and a narrower hem than its input
-  shows (its 2-px boundary band 18.9 vs 26.4 dB). Next: more clips and capacity (the trend held), a garment-weighted
+  dress, where the model draws sleeves over bare arms and a narrower hem than its input shows (its 2-px boundary
+  band 18.9 vs 26.4 dB). Next: more clips and capacity (the trend held), a garment-weighted
   loss on the boundary, and a larger demo size whose VAE keeps stripes.
 
 Parameterisation: the demo's model predicts x0 written relative to the clothing latents,
@@ -119,8 +119,8 @@ STAND_INS = (
             "it), instead of SD-1.5's pretrained VAE (8x down)"),
     ("UNet + motion modules", "the tiny preset's 2-level UNet with AnimateDiff-style motion modules, trained from "
                               "random init (here for minutes; the shipped pretrained one, m2h_core/demo/assets/"
-                              "tiny_m2h.safetensors, at twice the widths for ~45 min on one core) instead of SD-1.5's UNet + "
-                              "AnimateDiff v2 (~1.4 B parameters) fine-tuned"),
+                              "tiny_m2h.safetensors, at twice the widths for ~45 min on one core) instead of "
+                              "SD-1.5's UNet + AnimateDiff v2 (~1.4 B parameters) fine-tuned"),
     ("VGG for the mirror loss", "not used: the perceptual term is off (beta = 0); the mirror loss keeps its "
                                 "pixel term (alpha) on the face region"),
     ("data", "synthetic 64x32 figures (sway / turn / walk, tops, bottoms, dresses, patterns) instead of UBC / ASOS "
