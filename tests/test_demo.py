@@ -158,6 +158,28 @@ def test_training_identity_image_is_the_same_person_in_other_clothes():
     assert not (head & clip.clothing_mask).any()
 
 
+def test_garment_edge_band_widens_the_mirror_mask_on_both_sides_of_the_clothing_edge():
+    """DemoSettings.garment_edge: the mirror loss's mask gains the pixels within k of the garment's edge, inside and
+    outside it, and nothing deeper or farther."""
+    from scipy.ndimage import distance_transform_cdt
+
+    from m2h_core.demo.run import _with_garment_edge, _with_head_mask
+    from m2h_core.demo.synthetic import generate_clip
+
+    clip = _with_head_mask(generate_clip(3, n_frames=2, height=128, width=64))
+    k = 3
+    out = _with_garment_edge(clip, k)
+    assert (out.face_mask >= clip.face_mask).all()  # the head stays in
+    assert np.array_equal(out.human, clip.human) and np.array_equal(out.clothing_mask, clip.clothing_mask)
+    cloth = clip.clothing_mask[0]
+    added = out.face_mask[0] & ~clip.face_mask[0]
+    inside, outside = (distance_transform_cdt(m, metric="chessboard") for m in (cloth, ~cloth))  # a (2k+1)^2 kernel
+    assert (added & cloth).any() and (added & ~cloth).any()  # both sides of the edge
+    assert (inside[cloth & added] <= k).all() and (outside[~cloth & added] <= k).all()
+    band = out.face_mask[0]
+    assert band[cloth & (inside <= k)].all() and band[~cloth & (outside <= k)].all()  # ... and all of them
+
+
 def test_quick_demo_with_the_shipped_vae_and_its_fallback(tmp_path):
     """The full demo's default: the pretrained tiny VAE from m2h_core/assets, embedded in the checkpoint; a missing
     file falls back to training one, saying so."""

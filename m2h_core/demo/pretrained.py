@@ -102,7 +102,7 @@ def score_heldout(model: M2HModel, encoders: FrozenEncoders, *, eval_cases: int 
 
 def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = PRETRAINED_STEPS, n_clips: int = PRETRAINED_CLIPS,
              seed: int = 4321, progress: Callable[[str], None] | None = print, start_from: str | Path | None = None,
-             lr: float | None = None, unet_channels: tuple[int, ...] | None = None) -> dict:
+             lr: float | None = None, unet_channels: tuple[int, ...] | None = None, garment_edge: int = 0) -> dict:
     """Train the demo's model for `steps` on `n_clips` clips of seed `seed`, score it, save it (atomic write).
     start_from: continue from this pretrained file's weights (its metadata's history is kept); lr: peak learning rate
     (default DemoSettings.lr); unet_channels: the UNet's widths (default PRETRAINED_UNET_CHANNELS, or start_from's)."""
@@ -117,6 +117,7 @@ def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = PRETRAINED_STEPS, n_
     s = DemoSettings(train_steps=steps, n_train_clips=n_clips)
     if lr is not None:
         s.lr = lr
+    s.garment_edge = garment_edge
     init, history, channels = None, [], PRETRAINED_UNET_CHANNELS
     if start_from is not None:
         base, _, base_meta = load_pretrained(start_from)
@@ -144,6 +145,7 @@ def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = PRETRAINED_STEPS, n_
             "command": f"python -m m2h_core.demo.pretrained --steps {steps} --clips {n_clips} --seed {seed}"
                        + (f" --lr {s.lr:g}" if lr is not None else "")
                        + f" --unet-channels {','.join(map(str, s.unet_channels))}"
+                       + (f" --garment-edge {garment_edge}" if garment_edge else "")
                        + (" --start-from FILE (the previous file: history)" if start_from is not None else "")}
     if history:
         meta["history"] = history
@@ -172,12 +174,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the demo's)")
     ap.add_argument("--unet-channels", default=None, help="the UNet's widths, e.g. 16,32 (default: "
                     f"{','.join(map(str, PRETRAINED_UNET_CHANNELS))}, or the --start-from file's)")
+    ap.add_argument("--garment-edge", type=int, default=0, help="the mirror loss also covers the garment's boundary "
+                    "band, this many pixels either side of its edge (DemoSettings.garment_edge; 0: off)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     channels = tuple(int(v) for v in a.unet_channels.split(",")) if a.unet_channels else None
     pretrain(a.out, steps=a.steps, n_clips=a.clips, seed=a.seed, start_from=a.start_from, lr=a.lr,
-             unet_channels=channels)
+             unet_channels=channels, garment_edge=a.garment_edge)
 
 
 if __name__ == "__main__":

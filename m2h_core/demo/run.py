@@ -153,6 +153,9 @@ class DemoSettings:
     # what teaches the head's colours, which only the identity inputs can supply at high noise (module docstring)
     mirror_weighting: str = "none"  # TrainConfig.mirror_weighting
     identity_mask: str = "head"  # M_id for the mirror loss: "face" (skin only) or "head" (face + hair)
+    # > 0: the mirror loss's pixel mask also covers the garment's boundary band, this many pixels either side of the
+    # clothing mask's edge (at the training clips' size): where sleeves, hems and bare arms meet (`_with_garment_edge`)
+    garment_edge: int = 0
     cond_dropout: float = 0.1
     input_perturbation: float = 0.0  # TrainConfig.input_perturbation
     identity_other_outfit: bool = False  # True: training x_id shows the same person in another outfit (see doc)
@@ -277,6 +280,17 @@ def _with_head_mask(clip: SyntheticClip) -> SyntheticClip:
     """The clip with its face mask (the mirror loss's M_id) widened to the whole head: face skin + hair."""
     head = _head_masks(clip, 1.0, clip.human.shape[1], clip.human.shape[2], clip.person_mask) & ~clip.clothing_mask
     return dataclasses.replace(clip, face_mask=head | clip.face_mask)
+
+
+def _with_garment_edge(clip: SyntheticClip, k: int) -> SyntheticClip:
+    """The clip with its mirror-loss mask widened by the garment's boundary band: pixels within `k` of the clothing
+    mask's edge, inside or out. The latent L2 loss weighs a 4x4-pixel cell the same wherever it is; decoded, the
+    garment's edge (a sleeve or its absence over a bare arm, a hem's flare) is where a small latent error costs the
+    most pixels, so the pixel loss is put there too."""
+    kernel = np.ones((2 * k + 1, 2 * k + 1), np.uint8)
+    m = clip.clothing_mask.astype(np.uint8)
+    band = np.stack([cv2.dilate(x, kernel) > cv2.erode(x, kernel) for x in m])
+    return dataclasses.replace(clip, face_mask=clip.face_mask | band)
 
 
 def _with_other_outfit(clip: SyntheticClip) -> SyntheticClip:
@@ -573,6 +587,8 @@ def train_demo_model(s: DemoSettings, cfg, encoders: FrozenEncoders, clips: list
                      input_perturbation=s.input_perturbation, output_dir=tmp.name, seed=seed,
                      checkpoint_every=10 ** 9, log_every=10 ** 9)
     train_clips = clips if s.identity_mask == "face" else [_with_head_mask(c) for c in clips]
+    if s.garment_edge > 0:
+        train_clips = [_with_garment_edge(c, s.garment_edge) for c in train_clips]
     if s.identity_other_outfit:
         train_clips = [_with_other_outfit(c) for c in train_clips]
     dataset = SyntheticClipDataset(train_clips, num_frames=s.num_frames, stride=s.frame_stride, height=H, width=W,
