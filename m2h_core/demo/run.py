@@ -22,8 +22,8 @@
               the head of x_id (`identity_input="head"`).
 4. sample   - the real sampler (`m2h_core.inference.sampler.sample_video`, DDIM 20 + CFG 1.5, context windows) on
               `eval_cases` held-out (mannequin clip, person) pairs, for three models: the shipped pretrained tiny M2H
-              model (`m2h_core.demo.pretrained`: the same trainer and settings at twice the UNet widths, 8000 steps
-              on 256 clips, ~45 min on one core; "what it can do"), the model trained here and that model untrained.
+              model (`m2h_core.demo.pretrained`: the same trainer and settings at twice the UNet widths, 14500 steps
+              on 256 clips, the last 6500 with the garment-edge band, ~95 min on one core; "what it can do"), the model trained here and that model untrained.
 5. write    - result video (the pretrained model's), contact sheet, identity sheet, checkpoint, README.txt and
               metrics.json: every model vs the VAE ceiling per pair (`heldout_cases`) and mean (`heldout_mean`),
               `identity.face_colour_correlation` / `identity.hair_colour_correlation` across the identity sheet's
@@ -56,10 +56,12 @@ PSNR of the model's own output, VAE ceiling in brackets):
 - The first shipped pretrained model (4000 steps, 64 clips): 14.6 (18.3), per pair 12.7 / 12.1 / 19.1, SSIM 0.45
   (0.61), face / hair colour correlation 0.97 / 0.87. Twice the UNet widths on 256 clips (the shipped one now,
   `python -m m2h_core.demo.pretrained`; its docstring has the table): 15.5 (18.3), per pair 12.7 / 12.3 / 21.6, SSIM
-  0.52 (0.61), face / hair 0.92 / 0.94. Left: 2.8 dB to the ceiling (target 1.5), all of it on the plain sleeveless
-  dress, where the model draws sleeves over bare arms and a narrower hem than its input shows (its 2-px boundary
-  band 18.9 vs 26.4 dB). Next: more clips and capacity (the trend held), a garment-weighted
-  loss on the boundary, and a larger demo size whose VAE keeps stripes.
+  0.52 (0.61), face / hair 0.92 / 0.94. Its gap was all on the plain sleeveless dress, where the model draws sleeves
+  over bare arms and a narrower hem than its input shows (its 2-px boundary band 18.9 vs 26.4 dB). 6500 more steps
+  with the mirror loss's mask widened to the garment's boundary band (`garment_edge` 3; the shipped model now):
+  16.6 (18.3), per pair 12.9 / 12.4 / 24.4, SSIM 0.54 (0.61), face / hair 0.93 / 0.92; 2500 more steps without
+  the band (the control) gave 15.7. Left: 1.7 dB to the ceiling (target 1.5). An 8-channel VAE keeps the stripes
+  (ceiling 19.7) and a model on it scored 17.6 / 0.64: next to ship (pretrained.py docstring).
 
 Parameterisation: the demo's model predicts x0 written relative to the clothing latents,
 x̂_0 = UNet(...) + f_c (`M2HConfig.clothing_skip`, prediction_type "sample"; its output layer starts at zero, so the
@@ -119,7 +121,7 @@ STAND_INS = (
             "it), instead of SD-1.5's pretrained VAE (8x down)"),
     ("UNet + motion modules", "the tiny preset's 2-level UNet with AnimateDiff-style motion modules, trained from "
                               "random init (here for minutes; the shipped pretrained one, m2h_core/demo/assets/"
-                              "tiny_m2h.safetensors, at twice the widths for ~45 min on one core) instead of "
+                              "tiny_m2h.safetensors, at twice the widths for ~95 min on one core) instead of "
                               "SD-1.5's UNet + AnimateDiff v2 (~1.4 B parameters) fine-tuned"),
     ("VGG for the mirror loss", "not used: the perceptual term is off (beta = 0); the mirror loss keeps its "
                                 "pixel term (alpha) on the face region"),
@@ -141,7 +143,7 @@ class DemoSettings:
     vae_lr: float = 2e-3
     vae_anchor_fraction: float = 0.15  # thumbnail anchor for the first 15 % of the VAE steps (see tiny_vae)
     vae_locality_weight: float = 0.0  # garment-locality term (tiny_vae.locality_error); off, as for the shipped VAE
-    train_steps: int = 300  # the model trained here ("training works"); the shipped pretrained one had 8000
+    train_steps: int = 300  # the model trained here ("training works"); the shipped pretrained one had 14500
     batch_size: int = 2
     num_frames: int = 8
     frame_stride: int = 2
