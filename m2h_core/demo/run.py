@@ -501,7 +501,7 @@ def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> s
         "clothing masks and body poses from the mannequin rendering) into people with HELD-OUT identities (identity",
         "image, landmark image and embedding of a different person), with that model, the same model untrained and",
         "(if shipped) the pretrained tiny M2H model: the same trainer and settings run for %s steps on %s clips,"
-        % (pre.get("train_steps", "more"), pre.get("n_clips", "more")),
+        % (pre.get("total_train_steps") or pre.get("train_steps", "more"), pre.get("n_clips", "more")),
         "made by `%s`." % pre.get("command", "python -m m2h_core.demo.pretrained"),
         "The ground truth is the same outfit + motion rendered as a human",
         "with that identity.",
@@ -700,7 +700,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
                 pmodel, pencoders, pre_meta = load_pretrained(s.pretrained_path or SHIPPED_M2H)
                 models["pretrained"] = (pmodel.to(dev), pencoders.to(dev))
                 say(f"[4/5 sample] pretrained tiny M2H model {s.pretrained_path or SHIPPED_M2H} "
-                    f"({pre_meta.get('train_steps', '?')} steps, made by `python -m m2h_core.demo.pretrained`)")
+                    f"({pre_meta.get('total_train_steps') or pre_meta.get('train_steps', '?')} steps, made by `python -m m2h_core.demo.pretrained`)")
             except (FileNotFoundError, ValueError) as e:
                 say(f"[4/5 sample] no pretrained model: {e}")
         models["trained"] = (model, encoders)
@@ -785,7 +785,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         n_sheet = min(s.sheet_frames, s.test_frames)
         picks = sorted({int(round(i)) for i in np.linspace(0, s.test_frames - 1, n_sheet)})
         rows = [("mannequin (input)", _to_uint8(case.mannequin)),
-                (f"{best} M2H result" + (f" ({pre_meta.get('train_steps', '?')} steps)" if best == "pretrained"
+                (f"{best} M2H result" + (f" ({pre_meta.get('total_train_steps') or pre_meta.get('train_steps', '?')} steps)" if best == "pretrained"
                                          else f" ({len(train_logs)} steps)"), frames_res),
                 ("ground truth (same identity as human)", _to_uint8(case.ground_truth))]
         if best == "pretrained":
