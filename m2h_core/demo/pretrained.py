@@ -89,6 +89,7 @@ def load_pretrained(path: str | Path = SHIPPED_M2H) -> tuple[M2HModel, FrozenEnc
     info = {k: (json.loads(v) if k in ("heldout", "settings", "identity", "train_steps", "n_clips", "seconds",
                                        "history", "total_train_steps", "loss_per_100_steps")
                 else v) for k, v in meta.items() if k not in ("config",)}
+    info.setdefault("total_train_steps", info.get("train_steps"))  # one run: its own steps; continued: all runs'
     return model, encoders, info
 
 

@@ -23,7 +23,8 @@
 4. sample   - the real sampler (`m2h_core.inference.sampler.sample_video`, DDIM 20 + CFG 1.5, context windows) on
               `eval_cases` held-out (mannequin clip, person) pairs, for three models: the shipped pretrained tiny M2H
               model (`m2h_core.demo.pretrained`: the same trainer and settings at twice the UNet widths, 14500 steps
-              on 256 clips, the last 6500 with the garment-edge band, ~95 min on one core; "what it can do"), the model trained here and that model untrained.
+              on 256 clips, the last 6500 with the garment-edge band, ~95 min on one core; "what it can do"), the
+              model trained here and that model untrained.
 5. write    - result video (the pretrained model's), contact sheet, identity sheet, checkpoint, README.txt and
               metrics.json: every model vs the VAE ceiling per pair (`heldout_cases`) and mean (`heldout_mean`),
               `identity.face_colour_correlation` / `identity.hair_colour_correlation` across the identity sheet's
@@ -291,7 +292,7 @@ def _with_garment_edge(clip: SyntheticClip, k: int) -> SyntheticClip:
     most pixels, so the pixel loss is put there too."""
     kernel = np.ones((2 * k + 1, 2 * k + 1), np.uint8)
     m = clip.clothing_mask.astype(np.uint8)
-    band = np.stack([cv2.dilate(x, kernel) > cv2.erode(x, kernel) for x in m])
+    band = np.stack([cv2.morphologyEx(x, cv2.MORPH_GRADIENT, kernel) > 0 for x in m])  # dilation minus erosion
     return dataclasses.replace(clip, face_mask=clip.face_mask | band)
 
 
@@ -501,7 +502,7 @@ def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> s
         "clothing masks and body poses from the mannequin rendering) into people with HELD-OUT identities (identity",
         "image, landmark image and embedding of a different person), with that model, the same model untrained and",
         "(if shipped) the pretrained tiny M2H model: the same trainer and settings run for %s steps on %s clips,"
-        % (pre.get("total_train_steps") or pre.get("train_steps", "more"), pre.get("n_clips", "more")),
+        % (pre.get("total_train_steps", "more"), pre.get("n_clips", "more")),
         "made by `%s`." % pre.get("command", "python -m m2h_core.demo.pretrained"),
         "The ground truth is the same outfit + motion rendered as a human",
         "with that identity.",
@@ -700,7 +701,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
                 pmodel, pencoders, pre_meta = load_pretrained(s.pretrained_path or SHIPPED_M2H)
                 models["pretrained"] = (pmodel.to(dev), pencoders.to(dev))
                 say(f"[4/5 sample] pretrained tiny M2H model {s.pretrained_path or SHIPPED_M2H} "
-                    f"({pre_meta.get('total_train_steps') or pre_meta.get('train_steps', '?')} steps, made by `python -m m2h_core.demo.pretrained`)")
+                    f"({pre_meta.get('total_train_steps', '?')} steps, made by `python -m m2h_core.demo.pretrained`)")
             except (FileNotFoundError, ValueError) as e:
                 say(f"[4/5 sample] no pretrained model: {e}")
         models["trained"] = (model, encoders)
@@ -785,7 +786,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         n_sheet = min(s.sheet_frames, s.test_frames)
         picks = sorted({int(round(i)) for i in np.linspace(0, s.test_frames - 1, n_sheet)})
         rows = [("mannequin (input)", _to_uint8(case.mannequin)),
-                (f"{best} M2H result" + (f" ({pre_meta.get('total_train_steps') or pre_meta.get('train_steps', '?')} steps)" if best == "pretrained"
+                (f"{best} M2H result" + (f" ({pre_meta.get('total_train_steps', '?')} steps)" if best == "pretrained"
                                          else f" ({len(train_logs)} steps)"), frames_res),
                 ("ground truth (same identity as human)", _to_uint8(case.ground_truth))]
         if best == "pretrained":
