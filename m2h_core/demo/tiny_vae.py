@@ -36,11 +36,15 @@ SHIPPED_VAE = Path(__file__).resolve().parent / "assets" / "tiny_vae.safetensors
 
 def demo_config():
     """The CPU demo's model config: the `tiny` preset with a VAE without mid-block self-attention (at 16x8 latents it
-    is global, so a garment's latents would depend on the whole frame: see `VAEConfig.mid_block_add_attention`)."""
+    is global, so a garment's latents would depend on the whole frame: see `VAEConfig.mid_block_add_attention`) and
+    8 latent channels instead of SD's 4 (issue 12: at 64x32 px a garment's stripes are 1-2 px wide; with 4 channels
+    the shipped VAE turned the striped trousers brown, with 8 it keeps them: held-out reconstruction 22.7 vs 21.4 dB,
+    the demo pairs' clothing ceiling 19.7 vs 18.3 dB)."""
     from ..config import tiny
 
     cfg = tiny()
     cfg.vae.mid_block_add_attention = False
+    cfg.vae.latent_channels = cfg.unet.latent_channels = 8
     return cfg
 
 
