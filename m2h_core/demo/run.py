@@ -22,8 +22,8 @@
               the head of x_id (`identity_input="head"`).
 4. sample   - the real sampler (`m2h_core.inference.sampler.sample_video`, DDIM 20 + CFG 1.5, context windows) on
               `eval_cases` held-out (mannequin clip, person) pairs, for three models: the shipped pretrained tiny M2H
-              model (`m2h_core.demo.pretrained`: the same trainer and settings at twice the UNet widths, 24000 steps
-              on 256-512 clips with the garment-edge band, ~2.5 h on one core; "what it can do"), the model trained
+              model (`m2h_core.demo.pretrained`: the same trainer and settings at twice the UNet widths, 28000 steps
+              on 256-512 clips with the garment-edge band, ~3 h on one core; "what it can do"), the model trained
               here and that model untrained.
 5. write    - result video (the pretrained model's), contact sheet, identity sheet, checkpoint, README.txt and
               metrics.json: every model vs the VAE ceiling per pair (`heldout_cases`) and mean (`heldout_mean`),
@@ -64,9 +64,10 @@ PSNR of the model's own output, VAE ceiling in brackets):
   the band (the control) gave 15.7. Left: 1.7 dB to the ceiling (target 1.5), and the stripes: the 4-channel VAE
   turned the striped trousers brown.
 - The VAE with 8 latent channels (`tiny_vae.demo_config`, the shipped one now) keeps the stripes: ceiling 19.7 dB /
-  SSIM 0.73 (per pair 14.5 / 14.6 / 30.2). The pretrained model retrained on it (24000 steps, band 3, the last 12000
-  with mirror alpha 9-15, the last 8000 on 512 clips): 18.2 (19.7), per pair 13.9 / 13.4 / 27.3, SSIM 0.65 (0.73),
-  face / hair 0.97 / 0.96. The gap, 1.55 dB, is mostly the plain dress's 2.9; each 4000 steps gave +0.07-0.15.
+  SSIM 0.73 (per pair 14.5 / 14.6 / 30.2). The pretrained model retrained on it (28000 steps, band 3, the last 16000
+  with mirror alpha 9-15, the last 12000 on 512 clips): 18.25 (19.74), per pair 13.9 / 13.4 / 27.5, SSIM 0.65
+  (0.73), face / hair 0.97 / 0.95. The gap, 1.49 dB, is mostly the plain dress's 2.7; each 4000 steps gave
+  +0.06-0.15.
 
 Parameterisation: the demo's model predicts x0 written relative to the clothing latents,
 x̂_0 = UNet(...) + f_c (`M2HConfig.clothing_skip`, prediction_type "sample"; its output layer starts at zero, so the
@@ -148,7 +149,7 @@ class DemoSettings:
     vae_lr: float = 2e-3
     vae_anchor_fraction: float = 0.15  # thumbnail anchor for the first 15 % of the VAE steps (see tiny_vae)
     vae_locality_weight: float = 0.0  # garment-locality term (tiny_vae.locality_error); off, as for the shipped VAE
-    train_steps: int = 300  # the model trained here ("training works"); the shipped pretrained one had 24000
+    train_steps: int = 300  # the model trained here ("training works"); the shipped pretrained one had 28000
     batch_size: int = 2
     num_frames: int = 8
     frame_stride: int = 2
