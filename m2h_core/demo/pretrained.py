@@ -17,11 +17,11 @@ continuing the last (`--start-from`; the file's metadata keeps every command und
     python -m m2h_core.demo.pretrained --start-from E --steps 4000 --clips 512 --lr 1e-3 --garment-edge 3 \
         --mirror-alpha 15
 
-(28000 steps, each run with `--threads 1`: 3058 + 1370 + 1387 + 1361 + 1741 + 1446 s on one core, another job on
-the other).
-It is the demo's model at twice the demo's UNet widths (1243k parameters); every run adds the garment's boundary
-band to the mirror loss's pixel mask (`DemoSettings.garment_edge`, `run._with_garment_edge`). What moved it (3 held-out pairs, clothing
-PSNR / SSIM, face / hair colour correlation across 6 held-out people, `heldout` in each file's metadata):
+(28000 steps, each run with `--threads 1`: 3058 + 1370 + 1387 + 1361 + 1741 + 1446 s on one core, another job on the
+other). It is the demo's model at twice the demo's UNet widths (1243k parameters); every run adds the garment's
+boundary band to the mirror loss's pixel mask (`DemoSettings.garment_edge`, `run._with_garment_edge`). What moved it
+(3 held-out pairs, clothing PSNR / SSIM, face / hair colour correlation across 6 held-out people, `heldout` in each
+file's metadata):
 
     4-channel VAE (ceiling 18.30 / 0.608; the shipped model until issue 12's 8-channel VAE):
     widths   clips  steps  clothing          identity     final loss
@@ -45,14 +45,14 @@ PSNR / SSIM, face / hair colour correlation across 6 held-out people, `heldout` 
     E + 4000, 512 clips, alpha 15:       18.25 / 0.650  0.97 / 0.95  (shipped; per pair 13.9 / 13.4 / 27.5)
 
 Per pair the two striped garments are within 0.6 and 1.2 dB of their ceilings (the stripes 1-2 px wide; the
-trousers' survive the VAE, the shirt's do not). Most of the gap is the plain
-sleeveless dress (ceiling 30.2, the model 27.5): the model draws the bust lighter, a sleeve-like flap at the shoulders and a
-narrower hem than its input shows, the outfit prior of the training data over a less common garment. A garment's
-edge is where a small latent error costs the most pixels, so the band loss puts the pixel loss there: with the
-4-channel VAE on that pair, inside the garment (5x5-eroded mask) 29.4 -> 31.0 dB (ceiling 34.0) and in its 2-px
-boundary band 19.2 -> 20.7 (26.4) after 2500 steps, against the control (B here: 33.1 (34.5) and 23.5 (28.1)).
-Past the first run every lever gave about +0.15 dB per 4000 steps (more steps, more clips, a heavier mirror loss), the last two +0.07 and +0.06:
-1.49 dB under the ceiling, just inside issue 12's 1.5.
+trousers' survive the VAE, the shirt's do not). Most of the gap is the plain sleeveless dress (ceiling 30.2, the
+model 27.5): the model draws the bust lighter, a sleeve-like flap at the shoulders and a narrower hem than its input
+shows, the outfit prior of the training data over a less common garment. A garment's edge is where a small latent
+error costs the most pixels, so the band loss puts the pixel loss there: with the 4-channel VAE on that pair, inside
+the garment (5x5-eroded mask) 29.4 -> 31.0 dB (ceiling 34.0) and in its 2-px boundary band 19.2 -> 20.7 (26.4) after
+2500 steps, against the control (B here: 33.1 (34.5) and 23.5 (28.1)). Past the first run every lever gave about
++0.15 dB per 4000 steps (more steps, more clips, a heavier mirror loss), the last two +0.07 and +0.06: 1.49 dB under
+the ceiling, just inside issue 12's 1.5.
 
 The command scores the model on the demo's held-out pairs and records the figures in the file's metadata
 (`heldout`), so a test can check that the shipped file reproduces them. `--start-from FILE --steps N --lr LR`

@@ -55,11 +55,11 @@ PSNR of the model's own output, VAE ceiling in brackets):
   the noised ground truth at t = 200 is 20.9 there. Input perturbation (`input_perturbation` 0.1, Ning et al. 2023)
   gave 14.7 (18.3) but identity 0.89 / 0.81: off.
 - The first shipped pretrained model (4000 steps, 64 clips): 14.6 (18.3), per pair 12.7 / 12.1 / 19.1, SSIM 0.45
-  (0.61), face / hair colour correlation 0.97 / 0.87. Twice the UNet widths on 256 clips (the shipped one now,
+  (0.61), face / hair colour correlation 0.97 / 0.87. Twice the UNet widths on 256 clips (the widths shipped now,
   `python -m m2h_core.demo.pretrained`; its docstring has the table): 15.5 (18.3), per pair 12.7 / 12.3 / 21.6, SSIM
   0.52 (0.61), face / hair 0.92 / 0.94. Its gap was all on the plain sleeveless dress, where the model draws sleeves
   over bare arms and a narrower hem than its input shows (its 2-px boundary band 18.9 vs 26.4 dB). 6500 more steps
-  with the mirror loss's mask widened to the garment's boundary band (`garment_edge` 3; shipped until the 8-channel VAE):
+  with the mirror loss's mask widened to the garment's band (`garment_edge` 3; shipped until the 8-channel VAE):
   16.6 (18.3), per pair 12.9 / 12.4 / 24.4, SSIM 0.54 (0.61), face / hair 0.93 / 0.92; 2500 more steps without
   the band (the control) gave 15.7. Left: 1.7 dB to the ceiling (target 1.5), and the stripes: the 4-channel VAE
   turned the striped trousers brown.
