@@ -127,7 +127,7 @@ STAND_INS = (
             "it), instead of SD-1.5's pretrained VAE (8x down)"),
     ("UNet + motion modules", "the tiny preset's 2-level UNet with AnimateDiff-style motion modules, trained from "
                               "random init (here for minutes; the shipped pretrained one, m2h_core/demo/assets/"
-                              "tiny_m2h.safetensors, at twice the widths for ~95 min on one core) instead of "
+                              "tiny_m2h.safetensors, at twice the widths for ~3 h on one core) instead of "
                               "SD-1.5's UNet + AnimateDiff v2 (~1.4 B parameters) fine-tuned"),
     ("VGG for the mirror loss", "not used: the perceptual term is off (beta = 0); the mirror loss keeps its "
                                 "pixel term (alpha) on the face region"),
