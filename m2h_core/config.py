@@ -138,6 +138,9 @@ class AdapterConfig:
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
+CLOTHING_FILLS = ("black", "backdrop")
+
+
 @dataclass
 class M2HConfig:
     """The whole M2HVideo architecture."""
@@ -165,8 +168,15 @@ class M2HConfig:
     # field's default is "full" so checkpoints written before it existed load as they were trained; the presets
     # say "head".
     identity_input: str = "full"
+    # what the clothing frame holds outside M_c: "black" = v ⊙ M_c (the paper; its studio backdrop is always white,
+    # so the model can learn it), "backdrop" = v ⊙ M_c + b ⊙ (1 - M_c) with b the frame's backdrop colour
+    # (`clothing_frame`): the model is told the shop's backdrop instead of guessing it (issue 12). Beyond the paper;
+    # the default is "black" so checkpoints written before it existed load as they were trained.
+    clothing_fill: str = "black"
 
     def __post_init__(self):
+        if self.clothing_fill not in CLOTHING_FILLS:
+            raise ValueError(f"clothing_fill must be one of {CLOTHING_FILLS}, got {self.clothing_fill!r}")
         if self.identity_input not in ("head", "full"):
             raise ValueError(f"identity_input must be 'head' or 'full', got {self.identity_input!r}")
         if self.prediction_type not in PREDICTION_TYPES:

@@ -90,14 +90,16 @@ def test_colour_correlation_measures_following_the_person():
 
 def test_quick_demo_training_beats_the_untrained_model(quick_run):
     """The quick run's 12 training steps already move the model away from its start in the right direction. The
-    untrained model copies the given clothing latents (clothing_skip, output layer at zero) and paints black
-    elsewhere; training first learns the backdrop. Measured (quick run, seed 0, trained - untrained on the held-out
-    clip, 8-channel VAE): background PSNR +0.11 dB, full-frame +0.10 dB (6 steps: +0.03, too close to the noise);
-    a run whose training changes nothing scores exactly the untrained numbers."""
+    untrained model copies the given clothing frame (clothing_skip, output layer at zero): the garment on the
+    scene's backdrop (clothing_fill "backdrop"), so a backdrop where the head and arms should be; training first
+    learns to draw them. Measured (quick run, seed 0, trained - untrained on the held-out clip): head PSNR +1.04 dB,
+    head colour similarity to the mannequin's head 0.72 vs 0.87 (background -0.03, full frame +0.04: with the
+    backdrop given, nothing to learn there yet); a run whose training changes nothing scores exactly the untrained
+    numbers."""
     _, report, _ = quick_run
     t, u = report.metrics["trained"], report.metrics["untrained"]
-    assert t["background_psnr"] - u["background_psnr"] > 0.05, (t, u)
-    assert t["full_frame_psnr"] - u["full_frame_psnr"] > 0.05, (t, u)
+    assert t["head_psnr"] - u["head_psnr"] > 0.3, (t, u)
+    assert u["head_colour_similarity_to_mannequin"] - t["head_colour_similarity_to_mannequin"] > 0.05, (t, u)
 
 
 def test_quick_demo_reports_progress_by_stage(quick_run):

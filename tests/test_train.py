@@ -289,6 +289,9 @@ def test_init_checkpoint_model_config_is_the_checkpoints(tmp_path):
         Trainer(_tc(tmp_path, init_checkpoint=str(init), height=128))
     with pytest.raises(ValueError, match="preset: sd15"):
         Trainer(_tc(tmp_path, init_checkpoint=str(init), preset="sd15"))
+    with pytest.raises(ValueError, match="clothing_fill: backdrop"):  # the checkpoint was trained on v ⊙ M_c
+        Trainer(_tc(tmp_path, init_checkpoint=str(init), clothing_fill="backdrop"))
+    assert Trainer(_tc(tmp_path, init_checkpoint=str(init), clothing_fill="black")).cfg.clothing_fill == "black"
 
 
 def test_checkpoint_rng_per_rank_grad_scaler_and_stale_tmp(tmp_path, monkeypatch):

@@ -171,6 +171,9 @@ class DemoSettings:
     progressive: bool = False
     prediction_type: str = "sample"  # see the module docstring
     clothing_skip: bool = True  # x̂_0 = UNet(...) + f_c (M2HConfig.clothing_skip; module docstring)
+    # outside M_c the clothing frame holds the scene's backdrop colour, not black (M2HConfig.clothing_fill): the
+    # synthetic scenes' backdrops vary, and v ⊙ M_c hides them (issue 12)
+    clothing_fill: str = "backdrop"
     unet_channels: tuple[int, ...] = (16, 32)  # the tiny preset's UNet widths (block_out_channels)
     sample_steps: int = 20
     guidance_scale: float = 1.5
@@ -562,7 +565,7 @@ def demo_model_config(s: DemoSettings):
     """The demo's M2H config: `demo_config()` (the tiny preset with the attention-free VAE) with the settings' knobs."""
     cfg = demo_config()
     cfg.num_frames = s.num_frames
-    cfg.prediction_type, cfg.clothing_skip = s.prediction_type, s.clothing_skip
+    cfg.prediction_type, cfg.clothing_skip, cfg.clothing_fill = s.prediction_type, s.clothing_skip, s.clothing_fill
     cfg.unet.block_out_channels = tuple(s.unet_channels)
     return cfg
 

@@ -23,6 +23,28 @@ from transformers import CLIPVisionModelWithProjection
 from ..base_weights import hf_clip_config
 from ..config import M2HConfig
 
+def backdrop_colour(frames: torch.Tensor, border: int = 1) -> torch.Tensor:
+    """(..., 3, H, W) frames in [0, 1] -> (..., 3, 1, 1): each frame's backdrop colour, the per-channel median of its
+    top rows and left / right columns (`border` px wide; not the bottom, where the feet and the floor are). A studio
+    shot's border is backdrop; the median ignores the odd hand or hair strand that reaches it."""
+    top = frames[..., :border, :].flatten(-2)
+    sides = torch.cat([frames[..., border:, :border], frames[..., border:, -border:]], -1).flatten(-2)
+    return torch.cat([top, sides], -1).median(-1).values[..., None, None]
+
+
+def clothing_frame(frames: torch.Tensor, clothing_masks: torch.Tensor, fill: str = "black") -> torch.Tensor:
+    """The clothing frame E and CLIP see (paper Fig. 2: v ⊙ M_c). frames (..., 3, H, W), masks (..., 1, H, W).
+
+    fill "black": v ⊙ M_c, the paper's. "backdrop": v ⊙ M_c + b ⊙ (1 - M_c), b = `backdrop_colour(v)`, so the model
+    is told the scene's backdrop colour, which v ⊙ M_c hides (`M2HConfig.clothing_fill`)."""
+    m = clothing_masks.to(frames.dtype)
+    if fill == "black":
+        return frames * m
+    if fill == "backdrop":
+        return frames * m + backdrop_colour(frames) * (1 - m)
+    raise ValueError(f"unknown clothing fill {fill!r}")
+
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -219,8 +241,9 @@ class FrozenEncoders:
 
         frames (B, F, 3, H, W), clothing_masks (B, F, H, W) or (B, F, 1, H, W) in {0,1}, pose_images (B, F, 3, H, W),
         identity_image and identity_landmarks (B, 3, H, W), all in [0, 1]; arcface (B, 512).
-        The clothing frame is v ⊙ M_c; E and CLIP see it, pose images and p_id go in as [-1, 1]. With
-        `cfg.identity_input == "head"` E sees x_id ⊙ M_head (`identity.head_only`, M_head from p_id).
+        The clothing frame is v ⊙ M_c (`clothing_frame`, with `cfg.clothing_fill`); E and CLIP see it, pose
+        images and p_id go in as [-1, 1]. With `cfg.identity_input == "head"` E sees x_id ⊙ M_head
+        (`identity.head_only`, M_head from p_id).
         """
         from ..identity import head_only
         from ..models.m2h import M2HInputs
@@ -233,7 +256,7 @@ class FrozenEncoders:
         if frames.shape[-2:] != clothing_masks.shape[-2:] or frames.shape[-2:] != pose_images.shape[-2:]:
             raise ValueError(f"frames are {tuple(frames.shape[-2:])} px, masks {tuple(clothing_masks.shape[-2:])}, "
                              f"poses {tuple(pose_images.shape[-2:])}: resize them to one size")
-        clothing = frames * clothing_masks.to(frames.dtype)
+        clothing = clothing_frame(frames, clothing_masks, self.cfg.clothing_fill)
         if self.cfg.identity_input == "head":
             identity_image = head_only(identity_image, identity_landmarks)
         return M2HInputs(

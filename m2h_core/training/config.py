@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import M2HConfig, preset
+from ..config import CLOTHING_FILLS, M2HConfig, preset
 
 #: mirror-loss reductions (`m2h_core.training.mirror_loss`): Eq. 6 literally, or per-pixel / per-frame means.
 MIRROR_REDUCTIONS = ("normalized", "paper")
@@ -71,6 +71,9 @@ class TrainConfig:
     use_head_encoder: bool = True
     adapter_enabled: bool = True
     adapter_normalize: bool = True
+    # the clothing frame's fill outside M_c: "black" (the paper's v ⊙ M_c) or "backdrop" (M2HConfig.clothing_fill);
+    # None: the preset's (black), or the init_checkpoint's
+    clothing_fill: str | None = None
     # weights
     random_init: bool = False
     base: str | None = None  # SD-1.5 single file or diffusers folder
@@ -125,6 +128,8 @@ class TrainConfig:
         if self.mirror_weighting not in (None, "alpha_bar", "none"):
             raise ValueError(f"mirror_weighting must be alpha_bar, none or null (the reduction's own), got "
                              f"{self.mirror_weighting!r}")
+        if self.clothing_fill is not None and self.clothing_fill not in CLOTHING_FILLS:
+            raise ValueError(f"clothing_fill must be one of {CLOTHING_FILLS}, got {self.clothing_fill!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -145,6 +150,8 @@ class TrainConfig:
         cfg.use_head_encoder = self.use_head_encoder
         cfg.adapter.enabled = self.adapter_enabled
         cfg.adapter.normalize = self.adapter_normalize
+        if self.clothing_fill is not None:
+            cfg.clothing_fill = self.clothing_fill
         return cfg
 
 
@@ -161,7 +168,8 @@ def checkpoint_model_config(tc: TrainConfig) -> M2HConfig:
         conflicts.append(f"preset: {tc.preset} (checkpoint: {cfg.name})")
     for key, mine, theirs in (("use_head_encoder", yaml_cfg.use_head_encoder, cfg.use_head_encoder),
                               ("adapter_enabled", yaml_cfg.adapter.enabled, cfg.adapter.enabled),
-                              ("adapter_normalize", yaml_cfg.adapter.normalize, cfg.adapter.normalize)):
+                              ("adapter_normalize", yaml_cfg.adapter.normalize, cfg.adapter.normalize),
+                              ("clothing_fill", tc.clothing_fill or cfg.clothing_fill, cfg.clothing_fill)):
         if mine != theirs:
             conflicts.append(f"{key}: {mine} (checkpoint: {theirs})")
     for key in ("height", "width"):
