@@ -134,10 +134,11 @@ def score_heldout(model: M2HModel, encoders: FrozenEncoders, *, eval_cases: int 
 def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = PRETRAINED_STEPS, n_clips: int = PRETRAINED_CLIPS,
              seed: int = 4321, progress: Callable[[str], None] | None = print, start_from: str | Path | None = None,
              lr: float | None = None, unet_channels: tuple[int, ...] | None = None, garment_edge: int = 0,
-             mirror_alpha: float | None = None) -> dict:
+             mirror_alpha: float | None = None, clothing_fill: str | None = None) -> dict:
     """Train the demo's model for `steps` on `n_clips` clips of seed `seed`, score it, save it (atomic write).
     start_from: continue from this pretrained file's weights (its metadata's history is kept); lr: peak learning rate
-    (default DemoSettings.lr); unet_channels: the UNet's widths (default PRETRAINED_UNET_CHANNELS, or start_from's)."""
+    (default DemoSettings.lr); unet_channels: the UNet's widths (default PRETRAINED_UNET_CHANNELS, or start_from's);
+    clothing_fill: the clothing frame's fill outside M_c (default DemoSettings.clothing_fill, whatever start_from's)."""
     import torch
 
     from ..checkpoint import save_checkpoint
@@ -152,10 +153,14 @@ def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = PRETRAINED_STEPS, n_
     s.garment_edge = garment_edge
     if mirror_alpha is not None:
         s.mirror_alpha = mirror_alpha
+    if clothing_fill is not None:
+        s.clothing_fill = clothing_fill
     init, history, channels = None, [], PRETRAINED_UNET_CHANNELS
     if start_from is not None:
         base, _, base_meta = load_pretrained(start_from)
         channels, init = base.cfg.unet.block_out_channels, base.state_dict()
+        if base.cfg.clothing_fill != s.clothing_fill:
+            say(f"[pretrain] clothing fill {base.cfg.clothing_fill} -> {s.clothing_fill} (M2HConfig.clothing_fill)")
         history = list(base_meta.get("history") or []) + [{k: base_meta.get(k) for k in (
             "command", "train_steps", "n_clips", "clip_seed", "seconds", "loss_per_100_steps")}]
         del base
@@ -181,6 +186,7 @@ def pretrain(out: str | Path = SHIPPED_M2H, *, steps: int = PRETRAINED_STEPS, n_
                        + f" --unet-channels {','.join(map(str, s.unet_channels))}"
                        + (f" --garment-edge {garment_edge}" if garment_edge else "")
                        + (f" --mirror-alpha {s.mirror_alpha:g}" if mirror_alpha is not None else "")
+                       + f" --clothing-fill {s.clothing_fill}"
                        + (" --start-from FILE (the previous file: history)" if start_from is not None else "")}
     if history:
         meta["history"] = history
@@ -213,12 +219,16 @@ def main(argv: list[str] | None = None) -> None:
                     "band, this many pixels either side of its edge (DemoSettings.garment_edge; 0: off)")
     ap.add_argument("--mirror-alpha", type=float, default=None, help="the mirror loss's weight (default: the demo's, "
                     "DemoSettings.mirror_alpha)")
+    ap.add_argument("--clothing-fill", choices=("black", "backdrop"), default=None,
+                    help="the clothing frame outside M_c: black (the paper's v ⊙ M_c) or the scene's backdrop colour "
+                         "(default: the demo's, DemoSettings.clothing_fill; M2HConfig.clothing_fill)")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     channels = tuple(int(v) for v in a.unet_channels.split(",")) if a.unet_channels else None
     pretrain(a.out, steps=a.steps, n_clips=a.clips, seed=a.seed, start_from=a.start_from, lr=a.lr,
-             unet_channels=channels, garment_edge=a.garment_edge, mirror_alpha=a.mirror_alpha)
+             unet_channels=channels, garment_edge=a.garment_edge, mirror_alpha=a.mirror_alpha,
+             clothing_fill=a.clothing_fill)
 
 
 if __name__ == "__main__":
