@@ -20,6 +20,9 @@ def test_shipped_model_is_the_demo_model_with_its_encoders(shipped):
     model, encoders, meta = shipped
     assert meta["demo"] == FORMAT_TAG and meta["train_steps"] >= 1000
     assert model.cfg.clothing_skip and model.cfg.prediction_type == "sample"
+    from m2h_core.demo.run import DemoSettings
+
+    assert model.cfg.clothing_fill == DemoSettings().clothing_fill == "backdrop"  # told the scene's backdrop colour
     assert not model.training
     # the embedded VAE is the shipped tiny VAE (the demo's), so the recorded ceiling is the demo's ceiling
     from safetensors.torch import load_file

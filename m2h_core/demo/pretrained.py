@@ -1,11 +1,15 @@
 r"""The shipped pretrained tiny M2H model: what the method does at the demo's size when trained for longer.
 
-The paper fine-tunes from pretrained SD-1.5 + AnimateDiff weights for many GPU hours; the CPU demo can train its tiny
-model for a few minutes only. So the package ships `assets/tiny_m2h.safetensors`: the demo's model (the same config,
-trainer and settings, `run.train_demo_model`) trained for longer on more synthetic human clips, with the shipped
-tiny VAE and the demo's random tiny CLIP embedded. The demo samples it beside the model it trains itself ("what it
-can do" beside "training works"). Made on the 8-latent-channel tiny VAE (`tiny_vae.demo_config`) in six runs, each
-continuing the last (`--start-from`; the file's metadata keeps every command under `history`):
+The paper fine-tunes from pretrained SD-1.5 + AnimateDiff weights for many GPU hours; the CPU demo can train its
+tiny model for a few minutes only. So the package ships `assets/tiny_m2h.safetensors`: the demo's model (the same
+config, trainer and settings, `run.train_demo_model`) trained for longer on more synthetic human clips, with the
+shipped tiny VAE and the demo's random tiny CLIP embedded. The demo samples it beside the model it trains itself
+("what it can do" beside "training works"). Made on the 8-latent-channel tiny VAE (`tiny_vae.demo_config`) in seven
+runs, each continuing the last (`--start-from`; the file's metadata keeps every command under `history`). The first
+six ran with the paper's black clothing frame (the default then: add `--clothing-fill black` to repeat them); the
+seventh gives the model the scene's backdrop colour (`M2HConfig.clothing_fill`, the demo's default now; it was run
+at 58c6899, before the flag existed, so its recorded command does not name it, and the file's config says
+"backdrop"):
 
     python -m m2h_core.demo.pretrained --steps 8000 --garment-edge 3 --out A
     python -m m2h_core.demo.pretrained --start-from A --steps 4000 --lr 1e-3 --garment-edge 3 --out B
@@ -15,13 +19,15 @@ continuing the last (`--start-from`; the file's metadata keeps every command und
     python -m m2h_core.demo.pretrained --start-from D --steps 4000 --clips 512 --lr 1e-3 --garment-edge 3 \
         --mirror-alpha 15 --out E
     python -m m2h_core.demo.pretrained --start-from E --steps 4000 --clips 512 --lr 1e-3 --garment-edge 3 \
-        --mirror-alpha 15
+        --mirror-alpha 15 --out F
+    python -m m2h_core.demo.pretrained --start-from F --steps 8000 --clips 512 --lr 1e-3 --garment-edge 3 \
+        --mirror-alpha 15 --clothing-fill backdrop
 
-(28000 steps, each run with `--threads 1`: 3058 + 1370 + 1387 + 1361 + 1741 + 1446 s on one core, another job on the
-other). It is the demo's model at twice the demo's UNet widths (1243k parameters); every run adds the garment's
-boundary band to the mirror loss's pixel mask (`DemoSettings.garment_edge`, `run._with_garment_edge`). What moved it
-(3 held-out pairs, clothing PSNR / SSIM, face / hair colour correlation across 6 held-out people, `heldout` in each
-file's metadata):
+(36000 steps, each run with `--threads 1`: 3058 + 1370 + 1387 + 1361 + 1741 + 1446 + 3217 s on one core (3.8 h),
+another job on the other). It is the demo's model at twice the demo's UNet widths (1243k parameters); every run
+adds the garment's boundary band to the mirror loss's pixel mask (`DemoSettings.garment_edge`,
+`run._with_garment_edge`). What moved it (3 held-out pairs, clothing PSNR / SSIM, face / hair colour correlation
+across 6 held-out people, `heldout` in each file's metadata):
 
     4-channel VAE (ceiling 18.30 / 0.608; the shipped model until issue 12's 8-channel VAE):
     widths   clips  steps  clothing          identity     final loss
@@ -42,17 +48,30 @@ file's metadata):
     C + 4000, 512 clips, alpha 9:        18.12 / 0.650  0.96 / 0.96  (D; per pair 13.9 / 13.4 / 27.0)
     D + 4000, 512 clips, alpha 9:        18.15 / 0.649  0.97 / 0.95
     D + 4000, 512 clips, alpha 15:       18.19 / 0.649  0.97 / 0.96  (E; per pair 13.9 / 13.4 / 27.3)
-    E + 4000, 512 clips, alpha 15:       18.25 / 0.650  0.97 / 0.95  (shipped; per pair 13.9 / 13.4 / 27.5)
+    E + 4000, 512 clips, alpha 15:       18.25 / 0.650  0.97 / 0.95  (F; per pair 13.9 / 13.4 / 27.5)
 
-Per pair the two striped garments are within 0.6 and 1.2 dB of their ceilings (the stripes 1-2 px wide; the
-trousers' survive the VAE, the shirt's do not). Most of the gap is the plain sleeveless dress (ceiling 30.2, the
-model 27.5): the model draws the bust lighter, a sleeve-like flap at the shoulders and a narrower hem than its input
-shows, the outfit prior of the training data over a less common garment. A garment's edge is where a small latent
-error costs the most pixels, so the band loss puts the pixel loss there: with the 4-channel VAE on that pair, inside
-the garment (5x5-eroded mask) 29.4 -> 31.0 dB (ceiling 34.0) and in its 2-px boundary band 19.2 -> 20.7 (26.4) after
-2500 steps, against the control (B here: 33.1 (34.5) and 23.5 (28.1)). Past the first run every lever gave about
-+0.15 dB per 4000 steps (more steps, more clips, a heavier mirror loss), the last two +0.07 and +0.06: 1.49 dB under
-the ceiling, just inside issue 12's 1.5.
+    the same, clothing frame filled with the backdrop's colour (--clothing-fill backdrop), from F:
+    F + 4000:                            19.37 / 0.717  0.94 / 0.96  (per pair 14.5 / 14.4 / 29.2; loss 0.39 at
+                                                                      step 400, 0.17 at 4000)
+    F + 4000 + 4000:                     19.54 / 0.721  0.93 / 0.95
+    F + 8000:                            19.52 / 0.721  0.93 / 0.95  (shipped; per pair 14.6 / 14.4 / 29.6;
+                                                                      background 30.8 dB, head 19.3)
+
+With the black clothing frame (F), per pair the two striped garments were within 0.6 and 1.2 dB of their ceilings
+(the stripes 1-2 px wide; the trousers' survive the VAE, the shirt's do not). Most of the gap was the plain
+sleeveless dress (ceiling 30.2, the model 27.5): the model draws the bust lighter, a sleeve-like flap at the
+shoulders and a narrower hem than its input shows, the outfit prior of the training data over a less common garment.
+A garment's edge is where a small latent error costs the most pixels, so the band loss puts the pixel loss there:
+with the 4-channel VAE on that pair, inside the garment (5x5-eroded mask) 29.4 -> 31.0 dB (ceiling 34.0) and in its
+2-px boundary band 19.2 -> 20.7 (26.4) after 2500 steps, against the control (B here: 33.1 (34.5) and 23.5 (28.1)).
+Past the first run every lever gave about +0.15 dB per 4000 steps (more steps, more clips, a heavier mirror loss),
+the last two +0.07 and +0.06: 1.49 dB under the ceiling, just inside issue 12's 1.5. Then the backdrop: the black
+clothing frame hides the scene, so the model painted the backdrop it learned (on one held-out clip 13-17 levels
+too light; far from the figure, shifting its colour to the truth's would have taken that region from 25 to 47 dB). Told
+the backdrop's colour, it closed most of the rest of the gap too, most on the plain dress (27.5 -> 29.6 of 30.2):
+around a garment the clothing frame now shows what the truth shows there, a light backdrop, not black, and the model
+no longer draws sleeves over the bare shoulders. 0.22 dB under the ceiling; background 30.8 dB (28.8 before; ceiling
+33.6), its far field at the ceiling's.
 
 The command scores the model on the demo's held-out pairs and records the figures in the file's metadata
 (`heldout`), so a test can check that the shipped file reproduces them. `--start-from FILE --steps N --lr LR`
