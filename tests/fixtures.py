@@ -319,3 +319,15 @@ def random_inputs(cfg: M2HConfig, batch: int = 1, frames: int = 2, height: int |
         arcface=torch.randn(batch, cfg.head.arcface_dim, generator=g),
         clip_tokens=torch.randn(batch, frames, clip_tokens, cfg.unet.cross_attention_dim, generator=g),
     )
+
+
+def synthetic_sample(seed: int, n_frames: int = 1, source: str = "human", height: int = 64, width: int = 32):
+    """(clip, sample): a synthetic clip rendered at twice the size and its training sample at height x width
+    (`transform_sample`), with the frames of the clip's `source` rendering ("human" or "mannequin")."""
+    from m2h_core.demo.synthetic import generate_clip
+    from m2h_core.training.dataset import transform_sample
+
+    c = generate_clip(seed, n_frames=n_frames, height=2 * height, width=2 * width)
+    s, _ = transform_sample(getattr(c, source), c.clothing_mask, c.face_mask, c.pose_images, c.identity_image,
+                            c.identity_landmarks, height, width)
+    return c, s

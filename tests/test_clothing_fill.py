@@ -8,17 +8,14 @@ import pytest
 import torch
 
 from m2h_core.config import M2HConfig, tiny
-from m2h_core.demo.synthetic import generate_clip
 from m2h_core.inference.encoders import FrozenEncoders, backdrop_colour, clothing_frame
 from m2h_core.training.config import TrainConfig
-from m2h_core.training.dataset import transform_sample
+
+from tests.fixtures import synthetic_sample
 
 
 def _clip(seed: int):
-    c = generate_clip(seed, n_frames=4, height=128, width=64)
-    s, _ = transform_sample(c.mannequin, c.clothing_mask, c.face_mask, c.pose_images, c.identity_image,
-                            c.identity_landmarks, 64, 32)
-    return c, s
+    return synthetic_sample(seed, n_frames=4, source="mannequin")
 
 
 def test_backdrop_colour_is_the_scene_backdrop_of_synthetic_clips():

@@ -6,17 +6,14 @@ import numpy as np
 import torch
 
 from m2h_core.config import tiny
-from m2h_core.training.dataset import transform_sample
 from m2h_core.inference.encoders import FrozenEncoders
 from m2h_core.identity import head_only, head_region
-from m2h_core.demo.synthetic import generate_clip
+
+from tests.fixtures import synthetic_sample
 
 
 def _identity(seed: int):
-    c = generate_clip(seed, n_frames=1, height=128, width=64)
-    s, _ = transform_sample(c.human, c.clothing_mask, c.face_mask, c.pose_images, c.identity_image,
-                            c.identity_landmarks, 64, 32)
-    return c, s
+    return synthetic_sample(seed)
 
 
 def test_head_region_covers_the_landmarks_and_the_hair_above_them():
