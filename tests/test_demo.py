@@ -128,6 +128,7 @@ def test_quick_demo_checkpoint_loads_as_a_pipeline(quick_run):
     out, report, _ = quick_run
     pipe = load_pipeline(out / "m2h_tiny.safetensors")
     assert pipe.cfg.name == "tiny"
+    assert pipe.encoders.cfg.clothing_fill == "backdrop"  # the pipeline's encoders fill as the model was trained
     assert pipe.cfg.vae.scaling_factor == pytest.approx(report.metrics["vae"]["scaling_factor"])
     assert pipe.encoders.vae.config.scaling_factor == pytest.approx(pipe.cfg.vae.scaling_factor)
     # the file holds the trained model and the VAE it was scored with: sampling the demo's held-out case with the
