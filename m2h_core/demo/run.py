@@ -79,7 +79,11 @@ PSNR of the model's own output, VAE ceiling in brackets):
 - Left: the shirt's 1-px vertical stripes, which the VAE's encoder already loses (its ceiling row shows a pink
   check). Fine-tuning the decoder alone (3000 steps, encoder frozen, so the model needs no retraining) raised the
   held-out reconstruction 22.7 -> 24.3 dB and the demo ceiling to 20.2, the model's SSIM 0.72 -> 0.74 at the same
-  PSNR, and the stripes stayed a check: not shipped.
+  PSNR, and the stripes stayed a check: not shipped. The encoder is what loses them, and it was undertrained: the
+  same VAE trained 8000 steps instead of 5000 (`python -m m2h_core.demo.tiny_vae --steps 8000`) reconstructs the
+  held-out frames at 26.2 dB before localising (24.0), 23.9 after (22.7), and the demo pairs' clothing ceiling is
+  21.7 (per pair 18.2 / 16.2 / 30.9; 19.7 now): the trousers come out red and gold, the shirt's stripes partly.
+  Its latent space is new, so the pretrained model would have to be retrained on it (~4 h on one core).
 
 Parameterisation: the demo's model predicts x0 written relative to the clothing latents,
 x̂_0 = UNet(...) + f_c (`M2HConfig.clothing_skip`, prediction_type "sample"; its output layer starts at zero, so the
