@@ -12,15 +12,16 @@ Samples the demo's held-out pairs as `m2h demo` does (DDIM 20, CFG 1.5, seed 0) 
               colour is right (high = the only error is the colour)
 
 with the VAE ceiling (the ground truth through the tiny VAE) beside far and near, and the truth's and the result's
-mean backdrop colour (0-255). Issue 12, measured with one thread (2026-12-03):
+mean backdrop colour (0-255). PSNR per frame, then the mean (`metrics.masked_psnr`, as metrics.json). Issue 12,
+measured with one thread (2026-12-03):
 
     model                                   far (ceiling)   far+shift   near (ceiling)    mean over the 3 pairs
-    black clothing frame (28000 steps)      25.3 (39.3)     47.3        22.6 (28.5)       background 28.8 dB
-                                            40.1 (41.3)     47.0        26.6 (28.7)
-                                            40.3 (42.4)     48.6        27.0 (31.7)
-    backdrop fill, + 8000 steps (shipped)   38.8 (39.3)     48.6        24.9 (28.5)       background 30.8 dB
-                                            42.1 (41.3)     47.9        26.7 (28.7)
-                                            43.1 (42.4)     50.5        27.7 (31.7)
+    black clothing frame (28000 steps)      25.4 (39.3)     48.4        22.7 (28.6)       background 28.8 dB
+                                            40.2 (41.3)     47.1        26.7 (28.8)
+                                            40.6 (42.5)     49.0        27.1 (31.8)
+    backdrop fill, + 8000 steps (shipped)   38.8 (39.3)     48.7        25.1 (28.6)       background 30.8 dB
+                                            42.1 (41.3)     48.0        26.8 (28.8)
+                                            43.2 (42.5)     50.6        27.8 (31.8)
 
 On the first pair the black-frame model's backdrop was (246, 246, 244) against the truth's (229, 233, 235): the clothing
 frame v ⊙ M_c hides the scene, so the model painted its training backdrops' average. With `clothing_fill="backdrop"`
@@ -36,11 +37,6 @@ import numpy as np
 import torch
 
 
-def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    d = ((a - b) ** 2)[mask]
-    return float(10 * np.log10(1.0 / max(float(d.mean()), 1e-12)))
-
-
 def _rgb(c: np.ndarray) -> tuple[int, ...]:
     return tuple(int(round(v)) for v in c * 255)
 
@@ -50,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     from m2h_core.demo.run import DemoSettings, _nhwc, heldout_test_cases, sampler_settings
     from m2h_core.demo.tiny_vae import reconstruct
     from m2h_core.inference.sampler import sample_video
+    from m2h_core.metrics import masked_psnr as psnr  # per frame, then the mean: as metrics.json's figures
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(SHIPPED_M2H), help="a pretrained-format tiny M2H file")

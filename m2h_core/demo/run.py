@@ -70,7 +70,7 @@ PSNR of the model's own output, VAE ceiling in brackets):
   +0.06-0.15.
 - The clothing frame v ⊙ M_c blacks out the scene, whose backdrop the synthetic clips vary (grey 232-248, tinted), so
   the model painted its average: on the shown clip 13-17 levels too light (`benchmarks/probe_backdrop.py`: far from the
-  figure 25.3 dB, 47.3 after a global colour shift to the truth's). With the backdrop's colour filled in outside M_c
+  figure 25.4 dB, 48.4 after a global colour shift to the truth's). With the backdrop's colour filled in outside M_c
   (`M2HConfig.clothing_fill="backdrop"`, `DemoSettings.clothing_fill`) 8000 more steps gave 19.52 (19.74), per pair
   14.6 / 14.4 / 29.6, SSIM 0.72 (0.73), background 30.8 (33.6; it was 28.8), face / hair 0.93 / 0.95. The plain
   dress gained most: around the garment its clothing frame now shows a light backdrop, as the truth does, not black,
