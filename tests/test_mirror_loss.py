@@ -165,9 +165,10 @@ def test_crop_equals_full_when_the_decoder_is_local(parts, reduction):
 def test_crop_with_a_trained_vae_decoder_measured():
     """With a real (trained) VAE decoder the crop changes the decoder's context (GroupNorm statistics, attention,
     the border): measured with the shipped tiny VAE on synthetic frames, the face pixels of the crop decode are
-    0.018 RMS from the full decode at margin 2, 0.011 at margin 4, 0 when the crop is the frame (before
-    `localize_vae`: 0.017 and 0.010; the VAE with mid-block attention before it: 0.028 and 0.012). Bounds sit just above the measured values. (`train.py --preflight`
-    measures this for the configured VAE.)"""
+    0.027 RMS from the full decode at margin 2 (31.5 dB; the head's error in the demo is ~18 dB), 0.011 at margin 4,
+    0 when the crop is the frame (the VAE trained 5000 steps instead of 8000: 0.018 and 0.011; with mid-block
+    attention: 0.028 and 0.012). Bounds sit just above the measured values. (`train.py --preflight` measures this for
+    the configured VAE.)"""
     from m2h_core.demo.synthetic import generate_dataset
     from m2h_core.demo.tiny_vae import demo_config, load_vae_weights
     from m2h_core.training.mirror_loss import crop_decode_error
@@ -181,7 +182,7 @@ def test_crop_with_a_trained_vae_decoder_measured():
     z = enc.encode(frames, sample=False)
     e2, e4 = crop_decode_error(z, masks, enc, 2), crop_decode_error(z, masks, enc, 4)
     assert e2["frames"] == 4 and e2["crop_cells"] == "7x7"
-    assert e2["face_rmse"] < 0.02 and e4["face_rmse"] < 0.0125 and e4["face_rmse"] < 0.7 * e2["face_rmse"]
+    assert e2["face_rmse"] < 0.03 and e4["face_rmse"] < 0.0125 and e4["face_rmse"] < 0.7 * e2["face_rmse"]
     whole = crop_decode_error(z, masks, enc, 100)
     assert whole["face_rmse"] < 1e-6 and whole["crop_cells"] == f"{cfg.height // 4}x{cfg.width // 4}"
     # the loss itself: a whole-frame face makes the crop the whole frame, identical numbers

@@ -13,8 +13,8 @@
               clothing PSNR/SSIM 11.85/0.316 vs 11.83/0.303, head colour similarity 0.78 vs 0.81: off by default).
 2. vae      - the paper freezes SD-1.5's *pretrained* VAE; the tiny preset's AutoencoderKL has no published
               weights, so the package ships one pretrained on synthetic frames of its own seed stream
-              (`m2h_core/demo/assets/tiny_vae.safetensors`, ~1 MB, made by `python -m m2h_core.demo.tiny_vae`: 5000
-              steps x batch 8, ~16 min on one core, then 900 steps of `localize_vae`, ~14 min; no mid-block attention,
+              (`m2h_core/demo/assets/tiny_vae.safetensors`, ~1 MB, made by `python -m m2h_core.demo.tiny_vae`: 8000
+              steps x batch 8, 754 s on two cores, then 900 steps of `localize_vae`, 252 s; no mid-block attention,
               see below). It is embedded in the demo's checkpoint. `--train-vae` (vae_source="train") trains one here
               instead: 1000 steps (~110 s) give thumbnail-level reconstructions in which no head colour is visible.
 3. train    - the tiny M2H model from random init with the real trainer (`train_demo_model`: L_diff + pixel mirror
@@ -22,8 +22,8 @@
               the head of x_id (`identity_input="head"`).
 4. sample   - the real sampler (`m2h_core.inference.sampler.sample_video`, DDIM 20 + CFG 1.5, context windows) on
               `eval_cases` held-out (mannequin clip, person) pairs, for three models: the shipped pretrained tiny M2H
-              model (`m2h_core.demo.pretrained`: the same trainer and settings at twice the UNet widths, 36000 steps
-              on 256-512 clips with the garment-edge band, ~4 h on one core; "what it can do"), the model trained
+              model (`m2h_core.demo.pretrained`: the same trainer and settings at twice the UNet widths, 8000 steps
+              on 256 clips with the garment-edge band, an hour on two cores; "what it can do"), the model trained
               here and that model untrained.
 5. write    - result video (the pretrained model's), contact sheet, identity sheet, checkpoint, README.txt and
               metrics.json: every model vs the VAE ceiling per pair (`heldout_cases`) and mean (`heldout_mean`),
@@ -82,8 +82,12 @@ PSNR of the model's own output, VAE ceiling in brackets):
   PSNR, and the stripes stayed a check: not shipped. The encoder is what loses them, and it was undertrained: the
   same VAE trained 8000 steps instead of 5000 (`python -m m2h_core.demo.tiny_vae --steps 8000`) reconstructs the
   held-out frames at 26.2 dB before localising (24.0), 23.9 after (22.7), and the demo pairs' clothing ceiling is
-  21.7 (per pair 18.2 / 16.2 / 30.9; 19.7 now): the trousers come out red and gold, the shirt's stripes partly.
-  Its latent space is new, so the pretrained model would have to be retrained on it (~4 h on one core).
+  21.7 (per pair 18.2 / 16.2 / 30.9; 19.7 then): the trousers come out red and gold, the shirt's stripes partly.
+- That VAE is the shipped one now (re-made: 26.4 dB before localising, 24.1 after, ceiling 21.51, per pair 17.5 /
+  16.2 / 30.8). Its latent space is new, so the pretrained model was retrained on it from scratch: 8000 steps on 256
+  clips with the backdrop fill and the band gave 21.08 (21.51), per pair 17.4 / 15.9 / 29.9, SSIM 0.84 (0.85), face
+  / hair 0.96 / 0.95, head 18.3 (22.3), background 30.8 (34.7). The shirt's vertical stripes show, with a faint check
+  over them.
 
 Parameterisation: the demo's model predicts x0 written relative to the clothing latents,
 x̂_0 = UNet(...) + f_c (`M2HConfig.clothing_skip`, prediction_type "sample"; its output layer starts at zero, so the
@@ -138,12 +142,12 @@ STAND_INS = (
     ("clothing / face masks", "exact masks from the synthetic generator instead of a human-parsing model "
                               "(SCHP / SegFormer) and face detection"),
     ("face landmarks p_id", "the generator's 68 landmarks of the identity image instead of a landmark detector"),
-    ("VAE", "the tiny preset's AutoencoderKL (4x down, 4 latent channels), pretrained on synthetic frames and "
+    ("VAE", "the tiny preset's AutoencoderKL (4x down, 8 latent channels), pretrained on synthetic frames and "
             "shipped with the package (m2h_core/demo/assets/tiny_vae.safetensors, `python -m m2h_core.demo.tiny_vae` re-makes "
             "it), instead of SD-1.5's pretrained VAE (8x down)"),
     ("UNet + motion modules", "the tiny preset's 2-level UNet with AnimateDiff-style motion modules, trained from "
                               "random init (here for minutes; the shipped pretrained one, m2h_core/demo/assets/"
-                              "tiny_m2h.safetensors, at twice the widths for ~4 h on one core) instead of "
+                              "tiny_m2h.safetensors, at twice the widths for an hour on two cores) instead of "
                               "SD-1.5's UNet + AnimateDiff v2 (~1.4 B parameters) fine-tuned"),
     ("VGG for the mirror loss", "not used: the perceptual term is off (beta = 0); the mirror loss keeps its "
                                 "pixel term (alpha) on the face region"),
@@ -165,7 +169,7 @@ class DemoSettings:
     vae_lr: float = 2e-3
     vae_anchor_fraction: float = 0.15  # thumbnail anchor for the first 15 % of the VAE steps (see tiny_vae)
     vae_locality_weight: float = 0.0  # garment-locality term (tiny_vae.locality_error); off, as for the shipped VAE
-    train_steps: int = 300  # the model trained here ("training works"); the shipped pretrained one had 36000
+    train_steps: int = 300  # the model trained here ("training works"); the shipped pretrained one had 8000 at twice the widths
     batch_size: int = 2
     num_frames: int = 8
     frame_stride: int = 2
