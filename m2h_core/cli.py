@@ -88,7 +88,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--train-vae", action="store_true",
                    help="train the tiny VAE here instead of loading the pretrained one shipped in m2h_core/demo/assets")
     p.add_argument("--train-steps", type=int, default=None,
-                   help="steps of the model trained here (default 300; the shipped pretrained model had 8000, at twice the widths)")
+                   help="steps of the model trained here (default 300; the shipped pretrained model: 8000 at twice the "
+                        "widths)")
     p.add_argument("--no-pretrained", action="store_true",
                    help="do not sample the pretrained tiny M2H model shipped in m2h_core/demo/assets")
     p.add_argument("--threads", type=int, default=None,
