@@ -13,7 +13,8 @@ Samples the demo's held-out pairs as `m2h demo` does (DDIM 20, CFG 1.5, seed 0) 
 
 with the VAE ceiling (the ground truth through the tiny VAE) beside far and near, and the truth's and the result's
 mean backdrop colour (0-255). PSNR per frame, then the mean (`metrics.masked_psnr`, as metrics.json). Issue 12,
-measured with one thread (2026-12-03):
+measured with one thread (2026-12-03), on the models of the VAE trained 5000 steps ("shipped": until the
+8000-step VAE replaced it and the model was retrained on that):
 
     model                                   far (ceiling)   far+shift   near (ceiling)    mean over the 3 pairs
     black clothing frame (28000 steps)      25.4 (39.3)     48.4        22.7 (28.6)       background 28.8 dB
