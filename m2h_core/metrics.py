@@ -109,12 +109,17 @@ def masked_psnr(
     target: np.ndarray | torch.Tensor,
     mask: np.ndarray | torch.Tensor | None = None,
     per_frame: bool = False,
+    pooled: bool = False,
 ) -> float | np.ndarray:
-    """PSNR from the MSE over mask pixels (all 3 channels), per frame; returns the mean over frames (dB).
+    """The pack's one PSNR (dB): from the MSE over mask pixels (all 3 channels), per frame, then the mean over
+    frames; `pooled` instead takes one MSE over the mask pixels of all frames (a whole-set figure).
 
     Identical frames give inf. The data range is 255 for uint8 input, 1 for float input (same number).
     """
     p, t, m = _pair(pred, target, mask)
+    if pooled:
+        count = int(m.sum())
+        return float("nan") if count == 0 else psnr_from_mse(float(((p - t) ** 2)[m].sum() / (3 * count)))
     out = np.empty(len(p))
     for i in range(len(p)):
         count = int(m[i].sum())
