@@ -135,6 +135,22 @@ def regenerate_mask(clothing: np.ndarray, person: np.ndarray, poses: Sequence[An
     return RegenMasks(soft.astype(np.float32), lock, head, notes)
 
 
+def mannequin_masks(frames: np.ndarray, parser, clothing: np.ndarray | None = None, person: np.ndarray | None = None,
+                    groups: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(garment, person) (N, H, W) bool masks of uint8 mannequin frames: the user's own where given, else the human
+    parser's (`groups`: the clothing groups, default all garments; holes in the garment filled)."""
+    if clothing is not None and person is not None:
+        return np.asarray(clothing) > 0.5, np.asarray(person) > 0.5
+    if parser is None:
+        raise ValueError("the regenerate mask needs a human-parsing model (models/human_parsing/) to find the "
+                         "mannequin and its garment, or both a clothing and a person mask sequence")
+    from ..preprocess.parsing import DEFAULT_CLOTHING
+
+    res = parser.parse(frames, tuple(groups or DEFAULT_CLOTHING), fill_holes=True)
+    return (res.clothing_mask if clothing is None else np.asarray(clothing) > 0.5,
+            res.person_mask if person is None else np.asarray(person) > 0.5)
+
+
 def preview(frames: np.ndarray, regen: np.ndarray, lock: np.ndarray) -> np.ndarray:
     """float32 (N, H, W, 3) frames in [0, 1] with R tinted red and the lock green (what the masks cover)."""
     f = np.asarray(frames, np.float32)
