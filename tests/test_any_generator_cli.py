@@ -52,7 +52,7 @@ def test_regen_mask_command_needs_a_parser_or_both_masks(files):
 
 
 def test_composite_command_locks_the_garment_at_the_generated_size(files, capsys):
-    d, c, src = files
+    d, _, src = files
     if not (d / "lock").exists():
         pytest.skip("needs the regen-mask test's output")
     common = ["composite", "--generated", str(d / "gen.mp4"), "--source", str(d / "mannequin.mp4"), "--lock-masks",

@@ -184,3 +184,46 @@ def test_composite_refuses_without_a_parser_and_passes_through_when_off(clip):
     assert out is gen and "both off" in notes[0]
     with pytest.raises(ValueError, match="mask sequence has 2 frames"):
         cp.match_source(gen, src, clip.clothing_mask[:2])
+
+
+# ------------------------------------------------------------------------------------------ the nodes
+
+
+def test_regenerate_mask_node_with_your_own_masks_and_keypoints(clip):
+    """nodes.logic.regenerate_mask (what M2H Regenerate Mask executes): your masks -> no parser; one mask for all
+    frames and masks of another size are fitted; the outputs are what regen_mask computes."""
+    import torch
+
+    from nodes import logic, spec
+
+    frames = torch.from_numpy(clip.mannequin.astype(np.float32) / 255)
+    pose = logic.PoseSequence(list(clip.poses), 64, 128)
+    regen, lock, prev = logic.regenerate_mask(frames, None, "upper", clothing_mask=torch.from_numpy(
+        clip.clothing_mask.astype(np.float32)), person_mask=torch.from_numpy(clip.mannequin_mask.astype(np.float32)),
+        pose=pose)
+    want = rm.regenerate_mask(clip.clothing_mask, clip.mannequin_mask, clip.poses, rm.RegenMaskSettings.for_height(128))
+    np.testing.assert_array_equal(regen.numpy(), want.regen)
+    np.testing.assert_array_equal(lock.numpy() > 0.5, want.lock)
+    assert prev.shape == frames.shape and float((prev - frames).abs().amax()) > 0.1
+    with pytest.raises(logic.M2HInputError, match="human-parsing model"):
+        logic.regenerate_mask(frames, None, "upper")
+    with pytest.raises(logic.M2HInputError, match="frame counts differ"):
+        logic.regenerate_mask(frames, None, "upper", pose=logic.PoseSequence(list(clip.poses[:2]), 64, 128))
+    assert set(spec.COMPOSITE.input("seam").options) == set(cp.SEAMS)
+
+
+def test_composite_node_keeps_the_garment_and_the_arms(clip):
+    import torch
+
+    from nodes import logic
+
+    arm = _arm(clip)
+    gen, src = _generated(clip, arm), clip.mannequin.astype(np.float32) / 255
+    lock = rm.regenerate_mask(clip.clothing_mask, clip.mannequin_mask, clip.poses).lock
+    out = logic.composite_any(torch.from_numpy(gen), torch.from_numpy(src), _parser_for(clip, gen, arm),
+                              lock_mask=torch.from_numpy(lock.astype(np.float32))).numpy()
+    take = lock & ~arm
+    np.testing.assert_array_equal(out[take], src[take])
+    np.testing.assert_array_equal(out[arm], gen[arm])
+    with pytest.raises(logic.M2HInputError, match="human-parsing model"):
+        logic.composite_any(torch.from_numpy(gen), torch.from_numpy(src), None)

@@ -46,9 +46,9 @@ class RegenMaskSettings:
 
     @classmethod
     def for_height(cls, height: int, **kw: Any) -> RegenMaskSettings:
-        """The pixel defaults scaled from 512 px high frames to `height` (at least 1 px); `kw` overrides."""
-        s = lambda px: max(1, round(px * height / 512))
-        return cls(**{"grow_into_garment": s(4), "lock_erode": s(3), **kw})
+        """`lock_erode` scaled as CompositeSettings.for_height's erode (3 px at 512 high, at least 1); `kw` sets
+        the rest (the nodes' and the CLI's pixel values are at the frames' size)."""
+        return cls(**{"lock_erode": max(1, round(3 * height / 512)), **kw})
 
 
 @dataclass
