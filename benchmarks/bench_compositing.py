@@ -80,6 +80,7 @@ def make_data(n_clips: int, n_frames: int, h: int, w: int) -> dict:
         for k, v in zip(keys, (gt, plain, src, src_plain, c.clothing_mask, c.person_mask, c.mannequin_mask)):
             out[k].append(v)
     d = {k: np.concatenate(v) for k, v in out.items()}
+    d["poses"] = [p for s in range(n_clips) for p in generate_clip(100 + s, n_frames=n_frames, height=h, width=w).poses]
     d["gen"] = vae_roundtrip(d["plain"])
     d["body"] = d["person"] & ~d["cloth"]
     d["parsed_cloth"] = np.stack([grow_mask(m, 1) for m in d["cloth"]]) & d["mann"]
@@ -96,6 +97,58 @@ def sheet(rows: list[list[np.ndarray]], scale: int) -> np.ndarray:
             big = np.repeat(np.repeat((np.clip(f, 0, 1) * 255).round().astype(np.uint8), scale, 0), scale, 1)
             img[r * (hh + 2): r * (hh + 2) + hh, c * (ww + 2): c * (ww + 2) + ww] = big
     return img
+
+
+def standalone(d: dict, e_gt: float, band: np.ndarray, height: int, n_frames: int) -> None:
+    """The path for any generator: M2H Regenerate Mask's lock (from the mannequin masks and poses) and M2H Composite
+    (`composite_generated`, the parser on the generated frames: here exact labels). Clip by clip, as the nodes run."""
+    from m2h_core.demo.synthetic import ExactParser
+    from m2h_core.inference import regen_mask as rm
+
+    gt, gen, src = d["plain"], d["gen"], d["src_plain"]
+    outs, locks = [], []
+    for i in range(0, len(gen), n_frames):
+        part = slice(i, i + n_frames)
+        lock = rm.regenerate_mask(d["cloth"][part], d["mann"][part], d["poses"][part],
+                                  rm.RegenMaskSettings.for_height(height)).lock
+        parser = ExactParser()
+        parser.add(gen[part], d["cloth"][part] & d["person"][part], d["person"][part])
+        s = cp.CompositeSettings.for_height(height, garment_lock=True)
+        outs.append(cp.composite_generated(gen[part], src[part], parser, s, lock=lock)[0])
+        locks.append(lock)
+    out, lock = np.concatenate(outs), np.concatenate(locks)
+    e = cp.seam_energy(out, band)
+    print(f"standalone (Regenerate Mask lock -> Composite, poisson): clothing PSNR {psnr(out, gt, d['cloth']):.2f} dB "
+          f"(lock covers {lock.sum() / d['cloth'].sum():.0%} of M_c), seam score {e:.5f} (ratio to ground truth "
+          f"{e / e_gt:.3f}), body parts untouched: {bool(np.array_equal(out[d['body']], gen[d['body']]))}")
+
+
+def flicker(height: int, width: int, frames: int = 12) -> None:
+    """Regenerate mask flicker (`regen_mask.mask_flicker`: mean 1 - IoU of neighbouring frames) on a still clip
+    (frame 0 held) and a moving one, with exact masks and with parser-like noise (30% of the pixels within 1 px of
+    each mask's edge flipped at random, frame by frame), for temporal windows 1 / 3 / 5; on the moving clip also the
+    share of the bare mannequin the mask covers (voting over frames lags behind motion)."""
+    from m2h_core.inference import regen_mask as rm
+
+    c = generate_clip(7, n_frames=frames, height=height, width=width, motion="sway")
+    rng = np.random.default_rng(0)
+
+    def noisy(m):
+        edge = grow_mask(m, 1) & ~grow_mask(m, -1)
+        return m ^ (edge & (rng.random(m.shape) < 0.3))
+
+    still = (np.repeat(c.clothing_mask[:1], frames, 0), np.repeat(c.mannequin_mask[:1], frames, 0),
+             [c.poses[0]] * frames)
+    for name, (cloth, mann, poses) in (("still", still), ("moving", (c.clothing_mask, c.mannequin_mask, c.poses))):
+        body = mann & ~cloth
+        row = []
+        for label, (cm, mm) in (("exact", (cloth, mann)), ("noisy", (noisy(cloth), noisy(mann)))):
+            for w in (1, 3, 5):
+                r = rm.regenerate_mask(cm, mm, poses, rm.RegenMaskSettings.for_height(height, temporal_window=w))
+                cover = (r.regen > 0.5)[body].mean()
+                row.append(f"{label} w{w} {rm.mask_flicker(r.regen):.4f}"
+                           + (f" (covers {cover:.1%})" if name == "moving" else ""))
+        print(f"regenerate mask flicker, {name} clip ({frames} frames): " + ", ".join(row))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{bool(np.array_equal(kept[d['person']], gen[d['person']]))}")
     print(f"whole frame PSNR: off {psnr(gen, gt, np.ones(gt.shape[:3], bool)):.2f} dB, both "
           f"{psnr(both, gt, np.ones(gt.shape[:3], bool)):.2f} dB")
+    standalone(d, e_gt, band, cfg.height, a.frames)
+    flicker(256, 128)
     picks = [i * a.frames + a.frames // 2 for i in range(min(a.clips, 4))]
     rows = [[src[i], gt[i], gen[i], locked[i], kept[i], both[i]] for i in picks]
     out = Path(a.out)

@@ -91,7 +91,8 @@ def _add_any_generator(sub) -> None:
     r.add_argument("--clothing", default=None, help="clothing groups, comma-separated (default: all garments)")
     r.add_argument("--head-scale", type=float, default=1.3, help="head region width / the head width from the pose")
     r.add_argument("--hair-margin", type=float, default=0.35, help="head region raised by this many head widths")
-    r.add_argument("--grow-into-garment", type=int, default=4, help="px the region reaches into the garment's edge")
+    r.add_argument("--grow-into-garment", type=int, default=None,
+                   help="px the region reaches into the garment's edge (default 4 at 512 px high, scaled)")
     r.add_argument("--feather", type=int, default=0, help="soft edge of the regenerate mask in px (0 = hard)")
     r.add_argument("--temporal-window", type=int, default=3, help="frames the masks are voted over (1 = off)")
     c = sub.add_parser("composite", help="garment lock / keep background on another generator's video")
@@ -126,9 +127,10 @@ def _regen_mask(a) -> int:
             detect = lambda frames, fps: detect_poses(frames, fps, dirs, notes, models)[1]
         if not (a.masks and a.person_masks):
             parser = models.parser(a.parser)
+    grow = {} if a.grow_into_garment is None else {"grow_into_garment": a.grow_into_garment}
     settings = RegenMaskSettings.for_height(_first_height(a.video), head_scale=a.head_scale,
-                                            hair_margin=a.hair_margin, grow_into_garment=a.grow_into_garment,
-                                            feather=a.feather, temporal_window=a.temporal_window)
+                                            hair_margin=a.hair_margin, feather=a.feather,
+                                            temporal_window=a.temporal_window, **grow)
     groups = [g.strip() for g in a.clothing.split(",") if g.strip()] if a.clothing else None
     rep = regen_mask_files(a.video, a.out, settings, parser=parser, clothing_masks=a.masks,
                            person_masks=a.person_masks, keypoints=keypoints, detect_poses=detect, groups=groups,

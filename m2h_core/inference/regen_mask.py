@@ -10,8 +10,10 @@ never the garment, whose real pixels M2H Composite puts back afterwards:
 body = person ∖ garment (the parser calls a bare mannequin skin); head = an ellipse sized from the pose
 (`identity.head_box_from_pose`: eyes/ears, or neck and shoulders for headless mannequins), widened `head_scale`
 and raised `hair_margin` head widths for hair, joined to the neck. Steadiness: the garment and person masks get a
-vote over `temporal_window` frames (`steady_masks`) and the head box a moving average over the same window, so a still
-clip gives the same mask in every frame; `mask_flicker` measures it (1 - IoU of neighbouring frames).
+vote over `temporal_window` frames (`steady_masks`) and the head box a moving average over the same window, so a
+still clip gives the same mask in every frame; what the frame itself shows bare (opened) is added back, so a vote
+lagging behind motion never leaves mannequin skin un-redrawn. `mask_flicker` measures it (1 - IoU of neighbouring
+frames; figures in `benchmarks/bench_compositing.py`'s output and docs/any-generator.md).
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ class RegenMaskSettings:
 
     @classmethod
     def for_height(cls, height: int, **kw: Any) -> RegenMaskSettings:
-        """`lock_erode` scaled as CompositeSettings.for_height's erode (3 px at 512 high, at least 1); `kw` sets
-        the rest (the nodes' and the CLI's pixel values are at the frames' size)."""
-        return cls(**{"lock_erode": max(1, round(3 * height / 512)), **kw})
+        """The pixel defaults scaled from 512 px high frames to `height` (at least 1 px), as
+        CompositeSettings.for_height; `kw` sets any field (the nodes pass their widgets' pixels as they are)."""
+        s = lambda px: max(1, round(px * height / 512))
+        return cls(**{"grow_into_garment": s(4), "lock_erode": s(3), **kw})
 
 
 @dataclass
@@ -73,7 +76,7 @@ def steady_masks(masks: np.ndarray, window: int, sigma: float = 1.0) -> np.ndarr
     """(N, H, W) bool masks voted over `window` frames (temporal median), then a `sigma`-px Gaussian and > 0.5:
     the vote removes what flips in single frames, the blur the lone pixels a per-pixel vote leaves along an edge
     (a still clip whose parser flips 30% of its edge pixels: flicker 0.12 -> 0.017 at window 5, against 0.036 for
-    the vote alone)."""
+    the vote alone; `benchmarks/bench_compositing.py` measures the whole mask)."""
     voted = temporal_smooth_masks(masks.astype(np.float32), window, "median")
     return np.stack([cv2.GaussianBlur(v, (0, 0), sigma) > 0.5 for v in voted])
 
@@ -104,6 +107,7 @@ def regenerate_mask(clothing: np.ndarray, person: np.ndarray, poses: Sequence[An
     if cloth.ndim != 3 or cloth.shape != pers.shape:
         raise ValueError(f"the clothing {cloth.shape} and person {pers.shape} masks must both be (N, H, W)")
     n, h, w = cloth.shape
+    raw_core = pers & ~cloth
     notes = []
     if s.temporal_window > 1:
         cloth, pers = steady_masks(cloth, s.temporal_window), steady_masks(pers, s.temporal_window)
@@ -128,6 +132,8 @@ def regenerate_mask(clothing: np.ndarray, person: np.ndarray, poses: Sequence[An
         if missing:
             notes.append(f"no head position in {missing} of {n} frames (no face or shoulder keypoints)")
     core = (pers | head) & ~cloth
+    if s.temporal_window > 1:  # what this frame shows bare, opened (no lone pixels), is redrawn even if the vote lags
+        core |= grow_mask(grow_mask(raw_core, -1), 1)
     seed = grow_mask(grow_mask(core, -1), 1)  # opened: a lone pixel the vote left must not grow into a blob
     regen = core | (grow_mask(seed, s.grow_into_garment) & cloth)
     lock = grow_mask(cloth, -s.lock_erode) & ~regen
