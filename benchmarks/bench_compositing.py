@@ -11,7 +11,9 @@ Figures, over all frames of all clips (the lock's on the plain-background pair, 
 - clothing PSNR: dB over the clothing mask M_c, generated vs ground truth, without and with the lock;
 - seam score: mean squared luma gradient in a band of `--band` px around M_c's edge, for the ground truth, the
   generated frames and each seam method (feather / harmonise / poisson), with the ratio to the ground truth's;
-- background PSNR outside the person, without and with keep_background.
+- background PSNR outside the person, without and with keep_background;
+- the standalone path (M2H Regenerate Mask's lock -> M2H Composite, `composite_generated`): clothing PSNR and seam;
+- regenerate mask flicker (`regen_mask.mask_flicker`) on a still and a moving clip, exact and noisy masks.
 The lock's body-part mask is exact (person minus clothing of the ground truth); its clothing mask is M_c grown by
 1 px and cut to the mannequin, as a parser that overshoots onto the arms would give: the body parts must stay.
 
@@ -148,7 +150,7 @@ def flicker(height: int, width: int, frames: int = 12) -> None:
                 cover = (r.regen > 0.5)[body].mean()
                 row.append(f"{label} w{w} {rm.mask_flicker(r.regen):.4f}"
                            + (f" (covers {cover:.1%})" if name == "moving" else ""))
-        print(f"regenerate mask flicker, {name} clip ({frames} frames): " + ", ".join(row))
+        print(f"regenerate mask flicker, {name} clip ({frames} frames, {width}x{height} WxH): " + ", ".join(row))
 
 
 def main(argv: list[str] | None = None) -> None:
