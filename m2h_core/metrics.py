@@ -118,17 +118,14 @@ def masked_psnr(
     """
     p, t, m = _pair(pred, target, mask)
     if pooled:
-        count = int(m.sum())
-        return float("nan") if count == 0 else psnr_from_mse(float(((p - t) ** 2)[m].sum() / (3 * count)))
-    out = np.empty(len(p))
-    for i in range(len(p)):
-        count = int(m[i].sum())
-        if count == 0:
-            out[i] = np.nan
-            continue
-        mse = float(((p[i] - t[i]) ** 2)[m[i]].sum() / (3 * count))
-        out[i] = psnr_from_mse(mse)
-    return _reduce(out, per_frame)
+        return psnr_from_mse(_masked_mse(p, t, m))
+    return _reduce(np.array([psnr_from_mse(_masked_mse(p[i], t[i], m[i])) for i in range(len(p))]), per_frame)
+
+
+def _masked_mse(p: np.ndarray, t: np.ndarray, m: np.ndarray) -> float:
+    """Mean squared error over the mask's pixels, all 3 channels; nan for an empty mask."""
+    count = int(m.sum())
+    return float(((p - t) ** 2)[m].sum() / (3 * count)) if count else float("nan")
 
 
 def ssim_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
