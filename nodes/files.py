@@ -6,6 +6,8 @@ Folders the pack adds under ComfyUI/models (also settable in extra_model_paths.y
   dwpose/              yolox_l.onnx, dw-ll_ucoco_384.onnx
   human_parsing/       segformer_b2_clothes/ (folder), parsing_atr.onnx, parsing_lip.onnx
   insightface/         models/antelopev2/ or models/buffalo_l/ (shared with IPAdapter / InstantID / PuLID)
+  ipadapter/           IP-Adapter files, .bin or .safetensors (shared with ComfyUI_IPAdapter_plus)
+The public SD-1.5 files also come from ComfyUI's own checkpoints/, controlnet/, loras/ and clip_vision/.
 `folder_paths` is imported inside the functions, so this module imports without ComfyUI.
 """
 
@@ -26,6 +28,7 @@ FOLDERS = {
     "dwpose": ("dwpose", ONNX),
     "human_parsing": ("human_parsing", ONNX | {".safetensors", ".json"}),
     "insightface": ("insightface", ONNX),
+    "ipadapter": ("ipadapter", None),
 }
 
 # Names always offered (so a shared workflow validates, and running it says where to get a missing file).
@@ -38,6 +41,8 @@ CANONICAL = {
 }
 NONE = "none"
 DIFFUSERS_PREFIX = "diffusers/"
+# dropdowns of the public SD-1.5 files (zero-shot mode): ComfyUI's own folders plus the pack's `ipadapter`
+PUBLIC_SOURCES = ("ipadapter", "controlnet", "loras", "checkpoints")
 
 
 def register_folders() -> None:
@@ -123,13 +128,13 @@ def options(source: str) -> list[str]:
         elif source == "base":
             found = [NONE] + _files("checkpoints") + [DIFFUSERS_PREFIX + d for d in _dirs_with("diffusers",
                                                                                              "model_index.json")]
-        elif source in ("clip_vision", "animatediff_models"):
+        elif source in ("clip_vision", "animatediff_models", *PUBLIC_SOURCES):
             found = [NONE] + _files(source)
         else:
             raise KeyError(source)
     except Exception as err:  # noqa: BLE001 - a broken folder must not break the node list
         log.warning("M2HVideo: could not list %s: %s", source, err)
-        found = [NONE] if source in ("base", "clip_vision", "animatediff_models") else []
+        found = [NONE] if source in ("base", "clip_vision", "animatediff_models", *PUBLIC_SOURCES) else []
     canon = CANONICAL.get(source, ())
     return list(dict.fromkeys([*canon[:1], *found, *canon[1:]])) if canon else list(dict.fromkeys(found))
 
@@ -183,7 +188,8 @@ def not_in_message(key: str, name: str) -> str:
     try:
         there = [n for n in options(source) if n != NONE] if source in ("m2hvideo", "base", "clip_vision",
                                                                          "animatediff_models", "human_parsing",
-                                                                         "insightface", "dwpose_det") else []
+                                                                         "insightface", "dwpose_det",
+                                                                         *PUBLIC_SOURCES) else []
     except Exception:  # noqa: BLE001 - the message must not fail
         there = []
     listing = ", ".join(there[:20]) + (f" (+{len(there) - 20} more)" if len(there) > 20 else "") if there else \
