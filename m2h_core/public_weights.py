@@ -225,7 +225,8 @@ def identify(path: str | os.PathLike, header: dict[str, torch.Tensor] | None = N
         lora = any(_LORA_RE.match(k) for k in ip)
         return PublicFile(name, "ip_adapter", variant, base, f"{IP_WORDS[variant]} for "
                           f"{BASE_WORDS.get(base, 'an unknown base')}{' with its LoRA inside' if lora else ''}")
-    if any(k.startswith("model.diffusion_model.") for k in keys):
+    if any(k.startswith("model.diffusion_model.") for k in keys) and not any(k.startswith("control_model.")
+                                                                            for k in keys):
         from .base_weights import UNET_CONV_IN, identify_checkpoint
 
         base = identify_checkpoint(sd)

@@ -327,6 +327,23 @@ def test_ip_adapter_bin_lora_merge_equals_peft():
     assert all(torch.equal(v, motion.state_dict()[k]) for k, v in before.items())
 
 
+def test_faceid_lora_numbering_skips_motion_modules_unlike_diffusers(sd15_unet):
+    """On SD-1.5 + AnimateDiff, diffusers' `_load_ip_adapter_loras` counts the motion modules' processors too, so
+    20 of the 32 FaceID LoRA layers land on motion modules; merge_lora numbers the spatial layers only."""
+    from diffusers import MotionAdapter
+
+    with torch.device("meta"):
+        motion = UNetMotionModel.from_unet2d(sd15_unet, MotionAdapter(**sd15().unet.motion_kwargs()))
+    sd = nest(ip_adapter_table("faceid"))
+    theirs = {k.split(".processor")[0].removeprefix("unet.") for k in motion._load_ip_adapter_loras([sd])[0]}
+    assert sum("motion_modules" in n for n in theirs) == 20
+    from m2h_core.public_weights import lora_pairs
+
+    lora = {k: v for k, v in sd["ip_adapter"].items() if "_lora." in k}
+    ours = {t.rsplit(".to_", 1)[0] for t, *_ in lora_pairs(lora, motion)}
+    assert ours == {n for n, _, _ in attention_layers()} and not any("motion_modules" in n for n in ours)
+
+
 @pytest.mark.parametrize("layout,suffix", [("ldm", ".pth"), ("ldm_bare", ".safetensors"),
                                            ("diffusers", ".safetensors")])
 def test_tiny_controlnet_equals_diffusers_single_file(tmp_path, layout, suffix):
