@@ -211,9 +211,15 @@ def check_preset(shapes: dict[str, tuple[int, ...]], cfg: M2HConfig, name: str, 
                     if cfg.name == "tiny" else "")
             raise BaseWeightsError(
                 f"{who} is {preset_words(cfg)}, but {name} is "
-                f"{which_preset(part, shapes[key][0]) or 'a model of another size'} "
+                f"{which_preset(part, shapes[key][0]) or _known_encoder(part, shapes[key][0])} "
                 f"({_PART_WORDS[part]} width {shapes[key][0]}, {preset_words(cfg)} has {want[part]}): give the "
                 f"{'base model' if part != 'clip' else 'CLIP image encoder'} it was trained with{hint}")
+
+
+def _known_encoder(part: str, width: int) -> str:
+    from .public_weights import CLIP_WIDTHS
+
+    return f"CLIP {CLIP_WIDTHS[width]}" if part == "clip" and width in CLIP_WIDTHS else "a model of another size"
 
 
 def check_base_files(cfg: M2HConfig, base: str | os.PathLike | None = None,

@@ -511,3 +511,15 @@ def test_doctor_compare_reports_a_shifted_layer():
     shifted["ip_adapter.1.to_k_ip.weight"] = torch.empty(640, 768, device="meta")
     c = compare(shifted, table)
     assert not c.ok and "another shape" in c.words()
+
+
+def test_vit_h_given_to_the_m2h_model_is_named_from_the_header(tmp_path):
+    """The M2H model's preflight (header only) names a ViT-H where its clothing branch needs ViT-L/14."""
+    from m2h_core.base_weights import check_base_files
+    from tests.test_public_doctor import write_header_only
+
+    p = tmp_path / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+    write_header_only(p, clip_vision_table("ViT-H/14", torch.float16))
+    with pytest.raises(BaseWeightsError, match=r"is CLIP ViT-H/14 \(CLIP image encoder width 1280, SD-1.5 has "
+                                               r"1024\): give the CLIP image encoder it was trained with"):
+        check_base_files(sd15(), clip_vision=p)
