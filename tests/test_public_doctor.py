@@ -4,8 +4,6 @@ and what the zero-shot mode lacks is said with where to put it and where to get 
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -17,27 +15,8 @@ from m2h_core.public_layouts import (
     faceid_lora_table,
     ip_adapter_table,
     motion_table,
-    safetensors_bytes,
 )
-
-_NAMES = {torch.float16: "F16", torch.float32: "F32"}
-
-
-def write_header_only(path, table: dict[str, torch.Tensor]) -> None:
-    """A .safetensors file with `table`'s real header and a sparse (unwritten) data section of the right size."""
-    order = sorted(table, key=lambda k: (-table[k].element_size(), k))
-    header, off = {}, 0
-    for k in order:
-        n = table[k].numel() * table[k].element_size()
-        header[k] = {"dtype": _NAMES[table[k].dtype], "shape": list(table[k].shape), "data_offsets": [off, off + n]}
-        off += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * ((-len(raw)) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        f.truncate(8 + len(raw) + off)
-    assert path.stat().st_size == safetensors_bytes(table)
+from tests.fixtures import write_header_only
 
 
 @pytest.fixture(scope="module")

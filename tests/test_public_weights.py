@@ -516,7 +516,7 @@ def test_doctor_compare_reports_a_shifted_layer():
 def test_vit_h_given_to_the_m2h_model_is_named_from_the_header(tmp_path):
     """The M2H model's preflight (header only) names a ViT-H where its clothing branch needs ViT-L/14."""
     from m2h_core.base_weights import check_base_files
-    from tests.test_public_doctor import write_header_only
+    from tests.fixtures import write_header_only
 
     p = tmp_path / "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
     write_header_only(p, clip_vision_table("ViT-H/14", torch.float16))
