@@ -28,7 +28,7 @@ FOLDERS = {
     "dwpose": ("dwpose", ONNX),
     "human_parsing": ("human_parsing", ONNX | {".safetensors", ".json"}),
     "insightface": ("insightface", ONNX),
-    "ipadapter": ("ipadapter", None),
+    "ipadapter": ("ipadapter", None),  # IP-Adapter files (shared with ComfyUI_IPAdapter_plus)
 }
 
 # Names always offered (so a shared workflow validates, and running it says where to get a missing file).
@@ -42,7 +42,7 @@ CANONICAL = {
 NONE = "none"
 DIFFUSERS_PREFIX = "diffusers/"
 # dropdowns of the public SD-1.5 files (zero-shot mode): ComfyUI's own folders plus the pack's `ipadapter`
-PUBLIC_SOURCES = ("ipadapter", "controlnet", "loras", "checkpoints")
+PUBLIC_SOURCES = ("ipadapter", "controlnet", "loras")
 
 
 def register_folders() -> None:
@@ -128,13 +128,15 @@ def options(source: str) -> list[str]:
         elif source == "base":
             found = [NONE] + _files("checkpoints") + [DIFFUSERS_PREFIX + d for d in _dirs_with("diffusers",
                                                                                              "model_index.json")]
-        elif source in ("clip_vision", "animatediff_models", *PUBLIC_SOURCES):
+        elif source in ("clip_vision", "animatediff_models"):
             found = [NONE] + _files(source)
+        elif source in ("controlnet", "ipadapter", "loras"):  # the zero-shot loader's public files
+            found = {"controlnet": [NONE], "loras": ["auto", NONE]}.get(source, []) + _files(source)
         else:
             raise KeyError(source)
     except Exception as err:  # noqa: BLE001 - a broken folder must not break the node list
         log.warning("M2HVideo: could not list %s: %s", source, err)
-        found = [NONE] if source in ("base", "clip_vision", "animatediff_models", *PUBLIC_SOURCES) else []
+        found = [NONE] if source in ("base", "clip_vision", "animatediff_models") else []
     canon = CANONICAL.get(source, ())
     return list(dict.fromkeys([*canon[:1], *found, *canon[1:]])) if canon else list(dict.fromkeys(found))
 

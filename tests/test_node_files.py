@@ -128,7 +128,7 @@ def test_check_name_keeps_plain_names():
 
 def test_ipadapter_folder_and_public_file_dropdowns(models):
     """The pack registers models/ipadapter (ComfyUI_IPAdapter_plus's folder); the public files' dropdowns list
-    ComfyUI's controlnet / loras folders too, each with "none" first."""
+    ComfyUI's controlnet / loras folders too."""
     import folder_paths
 
     assert "ipadapter" in folder_paths.folder_names_and_paths
@@ -137,9 +137,9 @@ def test_ipadapter_folder_and_public_file_dropdowns(models):
     folder_paths.folder_names_and_paths["controlnet"] = ([str(models / "controlnet")], {".safetensors", ".pth"})
     (models / "controlnet").mkdir()
     (models / "controlnet" / "control_v11p_sd15_openpose_fp16.safetensors").write_bytes(b"x")
-    assert files.options("ipadapter") == [files.NONE, "ip-adapter-faceid-plusv2_sd15.bin"]
+    assert files.options("ipadapter") == ["ip-adapter-faceid-plusv2_sd15.bin"]
     assert files.options("controlnet") == [files.NONE, "control_v11p_sd15_openpose_fp16.safetensors"]
-    assert files.options("loras") == [files.NONE]  # not registered in this stand-in: an empty list, no error
+    assert files.options("loras") == ["auto", files.NONE]  # not registered in this stand-in: no files, no error
     assert files.resolve("ipadapter", "ip-adapter-faceid-plusv2_sd15.bin") == str(
         models / "ipadapter" / "ip-adapter-faceid-plusv2_sd15.bin")
     with pytest.raises(files.ModelNameError, match="is not in models/ipadapter"):
