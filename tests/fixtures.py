@@ -201,6 +201,34 @@ def write_motion_module(path: str | os.PathLike, cfg: M2HConfig, seed: int = 0) 
     return adapter
 
 
+# -- public files: real headers without the data -----------------------------------------------------------------
+
+
+def write_header_only(path: str | os.PathLike, table: dict[str, torch.Tensor]) -> Path:
+    """A .safetensors file with `table`'s real header (names, shapes, dtypes, offsets as the safetensors library
+    writes them) and a sparse, unwritten data section of the right size: a public file's header at its real size
+    without its memory (`m2h_core.public_layouts` makes the tables)."""
+    import json
+
+    from m2h_core.public_layouts import safetensors_bytes
+
+    names = {torch.float16: "F16", torch.float32: "F32", torch.bfloat16: "BF16"}
+    header, off = {}, 0
+    for k in sorted(table, key=lambda k: (-table[k].element_size(), k)):
+        n = table[k].numel() * table[k].element_size()
+        header[k] = {"dtype": names[table[k].dtype], "shape": list(table[k].shape), "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((-len(raw)) % 8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        f.truncate(8 + len(raw) + off)
+    assert path.stat().st_size == safetensors_bytes(table)
+    return path
+
+
 # -- M2H checkpoint ----------------------------------------------------------------------------------------------
 
 
@@ -258,30 +286,3 @@ def synthetic_sample(seed: int, n_frames: int = 1, source: str = "human", height
                             c.identity_landmarks, height, width)
     return c, s
 
-
-# -- public files: real headers without the data -----------------------------------------------------------------
-
-
-def write_header_only(path: str | os.PathLike, table: dict[str, torch.Tensor]) -> Path:
-    """A .safetensors file with `table`'s real header (names, shapes, dtypes, offsets as the safetensors library
-    writes them) and a sparse, unwritten data section of the right size: a public file's header at its real size
-    without its memory (`m2h_core.public_layouts` makes the tables)."""
-    import json
-
-    from m2h_core.public_layouts import safetensors_bytes
-
-    names = {torch.float16: "F16", torch.float32: "F32", torch.bfloat16: "BF16"}
-    header, off = {}, 0
-    for k in sorted(table, key=lambda k: (-table[k].element_size(), k)):
-        n = table[k].numel() * table[k].element_size()
-        header[k] = {"dtype": names[table[k].dtype], "shape": list(table[k].shape), "data_offsets": [off, off + n]}
-        off += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * ((-len(raw)) % 8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        f.truncate(8 + len(raw) + off)
-    assert path.stat().st_size == safetensors_bytes(table)
-    return path
