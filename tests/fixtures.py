@@ -285,4 +285,3 @@ def synthetic_sample(seed: int, n_frames: int = 1, source: str = "human", height
     s, _ = transform_sample(getattr(c, source), c.clothing_mask, c.face_mask, c.pose_images, c.identity_image,
                             c.identity_landmarks, height, width)
     return c, s
-
