@@ -4,6 +4,7 @@ still lacks, where to put it and where users get it. Reads headers only; never d
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -51,9 +52,21 @@ def _files(root: Path, depth: int = 3) -> list[Path]:
     return sorted(out)[:MAX_FILES]
 
 
+@functools.lru_cache(maxsize=32)
+def _table(kind: str, variant: str, option: str = "") -> dict | None:
+    """A published table, built once per doctor run (tables are read, never changed)."""
+    from .public_layouts import controlnet_table, ip_adapter_table, table_for
+
+    if kind == "controlnet":
+        return controlnet_table(option)
+    if kind == "ip_adapter":
+        return ip_adapter_table(variant, with_lora=option == "lora")
+    return table_for(kind, variant)
+
+
 def check_file(path: str | os.PathLike, folder: str = "") -> FoundFile:
     """What one file is and whether it matches the published layout of its family (headers only)."""
-    from .public_layouts import compare, controlnet_table, ip_adapter_table, table_for
+    from .public_layouts import compare
     from .public_weights import _LORA_RE, _split_ip, controlnet_layout, identify, read_header
 
     path = Path(path)
@@ -73,18 +86,18 @@ def check_file(path: str | os.PathLike, folder: str = "") -> FoundFile:
     table, scope = None, ""
     try:
         if info.family == "controlnet" and info.base in ("sd15", ""):
-            table = controlnet_table(controlnet_layout(header))
+            table = _table("controlnet", "", controlnet_layout(header))
         elif info.family == "ip_adapter" and info.base == "sd15":
             has_lora = any(_LORA_RE.match(k) for k in _split_ip(header)[1])
-            table = ip_adapter_table(info.variant, with_lora=has_lora) if info.variant in (
+            table = _table("ip_adapter", info.variant, "lora" if has_lora else "") if info.variant in (
                 "faceid", "faceid_plus", "faceid_plusv2", "plus", "plus_face", "base") else None
         elif info.family == "motion_module" and not any("temporal_transformer" in k for k in header):
             words += " (diffusers layout: not compared)"
         elif info.family == "clip_vision":
             header = {k.removeprefix("clip_vision."): v for k, v in header.items()}
-            table = table_for(info.family, info.variant)
+            table = _table(info.family, info.variant)
         elif info.base in ("sd15", ""):
-            table = table_for(info.family, info.variant)
+            table = _table(info.family, info.variant)
             scope = "model.diffusion_model." if info.family == "checkpoint" else ""
     except Exception as e:  # noqa: BLE001
         words += f" (no table: {e})"
