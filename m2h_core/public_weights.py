@@ -370,7 +370,8 @@ def ip_adapter_from_state_dict(sd: dict[str, torch.Tensor], name: str = "ip-adap
         base = CROSS_WIDTH_BASE.get(kv0.shape[1])
         raise PublicWeightsError(
             f"{name} is an {IP_WORDS[variant]} for {BASE_WORDS.get(base, f'a {kv0.shape[1]}-wide context')} (K/V "
-            f"input {kv0.shape[1]}, this UNet's is {ctx}): use its _sd15 version from {H94}")
+            f"input {kv0.shape[1]}, this UNet's is {ctx}): use its _sd15 version from "
+            f"{H94_FACEID if variant in FACEID_VARIANTS else H94}")
     kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     lora: dict[str, torch.Tensor] = {}
     bad: list[str] = []
@@ -467,7 +468,8 @@ def controlnet_to_diffusers(sd: dict[str, torch.Tensor], config: dict) -> dict[s
     return convert_controlnet_checkpoint(sd, config)
 
 
-def check_controlnet(info: PublicFile, sd: dict, want_base: str = "sd15") -> None:
+def check_controlnet(info: PublicFile, want_base: str = "sd15") -> None:
+    """A ControlNet for `want_base`, not a SparseCtrl encoder or another file; else one line with the fix."""
     if info.family == "sparsectrl":
         raise PublicWeightsError(f"{info.name} is an AnimateDiff SparseCtrl encoder, not a ControlNet: give "
                                  f"{OPENPOSE_FILE} ({OPENPOSE_SOURCE})")
@@ -486,7 +488,7 @@ def load_controlnet(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     path = Path(path)
     sd = read_tensors(path)
     info = identify(path, sd)
-    check_controlnet(info, sd, want_base="sd15" if cfg is None or cfg.base_model == "sd15" else info.base)
+    check_controlnet(info, want_base="sd15" if cfg is None or cfg.base_model == "sd15" else info.base)
     if info.variant not in ("openpose", "unknown"):
         log.info("%s is a %s ControlNet (by its name), not OpenPose", path.name, info.variant)
     model = controlnet_from_state_dict(sd, cfg, path.name)
@@ -657,7 +659,7 @@ def check_public_files(*, base=None, motion=None, controlnet=None, ip_adapter=No
                                      f"({MOTION_SOURCE})")
     if "controlnet" in found:
         f = found["controlnet"]
-        check_controlnet(f, headers["controlnet"])
+        check_controlnet(f)
         if f.variant not in ("openpose", "unknown"):
             warnings.warn(f"{f.name} is a {f.variant} ControlNet (by its name), not OpenPose: the pose images "
                           f"drive it as its hint", stacklevel=2)
