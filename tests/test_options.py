@@ -92,7 +92,7 @@ def test_every_batch_option_and_job_column_reaches_its_job(recorded, monkeypatch
     (f1, r1, s1), (f2, r2, s2) = recorded
     assert f1 == f2 == dataclasses.replace(FILES, device="cpu")
     d = str(tmp_path)
-    common = dict(parser="parsing_atr.onnx", face_pack="buffalo_l", search_dirs=["dirA", "dirB"])
+    common = {"parser": "parsing_atr.onnx", "face_pack": "buffalo_l", "search_dirs": ["dirA", "dirB"]}
     assert r1 == GenerateRequest(f"{d}/v1.mp4", [f"{d}/a.png", f"{d}/b.png"], f"{d}/o1.mp4", f"{d}/m1.npy",
                                  f"{d}/p1.mp4", 7, **common, garment_lock=False, keep_background=False)
     assert s1 == dataclasses.replace(SETTINGS, steps=4, guidance_scale=3.5, seed=13, scheduler="dpmpp_2m",
@@ -165,14 +165,14 @@ def test_sampler_settings_reach_the_model(tiny_model, monkeypatch):
 
     rec, ref = run()
     assert torch.equal(run()[1], ref)
-    assert rec.encode_kwargs == [dict(classifier_free=True, pose_strength=0.5, identity_strength=1.5)]
+    assert rec.encode_kwargs == [{"classifier_free": True, "pose_strength": 0.5, "identity_strength": 1.5}]
     # windows of 4 with overlap 1 over 7 frames: 0-3 and 3-6, each one call of [cond; uncond]
     assert rec.denoise_calls == [(2, (0, 1, 2, 3), False), (2, (3, 4, 5, 6), False)]
     rec, _ = run(context_overlap=2)  # 0-3, 2-5, 3-6
     assert [c[1][0] for c in rec.denoise_calls] == [0, 2, 3]
     rec, _ = run(context_frames=3, context_overlap=0)
     assert [c[1] for c in rec.denoise_calls] == [(0, 1, 2), (3, 4, 5), (4, 5, 6)]
-    rec, same = run(chunk_frames=7)  # both windows in one call, the motion modules told where they are
+    rec, _ = run(chunk_frames=7)  # both windows in one call, the motion modules told where they are
     assert rec.denoise_calls == [(2, None, True)]
     rec, same2 = run(batch_cfg=False)  # the two branches as two calls of one
     assert [c[0] for c in rec.denoise_calls] == [1, 1, 1, 1]
@@ -181,8 +181,8 @@ def test_sampler_settings_reach_the_model(tiny_model, monkeypatch):
     assert rec.encode_kwargs[0]["classifier_free"] is False and {c[0] for c in rec.denoise_calls} == {1}
     rec, _ = run(steps=3)
     assert len(rec.denoise_calls) == 3 * 2
-    for change in (dict(seed=2), dict(guidance_scale=3.0), dict(scheduler="euler"), dict(pose_strength=1.0),
-                   dict(identity_strength=0.5)):
+    for change in ({"seed": 2}, {"guidance_scale": 3.0}, {"scheduler": "euler"}, {"pose_strength": 1.0},
+                   {"identity_strength": 0.5}):
         assert not torch.equal(run(**change)[1], ref), change  # the same settings give the same bits
 
 
@@ -204,5 +204,5 @@ def test_prepare_data_options_reach_process_video(monkeypatch, tmp_path):
     assert prepare_data.main(["--videos", str(tmp_path / "v"), "--out", str(tmp_path / "c"), "--max-side", "300",
                               "--max-frames", "40", "--min-frames", "12", "--seed", "5", "--test-fraction",
                               "0.25"]) == 0
-    assert {k: seen[k] for k in ("max_side", "max_frames", "min_frames", "seed", "test_fraction")} == dict(
-        max_side=300, max_frames=40, min_frames=12, seed=5, test_fraction=0.25)
+    assert {k: seen[k] for k in ("max_side", "max_frames", "min_frames", "seed", "test_fraction")} == {
+        "max_side": 300, "max_frames": 40, "min_frames": 12, "seed": 5, "test_fraction": 0.25}
