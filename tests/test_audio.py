@@ -136,3 +136,15 @@ def test_m2h_generate_keeps_the_sound_of_the_frames_it_generates(files, tmp_path
     assert len(samples) / sr == pytest.approx(0.5, abs=0.07)
     assert onset_of(samples, sr) == pytest.approx(0.25, abs=0.03)
     assert f"note: {AUDIO_KEPT}" in err and f"note: {AUDIO_NOT_KEPT} GIF output" in err
+
+
+@pytest.mark.parametrize("make", ["mannequin_to_human", "user_masks"])
+def test_the_templates_give_create_video_the_sources_audio(make):
+    """In ComfyUI the sound goes Get Video Components -> audio -> Create Video, which trims it to the frames."""
+    from workflows import build_workflows as bw
+
+    api = getattr(bw, make)().api()
+    comps = next(k for k, n in api.items() if n["class_type"] == "GetVideoComponents"
+                 and api[n["inputs"]["video"][0]]["_meta"]["title"] == "Mannequin video")
+    create = [n for n in api.values() if n["class_type"] == "CreateVideo"]
+    assert len(create) == 1 and create[0]["inputs"]["audio"] == [comps, 1]
