@@ -20,6 +20,7 @@ from m2h_core import cli
 from m2h_core.inference import generate as gen
 from m2h_core.inference.generate import GenerateReport, GenerateRequest, ModelFiles
 from m2h_core.inference.sampler import SamplerSettings, sample_video
+from m2h_core.video_io import AUDIO_NOT_KEPT
 
 SAMPLING = ["--steps", "3", "--cfg", "2.5", "--scheduler", "euler", "--seed", "11", "--pose-strength", "0.5",
             "--identity-strength", "1.5", "--context", "6", "--overlap", "2", "--chunk-frames", "12",
@@ -45,7 +46,7 @@ def recorded(monkeypatch):
 
     def record(files, req, settings=None, progress=None, *, models=None, pipeline=None):
         calls.append((files, req, settings))
-        return GenerateReport(req.out, 1, 8.0, 32, 64, [])
+        return GenerateReport(req.out, 1, 8.0, 32, 64, [f"{AUDIO_NOT_KEPT} GIF output carries no sound"])
 
     monkeypatch.setattr(gen, "generate", record)
     monkeypatch.delenv("M2H_MODELS", raising=False)
@@ -76,7 +77,7 @@ def test_models_dir_from_the_environment_comes_after_the_flags(recorded, monkeyp
     assert recorded[-1][1].search_dirs == ["flagdir", "envdir"]
 
 
-def test_every_batch_option_and_job_column_reaches_its_job(recorded, monkeypatch, tmp_path):
+def test_every_batch_option_and_job_column_reaches_its_job(recorded, monkeypatch, tmp_path, capsys):
     """Row 2 sets every optional column (values unlike the command's); row 3 sets none and gets the command's."""
     monkeypatch.setattr(ModelFiles, "check", lambda self: None)
     monkeypatch.setattr(ModelFiles, "load", lambda self: "the pipeline")
@@ -89,6 +90,7 @@ def test_every_batch_option_and_job_column_reaches_its_job(recorded, monkeypatch
     argv[argv.index("--device") + 1] = "cpu"  # batch runs accelerate's process state on the device given
     assert cli.main(argv) == 0
     assert (tmp_path / "bad.csv").is_file()  # --failed reaches the failure log
+    assert f"{AUDIO_NOT_KEPT} GIF output carries no sound: row 3" in capsys.readouterr().out  # said per job
     (f1, r1, s1), (f2, r2, s2) = recorded
     assert f1 == f2 == dataclasses.replace(FILES, device="cpu")
     d = str(tmp_path)
