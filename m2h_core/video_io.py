@@ -529,7 +529,8 @@ AUDIO_KEPT, AUDIO_NOT_KEPT = "audio kept:", "audio not kept:"  # how `WriteInfo.
 
 
 def _source_audio_stream(path: str):
-    """(open container, its first decodable audio stream) or None: image sequences, silent or unreadable files."""
+    """(open container, its first decodable audio stream or None when no track can be decoded), or None: image
+    sequences, files without sound, unreadable files (the video reader reports those)."""
     import av
 
     if not os.path.isfile(path) or path.lower().endswith(IMAGE_EXTENSIONS):
@@ -538,11 +539,10 @@ def _source_audio_stream(path: str):
         container = av.open(path)
     except Exception:  # noqa: BLE001 - the video reader reports an unreadable source
         return None
-    stream = next((a for a in container.streams.audio if a.codec_context is not None), None)
-    if stream is None:
+    if not container.streams.audio:
         container.close()
         return None
-    return container, stream
+    return container, next((a for a in container.streams.audio if a.codec_context is not None), None)
 
 
 def _write_audio(out, audio: AudioSource, codec: str) -> str:
@@ -556,6 +556,8 @@ def _write_audio(out, audio: AudioSource, codec: str) -> str:
         return ""
     src, stream = found
     try:
+        if stream is None:
+            raise ValueError(f"this FFmpeg build cannot decode the sound track of {audio.path!r}")
         vstream = src.streams.video[0] if src.streams.video else None
         t0 = float(vstream.start_time * vstream.time_base) if vstream is not None and vstream.start_time else 0.0
         in_rate = stream.codec_context.sample_rate or stream.rate
