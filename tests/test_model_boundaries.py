@@ -151,3 +151,8 @@ def test_vae_gets_and_gives_what_diffusers_image_processor_does(encoders, monkey
     raw = vae.decode(z).sample
     torch.testing.assert_close(codec.decode_latents(z).clamp(0, 1), proc.postprocess(raw, output_type="pt"),
                                atol=1e-6, rtol=0)
+    vae16 = FrozenEncoders.random(tiny()).to(dtype=torch.bfloat16).vae
+    enc16 = type(vae16).encode.__get__(vae16)
+    monkeypatch.setattr(vae16, "encode", lambda x, *a, **k: seen.append(x) or enc16(x, *a, **k))
+    out = DiffusersVAE(vae16).decode_latents(DiffusersVAE(vae16).encode_pixels(img))
+    assert seen[-1].dtype == torch.bfloat16 and out.dtype == torch.float32  # the model's dtype in, float32 out
