@@ -269,7 +269,7 @@ def encode_identity(photo: torch.Tensor, analyzer: Any, height: int, width: int,
         pose_size=None if pose is None else (pose.height, pose.width), reference_frame=reference_frame,
         face_scale=face_scale, identity_input=identity_input)
     for note in notes + more:
-        log.info("M2H Identity Photo: %s", note)
+        (log.warning if note.startswith("small face") else log.info)("M2H Identity Photo: %s", note)
     preview = ident.preview[None]
     if chosen.preview is not None:  # several photos: then every face with its similarity to the mean
         preview = torch.cat([preview, face_tiles(chosen.preview, len(photos), height, width)])

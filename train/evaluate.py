@@ -310,7 +310,7 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
     device = torch.device(a.device)
     model = load_checkpoint(a.checkpoint, device=device)
     cfg = model.cfg
-    ds = ClipCacheDataset(a.data, None, ids=ids, height=cfg.height, width=cfg.width, seed=a.seed)
+    ds = ClipCacheDataset(a.data, None, ids=ids, num_frames=None, height=cfg.height, width=cfg.width, seed=a.seed)
     notes: list[str] = []
     lpips_models: dict = {}
     if a.random_encoders:

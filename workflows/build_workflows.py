@@ -243,8 +243,8 @@ VIDEO_NOTE = """## Inputs
 1. **Load Video**: the mannequin video (a short clip; every frame is used — trim long videos first).
 2. **Load Image**: one clear photo of the person (face at least ~100 px wide).
 
-The result keeps the source video's frame rate (Get Video Components -> fps -> Create Video) and is saved to
-`output/video/`. Long videos are generated in overlapping windows (M2H Sampler: context_frames / overlap).
+The result keeps the source video's frame rate and sound (Get Video Components -> fps, audio -> Create Video)
+and is saved to `output/video/`. Long videos are generated in overlapping windows (M2H Sampler: context_frames / overlap).
 """
 
 MASKS_NOTE = """## Your own clothing masks
@@ -290,6 +290,7 @@ def _generate(g: Graph, comps: Node, ident: Node, clothing_mask_from: tuple[Node
     create = g.add("CreateVideo", (1500, 200), (270, 80))
     g.link(sampler, "images", create, "images")
     g.link(comps, "fps", create, "fps")
+    g.link(comps, "audio", create, "audio")  # the source's sound (Create Video trims it to the frames generated)
     save = g.add("SaveVideo", (1500, 330), (400, 420), filename_prefix="video/M2HVideo")
     g.link(create, "VIDEO", save, "video")
     prev = g.add("PreviewImage", (1120, 680), (300, 300), title="Identity placement")
