@@ -81,3 +81,21 @@ def test_composite_command_says_what_is_missing(files):
     with pytest.raises(ValueError, match="nothing to do"):
         main(["composite", "--generated", str(d / "gen.mp4"), "--source", str(d / "mannequin.mp4"), "--out",
               str(d / "x.mp4")])
+
+
+def test_composite_command_keeps_the_sources_sound_for_the_frames_composited(files, tmp_path, capsys):
+    """A source with a tone from 0.5 s, 24 frames at 12 fps; a generated video of 12 frames: the composite is the
+    first 12 frames (1 s) at 12 fps and carries the source's first second of sound, tone onset at 0.5 s."""
+    from .test_audio import onset_of, sound, write_with_tone
+
+    d, c, _ = files
+    frames = np.concatenate([c.mannequin] * 4)[:24]
+    write_with_tone(tmp_path / "src.mp4", frames)
+    write_video(tmp_path / "gen.mp4", frames[:12], 12)
+    assert main(["composite", "--generated", str(tmp_path / "gen.mp4"), "--source", str(tmp_path / "src.mp4"),
+                 "--out", str(tmp_path / "out.mp4"), "--keep-background", "--models-dir", str(d / "models")]) == 0
+    assert "audio kept" in capsys.readouterr().err
+    samples, sr = sound(tmp_path / "out.mp4")
+    assert abs(len(samples) / sr - 1.0) < 0.07 and abs(onset_of(samples, sr) - 0.5) < 0.03  # AAC: whole 1024s
+    v = read_video(tmp_path / "out.mp4")  # longer than one 16-frame chunk: the fps is the source's, not a default
+    assert v.num_frames == 12 and v.fps == 12

@@ -18,7 +18,7 @@ from itertools import islice
 
 import numpy as np
 
-from ..video_io import FrameStream, VideoWriter
+from ..video_io import AudioSource, FrameStream, VideoWriter
 from . import inputs
 from .compositing import CompositeSettings, composite_generated
 from .regen_mask import RegenMaskSettings, mannequin_masks, preview, regenerate_mask
@@ -42,9 +42,18 @@ def _stream(path: str | os.PathLike, what: str) -> FrameStream:
     return FrameStream(path)
 
 
-def _write(path: str | os.PathLike, fps: float) -> VideoWriter:
-    """The one place the standalone commands open their output (the source's fps; its audio goes here too)."""
-    return VideoWriter(path, fps)
+def _write(path: str | os.PathLike, fps: float, audio: AudioSource | None = None) -> VideoWriter:
+    """The one place the standalone commands open their output (the source's fps and, for a composite, its sound)."""
+    return VideoWriter(path, fps, audio=audio)
+
+
+def _survey(path: str | os.PathLike) -> tuple[int, float]:
+    """Frame count and fps of a video as the reader will give them (a decoding pass that keeps no frame): the
+    writer needs the fps, and the sound's span the count, before the first composited frame is written."""
+    s = FrameStream(path)
+    for _ in s:
+        pass
+    return s.count, s.fps
 
 
 def composite_files(generated: str | os.PathLike, source: str | os.PathLike, out: str | os.PathLike,
@@ -75,7 +84,9 @@ def composite_files(generated: str | os.PathLike, source: str | os.PathLike, out
                                                    np.stack(s[:n]).astype(np.float32) / 255, parser, settings,
                                                    lock=part)
                 notes += [m for m in more if m not in notes]
-                writer = writer or _write(out, src_s.fps)
+                if writer is None:
+                    (n_gen, _), (n_src, fps) = _survey(generated), _survey(source)
+                    writer = _write(out, fps, AudioSource.for_frames(source, min(n_gen, n_src), fps))
                 writer.write(frames)
                 done += n
             if len(g) < chunk or len(s) < chunk:
@@ -91,6 +102,8 @@ def composite_files(generated: str | os.PathLike, source: str | os.PathLike, out
             notes.append(f"written at the source's {src_s.fps:g} fps (the generated file says {gen_s.fps:g}): frame "
                          "i is source frame i")
         info = writer.close()
+        if info.audio:
+            notes.append(info.audio)
     except BaseException:
         if writer is not None:
             writer.abort()
