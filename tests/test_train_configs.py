@@ -83,3 +83,24 @@ def test_extends_errors_are_clear(tmp_path):
     assert (tc.lr, tc.batch_size, tc.synthetic_clips) == (0.5, 2, 2)
     with pytest.raises(ValueError, match="mirror_reduction"):
         load_train_config(tmp_path / "d.yaml", {"mirror_reduction": "sum"})
+
+
+def test_identity_input_is_a_config_key(tmp_path):
+    """Head-only x_id (ours) vs the paper's whole frame: sd15.yaml says head; --set identity_input=full switches it,
+    and a checkpoint trained the other way is refused rather than silently retrained."""
+    from m2h_core.checkpoint import save_checkpoint
+    from m2h_core.config import tiny
+    from m2h_core.models.m2h import M2HModel
+    from m2h_core.training.config import checkpoint_model_config
+
+    assert load_train_config(CONFIGS / "sd15.yaml", NEED).model_config().identity_input == "head"
+    full = load_train_config(CONFIGS / "sd15.yaml", {**NEED, "identity_input": "full"})
+    assert full.model_config().identity_input == "full"
+    with pytest.raises(ValueError, match="identity_input"):
+        load_train_config(CONFIGS / "sd15.yaml", {**NEED, "identity_input": "face"})
+    ckpt = tmp_path / "m2h.safetensors"
+    save_checkpoint(M2HModel(tiny()), ckpt)  # the tiny preset: head
+    tc = TrainConfig.from_dict({"preset": "tiny", "init_checkpoint": str(ckpt), "synthetic_clips": 1,
+                                "identity_input": "full"})
+    with pytest.raises(ValueError, match="identity_input: full"):
+        checkpoint_model_config(tc)

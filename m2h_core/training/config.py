@@ -18,6 +18,8 @@ MIRROR_REDUCTIONS = ("normalized", "paper")
 
 
 LR_SCHEDULES = ("constant", "cosine")
+#: what of the identity image x_id the model sees (M2HConfig.identity_input)
+IDENTITY_INPUTS = ("head", "full")
 
 
 @dataclass
@@ -45,11 +47,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_schedule: str = "constant"  # after the warm-up: "constant" (the paper's) or "cosine" (decays to 0 at max_steps)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # ours: the paper names no clipping (0 = off)
     max_nonfinite_steps: int = 5  # consecutive non-finite losses (each step skipped) before the run aborts
     progressive: bool = True  # half resolution for the first half_res_fraction of the steps
     half_res_fraction: float = 0.5
-    cond_dropout: float = 0.1
+    cond_dropout: float = 0.1  # ours: the paper samples with CFG 7.5 but names no condition dropout rate
     # input perturbation against exposure bias (Ning et al. 2023): z_t is made with ε + γ ξ, the targets keep
     # ε / z_0, so the model learns not to trust z_t's details fully (the sampler's z_t carries its own earlier
     # errors). 0 = off
@@ -71,6 +73,10 @@ class TrainConfig:
     use_head_encoder: bool = True
     adapter_enabled: bool = True
     adapter_normalize: bool = True
+    # what of x_id E sees (M2HConfig.identity_input): "full" = the whole frame, as the paper's x_id ("randomly
+    # selected from the frames in v_h", Sec. III-D); "head" = x_id ⊙ M_head (`identity.head_only`, ours: a whole
+    # frame lets the model copy x_id's clothes). None: the preset's ("head"), or the init_checkpoint's
+    identity_input: str | None = None
     # the clothing frame's fill outside M_c: "black" (the paper's v ⊙ M_c) or "backdrop" (M2HConfig.clothing_fill);
     # None: the preset's (black), or the init_checkpoint's
     clothing_fill: str | None = None
@@ -128,6 +134,8 @@ class TrainConfig:
         if self.mirror_weighting not in (None, "alpha_bar", "none"):
             raise ValueError(f"mirror_weighting must be alpha_bar, none or null (the reduction's own), got "
                              f"{self.mirror_weighting!r}")
+        if self.identity_input is not None and self.identity_input not in IDENTITY_INPUTS:
+            raise ValueError(f"identity_input must be one of {IDENTITY_INPUTS}, got {self.identity_input!r}")
         if self.clothing_fill is not None and self.clothing_fill not in CLOTHING_FILLS:
             raise ValueError(f"clothing_fill must be one of {CLOTHING_FILLS}, got {self.clothing_fill!r}")
         if self.warmup_steps < 0:
@@ -152,6 +160,8 @@ class TrainConfig:
         cfg.adapter.normalize = self.adapter_normalize
         if self.clothing_fill is not None:
             cfg.clothing_fill = self.clothing_fill
+        if self.identity_input is not None:
+            cfg.identity_input = self.identity_input
         return cfg
 
 
@@ -169,7 +179,8 @@ def checkpoint_model_config(tc: TrainConfig) -> M2HConfig:
     for key, mine, theirs in (("use_head_encoder", yaml_cfg.use_head_encoder, cfg.use_head_encoder),
                               ("adapter_enabled", yaml_cfg.adapter.enabled, cfg.adapter.enabled),
                               ("adapter_normalize", yaml_cfg.adapter.normalize, cfg.adapter.normalize),
-                              ("clothing_fill", tc.clothing_fill or cfg.clothing_fill, cfg.clothing_fill)):
+                              ("clothing_fill", tc.clothing_fill or cfg.clothing_fill, cfg.clothing_fill),
+                              ("identity_input", tc.identity_input or cfg.identity_input, cfg.identity_input)):
         if mine != theirs:
             conflicts.append(f"{key}: {mine} (checkpoint: {theirs})")
     for key in ("height", "width"):

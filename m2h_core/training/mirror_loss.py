@@ -49,10 +49,14 @@ Face-crop decoding
 Decoding the whole frame through the VAE decoder is the expensive part. With `crop=True` (default) only a
 window of latent cells around the face is decoded: per frame the face-mask bounding box plus `margin` latent
 cells of context on every side; one crop size per batch (the largest box), positioned per frame and clamped to
-the latent. Everything outside the mask contributes nothing to Eq. 6 (both images are masked before VGG, and
-VGG's zero padding equals the masked-out zeros), so the only approximation is the decoder's context at the crop
-border (and its mid-block attention seeing a window instead of the frame) - the same approximation tiled VAE
-decoding makes. Frames without face pixels, and clips skipped by `t_max`, are not decoded at all.
+the latent. The pixel term is exact up to the decoder's context at the crop border (and its mid-block attention
+seeing a window instead of the frame) - the same approximation tiled VAE decoding makes. The perceptual term is
+an approximation in two more ways: VGG normalises its input by ImageNet's mean/std, so a masked-out pixel (0)
+enters it as -mean/std (about -2) while its zero padding at the crop border is 0 after normalisation (ImageNet's
+mean grey), not the black a full frame has there; and features outside the crop window, which are non-zero within
+a receptive field (relu3_3: 40 px) of the mask's edge, are not summed. Both only touch positions within a
+receptive field of the crop border, and `train.py --preflight` reports the difference (`crop_vs_full_loss_rel`).
+Frames without face pixels, and clips skipped by `t_max`, are not decoded at all.
 """
 
 from __future__ import annotations
