@@ -12,10 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CLOTHING_FILLS, M2HConfig, preset
-
-#: mirror-loss reductions (`m2h_core.training.mirror_loss`): Eq. 6 literally, or per-pixel / per-frame means.
-MIRROR_REDUCTIONS = ("normalized", "paper")
-
+from .mirror_loss import MIRROR_REDUCTIONS  # per-pixel means, Eq. 4 and 6 both as sums, or Eq. 6's sums vs Eq. 4's mean
 
 LR_SCHEDULES = ("constant", "cosine")
 #: what of the identity image x_id the model sees (M2HConfig.identity_input)
@@ -63,10 +60,12 @@ class TrainConfig:
     mirror: bool = True
     alpha: float = 0.05
     beta: float = 0.005
-    mirror_reduction: str = "normalized"  # "paper": Eq. 6 literally (sums); "normalized": means (mirror_loss.py)
+    # "normalized": means, ᾱ_t-weighted (ours); "literal": Eq. 4 and Eq. 6 both as written (sums); "paper": Eq. 6's
+    # sums against Eq. 4's mean (mixed; earlier runs). mirror_loss.py's docstring
+    mirror_reduction: str = "normalized"
     mirror_crop: bool = True
     mirror_margin: int = 2
-    # per-clip weight: alpha_bar | none; None (default): the reduction's own (normalized: alpha_bar, paper: none)
+    # per-clip weight: alpha_bar | none; None (default): the reduction's own (normalized: alpha_bar, otherwise none)
     mirror_weighting: str | None = None
     mirror_t_max: int | None = None
     # ablations (Table III)
