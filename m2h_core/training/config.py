@@ -15,6 +15,8 @@ from ..config import CLOTHING_FILLS, M2HConfig, preset
 from .mirror_loss import MIRROR_REDUCTIONS  # per-pixel means, Eq. 4 and 6 both as sums, or Eq. 6's sums vs Eq. 4's mean
 
 LR_SCHEDULES = ("constant", "cosine")
+#: where a new model's weights come from (`init`): the base files only, or public add-ons too (public_init.py)
+INITS = ("base", "public")
 #: what of the identity image x_id the model sees (M2HConfig.identity_input)
 IDENTITY_INPUTS = ("head", "full")
 
@@ -86,6 +88,13 @@ class TrainConfig:
     motion_module: str | None = None
     vgg: str | None = None  # vgg16-397923af.pth / .safetensors; None: default model folders
     init_checkpoint: str | None = None  # start from an M2H checkpoint instead of the base UNet
+    # "base": the base UNet (+ motion module) and fresh M2H parts; "public": also warm-start M2H parts from public
+    # add-ons (`public_init.py`): A's identity K/V and H's ArcFace path from an IP-Adapter FaceID file, E_pose
+    # from a ControlNet OpenPose file (widths must match: pose_channels)
+    init: str = "base"
+    ip_adapter: str | None = None  # ip-adapter-faceid_sd15.bin (or FaceID-Plus(V2)) for init: public
+    controlnet: str | None = None  # control_v11p_sd15_openpose.pth for init: public
+    pose_channels: list[int] | None = None  # E_pose widths (None: the preset's); ControlNet 1.1's: [16, 32, 96, 256]
     lora_rank: int = 0
     lora_alpha: float | None = None
     gradient_checkpointing: bool = False
@@ -133,6 +142,18 @@ class TrainConfig:
         if self.mirror_weighting not in (None, "alpha_bar", "none"):
             raise ValueError(f"mirror_weighting must be alpha_bar, none or null (the reduction's own), got "
                              f"{self.mirror_weighting!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.init == "public" and self.init_checkpoint:
+            raise ValueError("init: public warm-starts a new model from public files; init_checkpoint is already a "
+                             "whole M2H model - give one or the other")
+        if self.init == "public" and not (self.ip_adapter or self.controlnet or self.motion_module or self.base):
+            raise ValueError("init: public needs public files: --ip-adapter (IP-Adapter FaceID), --controlnet "
+                             "(ControlNet OpenPose), --motion-module (AnimateDiff), --base (SD-1.5 or its inpainting UNet)")
+        if (self.ip_adapter or self.controlnet) and self.init != "public":
+            raise ValueError("ip_adapter / controlnet are read only with init: public (--init public)")
+        if self.pose_channels is not None and (len(self.pose_channels) < 2 or min(self.pose_channels) < 1):
+            raise ValueError(f"pose_channels must list at least 2 positive widths, got {self.pose_channels}")
         if self.identity_input is not None and self.identity_input not in IDENTITY_INPUTS:
             raise ValueError(f"identity_input must be one of {IDENTITY_INPUTS}, got {self.identity_input!r}")
         if self.clothing_fill is not None and self.clothing_fill not in CLOTHING_FILLS:
@@ -161,6 +182,11 @@ class TrainConfig:
             cfg.clothing_fill = self.clothing_fill
         if self.identity_input is not None:
             cfg.identity_input = self.identity_input
+        if self.pose_channels is not None:
+            if len(self.pose_channels) != len(cfg.head.pose_channels):
+                raise ValueError(f"pose_channels needs {len(cfg.head.pose_channels)} widths for the {self.preset} "
+                                 f"preset (one stride-2 stage per VAE downsampling), got {self.pose_channels}")
+            cfg.head.pose_channels = tuple(int(c) for c in self.pose_channels)
         return cfg
 
 
@@ -182,6 +208,8 @@ def checkpoint_model_config(tc: TrainConfig) -> M2HConfig:
                               ("identity_input", tc.identity_input or cfg.identity_input, cfg.identity_input)):
         if mine != theirs:
             conflicts.append(f"{key}: {mine} (checkpoint: {theirs})")
+    if tc.pose_channels is not None and tuple(tc.pose_channels) != tuple(cfg.head.pose_channels):
+        conflicts.append(f"pose_channels: {list(tc.pose_channels)} (checkpoint: {list(cfg.head.pose_channels)})")
     for key in ("height", "width"):
         if getattr(tc, key) and int(getattr(tc, key)) != getattr(cfg, key):
             conflicts.append(f"{key}: {getattr(tc, key)} (checkpoint: {getattr(cfg, key)})")

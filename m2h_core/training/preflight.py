@@ -54,7 +54,7 @@ PREFLIGHT_KEYS: tuple[str, ...] = (
     # what was run
     "mode", "device", "preset", "height", "width", "num_frames", "batch_size", "grad_accum", "mixed_precision",
     "gradient_checkpointing", "lora_rank", "max_steps", "progressive", "mirror", "mirror_reduction", "alpha",
-    "beta", "trainable_params", "frozen_params", "inputs_missing",
+    "beta", "trainable_params", "frozen_params", "inputs_missing", "init_sources",
     # measured (n/a in estimate mode)
     "steps_measured", "step_s_half", "step_s_full", "peak_mem_gib_half", "peak_mem_gib_full", "peak_mem_gib",
     "peak_mem_kind", "device_mem_gib", "fits_device", "first_change", "hours_to_max_steps",
@@ -397,7 +397,7 @@ def gradient_balance(tr, batches: list[dict], target: float, seed: int = 0) -> d
                     s["ab"] += (grad_sq_norm(terms["g_pix"] + terms["g_perc"], params) - a2 - b2) / 2
                 del terms
                 if red == "paper":  # literal = paper / n_lat: its squared norms / n_lat², L_diff's unchanged
-                    n, f, _, hh, ww = batch["frames"].shape
+                    _, f, _, hh, ww = batch["frames"].shape
                     n_lat = f * cfg.unet.latent_channels * (hh // cfg.vae.downscale) * (ww // cfg.vae.downscale)
                     lit = sums["literal"]
                     lit["d2"] += s["d2"] - d2_before
@@ -485,6 +485,7 @@ def measure(tc: TrainConfig, opts: PreflightOptions, trainer_factory: Callable[[
     dev = tr.device
     out: dict[str, Any] = {"device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda"
                                                  else ""),
+                           "init_sources": "; ".join(getattr(tr, "init_report", [])) or init_sources(tc),
                            "trainable_params": sum(p.numel() for p in tr.params),
                            "frozen_params": sum(p.numel() for p in tr.model.parameters() if not p.requires_grad)
                            + sum(p.numel() for p in tr.encoders.vae.parameters())
@@ -543,8 +544,19 @@ def missing_inputs(tc: TrainConfig) -> str:
     """The files/folders the config names that do not exist ('none' when all do): checked in every mode, so an
     estimate on a laptop already catches a typo in the command meant for the GPU machine."""
     missing = [f"{k}={getattr(tc, k)}" for k in ("data", "base", "clip_vision", "motion_module", "vgg",
-                                                 "init_checkpoint") if getattr(tc, k) and not Path(getattr(tc, k)).exists()]
+                                                 "init_checkpoint", "ip_adapter", "controlnet")
+               if getattr(tc, k) and not Path(getattr(tc, k)).exists()]
     return ", ".join(missing) if missing else "none"
+
+
+def init_sources(tc: TrainConfig) -> str:
+    """Where a new model's weights come from, by file (the measured preflight lists each mapping instead)."""
+    if tc.init_checkpoint:
+        return f"everything <- {Path(tc.init_checkpoint).name}"
+    parts = [f"{what} <- {Path(getattr(tc, key)).name}" for what, key in (
+        ("UNet (+ VAE)", "base"), ("motion modules", "motion_module"), ("A, H (init public)", "ip_adapter"),
+        ("E_pose (init public)", "controlnet")) if getattr(tc, key)]
+    return "; ".join(parts) or "random (random_init)"
 
 
 def _settings(tc: TrainConfig, cfg: M2HConfig) -> dict[str, Any]:
@@ -578,6 +590,7 @@ def run_preflight(tc: TrainConfig, opts: PreflightOptions | None = None, *,
     report.update(_settings(tc, cfg))
     report["trainable_params"], report["frozen_params"] = est.pop("_trainable"), est.pop("_frozen")
     report["inputs_missing"] = missing_inputs(tc)
+    report["init_sources"] = init_sources(tc)
     report.update(est)
     cuda = torch.cuda.is_available()
     ram = _device_gib(torch.device("cpu"))
