@@ -1,5 +1,6 @@
-"""The shipped training configs: sd15.yaml is Sec. IV-B (with beta = 0.005, Table I's row), and every Table III /
-Table IV config sets exactly its row's switches and nothing else differs from sd15.yaml."""
+"""The shipped training configs: sd15.yaml has Sec. IV-B's settings (with beta = 0.005, Table I's row) on our SD-1.5 +
+AnimateDiff backbone, and every Table III / Table IV config sets exactly its row's switches and nothing else differs
+from sd15.yaml."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _differences(tc: TrainConfig, ref: TrainConfig) -> dict:
     return {k: a[k] for k in a if a[k] != b[k]}
 
 
-def test_sd15_is_the_paper_setup():
+def test_sd15_has_the_papers_training_settings():
     tc = load_train_config(CONFIGS / "sd15.yaml", NEED)
     assert (tc.preset, tc.height, tc.width, tc.num_frames, tc.frame_stride) == ("sd15", 512, 256, 8, 4)
     assert (tc.lr, tc.adam_beta1, tc.adam_beta2, tc.batch_size, tc.max_steps) == (5e-5, 0.0, 0.99, 4, 27500)
