@@ -162,6 +162,8 @@ def test_inpainting_unet_gives_the_eight_input_channels(tmp_path):
     assert lines == [("UNet conv_in (8 channels) <- sd-v1-5-inpainting.safetensors (inpainting conv_in: z_t and "
                      "masked-image channels, mask channel dropped)")]
     assert not narrow_inpainting_conv_in(model.unet, 4)  # already 8 wide: nothing to do
+    tc.init = "base"  # the inpainting input is narrowed (and reported) without --init public too
+    assert [str(line) for line in init_from_config(model, tc)] == lines
 
 
 def test_init_public_config_and_trainer_report(tmp_path):

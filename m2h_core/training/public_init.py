@@ -258,9 +258,10 @@ def is_inpainting_base(path: str | os.PathLike | None, latent_channels: int = 4)
 
 
 def init_from_config(model: nn.Module, tc) -> list[InitLine]:
-    """`apply_public_init` with a TrainConfig's files when `tc.init` is "public" (else nothing)."""
-    if tc.init != "public":
-        return []
+    """`apply_public_init` with a TrainConfig's files when `tc.init` is "public"; otherwise only the line of an
+    inpainting base (`build_components` narrows its input whatever `init` says)."""
     inpaint = tc.base if is_inpainting_base(tc.base, model.cfg.unet.latent_channels) else None
+    if tc.init != "public":
+        return apply_public_init(model, inpainting_base=inpaint) if inpaint else []
     return apply_public_init(model, ip_adapter=tc.ip_adapter, controlnet=tc.controlnet,
                              motion_module=tc.motion_module, inpainting_base=inpaint)
