@@ -185,3 +185,27 @@ def test_init_public_config_and_trainer_report(tmp_path):
     tr = Trainer(tc)
     assert len(tr.init_report) == 2 and tr.init_report[0].startswith("A to_k_id / to_v_id")
     assert init_sources(tc) == "A, H (init public) <- ip-adapter-faceid_sd15.bin"
+
+
+def test_mappings_fit_the_real_sd15_shapes():
+    """w28a's real-key tables at the paper's size: FaceID's K/V onto A's 16 layers and ControlNet 1.1's hint encoder
+    onto E_pose at its widths (meta device, no memory); FaceID's projection onto H at SD-1.5 widths (real values)."""
+    from m2h_core.config import sd15
+    from m2h_core.models.head_encoder import HeadEncoder
+    from m2h_core.public_layouts import controlnet_table, ip_adapter_table
+    from m2h_core.public_weights import ip_adapter_from_state_dict
+    from m2h_core.training.public_init import init_adapter_from_ip, init_head_from_faceid
+
+    cfg = sd15()
+    cfg.head.pose_channels = CONTROLNET_HINT_CHANNELS
+    with torch.device("meta"):
+        model = M2HModel(cfg)
+    ip = ip_adapter_from_state_dict(ip_adapter_table("faceid", model.unet), "ip-adapter-faceid_sd15.bin", model.unet)
+    assert init_adapter_from_ip(model.unet, ip) == 16
+    for layout in ("ldm", "diffusers"):
+        assert init_pose_encoder_from_controlnet(model.pose_encoder, controlnet_hint_convs(controlnet_table(layout))) == 7
+    g = torch.Generator().manual_seed(0)
+    proj = {k: 0.05 * torch.randn(v.shape, generator=g) for k, v in ip.image_proj.items()}
+    head = HeadEncoder(cfg.head, cfg.unet.latent_channels, cfg.head.pose_channels[-1], cfg.unet.cross_attention_dim)
+    assert init_head_from_faceid(head, proj) > 0.9
+    assert torch.equal(head.proj_out.weight, torch.eye(768)) and not head.layers[0].to_out.weight.any()
