@@ -23,6 +23,9 @@ No public M2H weights exist; these are the parts of public SD-1.5 add-ons that d
   dropped (M2H has no such input); the inpainting model fills masked pixels with grey, M2H's clothing frame with
   black (or the backdrop), which fine-tuning absorbs.
 
+Not used: the LoRA inside FaceID's `.bin` (trained beside its K/V on the UNet's attention; here the whole UNet is
+fine-tuned and its attn2 keys carry CLIP clothing tokens, not text) - `public_weights.merge_lora` would add it.
+
 `apply_public_init` returns one line per mapping ("target <- source (how)"); the preflight prints them.
 """
 
