@@ -32,10 +32,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from m2h_core.inference.inputs import IdentityInputs, VideoInputs  # noqa: E402
 from m2h_core.inference.sampler import SamplerSettings, chunk_plan, context_windows, sample_video  # noqa: E402
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
+
+
+def typed(args):
+    """(frames, masks, poses, identity image, landmarks, arcface) -> the sampler's typed inputs."""
+    return VideoInputs(*args[:3]), IdentityInputs(*args[3:])
 
 def model_and_encoders(checkpoint: str | None):
     from m2h_core.inference.encoders import FrozenEncoders
@@ -143,7 +149,7 @@ def main() -> None:
     if a.chunk_frames >= 0:
         settings = SamplerSettings(**{**settings.__dict__, "chunk_frames": a.chunk_frames})
     t0 = time.perf_counter()
-    out = sample_video(model, enc, *args, settings=settings)
+    out = sample_video(model, enc, *typed(args), settings=settings)
     frames = out.frames.permute(0, 2, 3, 1).numpy() * 255
     edges = boundary_transitions(a.frames, a.context, a.overlap)
     print(f"{a.frames} frames {model.cfg.height}x{model.cfg.width}, {a.steps} steps, CFG {a.cfg}, context "

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_sampler import peak_rss_kib, reset_peak_rss  # noqa: E402  (the same peak-RSS window)
+from bench_sampler import peak_rss_kib, reset_peak_rss, typed  # noqa: E402  (the same peak-RSS window)
 from m2h_core.config import preset  # noqa: E402
 
 
@@ -157,13 +157,13 @@ def sd15_child(n: int, size: str, steps: int, context: int, overlap: int) -> Non
     t0 = time.perf_counter()
     model, enc = M2HModel(cfg).eval(), FrozenEncoders.random(cfg)
     build_s = time.perf_counter() - t0
-    sample_video(model, enc, *sd15_inputs(cfg, 2), settings=SamplerSettings(steps=1, context_frames=2,
+    sample_video(model, enc, *typed(sd15_inputs(cfg, 2)), settings=SamplerSettings(steps=1, context_frames=2,
                                                                             context_overlap=0))  # warm-up
     args = sd15_inputs(cfg, n)
     reset_peak_rss()
     base = peak_rss_kib()  # the model, encoders and inputs
     t0 = time.perf_counter()
-    sample_video(model, enc, *args, settings=SamplerSettings(steps=steps, context_frames=context,
+    sample_video(model, enc, *typed(args), settings=SamplerSettings(steps=steps, context_frames=context,
                                                              context_overlap=overlap))
     peak = peak_rss_kib()
     result = {"growth_kib": peak - base, "peak_kib": peak, "sample_s": time.perf_counter() - t0, "build_s": build_s,

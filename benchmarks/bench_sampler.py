@@ -38,8 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from m2h_core.config import preset  # noqa: E402
 from m2h_core.inference.encoders import FrozenEncoders  # noqa: E402
 from m2h_core.models.m2h import M2HModel  # noqa: E402
+from m2h_core.inference.inputs import IdentityInputs, VideoInputs  # noqa: E402
 from m2h_core.inference.sampler import SamplerSettings, make_scheduler, sample_video  # noqa: E402
 
+
+
+def typed(args):
+    """(frames, masks, poses, identity image, landmarks, arcface) -> the sampler's typed inputs."""
+    return VideoInputs(*args[:3]), IdentityInputs(*args[3:])
 
 def inputs(cfg, n):
     g = torch.Generator().manual_seed(0)
@@ -97,8 +103,8 @@ def speed(cfg, steps):
                 model.denoise(z, t, u, shared_first=shared)
         bare()  # warm-up
         unet = best_of(bare, 5)
-    sample_video(model, enc, *args, settings=SamplerSettings(steps=2, context_frames=n))  # warm-up
-    ours = best_of(lambda: sample_video(model, enc, *args, settings=settings))
+    sample_video(model, enc, *typed(args), settings=SamplerSettings(steps=2, context_frames=n))  # warm-up
+    ours = best_of(lambda: sample_video(model, enc, *typed(args), settings=settings))
     naive = best_of(lambda: naive_sample(model, enc, args, settings))
     return unet, ours, naive
 
@@ -184,7 +190,7 @@ def vs_diffusers_speed(cfg, frames, steps: int, context: int, overlap: int) -> d
     for n in frames:
         args = inputs(cfg, n)
         settings = SamplerSettings(steps=steps, context_frames=context, context_overlap=overlap, **chunk_kw())
-        ours = lambda cb: sample_video(model, enc, *args, settings=settings, progress=cb)  # noqa: E731
+        ours = lambda cb: sample_video(model, enc, *typed(args), settings=settings, progress=cb)  # noqa: E731
         theirs = lambda cb: run_diffusers(pipe, cfg, n, steps, "latent", cb)  # noqa: E731
         t_ours, t_theirs = [], []
         for _ in range(2):  # alternate, best of two each
@@ -257,10 +263,11 @@ def child(cfg_name, n, size=None, steps=2):
     torch.manual_seed(0)
     model, enc = M2HModel(cfg).eval(), FrozenEncoders.random(cfg)
     args = inputs(cfg, n)
-    sample_video(model, enc, *inputs(cfg, cfg.num_frames), settings=SamplerSettings(steps=1))  # allocator warm-up
+    warm = SamplerSettings(steps=1)
+    sample_video(model, enc, *typed(inputs(cfg, cfg.num_frames)), settings=warm)  # allocator warm-up
     reset_peak_rss()
     base = peak_rss_kib()
-    sample_video(model, enc, *args, settings=SamplerSettings(steps=steps, context_frames=cfg.num_frames,
+    sample_video(model, enc, *typed(args), settings=SamplerSettings(steps=steps, context_frames=cfg.num_frames,
                                                              context_overlap=min(4, cfg.num_frames - 1),
                                                              **chunk_kw()))
     peak = peak_rss_kib()

@@ -137,8 +137,7 @@ def test_quick_demo_checkpoint_loads_as_a_pipeline(quick_run):
     case = _make_test_case(0, s.test_frames, pipe.cfg.height, pipe.cfg.width, 2)
     settings = SamplerSettings(steps=s.sample_steps, guidance_scale=s.guidance_scale, scheduler=s.scheduler, seed=0,
                                context_frames=s.num_frames, context_overlap=s.num_frames // 2)
-    res = sample_video(pipe.model, pipe.encoders, case.mannequin, case.clothing_masks, case.pose_images,
-                       case.identity_image, case.identity_landmarks, case.arcface, settings)
+    res = sample_video(pipe.model, pipe.encoders, case.video(), case.identity(), settings)
     scores = _score(res.frames, case)
     for k, v in report.metrics["trained"].items():
         assert scores[k] == pytest.approx(v, abs=2e-3), k

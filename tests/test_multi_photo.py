@@ -166,13 +166,14 @@ def test_identity_node_uses_every_photo_of_the_batch(analyzer):
     is the placed photo followed by every face with its similarity to the mean."""
     import torch
 
+    from m2h_core.frames import to_uint8
     from nodes import logic
 
     p, rng = person(5), np.random.default_rng(3)
     photos = [photo_of(31), photo_of(32, blur=2)]
     embs = {ph.tobytes()[:4096]: lit(p, rng) for ph in photos}
     batch = torch.from_numpy(np.stack(photos)).float() / 255
-    stand_in = SyntheticEmbeddings(analyzer, {logic.images_to_uint8(batch[i:i + 1])[0].tobytes()[:4096]: e
+    stand_in = SyntheticEmbeddings(analyzer, {to_uint8(batch[i:i + 1])[0].tobytes()[:4096]: e
                                               for i, e in enumerate(embs.values())})
     cond, preview = logic.encode_identity(batch, stand_in, 64, 32, placement="fit_photo")
     expect = np.stack([e / np.linalg.norm(e) for e in embs.values()]).mean(0)

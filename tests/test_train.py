@@ -222,13 +222,14 @@ def test_cli_killed_midway_resumes_and_checkpoint_samples(tmp_path):
     assert state["step"] == 6 and state["data_position"] == 6
 
     from m2h_core.inference.encoders import FrozenEncoders
+    from m2h_core.inference.inputs import IdentityInputs, VideoInputs
     from m2h_core.inference.sampler import SamplerSettings, sample_video
 
     model = load_checkpoint(out / "m2h_final.safetensors")
     enc = FrozenEncoders.random(model.cfg)
     n, h, w = 4, model.cfg.height, model.cfg.width
-    res = sample_video(model, enc, torch.rand(n, 3, h, w), torch.ones(n, h, w), torch.rand(n, 3, h, w),
-                       torch.rand(3, h, w), torch.rand(3, h, w), torch.randn(512),
+    video = VideoInputs(torch.rand(n, 3, h, w), torch.ones(n, h, w), torch.rand(n, 3, h, w))
+    res = sample_video(model, enc, video, IdentityInputs(torch.rand(3, h, w), torch.rand(3, h, w), torch.randn(512)),
                        SamplerSettings(steps=2, guidance_scale=2.0, context_frames=4, context_overlap=1))
     assert res.frames.shape == (n, 3, h, w) and torch.isfinite(res.frames).all()
 
