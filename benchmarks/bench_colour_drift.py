@@ -153,7 +153,8 @@ def main() -> None:
     frames = out.frames.permute(0, 2, 3, 1).numpy() * 255
     edges = boundary_transitions(a.frames, a.context, a.overlap)
     print(f"{a.frames} frames {model.cfg.height}x{model.cfg.width}, {a.steps} steps, CFG {a.cfg}, context "
-          f"{a.context}/{a.overlap}, chunks of <= {settings.chunk_frames} frames, ramp power {a.ramp_power:g}: {int(edges.sum())} boundary and {int((~edges).sum())} inner transitions "
+          f"{a.context}/{a.overlap}, chunks of <= {settings.chunk_frames} frames, ramp power {a.ramp_power:g}: "
+          f"{int(edges.sum())} boundary and {int((~edges).sum())} inner transitions "
           f"({time.perf_counter() - t0:.0f} s)")
     if not a.static:
         report("mannequin (input)", source.astype(np.float64), edges)

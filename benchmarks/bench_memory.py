@@ -6,9 +6,10 @@ e2e:  the whole `m2h generate` command (video file -> parsing, DWPose, face anal
       from the kernel (os.wait4).                                           e2e_memory_ratio_200_vs_16  target <= 1.10
 sd15: the sd15 preset (random weights) at a reduced size, 1 step, CFG on, context windows 16/4, through
       `sample_video` in a subprocess, 16 vs 256 frames: peak RSS while sampling (the peak is reset after the model
-      is built, which briefly holds two copies of the UNet); and the conditioning held per frame (M2HConditioning.nbytes: the UNet's extra input
-      channels and A's tokens) at the reduced and the paper's 512x256 size, with A's keys/values for the whole
-      video (the former design) for comparison.                           sd15_memory_ratio_256_vs_16  target <= 1.15
+      is built, which briefly holds two copies of the UNet); and the conditioning held per frame
+      (M2HConditioning.nbytes: the UNet's extra input channels and A's tokens) at the reduced and the paper's
+      512x256 size, with A's keys/values for the whole video (the former design) for comparison.
+                                                                          sd15_memory_ratio_256_vs_16  target <= 1.15
 
     python benchmarks/bench_memory.py [--threads 1] [--steps 2] [--repo PATH] [--skip-e2e] [--skip-sd15]
                                       [--sd15-frames 16,256]

@@ -217,7 +217,8 @@ def vs_diffusers(cfg_name, size, steps: int, threads: int, frames=(16, 64), with
     context, overlap = cfg.num_frames, min(4, cfg.num_frames - 1)
     print(f"vs diffusers AnimateDiffPipeline + FreeNoise: {cfg_name} UNet, {cfg.height}x{cfg.width}, windows of "
           f"{context} frames, stride {context - overlap}, DDIM, CFG 7.5, {threads} thread(s), our chunk_frames "
-          f"{CHUNK if CHUNK >= 0 else SamplerSettings().chunk_frames}, batch_cfg {SamplerSettings(**chunk_kw()).batch_cfg}")
+          f"{CHUNK if CHUNK >= 0 else SamplerSettings().chunk_frames}, "
+          f"batch_cfg {SamplerSettings(**chunk_kw()).batch_cfg}")
     speed_ = vs_diffusers_speed(cfg, frames, steps, context, overlap)
     mem = {}
     for who in ("ours", "theirs") if with_memory else ():
@@ -235,7 +236,8 @@ def vs_diffusers(cfg_name, size, steps: int, threads: int, frames=(16, 64), with
         print(f"vs_diffusers_step_time_{n}={speed_[n][0] / speed_[n][1]:.3f}")
     for n in frames if with_memory else ():
         print(f"vs_diffusers_memory_{n}={mem['ours', n]['peak_kib'] / mem['theirs', n]['peak_kib']:.3f}")
-        print(f"vs_diffusers_memory_growth_{n}={max(mem['ours', n]['growth_kib'], 1) / max(mem['theirs', n]['growth_kib'], 1):.3f}")
+        growth = max(mem['ours', n]['growth_kib'], 1) / max(mem['theirs', n]['growth_kib'], 1)
+        print(f"vs_diffusers_memory_growth_{n}={growth:.3f}")
     if 64 in frames:
         print(f"vs_diffusers_step_time={speed_[64][0] / speed_[64][1]:.3f}")
 
@@ -321,7 +323,8 @@ def main():
           f"threads={torch.get_num_threads()}")
     if not a.memory_only:
         unet, ours, naive = speed(cfg, a.steps)
-        print(f"the UNet calls of one step (CFG {'one batch' if SamplerSettings(**chunk_kw()).batch_cfg else 'two calls'}): {unet * 1e3:.1f} ms")
+        how = "one batch" if SamplerSettings(**chunk_kw()).batch_cfg else "two calls"
+        print(f"the UNet calls of one step (CFG {how}): {unet * 1e3:.1f} ms")
         print(f"sampler:  {ours:.2f} s  = {ours / (a.steps * unet):.2f} x steps*UNet")
         print(f"naive:    {naive:.2f} s  = {naive / (a.steps * unet):.2f} x steps*UNet")
     mem_steps = a.steps if a.memory_only else 2

@@ -31,8 +31,8 @@ the garment on black differ from the garment's latents in its scene by 0.55 (uni
 inside the garment; `m2h_core.demo.tiny_vae.locality_error` measures this relative to the variance: 0.69), and
 decoding the true latents inside the garment with the model's latents outside scores 15.6 dB (ceiling 17.7) on the
 shown pair: the decoded garment depends on the rest of the latent (global mid-block attention and GroupNorm). The
-demo's VAE is now without mid-block attention; its GroupNorm keeps the dependence (0.69). `--identity` adds the face / hair colour correlation across 6 held-out
-people (metrics.json `identity.*`).
+demo's VAE is now without mid-block attention; its GroupNorm keeps the dependence (0.69). `--identity` adds the
+face / hair colour correlation across 6 held-out people (metrics.json `identity.*`).
 
 Measured (2026-12-02, seed 0, 3 held-out pairs x 8 frames; the shown clip is striped, the second striped, the
 third plain; clothing PSNR dB, mean (per pair)):
@@ -186,7 +186,8 @@ def train_variant(variant: str, steps: int, seed: int = 0, lr: float = 2e-3, bat
     tmp = tempfile.TemporaryDirectory()
     tc = TrainConfig(preset="tiny", random_init=True, synthetic_clips=s.n_train_clips, synthetic_frames=s.clip_frames,
                      num_frames=s.num_frames, frame_stride=s.frame_stride, max_steps=steps, batch_size=batch, lr=lr,
-                     adam_beta1=0.9, warmup_steps=min(s.warmup_steps, steps // 4), progressive=s.progressive, lr_schedule=s.lr_schedule, mirror=True, alpha=s.mirror_alpha,
+                     adam_beta1=0.9, warmup_steps=min(s.warmup_steps, steps // 4), progressive=s.progressive,
+                     lr_schedule=s.lr_schedule, mirror=True, alpha=s.mirror_alpha,
                      beta=0.0, mirror_weighting=s.mirror_weighting, cond_dropout=s.cond_dropout,
                      output_dir=tmp.name, seed=seed, checkpoint_every=10 ** 9, log_every=10 ** 9)
     ds = SyntheticClipDataset([_with_head_mask(c) for c in clips], num_frames=s.num_frames, stride=s.frame_stride,
@@ -281,7 +282,8 @@ def main(argv: list[str] | None = None) -> None:
         case = _make_test_case(a.seed, n, H, W, 2)
         people = _identity_variants(case, 6, a.seed, H, W, n)
         for cfg_scale in (1.5, 1.0):
-            st = SamplerSettings(steps=int(a.sampler.split(",")[0].split("x")[0]), guidance_scale=cfg_scale, scheduler="ddim", seed=a.seed,
+            st = SamplerSettings(steps=int(a.sampler.split(",")[0].split("x")[0]), guidance_scale=cfg_scale,
+                                 scheduler="ddim", seed=a.seed,
                                  context_frames=cfg.num_frames, context_overlap=cfg.num_frames // 2)
             res = [sample_video(model, encoders, case.video(n), p.identity(), st).frames for p in people]
             ic = identity_correlations(res, people)

@@ -120,7 +120,8 @@ def _load_strict(module: torch.nn.Module, sd: dict, name: str, part: str, option
     own = module.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith(optional)]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in sd and sd[k].shape != own[k].shape]
     if missing or wrong:
         raise BaseWeightsError(
             f"{name}: the {part} does not match the expected architecture: {len(missing)} missing "

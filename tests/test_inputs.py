@@ -33,7 +33,7 @@ def trained_like(cfg, seed):
     model = build_m2h_model(cfg, seed=seed, perturb=True)
     randomize_(model.pose_encoder.to_input, seed + 1, scale=0.3)
     return model
-from .test_preprocess_builders import build_face_pack
+from .test_preprocess_builders import build_face_pack  # noqa: E402
 
 SRC_H, SRC_W = 128, 96  # 3:4, not the model's 2:1: the centre crop removes 32 columns
 

@@ -21,7 +21,9 @@ from .test_preprocess_builders import build_face_pack
 
 def lit(person: Identity, rng: np.random.Generator, amount: int = 14) -> np.ndarray:
     """One photo's embedding: the person's colours under other lighting."""
-    j = lambda c: tuple(int(v) for v in np.clip(np.asarray(c) + rng.integers(-amount, amount + 1, 3), 0, 255))
+    def j(c):
+        return tuple(int(v) for v in np.clip(np.asarray(c) + rng.integers(-amount, amount + 1, 3), 0, 255))
+
     return identity_embedding(replace(person, skin=j(person.skin), hair_color=j(person.hair_color),
                                       eye_color=j(person.eye_color)))
 

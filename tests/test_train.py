@@ -65,7 +65,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     half-resolution phase ends at step 2, so the resume also crosses the phase switch."""
     a = Trainer(_tc(tmp_path / "a"))
     ra = a.run(resume=None)
-    assert ra.step == 4 and [(l.height, l.width) for l in ra.logs] == [(32, 16)] * 2 + [(64, 32)] * 2
+    assert ra.step == 4 and [(log.height, log.width) for log in ra.logs] == [(32, 16)] * 2 + [(64, 32)] * 2
 
     b1 = Trainer(_tc(tmp_path / "b"))
     r1 = b1.run(resume=None, stop_after=2)
@@ -74,7 +74,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     b2 = Trainer(_tc(tmp_path / "b"))
     r2 = b2.run(resume="auto")
     assert r2.step == 4 and len(r2.logs) == 2
-    assert [l.loss for l in r1.logs + r2.logs] == pytest.approx([l.loss for l in ra.logs], rel=1e-5)
+    assert [log.loss for log in r1.logs + r2.logs] == pytest.approx([log.loss for log in ra.logs], rel=1e-5)
     pa, pb = _params(a.model), _params(b2.model)
     assert pa.keys() == pb.keys()
     worst = max((pa[k] - pb[k]).abs().max().item() for k in pa)
@@ -102,11 +102,11 @@ def test_resume_across_warmup_restores_lr_and_every_moment(tmp_path):
     a = Trainer(_tc(tmp_path / "a", **kw))
     ra = a.run(resume=None)
     want = [1e-3 * min(1.0, (k + 1) / 4) for k in range(1, 5)]  # after steps 1..4
-    assert [l.lr for l in ra.logs] == pytest.approx(want, rel=1e-12)
+    assert [log.lr for log in ra.logs] == pytest.approx(want, rel=1e-12)
     Trainer(_tc(tmp_path / "b", **kw)).run(resume=None, stop_after=2)
     b = Trainer(_tc(tmp_path / "b", **kw))
     rb = b.run(resume="auto")
-    assert [l.lr for l in rb.logs] == pytest.approx(want[2:], rel=1e-12)
+    assert [log.lr for log in rb.logs] == pytest.approx(want[2:], rel=1e-12)
     sa, sb = _adam_state(a), _adam_state(b)
     assert len(sa) == len(sb) == len(a.params) > 10
     for i in sa:
@@ -301,7 +301,8 @@ def test_checkpoint_rng_per_rank_grad_scaler_and_stale_tmp(tmp_path, monkeypatch
     rank1 = torch.Generator().manual_seed(777)
     own = training_state.gather_rng_states(a)[0]
     fake1 = ({**own[0], "generator": rank1.get_state()}, own[1])
-    monkeypatch.setattr(training_state, "gather_rng_states", lambda trainer: [own, fake1])  # a 2-process run, seen from rank 0
+    # a 2-process run, seen from rank 0
+    monkeypatch.setattr(training_state, "gather_rng_states", lambda trainer: [own, fake1])
     stale = tmp_path / "run" / "checkpoints" / ".tmp-step_00000001-999"
     stale.mkdir(parents=True)
     (stale / "m2h.safetensors").write_bytes(b"half written")
@@ -449,8 +450,8 @@ def test_gradient_checkpointing_covers_motion_modules_and_keeps_gradients(tmp_pa
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
             terms = tr.compute_loss(batch, generator=torch.Generator().manual_seed(0))
         terms["loss"].backward()
-        return float(terms["loss"].detach()), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}, \
-            sum(saved)
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        return float(terms["loss"].detach()), grads, sum(saved)
 
     diffusers_only = copy.deepcopy(plain)
     diffusers_only.unet.enable_gradient_checkpointing()

@@ -143,8 +143,8 @@ STAND_INS = (
                               "(SCHP / SegFormer) and face detection"),
     ("face landmarks p_id", "the generator's 68 landmarks of the identity image instead of a landmark detector"),
     ("VAE", "the tiny preset's AutoencoderKL (4x down, 8 latent channels), pretrained on synthetic frames and "
-            "shipped with the package (m2h_core/demo/assets/tiny_vae.safetensors, `python -m m2h_core.demo.tiny_vae` re-makes "
-            "it), instead of SD-1.5's pretrained VAE (8x down)"),
+            "shipped with the package (m2h_core/demo/assets/tiny_vae.safetensors, `python -m m2h_core.demo.tiny_vae` "
+            "re-makes it), instead of SD-1.5's pretrained VAE (8x down)"),
     ("UNet + motion modules", "the tiny preset's 2-level UNet with AnimateDiff-style motion modules, trained from "
                               "random init (here for minutes; the shipped pretrained one, m2h_core/demo/assets/"
                               "tiny_m2h.safetensors, at twice the widths for an hour on two cores) instead of "
@@ -169,7 +169,7 @@ class DemoSettings:
     vae_lr: float = 2e-3
     vae_anchor_fraction: float = 0.15  # thumbnail anchor for the first 15 % of the VAE steps (see tiny_vae)
     vae_locality_weight: float = 0.0  # garment-locality term (tiny_vae.locality_error); off, as for the shipped VAE
-    train_steps: int = 300  # the model trained here ("training works"); the shipped pretrained one had 8000 at twice the widths
+    train_steps: int = 300  # the model trained here ("training works"); the shipped one: 8000 at twice the widths
     batch_size: int = 2
     num_frames: int = 8
     frame_stride: int = 2
@@ -564,7 +564,8 @@ def _readme(settings: DemoSettings, metrics: dict, report_lines: list[str]) -> s
     lines += ["", "Metric definitions:"] + [f"  {k}: {v}" for k, v in metrics["definitions"].items()]
     lines += ["", "Stand-ins at this size (what the paper uses -> what this demo uses):"]
     lines += [f"  - {name}: {what}" for name, what in STAND_INS]
-    lines += ["", "Training differences from the paper's SD-1.5 recipe, for a few minutes of CPU: the model predicts x0",
+    lines += ["", "Training differences from the paper's SD-1.5 recipe, for a few minutes of CPU: the model predicts "
+              "x0",
               "relative to the clothing latents (x0 = UNet + f_c, prediction_type=sample, clothing_skip) instead of",
               "epsilon, Adam beta1 = 0.9 and lr %g with a %s decay instead of beta1 = 0 and a constant 5e-5,"
               % (settings.lr, settings.lr_schedule),

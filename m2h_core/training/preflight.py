@@ -402,7 +402,8 @@ def gradient_balance(tr, batches: list[dict], target: float, seed: int = 0) -> d
         return math.sqrt(max(num, 0.0) / s["d2"]) if s["d2"] > 0 else float("nan")
 
     own = sums[tc.mirror_reduction]
-    out["grad_ratio"] = ratio(own, al, be) if tc.mirror else f"{NA} (mirror off; with alpha, beta: {ratio(own, al, be):.4g})"
+    out["grad_ratio"] = (ratio(own, al, be) if tc.mirror
+                         else f"{NA} (mirror off; with alpha, beta: {ratio(own, al, be):.4g})")
     out["grad_ratio_pixel"] = ratio(own, al, 0.0)
     out["grad_ratio_perceptual"] = ratio(own, 0.0, be) if beta_ok else f"{NA} (no VGG: beta = 0)"
     out["grad_ratio_paper"] = ratio(sums["paper"], al, be)
@@ -531,7 +532,8 @@ def missing_inputs(tc: TrainConfig) -> str:
     """The files/folders the config names that do not exist ('none' when all do): checked in every mode, so an
     estimate on a laptop already catches a typo in the command meant for the GPU machine."""
     missing = [f"{k}={getattr(tc, k)}" for k in ("data", "base", "clip_vision", "motion_module", "vgg",
-                                                 "init_checkpoint") if getattr(tc, k) and not Path(getattr(tc, k)).exists()]
+                                                 "init_checkpoint")
+               if getattr(tc, k) and not Path(getattr(tc, k)).exists()]
     return ", ".join(missing) if missing else "none"
 
 
