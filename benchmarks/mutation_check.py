@@ -168,7 +168,7 @@ MUTANTS: list[Mutant] = [
       [("m2h_core/demo/tiny_vae.py", "    scale = float(meta[\"scaling_factor\"])\n    set_scaling_factor(vae, scale)",
         "    scale = float(meta[\"scaling_factor\"])\n    set_scaling_factor(vae, 1.0)")]),
     m("demo-trains-nothing", "the demo's training does not change the model (lr 0)", ["tests/test_demo.py"],
-      [("m2h_core/demo/run.py", "batch_size=s.batch_size, lr=s.lr,", "batch_size=s.batch_size, lr=0.0,")]),
+      [("m2h_core/demo/recipe.py", "batch_size=s.batch_size, lr=s.lr,", "batch_size=s.batch_size, lr=0.0,")]),
     m("optimizer-step-skipped", "the trainer never applies its optimizer step", ["tests/test_train.py"],
       [(TRAINER, "        self.optimizer.step()\n", "        pass\n")]),
     m("crop-target-wrong-box", "the mirror loss crops the target at another clip's face box", T_TRAIN,

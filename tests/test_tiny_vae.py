@@ -8,13 +8,14 @@ from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
 from m2h_core.config import tiny
+from m2h_core.demo.recipe import DemoSettings
 from m2h_core.demo.synthetic import generate_dataset
-from m2h_core.demo.tiny_vae import (SHIPPED_VAE, VAETrainResult, _psnr, demo_config, load_vae_weights, reconstruct,
+from m2h_core.demo.tiny_vae import (SHIPPED_VAE, VAETrainResult, _psnr, load_vae_weights, reconstruct,
                                     save_vae, vae_training_images)
 
 
 def _vae(cfg=None) -> AutoencoderKL:
-    cfg = cfg or demo_config()
+    cfg = cfg or DemoSettings().model_config()
     torch.manual_seed(0)
     return AutoencoderKL(**cfg.vae.vae_kwargs())
 

@@ -825,3 +825,15 @@ def generate_dataset(n_clips: int, seed: int, **kw) -> list[SyntheticClip]:
     """``n_clips`` clips with seeds derived from ``seed``; ``kw`` is passed to :func:`generate_clip`."""
     seeds = np.random.SeedSequence(int(seed)).generate_state(max(int(n_clips), 0), dtype=np.uint32)
     return [generate_clip(int(s), **kw) for s in seeds]
+
+
+def synthetic_training_data(tc, cfg):
+    """The trainer's dataset for `tc.synthetic_clips` (TrainConfig): that many clips of `tc.synthetic_frames`
+    frames rendered at twice the model's size, sampled and transformed as a prepared cache would be.
+    Pass it as `Trainer(tc, dataset=synthetic_training_data)` (the trainer calls it with the model's config)."""
+    from ..training.dataset import SyntheticClipDataset
+
+    clips = generate_dataset(tc.synthetic_clips, tc.seed, n_frames=tc.synthetic_frames, height=2 * cfg.height,
+                             width=2 * cfg.width)
+    return SyntheticClipDataset(clips, num_frames=tc.num_frames, stride=tc.frame_stride, height=cfg.height,
+                                width=cfg.width, seed=tc.seed)

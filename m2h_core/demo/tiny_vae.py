@@ -34,21 +34,6 @@ if TYPE_CHECKING:
 SHIPPED_VAE = Path(__file__).resolve().parent / "assets" / "tiny_vae.safetensors"
 
 
-def demo_config():
-    """The CPU demo's model config: the `tiny` preset with a VAE without mid-block self-attention (at 16x8 latents it
-    is global, so a garment's latents would depend on the whole frame: see `VAEConfig.mid_block_add_attention`) and
-    8 latent channels instead of SD's 4 (issue 12: at 64x32 px a garment's stripes are 1-2 px wide; with 4 channels
-    the VAE turned the striped trousers brown, with 8 it keeps them: held-out reconstruction 22.7 vs 21.4 dB, the demo
-    pairs' clothing ceiling 19.7 vs 18.3 dB, at 5000 steps; the shipped one trained 8000: 24.1 dB, ceiling 21.5, and
-    the shirt's 1-px stripes partly survive)."""
-    from ..config import tiny
-
-    cfg = tiny()
-    cfg.vae.mid_block_add_attention = False
-    cfg.vae.latent_channels = cfg.unet.latent_channels = 8
-    return cfg
-
-
 @dataclass
 class VAETrainResult:
     steps: int
@@ -366,9 +351,10 @@ def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 8000, batch_size: in
 
     This is how `assets/tiny_vae.safetensors` is made: the demo loads it instead of spending most of its minutes
     on a VAE (SD-1.5's VAE is pretrained too); `m2h demo --train-vae` trains one from scratch instead."""
+    from .recipe import DemoSettings
     from .synthetic import generate_dataset
 
-    cfg = demo_config()
+    cfg = DemoSettings().model_config()
     H, W = cfg.height, cfg.width
     say = progress or (lambda _m: None)
     clips = generate_dataset(n_clips, seed, n_frames=clip_frames, height=2 * H, width=2 * W)
