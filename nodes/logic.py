@@ -99,7 +99,7 @@ def prepare_sampler_inputs(frames: torch.Tensor, masks: torch.Tensor, poses: tor
     frames = as_image_batch(frames, "frames")
     masks = as_mask_batch(masks, "clothing_mask")
     poses = as_image_batch(poses, "pose_images")
-    check_video_batch(frames.shape[0])  # frame counts: inputs.prepare_video, as for `m2h generate`
+    check_video_batch(frames.shape[0])  # frame counts: VideoInputs, once, as for `m2h generate`
     if resize == "keep":
         h, w = int(frames.shape[1]), int(frames.shape[2])
         check_size_multiple(h, w)

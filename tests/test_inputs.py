@@ -229,7 +229,7 @@ def test_video_inputs_check_counts_sizes_and_empty_masks():
         VideoInputs(f, m, p[..., :4])
     with pytest.raises(InputError, match="empty in every frame"):
         VideoInputs(f, m * 0, p)
-    with pytest.raises(InputError, match=r"4 clothing masks.*one per frame"):
+    with pytest.raises(InputError, match=r"3 clothing frames, 4 clothing masks.*one pose image per frame"):
         inputs.prepare_video(f.permute(0, 2, 3, 1), torch.ones(4, 16, 8), p.permute(0, 2, 3, 1), 16, 8)
     one = inputs.prepare_video(f.permute(0, 2, 3, 1), torch.ones(1, 32, 16), p.permute(0, 2, 3, 1), 16, 8)
     assert one.clothing_masks.shape == (3, 16, 8)  # one mask stands for every frame

@@ -137,7 +137,7 @@ def _video(n=6, h=80, w=48, seed=0):
 
 def test_frame_count_mismatch_names_every_input():
     f, m, p = _video()
-    with pytest.raises(InputError, match=r"6 frames but there are 5 clothing masks.*trim"):
+    with pytest.raises(InputError, match=r"6 clothing frames, 5 clothing masks and 6 pose images.*trim"):
         logic.prepare_sampler_inputs(f, m[:5], p, 64, 32)
 
 

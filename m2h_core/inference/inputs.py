@@ -180,8 +180,7 @@ def prepare_video(frames: Any, masks: Any, poses: Any, height: int, width: int) 
     frames (N, H, W, 3) and poses (N, H', W', 3): uint8, or float in [0, 1] (numpy or torch, ComfyUI's layout);
     masks (N, H'', W'') or (1, H'', W'') (one for all frames): bool, uint8 or float in [0, 1].
     """
-    n = int(frames.shape[0])
-    check_counts(n, int(masks.shape[0]), int(poses.shape[0]))  # before any resizing work
+    n = int(frames.shape[0])  # counts and an empty mask: checked once, by VideoInputs
     f, n1 = fit_frames(frames, height, width)
     m, n2 = fit_masks(masks, height, width)
     p, n3 = fit_frames(poses, height, width)

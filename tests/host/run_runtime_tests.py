@@ -30,9 +30,9 @@ def main() -> int:
     if not (comfyui / "comfy" / "model_management.py").is_file():
         ap.error(f"{comfyui} is not a ComfyUI folder (no comfy/model_management.py)")
     env = {**os.environ, "M2H_COMFYUI": str(comfyui)}
-    # append mode: ComfyUI's own top-level modules (its `nodes.py`, ...) win over the repository's names
-    cmd = [a.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--import-mode=append",
-           "tests/test_comfy_runtime.py", *a.pytest_args]
+    # the test module puts ComfyUI first on sys.path itself (before the pack is loaded), so ComfyUI's own top-level
+    # modules (its `nodes.py`, `folder_paths.py`, ...) win over the repository's `nodes/` package
+    cmd = [a.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_comfy_runtime.py", *a.pytest_args]
     print("+", " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=ROOT, env=env)
 
