@@ -82,12 +82,6 @@ def check_size_multiple(height: int, width: int, multiple: int = SIZE_MULTIPLE, 
 # ------------------------------------------------------------------------------------------ sampler inputs
 
 
-def fit_masks(masks: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, str]:
-    """[B, H, W] masks -> [B, height, width] by the frames' centre crop (inputs.fit_masks); and a note."""
-    out, note = inputs.fit_masks(masks.numpy(), height, width)
-    return torch.from_numpy(out), note
-
-
 def prepare_sampler_inputs(frames: torch.Tensor, masks: torch.Tensor, poses: torch.Tensor, model_height: int,
                            model_width: int, resize: str = "crop_to_model") -> VideoInputs:
     """The sampler node's inputs as `VideoInputs` (inputs.prepare_video, as `m2h generate`).
@@ -154,7 +148,8 @@ def segment(frames: torch.Tensor, parser: Any | None, clothing_classes: str, *, 
             user = user.expand(n, -1, -1)
         inputs.check_counts(n, masks=user.shape[0])
         if tuple(user.shape[1:]) != (h, w):
-            user, note = fit_masks(user, h, w)
+            fitted, note = inputs.fit_masks(user.numpy(), h, w)  # the frames' centre crop
+            user = torch.from_numpy(fitted)
             log.info("M2H Segmentation: masks resized to the frames: %s", note)
         cloth = refine_masks((user.numpy() > 0.5), grow=grow, feather=feather, fill_holes=fill_holes,
                              temporal_window=temporal_window)
