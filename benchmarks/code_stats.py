@@ -92,6 +92,28 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def import_graph(files: list[Path] | None = None, trees: dict[Path, ast.AST] | None = None) -> dict[str, set[str]]:
+    """First-party module -> the first-party modules it imports (a package and its own submodules left out: an
+    __init__ importing them is not a circle a reader has to untangle)."""
+    files = python_files(ROOT) if files is None else files
+    first_party = [f for f in files if f.relative_to(ROOT).parts[0] in PACKAGES]
+    trees = trees or {}
+    known = {module_name(f) for f in first_party}
+    graph = {}
+    for f in first_party:
+        tree = trees.get(f) or ast.parse(f.read_text(encoding="utf-8"), str(f))
+        deps = imported_modules(tree, module_name(f), f.name == "__init__.py", known)
+        m = module_name(f)
+        graph[m] = {d for d in deps if not m.startswith(d + ".") and not d.startswith(m + ".")}
+    return graph
+
+
+def against_layering(graph: dict[str, set[str]]) -> list[str]:
+    """Imports DEVELOPERS.md rules out (LAYERS), as "importer -> imported"."""
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                  if any(m.startswith(low) and d.startswith(high) for low, high in LAYERS))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--top", type=int, default=10)
@@ -99,13 +121,7 @@ def main() -> None:
     files = python_files(ROOT)
     lines = {f: len(f.read_text(encoding="utf-8").splitlines()) for f in files}
     trees = {f: ast.parse(f.read_text(encoding="utf-8"), str(f)) for f in files}
-    first_party = [f for f in files if f.relative_to(ROOT).parts[0] in PACKAGES]
-    known = {module_name(f) for f in first_party}
-    graph = {module_name(f): imported_modules(trees[f], module_name(f), f.name == "__init__.py", known)
-             for f in first_party}
-    # a package's __init__ importing its own submodules is not a circle a reader has to untangle
-    graph = {m: {d for d in deps if not m.startswith(d + ".") and not d.startswith(m + ".")}
-             for m, deps in graph.items()}
+    graph = import_graph(files, trees)
     funcs = []
     for f, tree in trees.items():
         for node in ast.walk(tree):
@@ -123,8 +139,7 @@ def main() -> None:
     print(f"import cycles among {', '.join(PACKAGES)}: {len(found)}")
     for comp in found:
         print("  " + " <-> ".join(comp))
-    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
-                    if any(m.startswith(low) and d.startswith(high) for low, high in LAYERS))
+    upward = against_layering(graph)
     print(f"imports against the layering (inference/training must not import training/demo): {len(upward)}")
     for edge in upward:
         print("  " + edge)
