@@ -109,21 +109,23 @@ def masked_psnr(
     target: np.ndarray | torch.Tensor,
     mask: np.ndarray | torch.Tensor | None = None,
     per_frame: bool = False,
+    pooled: bool = False,
 ) -> float | np.ndarray:
-    """PSNR from the MSE over mask pixels (all 3 channels), per frame; returns the mean over frames (dB).
+    """The pack's one PSNR (dB): from the MSE over mask pixels (all 3 channels), per frame, then the mean over
+    frames; `pooled` instead takes one MSE over the mask pixels of all frames (a whole-set figure).
 
     Identical frames give inf. The data range is 255 for uint8 input, 1 for float input (same number).
     """
     p, t, m = _pair(pred, target, mask)
-    out = np.empty(len(p))
-    for i in range(len(p)):
-        count = int(m[i].sum())
-        if count == 0:
-            out[i] = np.nan
-            continue
-        mse = float(((p[i] - t[i]) ** 2)[m[i]].sum() / (3 * count))
-        out[i] = psnr_from_mse(mse)
-    return _reduce(out, per_frame)
+    if pooled:
+        return psnr_from_mse(_masked_mse(p, t, m))
+    return _reduce(np.array([psnr_from_mse(_masked_mse(p[i], t[i], m[i])) for i in range(len(p))]), per_frame)
+
+
+def _masked_mse(p: np.ndarray, t: np.ndarray, m: np.ndarray) -> float:
+    """Mean squared error over the mask's pixels, all 3 channels; nan for an empty mask."""
+    count = int(m.sum())
+    return float(((p - t) ** 2)[m].sum() / (3 * count)) if count else float("nan")
 
 
 def ssim_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -71,6 +71,19 @@ def check_video_batch(n: int, name: str = "frames") -> None:
             "image, repeat it first (Repeat Image Batch, amount >= 2).")
 
 
+def check_frame_counts(**counts: int) -> None:
+    """Every per-frame socket must have the same number of frames; say which differ and how to fix it (the
+    nodes' own check where their inputs enter; the sampler's inputs are counted once, by VideoInputs)."""
+    values = {k: int(v) for k, v in counts.items() if v is not None}
+    if len(set(values.values())) > 1:
+        desc = ", ".join(f"{k}: {v}" for k, v in values.items())
+        lo = min(values.values())
+        raise InputError(
+            f"frame counts differ ({desc}). Every input needs one entry per video frame. Make them all come from "
+            f"the same video (same Load Video / frame cap), or trim the longer ones to {lo} frames "
+            "(e.g. Image From Batch / a frame-load cap).")
+
+
 def check_size_multiple(height: int, width: int, multiple: int = SIZE_MULTIPLE, name: str = "frames") -> None:
     if height % multiple or width % multiple:
         h2, w2 = height - height % multiple, width - width % multiple
@@ -146,7 +159,7 @@ def segment(frames: torch.Tensor, parser: Any | None, clothing_classes: str, *, 
         if user.shape[0] == 1 and n > 1:
             log.info("M2H Segmentation: one mask given for %d frames; using it for every frame", n)
             user = user.expand(n, -1, -1)
-        inputs.check_counts(n, masks=user.shape[0])
+        check_frame_counts(frames=n, masks=user.shape[0])
         if tuple(user.shape[1:]) != (h, w):
             fitted, note = inputs.fit_masks(user.numpy(), h, w)  # the frames' centre crop
             user = torch.from_numpy(fitted)
@@ -331,3 +344,69 @@ def composite_frames(images: torch.Tensor, video: VideoInputs, parser: Any | Non
                                       video.clothing_masks.numpy() > 0.5, parser, cs)
     log.info("M2H Sampler: %s", note)
     return torch.from_numpy(out)
+
+
+# ------------------------------------------------------------------------------------------ any generator
+
+
+def _masks_at(masks: torch.Tensor | None, n: int, h: int, w: int, name: str) -> np.ndarray | None:
+    """An optional MASK input as (n, h, w) bool: one mask for all frames repeated, another size fitted."""
+    if masks is None:
+        return None
+    m = as_mask_batch(masks, name)
+    if m.shape[0] == 1 and n > 1:
+        m = m.expand(n, -1, -1)
+    check_frame_counts(frames=n, **{name: m.shape[0]})
+    if tuple(m.shape[1:]) != (h, w):
+        fitted, note = inputs.fit_masks(m.numpy(), h, w)  # the frames' centre crop
+        m = torch.from_numpy(fitted)
+        log.info("M2H Regenerate Mask: %s fitted to the frames: %s", name, note)
+    return m.numpy() > 0.5
+
+
+def regenerate_mask(frames: torch.Tensor, parser: Any | None, clothing_classes: str, *, head_scale: float = 1.3,
+                    hair_margin: float = 0.35, grow_into_garment: int = 4, feather: int = 0, temporal_window: int = 3,
+                    clothing_mask: torch.Tensor | None = None, person_mask: torch.Tensor | None = None,
+                    pose: PoseSequence | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Regenerate Mask node: (regen_mask, lock_mask [N, H, W], preview [N, H, W, 3]) via
+    regen_mask.mannequin_masks + regenerate_mask, as `m2h regen-mask`."""
+    from m2h_core.inference import regen_mask as rm
+
+    images = as_image_batch(frames, "frames")
+    n, h, w = images.shape[:3]
+    cloth, person = _masks_at(clothing_mask, n, h, w, "clothing_mask"), _masks_at(person_mask, n, h, w, "person_mask")
+    if pose is not None:
+        check_frame_counts(frames=n, keypoints=len(pose))
+    try:
+        groups = parse_clothing_classes(clothing_classes) if cloth is None else None
+        cloth, person = rm.mannequin_masks(to_uint8(images), parser, cloth, person, groups)
+        settings = rm.RegenMaskSettings.for_height(h, head_scale=float(head_scale), hair_margin=float(hair_margin),
+                                                   grow_into_garment=int(grow_into_garment), feather=int(feather),
+                                                   temporal_window=int(temporal_window))
+        masks = rm.regenerate_mask(cloth, person, None if pose is None else pose.poses, settings)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    for note in masks.notes:
+        log.info("M2H Regenerate Mask: %s", note)
+    prev = rm.preview(images.detach().cpu().float().numpy(), masks.regen, masks.lock)
+    return torch.from_numpy(masks.regen), torch.from_numpy(masks.lock.astype(np.float32)), torch.from_numpy(prev)
+
+
+def composite_any(generated: torch.Tensor, source: torch.Tensor, parser: Any | None, *, garment_lock: bool = True,
+                  keep_background: bool = False, seam: str = "poisson", lock_mask: torch.Tensor | None = None,
+                  mannequin_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The Composite node: compositing.composite_generated (as `m2h composite`) on IMAGE batches."""
+    from m2h_core.inference.compositing import CompositeSettings, composite_generated
+
+    gen, src = as_image_batch(generated, "generated"), as_image_batch(source, "source")
+    masks = [None if m is None else as_mask_batch(m, name).numpy()
+             for m, name in ((lock_mask, "lock_mask"), (mannequin_mask, "mannequin_mask"))]
+    settings = CompositeSettings.for_height(gen.shape[1], bool(garment_lock), bool(keep_background), seam)
+    try:
+        out, notes = composite_generated(gen.detach().cpu().float().numpy(), src.detach().cpu().float().numpy(),
+                                         parser, settings, lock=masks[0], mannequin=masks[1])
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    for note in notes:
+        log.info("M2H Composite: %s", note)
+    return torch.from_numpy(np.ascontiguousarray(out))

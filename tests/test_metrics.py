@@ -78,6 +78,16 @@ def test_psnr_per_frame_and_empty_mask() -> None:
         masked_psnr(pred, target, np.ones((2, 8, 8), bool))
 
 
+def test_psnr_pooled_is_one_mse_over_all_frames() -> None:
+    """pooled: MSE 0 on frame 0 and 100 on frame 1 (uint8 scale), equal pixel counts -> MSE 50 over the set."""
+    target = np.zeros((2, 8, 8, 3), np.uint8)
+    pred = target.copy()
+    pred[1] = 10
+    assert masked_psnr(pred, target, pooled=True) == pytest.approx(10 * math.log10(255**2 / 50), abs=1e-9)
+    assert masked_psnr(pred, target) == math.inf  # the per-frame mean differs: (inf + 28.1) / 2
+    assert math.isnan(masked_psnr(pred, target, np.zeros((2, 8, 8), bool), pooled=True))
+
+
 # ------------------------------------------------------------------------------------------ SSIM
 
 

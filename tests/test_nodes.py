@@ -70,7 +70,7 @@ def test_comfy_nodes_imports_optional_deps_lazily():
 
 def test_spec_is_consistent():
     ids = [n.node_id for n in spec.NODES]
-    assert len(ids) == len(set(ids)) == 5
+    assert len(ids) == len(set(ids)) == 7
     for n in spec.NODES:
         assert n.display_name.startswith("M2H ")
         names = [i.id for i in n.inputs] + [o.id for o in n.outputs]
@@ -103,7 +103,8 @@ def test_execute_signatures_match_the_spec():
     """Each node's execute() takes exactly the spec's inputs (checked on the source, without ComfyUI)."""
     tree = ast.parse((ROOT / "nodes/comfy_nodes.py").read_text())
     specs = {"SEGMENTATION": spec.SEGMENTATION, "DWPOSE": spec.DWPOSE, "HEAD_ENCODER": spec.HEAD_ENCODER,
-             "UNET_LOADER": spec.UNET_LOADER, "SAMPLER": spec.SAMPLER}
+             "UNET_LOADER": spec.UNET_LOADER, "SAMPLER": spec.SAMPLER, "REGEN_MASK": spec.REGEN_MASK,
+             "COMPOSITE": spec.COMPOSITE}
     seen = set()
     for cls in [n for n in tree.body if isinstance(n, ast.ClassDef)]:
         s = None
@@ -248,7 +249,7 @@ def test_segment_user_masks_one_for_all_and_other_size():
     cloth, _, _ = logic.segment(f, None, "upper", masks=big)
     assert tuple(cloth.shape) == (6, 80, 48)
     assert torch.equal(cloth[0], cloth[5])
-    with pytest.raises(InputError, match="6 frames but there are 4 clothing masks"):
+    with pytest.raises(InputError, match="frame counts differ"):
         logic.segment(f, None, "upper", masks=m[:4])
 
 
@@ -559,7 +560,8 @@ def test_every_model_name_input_is_validated_at_queue_time():
     inputs (those with a file list), and the kinds it checks them as are the ones files.resolve knows."""
     tree = ast.parse((ROOT / "nodes/comfy_nodes.py").read_text())
     specs = {"SEGMENTATION": spec.SEGMENTATION, "DWPOSE": spec.DWPOSE, "HEAD_ENCODER": spec.HEAD_ENCODER,
-             "UNET_LOADER": spec.UNET_LOADER, "SAMPLER": spec.SAMPLER}
+             "UNET_LOADER": spec.UNET_LOADER, "SAMPLER": spec.SAMPLER, "REGEN_MASK": spec.REGEN_MASK,
+             "COMPOSITE": spec.COMPOSITE}
     for cls in [n for n in tree.body if isinstance(n, ast.ClassDef)]:
         s = next((specs[st.value.attr] for st in cls.body if isinstance(st, ast.Assign)
                   and getattr(st.targets[0], "id", "") == "SPEC"), None)

@@ -61,6 +61,7 @@ CORE_NODES = {
     "ImageToMask": NodeType("ImageToMask", (("image", "IMAGE", False),), (("channel", "COMBO"),),
                             (("MASK", "MASK"),), defaults={"channel": "red"}),
     "MarkdownNote": NodeType("MarkdownNote", (), (("text", "STRING"),), ()),
+    "MaskToImage": NodeType("MaskToImage", (("mask", "MASK", False),), (), (("IMAGE", "IMAGE"),)),
 }
 UI_ONLY = {"MarkdownNote", "Note"}  # frontend-only nodes: not in the API format
 
@@ -346,7 +347,66 @@ def preprocess_preview() -> Graph:
     return g
 
 
-WORKFLOWS = (mannequin_to_human, user_masks, preprocess_preview)
+ANY_GENERATOR_MODELS_NOTE = """## M2HVideo around any generator: model files
+
+| node | file | folder |
+| --- | --- | --- |
+| M2H Regenerate Mask, M2H Composite | `segformer_b2_clothes/` folder, or `parsing_atr.onnx` / `parsing_lip.onnx` | `models/human_parsing/` |
+| M2H DWPose | `yolox_l.onnx`, `dw-ll_ucoco_384.onnx` | `models/dwpose/` |
+
+Nothing is downloaded. M2H Identity Photo (for the pack's own samplers in the middle) needs insightface:
+`pip install --no-deps insightface` (see the README: its dependencies break onnxruntime).
+"""
+
+ANY_GENERATOR_NOTE = """## Any generator in the middle
+
+1. **M2H Regenerate Mask** -> `regen_mask`: what to redraw (bare mannequin + head room, never the garment).
+   Connect it to your generator's mask input: Wan2.2 Animate's / VACE's mask, an inpainting
+   *Set Latent Noise Mask*, AnimateDiff inpainting. `preview` shows it (red) and the lock (green).
+2. Your generator's **IMAGE** output -> **M2H Composite** `generated` (replace the second Load Video, which
+   stands in for it here). `source` stays the mannequin video, `lock_mask` from step 1.
+3. M2H Composite puts the real garment back, never over the new arms or hair (it parses the generated frames),
+   at the generated frames' size; the source is centre-cropped and resized to it. See docs/any-generator.md.
+"""
+
+
+def any_generator() -> Graph:
+    g = Graph("m2h_any_generator", "Garment lock and keep background around any generator",
+              "M2HVideo - garment lock for any generator")
+    g.add("MarkdownNote", (-520, 40), (520, 340), title="Model files", text=ANY_GENERATOR_MODELS_NOTE)
+    g.add("MarkdownNote", (-520, 420), (520, 380), title="Wire your generator", text=ANY_GENERATOR_NOTE)
+    _, comps, _ = _front(g, with_identity=False)
+    pose = g.add("M2HDWPose", (660, 420), (320, 300))
+    g.link(comps, "images", pose, "frames")
+    g.link(comps, "fps", pose, "fps")
+    regen = g.add("M2HRegenerateMask", (1020, 40), (340, 380))
+    g.link(comps, "images", regen, "frames")
+    g.link(pose, "keypoints", regen, "keypoints")
+    gen_video = g.add("LoadVideo", (40, 760), (300, 320), title="Generated video (stands in for your generator)",
+                      file="m2h_generated.mp4")
+    gen = g.add("GetVideoComponents", (380, 760), (220, 90), title="Your generator's frames")
+    g.link(gen_video, "VIDEO", gen, "video")
+    comp = g.add("M2HComposite", (1020, 480), (340, 300))
+    g.link(gen, "images", comp, "generated")
+    g.link(comps, "images", comp, "source")
+    g.link(regen, "lock_mask", comp, "lock_mask")
+    as_image = g.add("MaskToImage", (1400, 40), (220, 60))
+    g.link(regen, "regen_mask", as_image, "mask")
+    for i, (src, out, prefix) in enumerate(((as_image, "IMAGE", "video/M2H_regen_mask"),
+                                            (comp, "images", "video/M2H_composite"))):
+        create = g.add("CreateVideo", (1660, 40 + 460 * i), (270, 80))
+        g.link(src, out, create, "images")
+        g.link(comps, "fps", create, "fps")
+        if i == 1:
+            g.link(comps, "audio", create, "audio")  # the source's sound
+        save = g.add("SaveVideo", (1960, 40 + 460 * i), (400, 380), filename_prefix=prefix)
+        g.link(create, "VIDEO", save, "video")
+    prev = g.add("PreviewImage", (1400, 160), (220, 260), title="Regenerate (red) / lock (green)")
+    g.link(regen, "preview", prev, "images")
+    return g
+
+
+WORKFLOWS = (mannequin_to_human, user_masks, preprocess_preview, any_generator)
 
 
 def render_all() -> dict[Path, str]:

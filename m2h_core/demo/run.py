@@ -34,16 +34,17 @@ from ..checkpoint import save_checkpoint
 from ..frames import to_nhwc, to_uint8
 from ..inference.encoders import FrozenEncoders
 from ..inference.sampler import sample_video
+from ..metrics import masked_psnr
 from ..models.m2h import M2HModel
 from ..video_io import write_video
-from .evaluation import (METRIC_DEFINITIONS, HeldOutCase, heldout_case, heldout_test_cases, identity_correlations,
-                         identity_runs, mean_scores, score_case)
+from .evaluation import (METRIC_DEFINITIONS, HeldOutCase, float64_nhwc, heldout_case, heldout_test_cases,
+                         identity_correlations, identity_runs, mean_scores, score_case)
 from .pretrained import SHIPPED_M2H, load_pretrained
 from .recipe import DemoSettings, quiet_tqdm, train_demo_model
 from .report import contact_sheet, identity_sheet, readme_text
 from .synthetic import SyntheticClip, generate_dataset
-from .tiny_vae import (SHIPPED_VAE, VAETrainResult, _psnr, load_vae_weights, masked_pairs, reconstruct,
-                       train_tiny_vae, vae_training_images)
+from .tiny_vae import (SHIPPED_VAE, VAETrainResult, load_vae_weights, masked_pairs, reconstruct, train_tiny_vae,
+                       vae_training_images)
 
 __all__ = ["DemoSettings", "DemoReport", "run_demo"]
 
@@ -118,7 +119,8 @@ def prepare_vae(s: DemoSettings, seed: int, cfg, clips: list[SyntheticClip], cas
     if s.vae_source == "shipped":
         try:
             vres = load_vae_weights(encoders.vae, s.vae_path or SHIPPED_VAE)
-            vres.recon_psnr = _psnr(reconstruct(encoders.vae, holdout), holdout)
+            vres.recon_psnr = masked_psnr(float64_nhwc(reconstruct(encoders.vae, holdout)), float64_nhwc(holdout),
+                                          pooled=True)
             say(f"[2/5 vae] pretrained tiny VAE {s.vae_path or SHIPPED_VAE} ({vres.steps} steps, made by "
                 f"`python -m m2h_core.demo.tiny_vae`): held-out reconstruction PSNR {vres.recon_psnr:.2f} dB")
         except (FileNotFoundError, ValueError) as e:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import M2HConfig
+from ..metrics import psnr_from_mse
 from .config import TrainConfig
 
 #: The paper's global batch (Sec. IV-B: 4 per GPU on 2 GPUs); GPU-count hours keep it.
@@ -451,7 +452,7 @@ def crop_decode_on_batches(tr, batches: list[dict]) -> dict[str, Any]:
                 ("crop_vs_full_face_rmse", "crop_vs_full_face_max_abs", "crop_vs_full_face_psnr_db")}
     rmse = math.sqrt(se / n)
     return {"crop_vs_full_face_rmse": rmse, "crop_vs_full_face_max_abs": mx,
-            "crop_vs_full_face_psnr_db": float("inf") if rmse == 0 else -20 * math.log10(rmse)}
+            "crop_vs_full_face_psnr_db": psnr_from_mse(rmse ** 2)}
 
 
 def precision_checks(tr, batch: dict) -> dict[str, Any]:
