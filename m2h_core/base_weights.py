@@ -31,6 +31,7 @@ from transformers import CLIPVisionConfig as HFCLIPVisionConfig
 from transformers import CLIPVisionModelWithProjection
 
 from .config import M2HConfig
+from .state_dicts import CLIP_WIDTHS, flatten_state
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise BaseWeightsError(f"{path.name} does not hold a state dict")
-    from .public_weights import _flatten
-
-    return _flatten(sd)  # nested dicts (IP-Adapter .bin: image_proj / ip_adapter) as "image_proj.proj.0.weight"
+    return flatten_state(sd)  # nested dicts (IP-Adapter .bin: image_proj / ip_adapter) as "image_proj.proj.0.weight"
 
 
 def identify_checkpoint(sd: dict[str, torch.Tensor]) -> str:
@@ -218,8 +217,6 @@ def check_preset(shapes: dict[str, tuple[int, ...]], cfg: M2HConfig, name: str, 
 
 
 def _known_encoder(part: str, width: int) -> str:
-    from .public_weights import CLIP_WIDTHS
-
     return f"CLIP {CLIP_WIDTHS[width]}" if part == "clip" and width in CLIP_WIDTHS else "a model of another size"
 
 
@@ -321,8 +318,6 @@ def clip_config_from_state_dict(sd: dict[str, torch.Tensor], cfg: M2HConfig | No
 
 def clip_name(config: HFCLIPVisionConfig) -> str:
     """"ViT-H/14", "ViT-L/14", ... or "CLIP width N" for an encoder config."""
-    from .public_weights import CLIP_WIDTHS
-
     return CLIP_WIDTHS.get(config.hidden_size, f"CLIP width {config.hidden_size}")
 
 
@@ -334,8 +329,6 @@ def clip_from_state_dict(sd: dict[str, torch.Tensor], cfg: M2HConfig | None, nam
     proj = sd.get("visual_projection.weight")
     if cfg is not None and (width != cfg.clip.hidden_size or proj is None
                             or proj.shape[0] != cfg.clip.projection_dim):
-        from .public_weights import CLIP_WIDTHS
-
         known = which_preset("clip", width) or CLIP_WIDTHS.get(width)
         raise BaseWeightsError(
             f"{name} is a CLIP image encoder of width {width}{f' ({known})' if known else ''}"
