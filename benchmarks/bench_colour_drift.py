@@ -32,10 +32,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from m2h_core.inference.inputs import IdentityInputs, VideoInputs  # noqa: E402
 from m2h_core.inference.sampler import SamplerSettings, chunk_plan, context_windows, sample_video  # noqa: E402
 
 LUMA = np.array([0.299, 0.587, 0.114])
 
+
+
+def typed(args):
+    """(frames, masks, poses, identity image, landmarks, arcface) -> the sampler's typed inputs."""
+    return VideoInputs(*args[:3]), IdentityInputs(*args[3:])
 
 def model_and_encoders(checkpoint: str | None):
     from m2h_core.inference.encoders import FrozenEncoders
@@ -45,10 +51,13 @@ def model_and_encoders(checkpoint: str | None):
 
         pipe = load_pipeline(checkpoint, device="cpu", dtype=torch.float32)
         return pipe.model.eval(), pipe.encoders
-    from m2h_core.demo.tiny_vae import demo_config, load_vae_weights
+    from m2h_core.demo.recipe import DemoSettings
+    from m2h_core.demo.tiny_vae import load_vae_weights
     from tests.fixtures import build_m2h_model
 
-    cfg = demo_config()
+    cfg = DemoSettings().model_config()
+    # the figures here were measured with the tiny preset's model defaults on the demo's VAE
+    cfg.prediction_type, cfg.clothing_skip, cfg.clothing_fill = "epsilon", False, "black"
     enc = FrozenEncoders.random(cfg)
     load_vae_weights(enc.vae)
     return build_m2h_model(cfg, seed=0, perturb=True), enc
@@ -143,11 +152,12 @@ def main() -> None:
     if a.chunk_frames >= 0:
         settings = SamplerSettings(**{**settings.__dict__, "chunk_frames": a.chunk_frames})
     t0 = time.perf_counter()
-    out = sample_video(model, enc, *args, settings=settings)
+    out = sample_video(model, enc, *typed(args), settings=settings)
     frames = out.frames.permute(0, 2, 3, 1).numpy() * 255
     edges = boundary_transitions(a.frames, a.context, a.overlap)
     print(f"{a.frames} frames {model.cfg.height}x{model.cfg.width}, {a.steps} steps, CFG {a.cfg}, context "
-          f"{a.context}/{a.overlap}, chunks of <= {settings.chunk_frames} frames, ramp power {a.ramp_power:g}: {int(edges.sum())} boundary and {int((~edges).sum())} inner transitions "
+          f"{a.context}/{a.overlap}, chunks of <= {settings.chunk_frames} frames, ramp power {a.ramp_power:g}: "
+          f"{int(edges.sum())} boundary and {int((~edges).sum())} inner transitions "
           f"({time.perf_counter() - t0:.0f} s)")
     if not a.static:
         report("mannequin (input)", source.astype(np.float64), edges)

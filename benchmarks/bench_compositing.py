@@ -60,10 +60,11 @@ def shelf_background(h: int, w: int, seed: int) -> np.ndarray:
 
 
 def vae_roundtrip(frames: np.ndarray) -> np.ndarray:
-    from m2h_core.demo.tiny_vae import demo_config, load_vae_weights, reconstruct
+    from m2h_core.demo.recipe import DemoSettings
+    from m2h_core.demo.tiny_vae import load_vae_weights, reconstruct
     from m2h_core.inference.encoders import FrozenEncoders
 
-    enc = FrozenEncoders.random(demo_config())
+    enc = FrozenEncoders.random(DemoSettings().model_config())
     load_vae_weights(enc.vae)
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
     return reconstruct(enc.vae, x).permute(0, 2, 3, 1).numpy().astype(np.float32)

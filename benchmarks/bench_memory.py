@@ -6,9 +6,10 @@ e2e:  the whole `m2h generate` command (video file -> parsing, DWPose, face anal
       from the kernel (os.wait4).                                           e2e_memory_ratio_200_vs_16  target <= 1.10
 sd15: the sd15 preset (random weights) at a reduced size, 1 step, CFG on, context windows 16/4, through
       `sample_video` in a subprocess, 16 vs 256 frames: peak RSS while sampling (the peak is reset after the model
-      is built, which briefly holds two copies of the UNet); and the conditioning held per frame (M2HConditioning.nbytes: the UNet's extra input
-      channels and A's tokens) at the reduced and the paper's 512x256 size, with A's keys/values for the whole
-      video (the former design) for comparison.                           sd15_memory_ratio_256_vs_16  target <= 1.15
+      is built, which briefly holds two copies of the UNet); and the conditioning held per frame
+      (M2HConditioning.nbytes: the UNet's extra input channels and A's tokens) at the reduced and the paper's
+      512x256 size, with A's keys/values for the whole video (the former design) for comparison.
+                                                                          sd15_memory_ratio_256_vs_16  target <= 1.15
 
     python benchmarks/bench_memory.py [--threads 1] [--steps 2] [--repo PATH] [--skip-e2e] [--skip-sd15]
                                       [--sd15-frames 16,256]
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_sampler import peak_rss_kib, reset_peak_rss  # noqa: E402  (the same peak-RSS window)
+from bench_sampler import peak_rss_kib, reset_peak_rss, typed  # noqa: E402  (the same peak-RSS window)
 from m2h_core.config import preset  # noqa: E402
 
 
@@ -157,13 +158,13 @@ def sd15_child(n: int, size: str, steps: int, context: int, overlap: int) -> Non
     t0 = time.perf_counter()
     model, enc = M2HModel(cfg).eval(), FrozenEncoders.random(cfg)
     build_s = time.perf_counter() - t0
-    sample_video(model, enc, *sd15_inputs(cfg, 2), settings=SamplerSettings(steps=1, context_frames=2,
+    sample_video(model, enc, *typed(sd15_inputs(cfg, 2)), settings=SamplerSettings(steps=1, context_frames=2,
                                                                             context_overlap=0))  # warm-up
     args = sd15_inputs(cfg, n)
     reset_peak_rss()
     base = peak_rss_kib()  # the model, encoders and inputs
     t0 = time.perf_counter()
-    sample_video(model, enc, *args, settings=SamplerSettings(steps=steps, context_frames=context,
+    sample_video(model, enc, *typed(args), settings=SamplerSettings(steps=steps, context_frames=context,
                                                              context_overlap=overlap))
     peak = peak_rss_kib()
     result = {"growth_kib": peak - base, "peak_kib": peak, "sample_s": time.perf_counter() - t0, "build_s": build_s,

@@ -38,8 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from m2h_core.config import preset  # noqa: E402
 from m2h_core.inference.encoders import FrozenEncoders  # noqa: E402
 from m2h_core.models.m2h import M2HModel  # noqa: E402
+from m2h_core.inference.inputs import IdentityInputs, VideoInputs  # noqa: E402
 from m2h_core.inference.sampler import SamplerSettings, make_scheduler, sample_video  # noqa: E402
 
+
+
+def typed(args):
+    """(frames, masks, poses, identity image, landmarks, arcface) -> the sampler's typed inputs."""
+    return VideoInputs(*args[:3]), IdentityInputs(*args[3:])
 
 def inputs(cfg, n):
     g = torch.Generator().manual_seed(0)
@@ -97,8 +103,8 @@ def speed(cfg, steps):
                 model.denoise(z, t, u, shared_first=shared)
         bare()  # warm-up
         unet = best_of(bare, 5)
-    sample_video(model, enc, *args, settings=SamplerSettings(steps=2, context_frames=n))  # warm-up
-    ours = best_of(lambda: sample_video(model, enc, *args, settings=settings))
+    sample_video(model, enc, *typed(args), settings=SamplerSettings(steps=2, context_frames=n))  # warm-up
+    ours = best_of(lambda: sample_video(model, enc, *typed(args), settings=settings))
     naive = best_of(lambda: naive_sample(model, enc, args, settings))
     return unet, ours, naive
 
@@ -184,7 +190,7 @@ def vs_diffusers_speed(cfg, frames, steps: int, context: int, overlap: int) -> d
     for n in frames:
         args = inputs(cfg, n)
         settings = SamplerSettings(steps=steps, context_frames=context, context_overlap=overlap, **chunk_kw())
-        ours = lambda cb: sample_video(model, enc, *args, settings=settings, progress=cb)  # noqa: E731
+        ours = lambda cb: sample_video(model, enc, *typed(args), settings=settings, progress=cb)  # noqa: E731
         theirs = lambda cb: run_diffusers(pipe, cfg, n, steps, "latent", cb)  # noqa: E731
         t_ours, t_theirs = [], []
         for _ in range(2):  # alternate, best of two each
@@ -211,7 +217,8 @@ def vs_diffusers(cfg_name, size, steps: int, threads: int, frames=(16, 64), with
     context, overlap = cfg.num_frames, min(4, cfg.num_frames - 1)
     print(f"vs diffusers AnimateDiffPipeline + FreeNoise: {cfg_name} UNet, {cfg.height}x{cfg.width}, windows of "
           f"{context} frames, stride {context - overlap}, DDIM, CFG 7.5, {threads} thread(s), our chunk_frames "
-          f"{CHUNK if CHUNK >= 0 else SamplerSettings().chunk_frames}, batch_cfg {SamplerSettings(**chunk_kw()).batch_cfg}")
+          f"{CHUNK if CHUNK >= 0 else SamplerSettings().chunk_frames}, "
+          f"batch_cfg {SamplerSettings(**chunk_kw()).batch_cfg}")
     speed_ = vs_diffusers_speed(cfg, frames, steps, context, overlap)
     mem = {}
     for who in ("ours", "theirs") if with_memory else ():
@@ -229,7 +236,8 @@ def vs_diffusers(cfg_name, size, steps: int, threads: int, frames=(16, 64), with
         print(f"vs_diffusers_step_time_{n}={speed_[n][0] / speed_[n][1]:.3f}")
     for n in frames if with_memory else ():
         print(f"vs_diffusers_memory_{n}={mem['ours', n]['peak_kib'] / mem['theirs', n]['peak_kib']:.3f}")
-        print(f"vs_diffusers_memory_growth_{n}={max(mem['ours', n]['growth_kib'], 1) / max(mem['theirs', n]['growth_kib'], 1):.3f}")
+        growth = max(mem['ours', n]['growth_kib'], 1) / max(mem['theirs', n]['growth_kib'], 1)
+        print(f"vs_diffusers_memory_growth_{n}={growth:.3f}")
     if 64 in frames:
         print(f"vs_diffusers_step_time={speed_[64][0] / speed_[64][1]:.3f}")
 
@@ -257,10 +265,11 @@ def child(cfg_name, n, size=None, steps=2):
     torch.manual_seed(0)
     model, enc = M2HModel(cfg).eval(), FrozenEncoders.random(cfg)
     args = inputs(cfg, n)
-    sample_video(model, enc, *inputs(cfg, cfg.num_frames), settings=SamplerSettings(steps=1))  # allocator warm-up
+    warm = SamplerSettings(steps=1)
+    sample_video(model, enc, *typed(inputs(cfg, cfg.num_frames)), settings=warm)  # allocator warm-up
     reset_peak_rss()
     base = peak_rss_kib()
-    sample_video(model, enc, *args, settings=SamplerSettings(steps=steps, context_frames=cfg.num_frames,
+    sample_video(model, enc, *typed(args), settings=SamplerSettings(steps=steps, context_frames=cfg.num_frames,
                                                              context_overlap=min(4, cfg.num_frames - 1),
                                                              **chunk_kw()))
     peak = peak_rss_kib()
@@ -314,7 +323,8 @@ def main():
           f"threads={torch.get_num_threads()}")
     if not a.memory_only:
         unet, ours, naive = speed(cfg, a.steps)
-        print(f"the UNet calls of one step (CFG {'one batch' if SamplerSettings(**chunk_kw()).batch_cfg else 'two calls'}): {unet * 1e3:.1f} ms")
+        how = "one batch" if SamplerSettings(**chunk_kw()).batch_cfg else "two calls"
+        print(f"the UNet calls of one step (CFG {how}): {unet * 1e3:.1f} ms")
         print(f"sampler:  {ours:.2f} s  = {ours / (a.steps * unet):.2f} x steps*UNet")
         print(f"naive:    {naive:.2f} s  = {naive / (a.steps * unet):.2f} x steps*UNet")
     mem_steps = a.steps if a.memory_only else 2

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from m2h_core.inference.encoders import FrozenEncoders  # noqa: E402
 from m2h_core.training.mirror_loss import MirrorLoss  # noqa: E402
 from m2h_core.training.config import TrainConfig  # noqa: E402
+from m2h_core.demo.synthetic import synthetic_training_data  # noqa: E402
 from m2h_core.training.trainer import Trainer  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def bench_step(preset: str, frames: int, batch_size: int, n: int, device: str | 
                                     mixed_precision="bf16" if device == "cuda" else "no",
                                     gradient_checkpointing=preset == "sd15"))
     acc = Accelerator(mixed_precision=tc.mixed_precision, cpu=device == "cpu")
-    tr = Trainer(tc, accelerator=acc)
+    tr = Trainer(tc, accelerator=acc, dataset=synthetic_training_data)
     batch = next(tr._loader(1.0))
     out: dict[str, float] = {}
     modes = {"nomirror": None, "crop": MirrorLoss(tr.vgg, crop=True), "full": MirrorLoss(tr.vgg, crop=False)}

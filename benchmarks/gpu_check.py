@@ -40,13 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench_sampler
+import bench_sampler  # noqa: E402
 
-from m2h_core.config import preset
-from m2h_core.inference.encoders import FrozenEncoders
-from m2h_core.inference.inputs import IdentityInputs, VideoInputs
-from m2h_core.inference.sampler import SamplerSettings, sample_video
-from m2h_core.models.m2h import M2HModel
+from m2h_core.config import preset  # noqa: E402
+from m2h_core.inference.encoders import FrozenEncoders  # noqa: E402
+from m2h_core.inference.inputs import IdentityInputs, VideoInputs  # noqa: E402
+from m2h_core.inference.sampler import SamplerSettings, sample_video  # noqa: E402
+from m2h_core.models.m2h import M2HModel  # noqa: E402
 
 
 def emit(key: str, value) -> None:
@@ -86,7 +86,8 @@ def _inputs(cfg, n: int) -> tuple[VideoInputs, IdentityInputs]:
     frames = torch.rand(n, 3, h, w, generator=g)
     masks = (torch.rand(n, h, w, generator=g) > 0.5).float()
     ident = torch.rand(3, h, w, generator=g)
-    return VideoInputs(frames, masks, frames.flip(1)), IdentityInputs(ident, ident.clone(), torch.randn(512, generator=g))
+    arcface = torch.randn(512, generator=g)
+    return VideoInputs(frames, masks, frames.flip(1)), IdentityInputs(ident, ident.clone(), arcface)
 
 
 def _ours(model, enc, video, ident, settings, progress) -> None:

@@ -12,21 +12,9 @@ Samples the demo's held-out pairs as `m2h demo` does (DDIM 20, CFG 1.5, seed 0) 
               colour is right (high = the only error is the colour)
 
 with the VAE ceiling (the ground truth through the tiny VAE) beside far and near, and the truth's and the result's
-mean backdrop colour (0-255). PSNR per frame, then the mean (`metrics.masked_psnr`, as metrics.json). Issue 12,
-measured with one thread (2026-12-03), on the models of the VAE trained 5000 steps ("shipped": until the
-8000-step VAE replaced it and the model was retrained on that):
+mean backdrop colour (0-255).
 
-    model                                   far (ceiling)   far+shift   near (ceiling)    mean over the 3 pairs
-    black clothing frame (28000 steps)      25.4 (39.3)     48.4        22.7 (28.6)       background 28.8 dB
-                                            40.2 (41.3)     47.1        26.7 (28.8)
-                                            40.6 (42.5)     49.0        27.1 (31.8)
-    backdrop fill, + 8000 steps (shipped)   38.8 (39.3)     48.7        25.1 (28.6)       background 30.8 dB
-                                            42.1 (41.3)     48.0        26.8 (28.8)
-                                            43.2 (42.5)     50.6        27.8 (31.8)
-
-On the first pair the black-frame model's backdrop was (246, 246, 244) against the truth's (229, 233, 235): the clothing
-frame v ⊙ M_c hides the scene, so the model painted its training backdrops' average. With `clothing_fill="backdrop"`
-(result (234, 234, 234)) the far field is at the ceiling; what is left is the outline (`near`).
+PSNR per frame, then the mean (`metrics.masked_psnr`, as metrics.json). What it measured: docs/demo.md.
 """
 
 from __future__ import annotations
@@ -44,7 +32,8 @@ def _rgb(c: np.ndarray) -> tuple[int, ...]:
 
 def main(argv: list[str] | None = None) -> None:
     from m2h_core.demo.pretrained import SHIPPED_M2H, load_pretrained
-    from m2h_core.demo.run import DemoSettings, _nhwc, heldout_test_cases, sampler_settings
+    from m2h_core.demo.evaluation import float64_nhwc, heldout_test_cases
+    from m2h_core.demo.recipe import DemoSettings
     from m2h_core.demo.tiny_vae import reconstruct
     from m2h_core.inference.sampler import sample_video
     from m2h_core.metrics import masked_psnr as psnr  # per frame, then the mean: as metrics.json's figures
@@ -61,9 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     print("pair  far (ceiling)  far+shift  near (ceiling)  backdrop truth / result")
     k = np.ones((2 * a.ring + 1, 2 * a.ring + 1), np.uint8)
     for i, c in enumerate(heldout_test_cases(s, 0, model.cfg.height, model.cfg.width)):
-        out = sample_video(model, enc, c.video(), c.identity(), sampler_settings(s, 0)).frames
-        p, g = _nhwc(out).astype(np.float64), _nhwc(c.ground_truth).astype(np.float64)
-        ceil = _nhwc(reconstruct(enc.vae, c.ground_truth)).astype(np.float64)
+        out = sample_video(model, enc, c.video(), c.identity(), s.sampler_settings(0)).frames
+        p, g = float64_nhwc(out).astype(np.float64), float64_nhwc(c.ground_truth).astype(np.float64)
+        ceil = float64_nhwc(reconstruct(enc.vae, c.ground_truth)).astype(np.float64)
         bg = c.background_masks.numpy()
         far = np.stack([cv2.erode(b.astype(np.uint8), k) for b in bg]) > 0
         near = bg & ~far

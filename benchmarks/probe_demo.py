@@ -20,45 +20,8 @@ horizontally), and we report how the model's output texture follows: the correla
 
 Every figure is a mean over the held-out cases. Uses one CPU thread.
 
-`--train-steps N [--variant demo|baseline|clothing-skip|x0-skip] [--save PATH]` trains the demo's model here first
-(DemoSettings, shipped VAE, seed 0): `demo` = today's defaults; `baseline` = v-prediction without skip (the model the
-table below measured); `clothing-skip` = a probe-only model whose v prediction is written relative to the clothing
-latents (`ClothingSkipModel`); `x0-skip` = `M2HConfig.clothing_skip` (x̂_0 = UNet + f_c), which the demo now uses.
-
-Follow-up (2026-12-02, issue 12): x0-skip with the attention VAE scored 15.3 dB sampled (copy 20.5, ceiling 21.7),
-and even at t = 20 its x0 was worse than the copy, on training clips too. The reason is the VAE: the latents of
-the garment on black differ from the garment's latents in its scene by 0.55 (unit-variance latents, cells wholly
-inside the garment; `m2h_core.demo.tiny_vae.locality_error` measures this relative to the variance: 0.69), and
-decoding the true latents inside the garment with the model's latents outside scores 15.6 dB (ceiling 17.7) on the
-shown pair: the decoded garment depends on the rest of the latent (global mid-block attention and GroupNorm). The
-demo's VAE is now without mid-block attention; its GroupNorm keeps the dependence (0.69). `--identity` adds the face / hair colour correlation across 6 held-out
-people (metrics.json `identity.*`).
-
-Measured (2026-12-02, seed 0, 3 held-out pairs x 8 frames; the shown clip is striped, the second striped, the
-third plain; clothing PSNR dB, mean (per pair)):
-
-                                     default model, 1500 steps     clothing-skip, 1500 steps
-  ceiling  VAE(ground truth)         21.69 (17.69, 16.27, 31.12)   same
-  copy     decode(f_c)               20.46 (16.91, 15.06, 29.40)   same
-  x0@999   one step, pure noise      13.44 (12.73, 11.95, 15.62)   15.34 (15.26, 14.03, 16.72)
-  x0@200                             17.16 (15.26, 13.79, 22.44)   17.31 (15.29, 13.99, 22.64)
-  hp corr  output vs its input       0.52 / 0.48 (striped pairs)   0.77 / 0.74  (VAE(GT) vs GT: 0.82 / 0.81)
-  shift 1 px: follows / stays        0.60 / -0.48 (shown pair)     0.77 / -0.51
-  sampler  DDIM 20, CFG 1.5          12.87 (12.68, 11.67, 14.25)   13.48 (12.90, 11.99, 15.56)
-           DDIM 20, CFG 1.0          13.16                         13.65
-           DDIM 50, CFG 1.5          12.81                         13.41
-           DDIM 2 / 5 / 10, CFG 1.5  12.68 / 13.10 / 12.97         14.20 / 13.85 / 13.62
-  identity face / hair r (CFG 1.5)   0.67 / 0.27 (CFG 1.0: 0.67 / 0.04)
-  (default model at 300 steps: x0@999 10.67, hp corr 0.14 / 0.09; clothing-skip at 300 steps: 12.60, 0.71 / 0.70)
-
-Reading: the VAE is not what loses the garment (copying the given latents would score 20.5 dB, 1.2 dB under the
-ceiling); the sampler settings are not (CFG, 20 vs 50 steps move < 0.4 dB; the one-step estimate is no better);
-the clothing latents do enter pixel-aligned (the output's stripes move with the input's, even by 1 px) but the
-randomly initialised UNet passes them on with low gain and wrong colours - even the plain garment comes out
-14 dB under its copy. Writing the prediction relative to f_c (the copy as the zero function) lifts the one-step
-estimate by 1.9 dB and the texture correlation from 0.52 to 0.77 at the same cost; the multi-step sampler then
-adds texture that is not the input's (13.5 dB). `default model` = the demo's own checkpoint
-(`m2h demo --out OUT`, then `--checkpoint OUT/m2h_tiny.safetensors`).
+`--train-steps N` trains the demo's model here first (`--variant demo|baseline|clothing-skip|x0-skip`, `--save`);
+`--identity` adds the face / hair colour correlations. What it measured and the reading: docs/demo.md.
 """
 
 from __future__ import annotations
@@ -71,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from m2h_core.checkpoint import load_checkpoint, read_config
-from m2h_core.demo.run import _make_test_case
+from m2h_core.demo.evaluation import heldout_case
 from m2h_core.inference.inputs import IdentityInputs, VideoInputs
 from m2h_core.inference.pipeline import embedded_encoders
 from m2h_core.inference.sampler import SamplerSettings, sample_video
@@ -162,16 +125,16 @@ def train_variant(variant: str, steps: int, seed: int = 0, lr: float = 2e-3, bat
 
     from accelerate import Accelerator
 
-    from m2h_core.demo.run import DemoSettings, _with_head_mask
+    from m2h_core.demo.recipe import DemoSettings, with_head_mask
     from m2h_core.demo.synthetic import generate_dataset
-    from m2h_core.demo.tiny_vae import SHIPPED_VAE, demo_config, load_vae_weights
+    from m2h_core.demo.tiny_vae import SHIPPED_VAE, load_vae_weights
     from m2h_core.inference.encoders import FrozenEncoders
     from m2h_core.training.config import TrainConfig
     from m2h_core.training.dataset import SyntheticClipDataset
     from m2h_core.training.trainer import Trainer
 
     s = DemoSettings()
-    cfg = demo_config()
+    cfg = DemoSettings().model_config()
     cfg.num_frames, cfg.prediction_type, cfg.clothing_skip = s.num_frames, s.prediction_type, s.clothing_skip
     if variant == "x0-skip":
         cfg.prediction_type, cfg.clothing_skip = "sample", True
@@ -186,10 +149,11 @@ def train_variant(variant: str, steps: int, seed: int = 0, lr: float = 2e-3, bat
     tmp = tempfile.TemporaryDirectory()
     tc = TrainConfig(preset="tiny", random_init=True, synthetic_clips=s.n_train_clips, synthetic_frames=s.clip_frames,
                      num_frames=s.num_frames, frame_stride=s.frame_stride, max_steps=steps, batch_size=batch, lr=lr,
-                     adam_beta1=0.9, warmup_steps=min(s.warmup_steps, steps // 4), progressive=s.progressive, lr_schedule=s.lr_schedule, mirror=True, alpha=s.mirror_alpha,
+                     adam_beta1=0.9, warmup_steps=min(s.warmup_steps, steps // 4), progressive=s.progressive,
+                     lr_schedule=s.lr_schedule, mirror=True, alpha=s.mirror_alpha,
                      beta=0.0, mirror_weighting=s.mirror_weighting, cond_dropout=s.cond_dropout,
                      output_dir=tmp.name, seed=seed, checkpoint_every=10 ** 9, log_every=10 ** 9)
-    ds = SyntheticClipDataset([_with_head_mask(c) for c in clips], num_frames=s.num_frames, stride=s.frame_stride,
+    ds = SyntheticClipDataset([with_head_mask(c) for c in clips], num_frames=s.num_frames, stride=s.frame_stride,
                               height=cfg.height, width=cfg.width, seed=seed)
     trainer = Trainer(tc, model=model, encoders=encoders, vgg=None, dataset=ds, accelerator=Accelerator(cpu=True),
                       log_fn=lambda m: None)
@@ -242,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.setdefault(k, []).append(v)
 
     for k in range(a.cases):
-        case = _make_test_case(a.seed + 1000 * k, n, H, W, 2)
+        case = heldout_case(a.seed + 1000 * k, n, H, W, 2)
         gt = case.ground_truth
         add("ceiling: VAE(ground truth)", cloth_psnr(encoders.decode(encoders.encode(gt)).float(), case))
         clothing = case.mannequin * case.clothing_masks[:, None]
@@ -276,12 +240,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"case {k + 1}/{a.cases} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
 
     if a.identity:
-        from m2h_core.demo.run import _identity_variants, identity_correlations
+        from m2h_core.demo.evaluation import identity_correlations, identity_variants
 
-        case = _make_test_case(a.seed, n, H, W, 2)
-        people = _identity_variants(case, 6, a.seed, H, W, n)
+        case = heldout_case(a.seed, n, H, W, 2)
+        people = identity_variants(case, 6, a.seed, H, W, n)
         for cfg_scale in (1.5, 1.0):
-            st = SamplerSettings(steps=int(a.sampler.split(",")[0].split("x")[0]), guidance_scale=cfg_scale, scheduler="ddim", seed=a.seed,
+            st = SamplerSettings(steps=int(a.sampler.split(",")[0].split("x")[0]), guidance_scale=cfg_scale,
+                                 scheduler="ddim", seed=a.seed,
                                  context_frames=cfg.num_frames, context_overlap=cfg.num_frames // 2)
             res = [sample_video(model, encoders, case.video(n), p.identity(), st).frames for p in people]
             ic = identity_correlations(res, people)

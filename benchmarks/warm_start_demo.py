@@ -45,7 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2h_core.demo.pretrained import load_pretrained, score_heldout
-from m2h_core.demo.run import DemoSettings, _quiet_tqdm, train_demo_model
+from m2h_core.demo.recipe import DemoSettings, quiet_tqdm, train_demo_model
 from m2h_core.demo.synthetic import generate_dataset
 
 #: State-dict prefixes `--init public` fills from public files (public_init.py), here from the pretrained model.
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in runs:
         init = inits[name]
         t0 = time.perf_counter()
-        with _quiet_tqdm():
+        with quiet_tqdm():
             model, _, logs = train_demo_model(s, cfg, encoders, clips, 0, torch.device("cpu"), say=lambda m: None,
                                               init=init)
         seconds = time.perf_counter() - t0

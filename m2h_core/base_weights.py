@@ -31,6 +31,7 @@ from transformers import CLIPVisionConfig as HFCLIPVisionConfig
 from transformers import CLIPVisionModelWithProjection
 
 from .config import M2HConfig
+from .state_dicts import CLIP_WIDTHS, flatten_state
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise BaseWeightsError(f"{path.name} does not hold a state dict")
-    from .public_weights import _flatten
-
-    return _flatten(sd)  # nested dicts (IP-Adapter .bin: image_proj / ip_adapter) as "image_proj.proj.0.weight"
+    return flatten_state(sd)  # nested dicts (IP-Adapter .bin: image_proj / ip_adapter) as "image_proj.proj.0.weight"
 
 
 def identify_checkpoint(sd: dict[str, torch.Tensor]) -> str:
@@ -125,7 +124,8 @@ def _load_strict(module: torch.nn.Module, sd: dict, name: str, part: str, option
     own = module.state_dict()
     missing = [k for k in own if k not in sd and not k.endswith(optional)]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in sd and sd[k].shape != own[k].shape]
     if missing or wrong:
         raise BaseWeightsError(
             f"{name}: the {part} does not match the expected architecture: {len(missing)} missing "
@@ -217,8 +217,6 @@ def check_preset(shapes: dict[str, tuple[int, ...]], cfg: M2HConfig, name: str, 
 
 
 def _known_encoder(part: str, width: int) -> str:
-    from .public_weights import CLIP_WIDTHS
-
     return f"CLIP {CLIP_WIDTHS[width]}" if part == "clip" and width in CLIP_WIDTHS else "a model of another size"
 
 
@@ -247,7 +245,9 @@ def load_sd15(path: str | os.PathLike, cfg: M2HConfig,
     checkpoint loads with its 9-channel conv_in (`unet.config.in_channels == 9`)."""
     path = Path(path)
     if path.is_dir():
-        sub = lambda n: path / n if (path / n).is_dir() else path
+        def sub(n: str) -> Path:
+            return path / n if (path / n).is_dir() else path
+
         unet = UNet2DConditionModel.from_pretrained(sub("unet"), local_files_only=True, torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(sub("vae"), local_files_only=True, torch_dtype=dtype)
         if unet.config.cross_attention_dim != cfg.unet.cross_attention_dim:
@@ -318,8 +318,6 @@ def clip_config_from_state_dict(sd: dict[str, torch.Tensor], cfg: M2HConfig | No
 
 def clip_name(config: HFCLIPVisionConfig) -> str:
     """"ViT-H/14", "ViT-L/14", ... or "CLIP width N" for an encoder config."""
-    from .public_weights import CLIP_WIDTHS
-
     return CLIP_WIDTHS.get(config.hidden_size, f"CLIP width {config.hidden_size}")
 
 
@@ -331,8 +329,6 @@ def clip_from_state_dict(sd: dict[str, torch.Tensor], cfg: M2HConfig | None, nam
     proj = sd.get("visual_projection.weight")
     if cfg is not None and (width != cfg.clip.hidden_size or proj is None
                             or proj.shape[0] != cfg.clip.projection_dim):
-        from .public_weights import CLIP_WIDTHS
-
         known = which_preset("clip", width) or CLIP_WIDTHS.get(width)
         raise BaseWeightsError(
             f"{name} is a CLIP image encoder of width {width}{f' ({known})' if known else ''}"

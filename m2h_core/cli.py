@@ -124,7 +124,8 @@ def _regen_mask(a) -> int:
 
         models = Preprocessors(dirs)
         if a.keypoints == "dwpose":
-            detect = lambda frames, fps: detect_poses(frames, fps, dirs, notes, models)[1]
+            def detect(frames, fps):
+                return detect_poses(frames, fps, dirs, notes, models)[1]
         if not (a.masks and a.person_masks):
             parser = models.parser(a.parser)
     grow = {} if a.grow_into_garment is None else {"grow_into_garment": a.grow_into_garment}
@@ -270,7 +271,8 @@ def _generate(a) -> int:
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, a.device, getattr(torch, DTYPES[a.precision]))
     settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
                                context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,
-                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength, identity_strength=a.identity_strength)
+                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength,
+                               identity_strength=a.identity_strength)
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
     identity = a.identity[0] if len(a.identity) == 1 else a.identity
     req = GenerateRequest(a.video, identity, a.out, a.masks, a.poses, a.frames, a.parser, a.face_pack, dirs,
@@ -298,7 +300,8 @@ def _batch(a) -> int:
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, device, getattr(torch, DTYPES[a.precision]))
     settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
                                context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,
-                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength, identity_strength=a.identity_strength)
+                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength,
+                               identity_strength=a.identity_strength)
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
     defaults = {"parser": a.parser, "face_pack": a.face_pack, "search_dirs": dirs, "garment_lock": a.garment_lock,
                 "keep_background": a.keep_background}

@@ -75,7 +75,7 @@ class VAEConfig:
     # self-attention in the encoder's and decoder's mid block (SD-1.5: yes). At the tiny preset's 16x8 latents it is
     # global: every latent then depends on the whole frame, so VAE(v ⊙ M_c) differs from the scene's latents inside
     # the garment and the decoded garment depends on the head and background latents (issue 12): the CPU demo's VAE
-    # (`m2h_core.demo.tiny_vae.demo_config`) has none. The presets keep SD-1.5's layout.
+    # (`m2h_core.demo.recipe.DemoSettings.model_config`) has none. The presets keep SD-1.5's layout.
     mid_block_add_attention: bool = True
 
     @property

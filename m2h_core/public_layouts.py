@@ -185,7 +185,8 @@ def _perceiver(prefix: str, dim: int, embedding_dim: int, depth: int, dtype: tor
                dim_head: int = 64, ff_mult: int = 4, latents: int | None = None) -> dict[str, torch.Tensor]:
     """IP-Adapter's Resampler (Plus) / FacePerceiverResampler (FaceID-Plus) keys."""
     inner = heads * dim_head
-    out = {f"{prefix}proj_in.weight": _m(dim, embedding_dim, dtype=dtype), f"{prefix}proj_in.bias": _m(dim, dtype=dtype),
+    out = {f"{prefix}proj_in.weight": _m(dim, embedding_dim, dtype=dtype),
+           f"{prefix}proj_in.bias": _m(dim, dtype=dtype),
            f"{prefix}proj_out.weight": _m(dim, dim, dtype=dtype), f"{prefix}proj_out.bias": _m(dim, dtype=dtype),
            f"{prefix}norm_out.weight": _m(dim, dtype=dtype), f"{prefix}norm_out.bias": _m(dim, dtype=dtype)}
     if latents is not None:
@@ -348,7 +349,8 @@ PUBLISHED: tuple[Published, ...] = (
               "huggingface.co/h94/IP-Adapter-FaceID"),
     Published("CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "2.53 GB", "clip_vision", "ViT-H/14", torch.float32,
               "huggingface.co/h94/IP-Adapter models/image_encoder/model.safetensors"),
-    Published("mm_sd_v15_v2.ckpt", "1.7 GiB", "motion_module", "v2", torch.float32, "huggingface.co/guoyww/animatediff"),
+    Published("mm_sd_v15_v2.ckpt", "1.7 GiB", "motion_module", "v2", torch.float32,
+              "huggingface.co/guoyww/animatediff"),
     Published("v3_sd15_mm.ckpt", "1.56 GiB", "motion_module", "v3", torch.float32, "huggingface.co/guoyww/animatediff"),
     Published("control_v11p_sd15_openpose_fp16.safetensors", "723 MB", "controlnet", "openpose", torch.float16,
               "huggingface.co/comfyanonymous/ControlNet-v1-1_fp16_safetensors"),

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from .state_dicts import CLIP_WIDTHS, flatten_state
+
 log = logging.getLogger(__name__)
 
 H94_FACEID = "huggingface.co/h94/IP-Adapter-FaceID"
@@ -51,23 +53,13 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
               "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 
 
-def _flatten(obj: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for k, v in obj.items():
-        if isinstance(v, torch.Tensor):
-            out[prefix + str(k)] = v
-        elif isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-
-
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise PublicWeightsError(f"{path.name} does not hold a state dict ({type(obj).__name__}): use the "
                                  ".safetensors version of this file")
-    return _flatten(obj)
+    return flatten_state(obj)
 
 
 def _load_pickle(path: Path, device: str) -> dict[str, torch.Tensor]:
@@ -140,7 +132,6 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 CROSS_WIDTH_BASE = {768: "sd15", 1024: "sd2", 2048: "sdxl"}
 BASE_WORDS = {"sd15": "SD-1.5", "sd2": "SD-2.x", "sdxl": "SDXL", "sd3": "SD3", "flux": "FLUX"}
-CLIP_WIDTHS = {768: "ViT-B", 1024: "ViT-L/14", 1280: "ViT-H/14", 1408: "ViT-g/14", 1664: "ViT-bigG/14"}
 _CONTROL_KINDS = ("openpose", "depth", "canny", "inpaint", "lineart", "softedge", "scribble", "seg", "normalbae",
                   "mlsd", "shuffle", "tile", "ip2p", "qrcode")
 _CLIP_PATCH = "vision_model.embeddings.patch_embedding.weight"
@@ -236,7 +227,8 @@ def identify(path: str | os.PathLike, header: dict[str, torch.Tensor] | None = N
         return PublicFile(name, "checkpoint", variant, base, f"an {BASE_WORDS.get(base, base)}{what} checkpoint")
     hint = next((k for k in keys if k.endswith(("input_hint_block.0.weight", "controlnet_cond_embedding.conv_in.weight",
                                                  "controlnet_cond_embedding.weight"))), None)
-    if hint is not None or any(k.startswith(("control_model.", "zero_convs.", "controlnet_down_blocks.")) for k in keys):
+    controlnet_prefixes = ("control_model.", "zero_convs.", "controlnet_down_blocks.")
+    if hint is not None or any(k.startswith(controlnet_prefixes) for k in keys):
         if any("motion_modules" in k or "temporal" in k for k in keys):
             return PublicFile(name, "sparsectrl", "sparsectrl", "sd15", "an AnimateDiff SparseCtrl encoder")
         to_k = next((v for k, v in sd.items() if k.endswith("attn2.to_k.weight")), None)

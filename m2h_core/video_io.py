@@ -1,9 +1,9 @@
 """Video and image I/O (PyAV, OpenCV, Pillow) plus the paper's centre-crop/resize geometry.
 
-Long videos at flat memory: `read_video_fitted` / `FrameStream` decode, turn upright, centre-crop and resize one
-frame at a time, so only model-size frames are ever kept; `VideoWriter` encodes frames as they come and moves the
-finished file into place atomically (with `audio=AudioSource(...)` it carries the source's sound, trimmed to the
-frames written). `read_video` / `write_video` are the whole-array forms of the same code.
+Long videos at flat memory: `FrameStream` decodes and turns upright one frame at a time (`inputs.read_fitted` fits
+them to the model's size a chunk at a time); `VideoWriter` encodes frames as they come and moves the finished
+file into place atomically (with `audio=AudioSource(...)` it carries the source's sound, trimmed to the frames
+written). `read_video` / `write_video` are the whole-array forms of the same code.
 
 Frames are always ``uint8`` RGB arrays shaped ``(N, H, W, 3)``. Supported inputs: video files (mp4, webm, mov, mkv,
 avi, gif) and image sequences (a folder of PNG/JPG frames or a glob pattern). Outputs: ``.mp4``/``.mov``/``.mkv``
@@ -18,10 +18,11 @@ import math
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -201,35 +202,30 @@ def _stream_fps(stream, is_gif: bool, n: int, first_pts: int | None, end_pts: in
 class FrameStream:
     """Frames of a video file, image folder/glob or single image, decoded one at a time.
 
-    Iterate it once to get (H, W, 3) uint8 RGB frames: at the source size (rotation metadata applied), or, with
-    `height`/`width`, centre-cropped to width:height and resized (`CropInfo` of each frame's own size), so only
-    model-size frames exist at any time. While and after iterating, `fps`, `crop` (of the first frame), `notes`
-    (what was handled: rotation, variable frame rate, size changes, a damaged/truncated tail) and `expected`
-    (frames the header promises after selection, None if unknown) describe the stream.
+    Iterate it once to get (H, W, 3) uint8 RGB frames at the source size (rotation metadata applied; a frame
+    whose size differs from the first is resized to it, noted). While and after iterating, `fps`, `notes` (what
+    was handled: rotation, variable frame rate, size changes, a damaged/truncated tail) and `expected` (frames the
+    header promises after selection, None if unknown) describe the stream.
     """
 
-    def __init__(self, path: str | os.PathLike[str], height: int | None = None, width: int | None = None,
-                 max_frames: int | None = None, start: int = 0, stride: int = 1, fps: float | None = None,
-                 interpolation: int | None = None):
+    def __init__(self, path: str | os.PathLike[str], max_frames: int | None = None, start: int = 0,
+                 stride: int = 1, fps: float | None = None):
         _check_selection(start, stride, max_frames)
-        if (height is None) != (width is None):
-            raise ValueError("give both height and width (or neither, for the source size)")
         self.path = os.fspath(path)
-        self.size = None if height is None else (int(height), int(width))
-        self.max_frames, self.start, self.stride, self.interpolation = max_frames, start, stride, interpolation
+        self.max_frames, self.start, self.stride = max_frames, start, stride
         self.fps_override = None if fps is None else float(fps)
         self.fps: float = float(fps) if fps is not None else DEFAULT_SEQUENCE_FPS
-        self.crop: CropInfo | None = None
         self.notes: list[str] = []
         self.expected: int | None = None
         self.count = 0
-        self._crops: dict[tuple[int, int], CropInfo] = {}
+        self._size: tuple[int, int] | None = None  # (height, width) of the first frame
         spath = self.path
         if os.path.isdir(spath) or (_is_glob(spath) and not os.path.exists(spath)):
             self._kind = "sequence"
             self._files = _list_sequence(spath)
             if not self._files:
-                raise VideoReadError(f"no PNG/JPG frames found in {spath!r} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+                raise VideoReadError(f"no PNG/JPG frames found in {spath!r} "
+                                     f"(extensions: {', '.join(IMAGE_EXTENSIONS)})")
             self.expected = len(self._selected(len(self._files)))
         elif not os.path.isfile(spath):
             raise FileNotFoundError(f"video not found: {spath}")
@@ -245,29 +241,15 @@ class FrameStream:
         return r if self.max_frames is None else r[: self.max_frames]
 
     def _fit(self, arr: np.ndarray, index: int) -> np.ndarray:
-        """Rotated source frame -> output frame; notes a change of source size mid-stream."""
-        if self.size is None:
-            if self.crop is None:
-                self.crop = compute_center_crop(arr.shape[0], arr.shape[1], arr.shape[0], arr.shape[1])
-            elif arr.shape[:2] != (self.crop.src_height, self.crop.src_width):  # whole-size output must stack
-                self._note_size_change(arr, index, "resized to the first frame's size")
-                return _resize(arr, (self.crop.src_width, self.crop.src_height), cv2.INTER_AREA)
-            return arr
-        key = arr.shape[:2]
-        info = self._crops.get(key)
-        if info is None:
-            info = compute_center_crop(key[0], key[1], *self.size)
-            if self.crop is None:
-                self.crop = info
-            else:
-                self._note_size_change(arr, index, "each frame is cropped from its own size")
-            self._crops[key] = info
-        return apply_crop(arr, info, self.interpolation)
-
-    def _note_size_change(self, arr: np.ndarray, index: int, what: str) -> None:
-        if not any(n.startswith("frame size changes") for n in self.notes):
-            self.notes.append(f"frame size changes at frame {index}: {self.crop.src_width}x{self.crop.src_height} -> "
-                              f"{arr.shape[1]}x{arr.shape[0]} (WxH); {what}")
+        """A rotated source frame at the first frame's size (whole-size output must stack); notes a change."""
+        if self._size is None:
+            self._size = arr.shape[:2]
+        elif arr.shape[:2] != self._size:
+            if not any(n.startswith("frame size changes") for n in self.notes):
+                self.notes.append(f"frame size changes at frame {index}: {self._size[1]}x{self._size[0]} -> "
+                                  f"{arr.shape[1]}x{arr.shape[0]} (WxH); resized to the first frame's size")
+            return _resize(arr, (self._size[1], self._size[0]), cv2.INTER_AREA)
+        return arr
 
     def __iter__(self) -> Iterator[np.ndarray]:
         if self.count:
@@ -368,31 +350,6 @@ class FrameStream:
                               "(frames turned upright before cropping)")
 
 
-class FittedVideo(NamedTuple):
-    """`read_video_fitted`'s result: frames at the model's size and what happened on the way."""
-
-    frames: np.ndarray  # (N, height, width, 3) uint8 RGB
-    fps: float
-    crop: CropInfo  # the first frame's crop (source size -> model size)
-    notes: list[str]
-
-
-def read_video_fitted(path: str | os.PathLike[str], height: int, width: int, max_frames: int | None = None,
-                      fps: float | None = None, start: int = 0, stride: int = 1,
-                      interpolation: int | None = None) -> FittedVideo:
-    """Read a video (file, image folder, glob or single image) straight to the model's size, frame by frame.
-
-    Each decoded frame is turned upright (rotation metadata), centre-cropped to width:height and resized
-    (`center_crop_resize`'s geometry and pixels) before the next one is decoded, so memory is the model-size
-    frames plus one source frame. Variable frame rate, rotation, size changes and a damaged or truncated tail
-    are handled and described in `notes` (a truncated file gives the frames that decode). `fps` overrides the
-    stored rate (sets it for image sequences, default 8).
-    """
-    stream = FrameStream(path, height, width, max_frames, start, stride, fps, interpolation)
-    frames = _collect(stream)
-    return FittedVideo(frames, stream.fps, stream.crop, stream.notes)
-
-
 def _collect(stream: FrameStream) -> np.ndarray:
     """Stack a stream's frames into one array, preallocated when the header gives the count (no second copy)."""
     it = iter(stream)
@@ -425,7 +382,8 @@ def read_video(
 
     Frames ``start, start+stride, ...`` are kept, at most `max_frames`. `fps` sets the rate of an image sequence
     (default 8); for video files it overrides the stored rate only if given. The returned fps is the source rate
-    (not divided by `stride`). For the model's input use `read_video_fitted`: it never holds source-size frames.
+    (not divided by `stride`). For the model's input use `inputs.read_fitted`: it never holds the whole video at
+    the source size.
     """
     stream = FrameStream(path, max_frames=max_frames, start=start, stride=stride, fps=fps)
     frames = _collect(stream)
@@ -483,29 +441,46 @@ def output_kind(path: str | os.PathLike[str]) -> str:
 
 
 def check_output_path(path: str | os.PathLike[str], num_frames: int | None = None,
-                      size: tuple[int, int] | None = None) -> str:
-    """Fail before any compute when `path` cannot be written: unsupported extension, a file where a PNG folder
-    is asked for, a parent that cannot be created or written, or (given the frame count and
-    (height, width)) clearly too little free disk space. Creates the parent folder; returns `output_kind`."""
-    spath = os.fspath(path).rstrip("/" + os.sep) or os.fspath(path)
+                      size: tuple[int, int] | None = None, create: bool = True) -> str:
+    """Fail before any compute when `path` cannot be written: a format we cannot write, a file where a PNG folder
+    is asked for, a parent that is a file or not writable (tested by creating a temporary file: read-only mounts
+    too), a read-only existing file, or (given the frame count and (height, width)) clearly too little free disk
+    space. `create` makes the parent folder (the writer); False only checks. Returns `output_kind`."""
+    s = os.fspath(path)
+    spath = s.rstrip("/" + os.sep) or s
+    ext = os.path.splitext(spath)[1].lower()
+    folder_out = os.path.isdir(spath) or ext == "" or s.endswith(("/", os.sep))
+    if not folder_out and ext not in _CONTAINER_CODECS and ext != ".gif":
+        raise ValueError(f"{s}: cannot write a {ext} video; use .mp4, .webm, .mov, .mkv, .gif, or a folder name for "
+                         "PNG frames (unsupported output extension)")
     kind = output_kind(path)
     if kind == "png" and os.path.exists(spath) and not os.path.isdir(spath):
         raise ValueError(f"output {spath!r} is a file; PNG frames need a folder (or give a .mp4/.webm/.gif name)")
     parent = os.path.dirname(os.path.abspath(spath))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{s}: cannot write there, {existing} is a file, not a folder; choose another --out")
     try:
-        os.makedirs(parent, exist_ok=True)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
     except OSError as exc:
-        raise OSError(f"cannot create the output folder {parent!r}: {exc.strerror or exc}") from exc
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write to {parent!r} (no write permission); choose another --out")
+        raise ValueError(f"{s}: the folder {existing} is not writable ({exc.strerror or exc}); choose another "
+                         "--out") from None
     if os.path.exists(spath) and not os.access(spath, os.W_OK):
-        raise PermissionError(f"{spath!r} exists and is read-only; remove it or choose another --out")
+        raise ValueError(f"{s} exists and is read-only; remove it or choose another --out")
     if num_frames and size:
         need = int(num_frames * size[0] * size[1] * _BYTES_PER_PIXEL[kind]) + (1 << 20)
-        free = shutil.disk_usage(parent).free
+        free = shutil.disk_usage(existing).free
         if need > free:
             raise OSError(f"not enough disk space for {spath!r}: about {need / 2**20:.0f} MiB may be needed for "
                           f"{num_frames} frames of {size[1]}x{size[0]}, {free / 2**20:.0f} MiB free")
+    if create:
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"cannot create the output folder {parent!r}: {exc.strerror or exc}") from exc
     return kind
 
 

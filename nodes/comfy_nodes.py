@@ -10,7 +10,6 @@ import importlib.util
 import logging
 import os
 import threading
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -247,40 +246,30 @@ def _preview_callback(patcher, steps: int, frame: int):
 
 
 def sample_with_host(patcher, video, head, settings, steps: int):
-    """Load the model through ComfyUI (load_models_gpu: nothing moves if it is already there), sample, and on
-    out-of-memory retry once with a smaller window and VAE/CLIP chunk for this run only (shared state untouched)."""
-    from dataclasses import replace
-
-    from m2h_core.inference.sampler import sample_video
-
+    """Load the model through ComfyUI (load_models_gpu: nothing moves if it is already there) and sample
+    (logic.run_sampler); on out-of-memory retry once with logic.low_memory_retry's settings, for this run only."""
     mm = _mm()
     mm.load_models_gpu([patcher])
     pipe = patcher.pipeline
     frame = video.num_frames // 2
 
-    def run(settings, encoders):
+    def run(settings, pipe):
         preview, bar = _preview_callback(patcher, steps, frame)
-        return sample_video(pipe.model, encoders, video, head.at_size(video.height, video.width), settings,
-                            progress=bar, cancel=cancel_check, preview=preview)
+        return logic.run_sampler(pipe, video, head, settings, progress=bar, cancel=cancel_check, preview=preview)
 
     try:
-        res = run(settings, pipe.encoders)
+        return run(settings, pipe)
     except Exception as err:  # noqa: BLE001 - only out-of-memory is retried
-        if not _is_oom(err) or settings.context_frames <= 2:
+        retry = logic.low_memory_retry(pipe, settings, video.num_frames) if _is_oom(err) else None
+        if retry is None:
             raise
-        mm.soft_empty_cache(True)
-        smaller = replace(settings, context_frames=max(2, settings.context_frames // 2))
-        # one window per UNet call (chunk_frames <= context_frames), CFG's two passes as two calls: the sampler's
-        # smallest-memory path
-        smaller = replace(smaller, context_overlap=min(smaller.context_overlap, smaller.context_frames - 1),
-                          chunk_frames=smaller.context_frames, batch_cfg=False)
-        encoders = replace(pipe.encoders, chunk=max(1, pipe.encoders.chunk // 2))
-        log.warning("M2H Sampler: out of memory with context_frames=%d; retrying this run with context_frames=%d, "
-                    "context_overlap=%d, one window and one CFG pass per UNet call and VAE/CLIP chunks of %d (set context_frames lower to avoid "
-                    "this)",
-                    settings.context_frames, smaller.context_frames, smaller.context_overlap, encoders.chunk)
-        res = run(smaller, encoders)
-    return logic.nchw_to_bhwc(res.frames), res.latents
+    mm.soft_empty_cache(True)
+    smaller, smaller_pipe = retry
+    log.warning("M2H Sampler: out of memory with context_frames=%d; retrying this run with context_frames=%d, "
+                "context_overlap=%d, one window and one CFG pass per UNet call and VAE/CLIP chunks of %d (set "
+                "context_frames lower to avoid this)", settings.for_video(pipe.cfg, video.num_frames)[0].context_frames,
+                smaller.context_frames, smaller.context_overlap, smaller_pipe.encoders.chunk)
+    return run(smaller, smaller_pipe)
 
 
 # ------------------------------------------------------------------------------------------ nodes
@@ -380,15 +369,13 @@ class M2HSampler(_M2HNode):
                 context_frames, context_overlap, resize, pose_strength, identity_strength, garment_lock,
                 keep_background, parsing_model, **more) -> io.NodeOutput:
         cls.check_available()
+        settings = logic.sampler_settings(seed=seed, steps=steps, cfg=cfg, scheduler=scheduler,
+                                          context_frames=context_frames, context_overlap=context_overlap,
+                                          pose_strength=pose_strength, identity_strength=identity_strength)
         video = logic.prepare_sampler_inputs(frames, clothing_mask, pose_images, model.cfg.height,
                                              model.cfg.width, resize)
         for note in video.notes:
             log.info("M2H Sampler: %s", note)
-        settings = logic.sampler_settings(model.cfg, video.num_frames, seed=seed, steps=steps, cfg=cfg,
-                                          scheduler=scheduler, context_frames=context_frames,
-                                          context_overlap=context_overlap)
-        settings = replace(settings, pose_strength=float(pose_strength), identity_strength=float(identity_strength))
-        settings, _ = settings.for_video(model.cfg, video.num_frames)  # checks the strengths
         images, latents = sample_with_host(model, video, head_cond, settings, steps)
         parser = _parser(parsing_model) if garment_lock or keep_background else None
         composited = logic.composite_frames(images, video, parser, garment_lock=garment_lock,

@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from m2h_core.frames import to_float, to_nhwc, to_uint8
 from m2h_core.inference import inputs
 from m2h_core.inference.inputs import IdentityInputs, InputError, VideoInputs
 
 log = logging.getLogger("M2HVideo")
 
 SIZE_MULTIPLE = 8
-M2HInputError = InputError  # an input the user must change, with what to do
-HeadConditioning = IdentityInputs  # the M2H_HEAD_COND value
 
 
 # ------------------------------------------------------------------------------------------ conversions
@@ -31,23 +30,23 @@ HeadConditioning = IdentityInputs  # the M2H_HEAD_COND value
 def as_image_batch(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     """Check a ComfyUI IMAGE ([B, H, W, C] or [H, W, C]) and return [B, H, W, 3] float32 on the CPU."""
     if not isinstance(images, torch.Tensor):
-        raise M2HInputError(f"{name} must be an IMAGE tensor, got {type(images).__name__}")
+        raise InputError(f"{name} must be an IMAGE tensor, got {type(images).__name__}")
     x = images if images.ndim == 4 else images[None] if images.ndim == 3 else None
     if x is None or x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
-        raise M2HInputError(f"{name} is empty or not an image batch (shape {tuple(images.shape)})")
+        raise InputError(f"{name} is empty or not an image batch (shape {tuple(images.shape)})")
     if x.shape[-1] == 4:
         x = x[..., :3]
     elif x.shape[-1] == 1:
         x = x.expand(*x.shape[:-1], 3)
     elif x.shape[-1] != 3:
-        raise M2HInputError(f"{name} has {x.shape[-1]} channels; expected an RGB IMAGE [B, H, W, 3]")
+        raise InputError(f"{name} has {x.shape[-1]} channels; expected an RGB IMAGE [B, H, W, 3]")
     return x.detach().float().cpu().clamp(0, 1)
 
 
 def as_mask_batch(masks: torch.Tensor, name: str = "masks") -> torch.Tensor:
     """ComfyUI MASK ([B, H, W], [H, W] or [B, 1, H, W]) -> [B, H, W] float32 on the CPU."""
     if not isinstance(masks, torch.Tensor):
-        raise M2HInputError(f"{name} must be a MASK tensor, got {type(masks).__name__}")
+        raise InputError(f"{name} must be a MASK tensor, got {type(masks).__name__}")
     m = masks
     if m.ndim == 2:
         m = m[None]
@@ -56,26 +55,8 @@ def as_mask_batch(masks: torch.Tensor, name: str = "masks") -> torch.Tensor:
     elif m.ndim == 4 and m.shape[-1] in (1, 3, 4):  # an IMAGE wired as mask
         m = m[..., :3].mean(-1)
     if m.ndim != 3 or 0 in m.shape:
-        raise M2HInputError(f"{name} has shape {tuple(masks.shape)}; expected a MASK batch [B, H, W]")
+        raise InputError(f"{name} has shape {tuple(masks.shape)}; expected a MASK batch [B, H, W]")
     return m.detach().float().cpu().clamp(0, 1)
-
-
-def images_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B, H, W, 3] 0..1 -> (B, H, W, 3) uint8 RGB."""
-    return (images.clamp(0, 1) * 255.0).round().to(torch.uint8).numpy()
-
-
-def uint8_to_images(frames: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> [B, H, W, 3] float32 0..1."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).float() / 255.0
-
-
-def bhwc_to_nchw(images: torch.Tensor) -> torch.Tensor:
-    return images.permute(0, 3, 1, 2).contiguous()
-
-
-def nchw_to_bhwc(frames: torch.Tensor) -> torch.Tensor:
-    return frames.permute(0, 2, 3, 1).contiguous()
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -84,19 +65,20 @@ def nchw_to_bhwc(frames: torch.Tensor) -> torch.Tensor:
 def check_video_batch(n: int, name: str = "frames") -> None:
     """A video must have at least 2 frames; a single image is almost always a wiring mistake."""
     if n < 2:
-        raise M2HInputError(
+        raise InputError(
             f"{name} is a single image (batch of 1), but M2HVideo generates a video. Load the mannequin video "
             "with Load Video -> Get Video Components and connect its 'images' output. To animate one still "
             "image, repeat it first (Repeat Image Batch, amount >= 2).")
 
 
 def check_frame_counts(**counts: int) -> None:
-    """Every per-frame input must have the same number of frames; say which differ and how to fix it."""
+    """Every per-frame socket must have the same number of frames; say which differ and how to fix it (the
+    nodes' own check where their inputs enter; the sampler's inputs are counted once, by VideoInputs)."""
     values = {k: int(v) for k, v in counts.items() if v is not None}
     if len(set(values.values())) > 1:
         desc = ", ".join(f"{k}: {v}" for k, v in values.items())
         lo = min(values.values())
-        raise M2HInputError(
+        raise InputError(
             f"frame counts differ ({desc}). Every input needs one entry per video frame. Make them all come from "
             f"the same video (same Load Video / frame cap), or trim the longer ones to {lo} frames "
             "(e.g. Image From Batch / a frame-load cap).")
@@ -105,18 +87,12 @@ def check_frame_counts(**counts: int) -> None:
 def check_size_multiple(height: int, width: int, multiple: int = SIZE_MULTIPLE, name: str = "frames") -> None:
     if height % multiple or width % multiple:
         h2, w2 = height - height % multiple, width - width % multiple
-        raise M2HInputError(
+        raise InputError(
             f"{name} are {width}x{height} (WxH), not a multiple of {multiple}. Set the sampler's resize to "
             f"crop_to_model, or crop/resize the video to e.g. {w2}x{h2} first.")
 
 
 # ------------------------------------------------------------------------------------------ sampler inputs
-
-
-def fit_masks(masks: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, str]:
-    """[B, H, W] masks -> [B, height, width] by the frames' centre crop (inputs.fit_masks); and a note."""
-    out, note = inputs.fit_masks(masks.numpy(), height, width)
-    return torch.from_numpy(out), note
 
 
 def prepare_sampler_inputs(frames: torch.Tensor, masks: torch.Tensor, poses: torch.Tensor, model_height: int,
@@ -130,15 +106,14 @@ def prepare_sampler_inputs(frames: torch.Tensor, masks: torch.Tensor, poses: tor
     frames = as_image_batch(frames, "frames")
     masks = as_mask_batch(masks, "clothing_mask")
     poses = as_image_batch(poses, "pose_images")
-    check_frame_counts(frames=frames.shape[0], clothing_mask=masks.shape[0], pose_images=poses.shape[0])
-    check_video_batch(frames.shape[0])
+    check_video_batch(frames.shape[0])  # frame counts: VideoInputs, once, as for `m2h generate`
     if resize == "keep":
         h, w = int(frames.shape[1]), int(frames.shape[2])
         check_size_multiple(h, w)
     elif resize == "crop_to_model":
         h, w = int(model_height), int(model_width)
     else:
-        raise M2HInputError(f"resize must be 'crop_to_model' or 'keep', got {resize!r}")
+        raise InputError(f"resize must be 'crop_to_model' or 'keep', got {resize!r}")
     return inputs.prepare_video(frames, masks, poses, h, w)
 
 
@@ -151,11 +126,11 @@ def parse_clothing_classes(text: str) -> tuple[str, ...]:
 
     groups = tuple(g.strip().lower() for g in text.replace(";", ",").split(",") if g.strip())
     if not groups:
-        raise M2HInputError(f"clothing_classes is empty; use e.g. '{', '.join(CLOTHING_GROUPS)}'")
+        raise InputError(f"clothing_classes is empty; use e.g. '{', '.join(CLOTHING_GROUPS)}'")
     try:
         return validate_clothing_groups(groups)
     except ValueError as e:
-        raise M2HInputError(str(e)) from None
+        raise InputError(str(e)) from None
 
 
 def refine_masks(masks: np.ndarray, *, grow: int = 0, feather: int = 0, fill_holes: bool = True,
@@ -186,17 +161,18 @@ def segment(frames: torch.Tensor, parser: Any | None, clothing_classes: str, *, 
             user = user.expand(n, -1, -1)
         check_frame_counts(frames=n, masks=user.shape[0])
         if tuple(user.shape[1:]) != (h, w):
-            user, note = fit_masks(user, h, w)
+            fitted, note = inputs.fit_masks(user.numpy(), h, w)  # the frames' centre crop
+            user = torch.from_numpy(fitted)
             log.info("M2H Segmentation: masks resized to the frames: %s", note)
         cloth = refine_masks((user.numpy() > 0.5), grow=grow, feather=feather, fill_holes=fill_holes,
                              temporal_window=temporal_window)
         person = cloth.copy()
     else:
         if parser is None:
-            raise M2HInputError("no human-parsing model and no masks: connect your own masks or put a parsing "
+            raise InputError("no human-parsing model and no masks: connect your own masks or put a parsing "
                                 "model in ComfyUI/models/human_parsing/")
         groups = parse_clothing_classes(clothing_classes)
-        res = parser.parse(images_to_uint8(images), groups, fill_holes=False, grow_px=0, temporal_window=1)
+        res = parser.parse(to_uint8(images), groups, fill_holes=False, grow_px=0, temporal_window=1)
         cloth = refine_masks(res.clothing_mask, grow=grow, feather=feather, fill_holes=fill_holes,
                              temporal_window=temporal_window)
         person = res.person_mask.astype(np.float32)
@@ -230,11 +206,11 @@ def estimate_poses(frames: torch.Tensor, detector: Any, *, smoothing: str = "one
 
     images = as_image_batch(frames, "frames")
     n, h, w = images.shape[:3]
-    results = detector.detect(images_to_uint8(images), progress=progress)
+    results = detector.detect(to_uint8(images), progress=progress)
     poses = [r.pose for r in results]
     found = sum(p is not None for p in poses)
     if found == 0:
-        raise M2HInputError(f"no person was found in any of the {n} frames. Check that the video shows the whole "
+        raise InputError(f"no person was found in any of the {n} frames. Check that the video shows the whole "
                             "mannequin (not cropped at the shoulders) and is not too dark.")
     if found < n:
         log.info("M2H DWPose: no person in %d of %d frames (%s)", n - found, n, fill_missing)
@@ -248,7 +224,7 @@ def render_pose_images(seq: PoseSequence, *, hands: bool = False, face: bool = F
     from m2h_core.pose_render import draw_pose_sequence
 
     arr = draw_pose_sequence(seq.poses, seq.height, seq.width, body=True, hands=hands, face=face, feet=feet)
-    return uint8_to_images(arr)
+    return torch.from_numpy(to_float(arr))
 
 
 # ------------------------------------------------------------------------------------------ identity
@@ -260,7 +236,7 @@ def encode_identity(photo: torch.Tensor, analyzer: Any, height: int, width: int,
     """The identity-photo node: analyse the face (``analyzer.analyze``), place it (inputs.place_identity, as
     `m2h generate`); returns the M2H_HEAD_COND value and the preview IMAGE."""
     images = as_image_batch(photo, "identity")
-    photos = list(images_to_uint8(images))  # 1-8 photos of one person (inputs.combine_photos, as m2h generate)
+    photos = list(to_uint8(images))  # 1-8 photos of one person (inputs.combine_photos, as m2h generate)
     names = ["the identity image"] if len(photos) == 1 else [f"identity image {i + 1}" for i in range(len(photos))]
     chosen = inputs.combine_photos(photos, analyzer, names)
     notes = list(chosen.notes)
@@ -303,21 +279,47 @@ def precision_dtype(precision: str, fp16_ok: bool = False, bf16_ok: bool = False
         return torch.bfloat16
     if precision == "auto":
         return torch.float16 if fp16_ok else torch.bfloat16 if bf16_ok else torch.float32
-    raise M2HInputError(f"precision must be one of auto, fp32, fp16, bf16; got {precision!r}")
+    raise InputError(f"precision must be one of auto, fp32, fp16, bf16; got {precision!r}")
 
 
-def sampler_settings(model_cfg: Any, num_frames: int, *, seed: int, steps: int, cfg: float, scheduler: str,
-                     context_frames: int, context_overlap: int):
-    """The sampler node's widgets as checked `SamplerSettings` for this model and video (context 0 = the model's
-    trained frame count; clamped to the video, logged)."""
+def sampler_settings(*, seed: int, steps: int, cfg: float, scheduler: str, context_frames: int,
+                     context_overlap: int, pose_strength: float = 1.0, identity_strength: float = 1.0):
+    """The sampler node's widgets as `SamplerSettings`, checked where they are made (context 0 = the model's
+    trained frame count; `sample_video` fits the window to the video and says so in its notes)."""
     from m2h_core.inference.sampler import SamplerSettings
 
-    settings, notes = SamplerSettings(steps=steps, guidance_scale=cfg, scheduler=scheduler, seed=seed,
-                                      context_frames=context_frames,
-                                      context_overlap=context_overlap).for_video(model_cfg, num_frames)
-    for note in notes:
+    return SamplerSettings(steps=int(steps), guidance_scale=float(cfg), scheduler=scheduler, seed=int(seed),
+                           context_frames=int(context_frames), context_overlap=int(context_overlap),
+                           pose_strength=float(pose_strength), identity_strength=float(identity_strength))
+
+
+def run_sampler(pipeline: Any, video: VideoInputs, head: IdentityInputs, settings: Any, progress=None, cancel=None,
+                preview=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler node's sampling (comfy_nodes.sample_with_host runs it inside ComfyUI's memory manager):
+    sample_video on the prepared inputs; returns (IMAGE [N,H,W,3], latents (N,c,h,w))."""
+    from m2h_core.inference.sampler import sample_video
+
+    res = sample_video(pipeline.model, pipeline.encoders, video, head.at_size(video.height, video.width), settings,
+                       progress=progress, cancel=cancel, preview=preview)
+    for note in res.notes:
         log.info("M2H Sampler: %s", note)
-    return settings
+    return to_nhwc(res.frames), res.latents
+
+
+def low_memory_retry(pipeline: Any, settings: Any, num_frames: int) -> tuple[Any, Any] | None:
+    """What an out-of-memory run is retried with: half the context window, one window and one CFG pass per UNet
+    call (the sampler's smallest-memory path) and half the VAE/CLIP chunk, for this run only (the pipeline is not
+    changed). None when the window cannot shrink (2 frames or fewer)."""
+    from dataclasses import replace
+
+    fitted, _ = settings.for_video(pipeline.cfg, num_frames)
+    if fitted.context_frames <= 2:
+        return None
+    frames = max(2, fitted.context_frames // 2)
+    smaller = replace(fitted, context_frames=frames, context_overlap=min(fitted.context_overlap, frames - 1),
+                      chunk_frames=frames, batch_cfg=False)
+    encoders = replace(pipeline.encoders, chunk=max(1, pipeline.encoders.chunk // 2))
+    return smaller, replace(pipeline, encoders=encoders)
 
 
 def comfy_latent(latents: torch.Tensor, scaling_factor: float) -> dict:
@@ -333,24 +335,15 @@ def composite_frames(images: torch.Tensor, video: VideoInputs, parser: Any | Non
     if not (garment_lock or keep_background):
         return images
     if parser is None:
-        raise M2HInputError("garment_lock / keep_background need a human-parsing model (ComfyUI/models/"
+        raise InputError("garment_lock / keep_background need a human-parsing model (ComfyUI/models/"
                             "human_parsing/) to find the generated person's body: add one or turn them off")
     from m2h_core.inference.compositing import CompositeSettings, composite_with_parser
 
     cs = CompositeSettings.for_height(video.height, garment_lock, keep_background)
-    out, note = composite_with_parser(images.detach().cpu().float().numpy(), video.frames.permute(0, 2, 3, 1).numpy(),
+    out, note = composite_with_parser(images.detach().cpu().float().numpy(), to_nhwc(video.frames).numpy(),
                                       video.clothing_masks.numpy() > 0.5, parser, cs)
     log.info("M2H Sampler: %s", note)
     return torch.from_numpy(out)
-
-
-def run_sampler(pipeline: Any, video: VideoInputs, head: IdentityInputs, settings: Any, progress=None, cancel=None):
-    """sample_video on the prepared inputs; returns (IMAGE [N,H,W,3], latents (N,c,h,w))."""
-    from m2h_core.inference.sampler import sample_video
-
-    res = sample_video(pipeline.model, pipeline.encoders, video, head.at_size(video.height, video.width), settings,
-                       progress=progress, cancel=cancel)
-    return nchw_to_bhwc(res.frames), res.latents
 
 
 # ------------------------------------------------------------------------------------------ any generator
@@ -365,7 +358,8 @@ def _masks_at(masks: torch.Tensor | None, n: int, h: int, w: int, name: str) -> 
         m = m.expand(n, -1, -1)
     check_frame_counts(frames=n, **{name: m.shape[0]})
     if tuple(m.shape[1:]) != (h, w):
-        m, note = fit_masks(m.contiguous(), h, w)
+        fitted, note = inputs.fit_masks(m.numpy(), h, w)  # the frames' centre crop
+        m = torch.from_numpy(fitted)
         log.info("M2H Regenerate Mask: %s fitted to the frames: %s", name, note)
     return m.numpy() > 0.5
 
@@ -385,13 +379,13 @@ def regenerate_mask(frames: torch.Tensor, parser: Any | None, clothing_classes: 
         check_frame_counts(frames=n, keypoints=len(pose))
     try:
         groups = parse_clothing_classes(clothing_classes) if cloth is None else None
-        cloth, person = rm.mannequin_masks(images_to_uint8(images), parser, cloth, person, groups)
+        cloth, person = rm.mannequin_masks(to_uint8(images), parser, cloth, person, groups)
         settings = rm.RegenMaskSettings.for_height(h, head_scale=float(head_scale), hair_margin=float(hair_margin),
                                                    grow_into_garment=int(grow_into_garment), feather=int(feather),
                                                    temporal_window=int(temporal_window))
         masks = rm.regenerate_mask(cloth, person, None if pose is None else pose.poses, settings)
     except ValueError as e:
-        raise M2HInputError(str(e)) from None
+        raise InputError(str(e)) from None
     for note in masks.notes:
         log.info("M2H Regenerate Mask: %s", note)
     prev = rm.preview(images.detach().cpu().float().numpy(), masks.regen, masks.lock)
@@ -412,7 +406,7 @@ def composite_any(generated: torch.Tensor, source: torch.Tensor, parser: Any | N
         out, notes = composite_generated(gen.detach().cpu().float().numpy(), src.detach().cpu().float().numpy(),
                                          parser, settings, lock=masks[0], mannequin=masks[1])
     except ValueError as e:
-        raise M2HInputError(str(e)) from None
+        raise InputError(str(e)) from None
     for note in notes:
         log.info("M2H Composite: %s", note)
     return torch.from_numpy(np.ascontiguousarray(out))

@@ -5,7 +5,8 @@ import torch
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes over a minute on a CPU; still part of CI (deselect with -m 'not slow')")
+    config.addinivalue_line("markers",
+                            "slow: takes over a minute on a CPU; still part of CI (deselect with -m 'not slow')")
 
 
 @pytest.fixture(autouse=True, scope="session")

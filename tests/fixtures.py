@@ -285,3 +285,11 @@ def synthetic_sample(seed: int, n_frames: int = 1, source: str = "human", height
     s, _ = transform_sample(getattr(c, source), c.clothing_mask, c.face_mask, c.pose_images, c.identity_image,
                             c.identity_landmarks, height, width)
     return c, s
+
+
+def synthetic_trainer(tc, **kw):
+    """A Trainer on `tc.synthetic_clips` in-memory clips: the dataset is passed in, as train/train.py does."""
+    from m2h_core.demo.synthetic import synthetic_training_data
+    from m2h_core.training.trainer import Trainer
+
+    return Trainer(tc, dataset=synthetic_training_data, **kw)

@@ -140,7 +140,8 @@ def test_config_does_not_match_weights(tmp_path, saved):
     cfg = tiny()
     cfg.head.dim = 48  # H's width in the metadata no longer matches the stored tensors
     p = _rewrite(saved[0], tmp_path / "wrong_cfg.safetensors", config=cfg.to_json())
-    with pytest.raises(CheckpointError, match=r"does not match its own config: .* of another shape \(e.g. \['head_encoder"):
+    with pytest.raises(CheckpointError,
+                       match=r"does not match its own config: .* of another shape \(e.g. \['head_encoder"):
         load_checkpoint(p)
 
 

@@ -15,8 +15,7 @@ from m2h_core.config import M2HConfig, tiny
 from m2h_core.inference.sampler import SamplerSettings, denoise_latents
 from m2h_core.models.m2h import M2HModel
 from m2h_core.training.mirror_loss import eps_from_x0, one_step_x0
-from m2h_core.training.trainer import Trainer
-from tests.fixtures import build_m2h_model, random_inputs
+from tests.fixtures import build_m2h_model, random_inputs, synthetic_trainer
 from tests.test_train import _tc, loss_step_seen
 
 
@@ -80,7 +79,8 @@ def test_trained_model_adds_its_unet_output_to_exactly_the_windows_frames():
 
 def test_trainer_scores_x0_and_the_mirror_loss_gets_it_back(tmp_path):
     torch.manual_seed(0)
-    tr = Trainer(_tc(tmp_path, progressive=False, cond_dropout=0.0), model=build_m2h_model(_skip_cfg(), seed=6))
+    tr = synthetic_trainer(_tc(tmp_path, progressive=False, cond_dropout=0.0),
+                           model=build_m2h_model(_skip_cfg(), seed=6))
     seen = loss_step_seen(tr, "x0")
     terms = seen["terms"]
     back = one_step_x0(seen["z_t"], seen["eps"], seen["t"], tr.noise_scheduler)

@@ -140,7 +140,7 @@ def test_sampler_node_compositing_with_a_parser(tmp_path, clip):
     gen, _, _ = frames(clip)
     images = torch.from_numpy(gen)
     assert logic.composite_frames(images, video, None) is images  # off: untouched, no parser needed
-    with pytest.raises(logic.M2HInputError, match="need a human-parsing model"):
+    with pytest.raises(logic.InputError, match="need a human-parsing model"):
         logic.composite_frames(images, video, None, garment_lock=True)
     out = logic.composite_frames(images, video, parser, garment_lock=True).numpy()
     region = grow_mask(clip.clothing_mask, -cp.CompositeSettings.for_height(128).erode_px)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from m2h_core.demo.run import STAND_INS, DemoSettings, run_demo
+from m2h_core.demo.report import STAND_INS
+from m2h_core.demo.run import DemoSettings, run_demo
 
 KEYS = ("clothing_psnr", "clothing_ssim", "head_colour_similarity", "head_psnr")
 
@@ -79,7 +80,7 @@ def test_quick_demo_metrics_have_both_models(quick_run):
 
 
 def test_colour_correlation_measures_following_the_person():
-    from m2h_core.demo.run import colour_correlation
+    from m2h_core.demo.evaluation import colour_correlation
 
     rng = np.random.default_rng(0)
     truth = rng.uniform(0, 1, (6, 3))
@@ -128,7 +129,7 @@ def test_quick_demo_readme_names_the_stand_ins(quick_run):
 
 
 def test_quick_demo_checkpoint_loads_as_a_pipeline(quick_run):
-    from m2h_core.demo.run import _make_test_case, _score
+    from m2h_core.demo.evaluation import heldout_case, score_case
     from m2h_core.inference.pipeline import load_pipeline
     from m2h_core.inference.sampler import SamplerSettings, sample_video
 
@@ -141,30 +142,29 @@ def test_quick_demo_checkpoint_loads_as_a_pipeline(quick_run):
     # the file holds the trained model and the VAE it was scored with: sampling the demo's held-out case with the
     # demo's settings from the file gives the scores metrics.json reports for the trained model
     s = DemoSettings.quick()
-    case = _make_test_case(0, s.test_frames, pipe.cfg.height, pipe.cfg.width, 2)
+    case = heldout_case(0, s.test_frames, pipe.cfg.height, pipe.cfg.width, 2)
     settings = SamplerSettings(steps=s.sample_steps, guidance_scale=s.guidance_scale, scheduler=s.scheduler, seed=0,
                                context_frames=s.num_frames, context_overlap=s.num_frames // 2)
-    res = sample_video(pipe.model, pipe.encoders, case.mannequin, case.clothing_masks, case.pose_images,
-                       case.identity_image, case.identity_landmarks, case.arcface, settings)
-    scores = _score(res.frames, case)
+    res = sample_video(pipe.model, pipe.encoders, case.video(), case.identity(), settings)
+    scores = score_case(res.frames, case)
     for k, v in report.metrics["trained"].items():
         assert scores[k] == pytest.approx(v, abs=2e-3), k
 
 
 def test_training_identity_image_is_the_same_person_in_other_clothes():
     """x_id in training must not show the target outfit (at test time it is another person's photo)."""
-    from m2h_core.demo.run import _with_head_mask, _with_other_outfit
+    from m2h_core.demo.recipe import with_head_mask, with_other_outfit
     from m2h_core.demo.synthetic import generate_clip
 
     clip = generate_clip(3, n_frames=4, height=128, width=64)
-    other = _with_other_outfit(clip)
+    other = with_other_outfit(clip)
     assert other.identity == clip.identity
     assert np.array_equal(other.identity_embedding, clip.identity_embedding)
     assert other.identity_image.shape == clip.identity_image.shape
     assert not np.array_equal(other.identity_image, clip.identity_image)
     assert other.identity_landmarks.any()  # p_id is drawn, not blank
     assert np.array_equal(other.human, clip.human)  # the training target is untouched
-    head = _with_head_mask(clip).face_mask
+    head = with_head_mask(clip).face_mask
     assert (head >= clip.face_mask).all() and head.sum() > clip.face_mask.sum()  # face + hair
     assert not (head & clip.clothing_mask).any()
 
@@ -174,12 +174,12 @@ def test_garment_edge_band_widens_the_mirror_mask_on_both_sides_of_the_clothing_
     outside it, and nothing deeper or farther."""
     from scipy.ndimage import distance_transform_cdt
 
-    from m2h_core.demo.run import _with_garment_edge, _with_head_mask
+    from m2h_core.demo.recipe import with_garment_edge, with_head_mask
     from m2h_core.demo.synthetic import generate_clip
 
-    clip = _with_head_mask(generate_clip(3, n_frames=2, height=128, width=64))
+    clip = with_head_mask(generate_clip(3, n_frames=2, height=128, width=64))
     k = 3
-    out = _with_garment_edge(clip, k)
+    out = with_garment_edge(clip, k)
     assert (out.face_mask >= clip.face_mask).all()  # the head stays in
     assert np.array_equal(out.human, clip.human) and np.array_equal(out.clothing_mask, clip.clothing_mask)
     cloth = clip.clothing_mask[0]
@@ -223,12 +223,12 @@ def test_shipped_vae_reproduces_its_recorded_held_out_figures():
     from diffusers import AutoencoderKL
     from safetensors import safe_open
 
-    from m2h_core.demo.run import _make_test_case, _score
+    from m2h_core.demo.evaluation import heldout_case, score_case
     from m2h_core.demo.synthetic import generate_dataset
-    from m2h_core.demo.tiny_vae import (SHIPPED_VAE, demo_config, load_vae_weights, reconstruct,
+    from m2h_core.demo.tiny_vae import (SHIPPED_VAE, load_vae_weights, reconstruct,
                                         vae_training_images)
 
-    cfg = demo_config()
+    cfg = DemoSettings().model_config()
     torch.manual_seed(0)
     vae = AutoencoderKL(**cfg.vae.vae_kwargs())
     load_vae_weights(vae, SHIPPED_VAE)
@@ -237,6 +237,6 @@ def test_shipped_vae_reproduces_its_recorded_held_out_figures():
     hold = vae_training_images(generate_dataset(4, int(meta["seed"]) + 1, n_frames=8, height=128, width=64), 64, 32)
     assert psnr(reconstruct(vae, hold), hold) == pytest.approx(float(meta["recon_psnr"]), abs=0.05)
     for k, want in enumerate((17.53, 16.15, 30.85)):
-        case = _make_test_case(1000 * k, 16, 64, 32, 2)
-        got = _score(reconstruct(vae, case.ground_truth), case)["clothing_psnr"]
+        case = heldout_case(1000 * k, 16, 64, 32, 2)
+        got = score_case(reconstruct(vae, case.ground_truth), case)["clothing_psnr"]
         assert got == pytest.approx(want, abs=0.15), (k, got)

@@ -21,8 +21,8 @@ from m2h_core.models.m2h import M2HModel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 
-import evaluate as evaluate_cli
-import prepare_data
+import evaluate as evaluate_cli  # noqa: E402 - train/ is on sys.path from here
+import prepare_data  # noqa: E402
 
 VIDEO_FRAMES = 45  # every synthetic test video
 

@@ -33,7 +33,7 @@ def trained_like(cfg, seed):
     model = build_m2h_model(cfg, seed=seed, perturb=True)
     randomize_(model.pose_encoder.to_input, seed + 1, scale=0.3)
     return model
-from .test_preprocess_builders import build_face_pack
+from .test_preprocess_builders import build_face_pack  # noqa: E402
 
 SRC_H, SRC_W = 128, 96  # 3:4, not the model's 2:1: the centre crop removes 32 columns
 
@@ -127,8 +127,8 @@ def test_cli_output_equals_the_node_path_and_depends_on_every_input_file(files):
     base = run("png_base")
     video, head = node_inputs(files, cfg)
     pipe = M2HPipeline(*_load(files))
-    settings = logic.sampler_settings(cfg, video.num_frames, seed=5, steps=2, cfg=2.0, scheduler="ddim",
-                                      context_frames=0, context_overlap=4)
+    settings = logic.sampler_settings(seed=5, steps=2, cfg=2.0, scheduler="ddim", context_frames=0,
+                                      context_overlap=4)
     images, _ = logic.run_sampler(pipe, video, head, settings)
     assert np.array_equal(base, inputs.to_uint8(images))
     # each input file changes the video
@@ -182,11 +182,11 @@ def test_sampler_node_equals_a_direct_sampler_call_and_uses_every_input(perturbe
         f, m, p, cfg.height, cfg.width), i, settings)[0]
     out = node(frames, masks, poses, ident)
     nchw = lambda x: x.permute(0, 3, 1, 2).contiguous()  # noqa: E731
-    direct = sample_video(perturbed.model, perturbed.encoders, nchw(frames), masks, nchw(poses), ident.image,
-                          ident.landmarks, ident.arcface, settings).frames
+    direct = sample_video(perturbed.model, perturbed.encoders, VideoInputs(nchw(frames), masks, nchw(poses)), ident,
+                          settings).frames
     assert torch.equal(out, direct.permute(0, 2, 3, 1))
-    swapped = sample_video(perturbed.model, perturbed.encoders, nchw(poses), masks, nchw(frames), ident.image,
-                           ident.landmarks, ident.arcface, settings).frames
+    swapped = sample_video(perturbed.model, perturbed.encoders, VideoInputs(nchw(poses), masks, nchw(frames)), ident,
+                           settings).frames
     assert (swapped.permute(0, 2, 3, 1) - out).abs().mean() > 1e-3  # frames and poses are not interchangeable
     g = torch.Generator().manual_seed(9)
     changes = {
@@ -229,7 +229,7 @@ def test_video_inputs_check_counts_sizes_and_empty_masks():
         VideoInputs(f, m, p[..., :4])
     with pytest.raises(InputError, match="empty in every frame"):
         VideoInputs(f, m * 0, p)
-    with pytest.raises(InputError, match=r"4 clothing masks.*one per frame"):
+    with pytest.raises(InputError, match=r"3 clothing frames, 4 clothing masks.*one pose image per frame"):
         inputs.prepare_video(f.permute(0, 2, 3, 1), torch.ones(4, 16, 8), p.permute(0, 2, 3, 1), 16, 8)
     one = inputs.prepare_video(f.permute(0, 2, 3, 1), torch.ones(1, 32, 16), p.permute(0, 2, 3, 1), 16, 8)
     assert one.clothing_masks.shape == (3, 16, 8)  # one mask stands for every frame

@@ -12,3 +12,19 @@ def test_inference_imports_no_training_or_demo_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
+
+
+def test_no_import_cycles_and_training_imports_no_demo_code():
+    """Every `import` statement of m2h_core, nodes and train (module level or inside functions, as
+    benchmarks/code_stats.py reads them): no two modules import each other, directly or round a circle, and the
+    trainer takes its synthetic data from its caller instead of importing the demo."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "code_stats.py"
+    spec = importlib.util.spec_from_file_location("code_stats", path)
+    stats = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stats)
+    graph = stats.import_graph()
+    assert stats.cycles(graph) == []
+    assert stats.against_layering(graph) == []

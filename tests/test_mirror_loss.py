@@ -169,11 +169,12 @@ def test_crop_with_a_trained_vae_decoder_measured():
     0 when the crop is the frame (the VAE trained 5000 steps instead of 8000: 0.018 and 0.011; with mid-block
     attention: 0.028 and 0.012). Bounds sit just above the measured values. (`train.py --preflight` measures this for
     the configured VAE.)"""
+    from m2h_core.demo.recipe import DemoSettings
     from m2h_core.demo.synthetic import generate_dataset
-    from m2h_core.demo.tiny_vae import demo_config, load_vae_weights
+    from m2h_core.demo.tiny_vae import load_vae_weights
     from m2h_core.training.mirror_loss import crop_decode_error
 
-    cfg = demo_config()
+    cfg = DemoSettings().model_config()
     enc = FrozenEncoders.random(cfg, seed=0)
     load_vae_weights(enc.vae)
     clip = generate_dataset(1, 0, n_frames=4, height=cfg.height, width=cfg.width)[0]

@@ -21,7 +21,9 @@ from .test_preprocess_builders import build_face_pack
 
 def lit(person: Identity, rng: np.random.Generator, amount: int = 14) -> np.ndarray:
     """One photo's embedding: the person's colours under other lighting."""
-    j = lambda c: tuple(int(v) for v in np.clip(np.asarray(c) + rng.integers(-amount, amount + 1, 3), 0, 255))
+    def j(c):
+        return tuple(int(v) for v in np.clip(np.asarray(c) + rng.integers(-amount, amount + 1, 3), 0, 255))
+
     return identity_embedding(replace(person, skin=j(person.skin), hair_color=j(person.hair_color),
                                       eye_color=j(person.eye_color)))
 
@@ -166,13 +168,14 @@ def test_identity_node_uses_every_photo_of_the_batch(analyzer):
     is the placed photo followed by every face with its similarity to the mean."""
     import torch
 
+    from m2h_core.frames import to_uint8
     from nodes import logic
 
     p, rng = person(5), np.random.default_rng(3)
     photos = [photo_of(31), photo_of(32, blur=2)]
     embs = {ph.tobytes()[:4096]: lit(p, rng) for ph in photos}
     batch = torch.from_numpy(np.stack(photos)).float() / 255
-    stand_in = SyntheticEmbeddings(analyzer, {logic.images_to_uint8(batch[i:i + 1])[0].tobytes()[:4096]: e
+    stand_in = SyntheticEmbeddings(analyzer, {to_uint8(batch[i:i + 1])[0].tobytes()[:4096]: e
                                               for i, e in enumerate(embs.values())})
     cond, preview = logic.encode_identity(batch, stand_in, 64, 32, placement="fit_photo")
     expect = np.stack([e / np.linalg.norm(e) for e in embs.values()]).mean(0)

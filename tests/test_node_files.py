@@ -1,12 +1,13 @@
 """nodes/files.py name resolution: a model name from a node input resolves only inside its kind's folders.
 
-Runs without ComfyUI: a small stand-in `folder_paths` module (the host's registry of model folders, with its
-documented lookup: a name is joined under each registered folder after dropping leading '/' and '..') is put in
+Runs without ComfyUI: the stand-in `folder_paths` of tests/comfy_stub (the host's registry of model folders, with
+its documented lookup: a name is joined under each registered folder after dropping leading '/' and '..') is put in
 sys.modules; the code under test (files.resolve / check_name) is the pack's own.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import types
@@ -18,36 +19,15 @@ from nodes import files
 
 
 def _stand_in_folder_paths(models: Path) -> types.ModuleType:
-    fp = types.ModuleType("folder_paths")
+    """A fresh copy of the ComfyUI stand-in's folder_paths (tests/comfy_stub) rooted at `models`."""
+    spec = importlib.util.spec_from_file_location("folder_paths", Path(__file__).parent / "comfy_stub" /
+                                                  "folder_paths.py")
+    fp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fp)
     fp.models_dir = str(models)
     fp.supported_pt_extensions = {".safetensors", ".ckpt", ".pt", ".pth", ".bin"}
     fp.folder_names_and_paths = {k: ([str(models / k)], fp.supported_pt_extensions)
                                  for k in ("checkpoints", "clip_vision", "diffusers", "custom_nodes")}
-
-    def get_folder_paths(key):
-        return fp.folder_names_and_paths[key][0][:]
-
-    def get_full_path(key, name):
-        if key not in fp.folder_names_and_paths:
-            return None
-        name = os.path.relpath(os.path.join("/", name), "/")
-        for root in fp.folder_names_and_paths[key][0]:
-            p = os.path.join(root, name)
-            if os.path.isfile(p):
-                return p
-        return None
-
-    def get_filename_list(key):
-        roots, exts = fp.folder_names_and_paths[key]
-        out = []
-        for root in roots:
-            for cur, _, names in os.walk(root, followlinks=True):
-                for n in names:
-                    if not exts or os.path.splitext(n)[1].lower() in exts:
-                        out.append(os.path.relpath(os.path.join(cur, n), root).replace(os.sep, "/"))
-        return sorted(out)
-
-    fp.get_folder_paths, fp.get_full_path, fp.get_filename_list = get_folder_paths, get_full_path, get_filename_list
     return fp
 
 

@@ -15,7 +15,7 @@ import torch
 
 from m2h_core import identity
 from nodes import logic, spec
-from nodes.logic import M2HInputError
+from m2h_core.inference.inputs import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,19 +138,19 @@ def _video(n=6, h=80, w=48, seed=0):
 
 def test_frame_count_mismatch_names_every_input():
     f, m, p = _video()
-    with pytest.raises(M2HInputError, match=r"frames: 6, clothing_mask: 5, pose_images: 6.*trim"):
+    with pytest.raises(InputError, match=r"6 clothing frames, 5 clothing masks and 6 pose images.*trim"):
         logic.prepare_sampler_inputs(f, m[:5], p, 64, 32)
 
 
 def test_single_frame_batch_is_refused_with_a_fix():
     f, m, p = _video(n=1)
-    with pytest.raises(M2HInputError, match="single image.*Get Video Components.*Repeat Image Batch"):
+    with pytest.raises(InputError, match="single image.*Get Video Components.*Repeat Image Batch"):
         logic.prepare_sampler_inputs(f, m, p, 64, 32)
 
 
 def test_size_not_multiple_of_8_in_keep_mode():
     f, m, p = _video(h=82, w=50)
-    with pytest.raises(M2HInputError, match=r"50x82.*multiple of 8.*48x80"):
+    with pytest.raises(InputError, match=r"50x82.*multiple of 8.*48x80"):
         logic.prepare_sampler_inputs(f, m, p, 64, 32, resize="keep")
     out = logic.prepare_sampler_inputs(f, m, p, 64, 32, resize="crop_to_model")
     assert tuple(out.frames.shape) == (6, 3, 64, 32) and tuple(out.clothing_masks.shape) == (6, 64, 32)
@@ -176,7 +176,7 @@ def test_crop_to_model_logs_what_happened_and_keeps_alignment():
 
 def test_empty_mask_is_refused():
     f, m, p = _video()
-    with pytest.raises(M2HInputError, match="clothing mask is empty"):
+    with pytest.raises(InputError, match="clothing mask is empty"):
         logic.prepare_sampler_inputs(f, torch.zeros_like(m), p, 64, 32)
 
 
@@ -186,9 +186,9 @@ def test_input_normalisation():
     assert logic.as_image_batch(torch.rand(8, 8, 3)).shape == (1, 8, 8, 3)
     assert logic.as_mask_batch(torch.rand(8, 8)).shape == (1, 8, 8)
     assert logic.as_mask_batch(torch.rand(2, 1, 8, 8)).shape == (2, 8, 8)
-    with pytest.raises(M2HInputError):
+    with pytest.raises(InputError):
         logic.as_image_batch(torch.rand(2, 8, 8, 5))
-    with pytest.raises(M2HInputError):
+    with pytest.raises(InputError):
         logic.as_image_batch(torch.rand(0, 8, 8, 3))
 
 
@@ -196,14 +196,17 @@ def test_context_is_clamped_to_the_video_and_zero_means_the_models_frame_count()
     from m2h_core.config import tiny
 
     cfg = tiny()  # trained on 8 frames
-    s = lambda n, cf, co: logic.sampler_settings(cfg, n, seed=0, steps=2, cfg=7.5, scheduler="ddim",  # noqa: E731
-                                                 context_frames=cf, context_overlap=co)
+    s = lambda n, cf, co: logic.sampler_settings(seed=0, steps=2, cfg=7.5, scheduler="ddim",  # noqa: E731
+                                                 context_frames=cf, context_overlap=co).for_video(cfg, n)[0]
     assert (s(5, 16, 4).context_frames, s(5, 16, 4).context_overlap) == (5, 4)
     assert (s(40, 16, 20).context_frames, s(40, 16, 20).context_overlap) == (16, 15)
     assert (s(40, 16, 4).context_frames, s(40, 16, 4).context_overlap) == (16, 4)
     assert s(40, 0, 4).context_frames == cfg.num_frames
-    with pytest.raises(M2HInputError, match="scheduler"):
-        s(40, 0, 4).__class__(scheduler="heun").for_video(cfg, 40)
+    with pytest.raises(InputError, match="scheduler"):  # checked where the widgets become settings
+        logic.sampler_settings(seed=0, steps=2, cfg=7.5, scheduler="heun", context_frames=0, context_overlap=4)
+    with pytest.raises(InputError, match="identity strength"):
+        logic.sampler_settings(seed=0, steps=2, cfg=7.5, scheduler="ddim", context_frames=0, context_overlap=4,
+                               identity_strength=-1)
 
 
 def test_precision():
@@ -211,7 +214,7 @@ def test_precision():
     assert logic.precision_dtype("auto", fp16_ok=True) is torch.float16
     assert logic.precision_dtype("auto", bf16_ok=True) is torch.bfloat16
     assert logic.precision_dtype("bf16") is torch.bfloat16
-    with pytest.raises(M2HInputError):
+    with pytest.raises(InputError):
         logic.precision_dtype("int8")
 
 
@@ -220,11 +223,11 @@ def test_precision():
 
 def test_clothing_classes_parsing():
     assert logic.parse_clothing_classes("Upper ; pants,") == ("upper", "pants")
-    with pytest.raises(M2HInputError, match="body parts"):
+    with pytest.raises(InputError, match="body parts"):
         logic.parse_clothing_classes("upper, arms")
-    with pytest.raises(M2HInputError, match="unknown"):
+    with pytest.raises(InputError, match="unknown"):
         logic.parse_clothing_classes("upper, shirtt")
-    with pytest.raises(M2HInputError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         logic.parse_clothing_classes(" , ")
 
 
@@ -246,7 +249,7 @@ def test_segment_user_masks_one_for_all_and_other_size():
     cloth, _, _ = logic.segment(f, None, "upper", masks=big)
     assert tuple(cloth.shape) == (6, 80, 48)
     assert torch.equal(cloth[0], cloth[5])
-    with pytest.raises(M2HInputError, match="frame counts differ"):
+    with pytest.raises(InputError, match="frame counts differ"):
         logic.segment(f, None, "upper", masks=m[:4])
 
 
@@ -271,7 +274,7 @@ def test_segment_with_a_parser():
 
 def test_segment_without_parser_or_masks():
     f, _, _ = _video()
-    with pytest.raises(M2HInputError, match="human_parsing"):
+    with pytest.raises(InputError, match="human_parsing"):
         logic.segment(f, None, "upper")
 
 
@@ -325,7 +328,7 @@ def test_estimate_poses_fills_gaps_and_renders_at_the_frames_size():
 
 def test_estimate_poses_no_person_anywhere():
     f, _, _ = _video(n=3)
-    with pytest.raises(M2HInputError, match="no person"):
+    with pytest.raises(InputError, match="no person"):
         logic.estimate_poses(f, FakeDetector(missing={0, 1, 2}))
 
 
@@ -413,7 +416,7 @@ def test_encode_identity_errors():
 
     with pytest.raises(NoFaceError, match="no face"):
         logic.encode_identity(photo, FakeFaceAnalyzer(fail=True), 64, 32, placement="fit_photo")
-    with pytest.raises(M2HInputError, match="needs the pose input"):
+    with pytest.raises(InputError, match="needs the pose input"):
         logic.encode_identity(photo, FakeFaceAnalyzer(), 64, 32, placement="head_from_pose", pose=None)
     # no usable pose anywhere: falls back to fitting the photo
     empty = _pose()

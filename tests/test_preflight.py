@@ -16,7 +16,7 @@ import torch
 
 from m2h_core.training.config import TrainConfig
 from m2h_core.training.preflight import PREFLIGHT_KEYS, first_change, gradient_balance, solve_weight
-from m2h_core.training.trainer import Trainer
+from tests.fixtures import synthetic_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_gradient_ratio_equals_the_direct_computation(tmp_path, reduction):
     tc = TrainConfig.from_dict(dict(preset="tiny", random_init=True, synthetic_clips=2, synthetic_frames=12,
                                     num_frames=4, frame_stride=2, batch_size=2, progressive=False,
                                     output_dir=str(tmp_path), alpha=0.5, beta=0.05, mirror_reduction=reduction))
-    tr = Trainer(tc)
+    tr = synthetic_trainer(tc)
     batch = next(tr._loader(1.0))
     got = gradient_balance(tr, [batch], target=0.1, seed=3)
     params = [p for p in tr.model.parameters() if p.requires_grad]

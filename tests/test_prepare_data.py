@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 
-import prepare_data
+import prepare_data  # noqa: E402 - train/ is on sys.path from here
 
 
 def test_prepare_data_resumes_and_reports_failures(tmp_path):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from m2h_core.demo.pretrained import FORMAT_TAG, SHIPPED_M2H, load_pretrained, score_heldout
+from m2h_core.demo.evaluation import score_heldout
+from m2h_core.demo.pretrained import FORMAT_TAG, SHIPPED_M2H, load_pretrained
 
 FIGURES = ("clothing_psnr", "clothing_ssim", "head_psnr", "background_psnr")
 
@@ -20,7 +21,7 @@ def test_shipped_model_is_the_demo_model_with_its_encoders(shipped):
     model, encoders, meta = shipped
     assert meta["demo"] == FORMAT_TAG and meta["train_steps"] >= 1000
     assert model.cfg.clothing_skip and model.cfg.prediction_type == "sample"
-    from m2h_core.demo.run import DemoSettings
+    from m2h_core.demo.recipe import DemoSettings
 
     assert model.cfg.clothing_fill == DemoSettings().clothing_fill == "backdrop"  # told the scene's backdrop colour
     assert not model.training
@@ -58,11 +59,11 @@ def test_pretrained_file_errors(tmp_path):
         load_pretrained(bad)
     # an M2H checkpoint that is not the demo's pretrained model (no tag)
     from m2h_core.checkpoint import save_checkpoint
-    from m2h_core.demo.tiny_vae import demo_config
+    from m2h_core.demo.recipe import DemoSettings
     from m2h_core.inference.encoders import FrozenEncoders
     from m2h_core.models.m2h import M2HModel
 
-    cfg = demo_config()
+    cfg = DemoSettings().model_config()
     other = tmp_path / "other.safetensors"
     save_checkpoint(M2HModel(cfg), other, encoders=FrozenEncoders.random(cfg))
     with pytest.raises(ValueError, match="not the demo's pretrained"):

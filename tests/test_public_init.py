@@ -28,6 +28,7 @@ from tests.fixtures import (
     build_sd15_parts,
     save_state_dict,
     sd15_ldm_state_dict,
+    synthetic_trainer,
     write_clip_vision,
 )
 
@@ -170,7 +171,6 @@ def test_init_public_config_and_trainer_report(tmp_path):
     import pytest
 
     from m2h_core.training.preflight import init_sources
-    from m2h_core.training.trainer import Trainer
 
     with pytest.raises(ValueError, match="init: public needs"):
         TrainConfig.from_dict({"random_init": True, "synthetic_clips": 1, "init": "public"})
@@ -182,7 +182,7 @@ def test_init_public_config_and_trainer_report(tmp_path):
                                 "num_frames": 4, "batch_size": 1, "init": "public", "mirror": False,
                                 "ip_adapter": str(tmp_path / "ip-adapter-faceid_sd15.bin"),
                                 "output_dir": str(tmp_path / "run")})
-    tr = Trainer(tc)
+    tr = synthetic_trainer(tc)
     assert len(tr.init_report) == 2 and tr.init_report[0].startswith("A to_k_id / to_v_id")
     assert init_sources(tc) == "A, H (init public) <- ip-adapter-faceid_sd15.bin"
 
@@ -203,7 +203,8 @@ def test_mappings_fit_the_real_sd15_shapes():
     ip = ip_adapter_from_state_dict(ip_adapter_table("faceid", model.unet), "ip-adapter-faceid_sd15.bin", model.unet)
     assert init_adapter_from_ip(model.unet, ip) == 16
     for layout in ("ldm", "diffusers"):
-        assert init_pose_encoder_from_controlnet(model.pose_encoder, controlnet_hint_convs(controlnet_table(layout))) == 7
+        convs = controlnet_hint_convs(controlnet_table(layout))
+        assert init_pose_encoder_from_controlnet(model.pose_encoder, convs) == 7
     g = torch.Generator().manual_seed(0)
     proj = {k: 0.05 * torch.randn(v.shape, generator=g) for k, v in ip.image_proj.items()}
     head = HeadEncoder(cfg.head, cfg.unet.latent_channels, cfg.head.pose_channels[-1], cfg.unet.cross_attention_dim)

@@ -183,9 +183,9 @@ def test_regenerate_mask_node_with_your_own_masks_and_keypoints(clip):
     np.testing.assert_array_equal(regen.numpy(), want.regen)
     np.testing.assert_array_equal(lock.numpy() > 0.5, want.lock)
     assert prev.shape == frames.shape and float((prev - frames).abs().amax()) > 0.1
-    with pytest.raises(logic.M2HInputError, match="human-parsing model"):
+    with pytest.raises(logic.InputError, match="human-parsing model"):
         logic.regenerate_mask(frames, None, "upper")
-    with pytest.raises(logic.M2HInputError, match="frame counts differ"):
+    with pytest.raises(logic.InputError, match="frame counts differ"):
         logic.regenerate_mask(frames, None, "upper", pose=logic.PoseSequence(list(clip.poses[:2]), 64, 128))
     assert set(spec.COMPOSITE.input("seam").options) == set(cp.SEAMS)
 
@@ -203,5 +203,5 @@ def test_composite_node_keeps_the_garment_and_the_arms(clip):
     take = lock & ~arm
     np.testing.assert_array_equal(out[take], src[take])
     np.testing.assert_array_equal(out[arm], gen[arm])
-    with pytest.raises(logic.M2HInputError, match="human-parsing model"):
+    with pytest.raises(logic.InputError, match="human-parsing model"):
         logic.composite_any(torch.from_numpy(gen), torch.from_numpy(src), None)

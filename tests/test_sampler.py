@@ -48,7 +48,7 @@ def test_output_shape_and_determinism(setup):
     args = video(10, cfg)
     s = SamplerSettings(steps=3, seed=7, context_frames=8, context_overlap=4)
     a = sample_video(model, enc, *typed(*args), s)
-    b = sample_video(model, enc, *args, settings=s)  # the tensor form (trainer, evaluate, demo) is the same call
+    b = sample_video(model, enc, *typed(*args), settings=s)  # positional or keyword settings: the same call
     c = sample_video(model, enc, *typed(*args), settings=SamplerSettings(steps=3, seed=8))
     assert a.frames.shape == (10, 3, cfg.height, cfg.width)
     assert a.latents.shape == (10, 4, *cfg.latent_size)
@@ -88,16 +88,16 @@ def test_bad_inputs(setup):
     frames, masks, poses, ident, lm, arc = video(8, cfg)
     s = SamplerSettings(steps=1)
     with pytest.raises(ValueError, match="one mask and one pose image per frame"):
-        sample_video(model, enc, frames, masks[:7], poses, ident, lm, arc, s)
+        sample_video(model, enc, *typed(frames, masks[:7], poses, ident, lm, arc), s)
     with pytest.raises(ValueError, match="empty in every frame"):
-        sample_video(model, enc, frames, torch.zeros_like(masks), poses, ident, lm, arc, s)
+        sample_video(model, enc, *typed(frames, torch.zeros_like(masks), poses, ident, lm, arc), s)
     with pytest.raises(ValueError, match="not a multiple"):
-        sample_video(model, enc, frames[..., :30], masks[..., :30], poses[..., :30], ident[..., :30], lm[..., :30],
-                     arc, s)
+        sample_video(model, enc, *typed(frames[..., :30], masks[..., :30], poses[..., :30], ident[..., :30],
+                                        lm[..., :30], arc), s)
     bad = frames.clone()
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        sample_video(model, enc, bad, masks, poses, ident, lm, arc, s)
+        sample_video(model, enc, *typed(bad, masks, poses, ident, lm, arc), s)
 
 
 def test_offload_gives_the_same_video(setup):

@@ -17,7 +17,7 @@ from m2h_core.training.dataset import CacheError, ClipCacheDataset, write_cached
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 
-import prepare_data
+import prepare_data  # noqa: E402
 
 
 def stand_ins() -> prepare_data.Preprocessors:

@@ -38,7 +38,8 @@ def test_shapes_and_types(clips):
         assert c.human.dtype == c.mannequin.dtype == c.pose_images.dtype == np.uint8
         for mask in (c.clothing_mask, c.face_mask, c.person_mask, c.mannequin_mask):
             assert mask.shape == (n, h, w) and mask.dtype == bool
-        assert len(c.poses) == n and c.poses[0].body.shape == (18, 3) and (c.poses[0].width, c.poses[0].height) == (w, h)
+        assert len(c.poses) == n and c.poses[0].body.shape == (18, 3)
+        assert (c.poses[0].width, c.poses[0].height) == (w, h)
         assert c.identity_image.shape == c.identity_landmarks.shape == (h, w, 3)
         assert c.identity_embedding.shape == (512,) and c.identity_embedding.dtype == np.float32
         assert c.motion == m and c.fps > 0 and c.yaw.shape == (n,)

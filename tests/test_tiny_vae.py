@@ -8,8 +8,9 @@ from diffusers import AutoencoderKL
 from safetensors.torch import save_file
 
 from m2h_core.config import tiny
+from m2h_core.demo.recipe import DemoSettings
 from m2h_core.demo.synthetic import generate_dataset
-from m2h_core.demo.tiny_vae import (SHIPPED_VAE, VAETrainResult, demo_config, load_vae_weights, reconstruct,
+from m2h_core.demo.tiny_vae import (SHIPPED_VAE, VAETrainResult, load_vae_weights, reconstruct,
                                     save_vae, vae_training_images)
 
 
@@ -21,7 +22,7 @@ def psnr(a, b) -> float:
 
 
 def _vae(cfg=None) -> AutoencoderKL:
-    cfg = cfg or demo_config()
+    cfg = cfg or DemoSettings().model_config()
     torch.manual_seed(0)
     return AutoencoderKL(**cfg.vae.vae_kwargs())
 

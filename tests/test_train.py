@@ -21,6 +21,8 @@ from m2h_core.training import state as training_state
 from m2h_core.training.state import list_checkpoints
 from m2h_core.training.trainer import Trainer
 
+from .fixtures import synthetic_trainer
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,7 +41,7 @@ def test_train_scheduler_is_the_samplers_schedule():
 
 
 def test_ten_steps_decrease_the_loss_on_a_fixed_batch(tmp_path):
-    tr = Trainer(_tc(tmp_path, progressive=False, cond_dropout=0.0, vae_sample=False, lr=2e-3))
+    tr = synthetic_trainer(_tc(tmp_path, progressive=False, cond_dropout=0.0, vae_sample=False, lr=2e-3))
     batch = next(tr._loader(1.0))
 
     def fixed_loss() -> tuple[float, float]:
@@ -63,18 +65,18 @@ def _params(model) -> dict[str, torch.Tensor]:
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
     """4 steps straight vs 2 steps + checkpoint + a fresh Trainer resuming: identical weights and logs. The
     half-resolution phase ends at step 2, so the resume also crosses the phase switch."""
-    a = Trainer(_tc(tmp_path / "a"))
+    a = synthetic_trainer(_tc(tmp_path / "a"))
     ra = a.run(resume=None)
-    assert ra.step == 4 and [(l.height, l.width) for l in ra.logs] == [(32, 16)] * 2 + [(64, 32)] * 2
+    assert ra.step == 4 and [(log.height, log.width) for log in ra.logs] == [(32, 16)] * 2 + [(64, 32)] * 2
 
-    b1 = Trainer(_tc(tmp_path / "b"))
+    b1 = synthetic_trainer(_tc(tmp_path / "b"))
     r1 = b1.run(resume=None, stop_after=2)
     assert r1.step == 2 and r1.final_checkpoint is None
     assert [p.name for p in list_checkpoints(tmp_path / "b" / "run")] == ["step_00000002"]
-    b2 = Trainer(_tc(tmp_path / "b"))
+    b2 = synthetic_trainer(_tc(tmp_path / "b"))
     r2 = b2.run(resume="auto")
     assert r2.step == 4 and len(r2.logs) == 2
-    assert [l.loss for l in r1.logs + r2.logs] == pytest.approx([l.loss for l in ra.logs], rel=1e-5)
+    assert [log.loss for log in r1.logs + r2.logs] == pytest.approx([log.loss for log in ra.logs], rel=1e-5)
     pa, pb = _params(a.model), _params(b2.model)
     assert pa.keys() == pb.keys()
     worst = max((pa[k] - pb[k]).abs().max().item() for k in pa)
@@ -99,14 +101,14 @@ def test_resume_across_warmup_restores_lr_and_every_moment(tmp_path):
     (lr·min(1, (k+1)/4) after k steps) exactly as the uninterrupted run, and Adam's moments and step counts of ALL
     trainable parameters equal the uninterrupted run's."""
     kw = dict(warmup_steps=4, max_steps=4, checkpoint_every=2, progressive=False)
-    a = Trainer(_tc(tmp_path / "a", **kw))
+    a = synthetic_trainer(_tc(tmp_path / "a", **kw))
     ra = a.run(resume=None)
     want = [1e-3 * min(1.0, (k + 1) / 4) for k in range(1, 5)]  # after steps 1..4
-    assert [l.lr for l in ra.logs] == pytest.approx(want, rel=1e-12)
-    Trainer(_tc(tmp_path / "b", **kw)).run(resume=None, stop_after=2)
-    b = Trainer(_tc(tmp_path / "b", **kw))
+    assert [log.lr for log in ra.logs] == pytest.approx(want, rel=1e-12)
+    synthetic_trainer(_tc(tmp_path / "b", **kw)).run(resume=None, stop_after=2)
+    b = synthetic_trainer(_tc(tmp_path / "b", **kw))
     rb = b.run(resume="auto")
-    assert [l.lr for l in rb.logs] == pytest.approx(want[2:], rel=1e-12)
+    assert [log.lr for log in rb.logs] == pytest.approx(want[2:], rel=1e-12)
     sa, sb = _adam_state(a), _adam_state(b)
     assert len(sa) == len(sb) == len(a.params) > 10
     for i in sa:
@@ -143,7 +145,7 @@ def test_v_prediction_feeds_the_mirror_loss_eps_from_v(tmp_path):
     cfg.prediction_type = "v_prediction"
     cfg.num_frames = 4
     torch.manual_seed(0)
-    tr = Trainer(_tc(tmp_path, progressive=False, cond_dropout=0.0), model=M2HModel(cfg))
+    tr = synthetic_trainer(_tc(tmp_path, progressive=False, cond_dropout=0.0), model=M2HModel(cfg))
     seen = loss_step_seen(tr, "v")
     a = tr.noise_scheduler.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1, 1)
     want = a.sqrt() * seen["v"] + (1 - a).sqrt() * seen["z_t"]
@@ -152,7 +154,7 @@ def test_v_prediction_feeds_the_mirror_loss_eps_from_v(tmp_path):
 
 
 def test_lora_checkpoint_is_a_plain_m2h_checkpoint(tmp_path):
-    tr = Trainer(_tc(tmp_path, lora_rank=4, max_steps=1, progressive=False, mirror=False, validate_every=1,
+    tr = synthetic_trainer(_tc(tmp_path, lora_rank=4, max_steps=1, progressive=False, mirror=False, validate_every=1,
                      validation_steps=2))
     n_lora = sum(p.numel() for n, p in tr.model.named_parameters() if "lora_" in n and p.requires_grad)
     frozen = [n for n, p in tr.model.named_parameters() if not p.requires_grad]
@@ -185,7 +187,7 @@ def test_config_errors_are_clear(tmp_path):
     assert TrainConfig().beta == 0.005 and TrainConfig().mirror_reduction == "normalized"
     assert (tc.num_frames, tc.frame_stride, tc.height, tc.width, tc.cond_dropout) == (8, 4, 512, 256, 0.1)
     with pytest.raises(ValueError, match="multiple of"):
-        Trainer(_tc(tmp_path, height=72))
+        synthetic_trainer(_tc(tmp_path, height=72))
 
 
 def _run_cli(args, **kw):
@@ -222,13 +224,14 @@ def test_cli_killed_midway_resumes_and_checkpoint_samples(tmp_path):
     assert state["step"] == 6 and state["data_position"] == 6
 
     from m2h_core.inference.encoders import FrozenEncoders
+    from m2h_core.inference.inputs import IdentityInputs, VideoInputs
     from m2h_core.inference.sampler import SamplerSettings, sample_video
 
     model = load_checkpoint(out / "m2h_final.safetensors")
     enc = FrozenEncoders.random(model.cfg)
     n, h, w = 4, model.cfg.height, model.cfg.width
-    res = sample_video(model, enc, torch.rand(n, 3, h, w), torch.ones(n, h, w), torch.rand(n, 3, h, w),
-                       torch.rand(3, h, w), torch.rand(3, h, w), torch.randn(512),
+    video = VideoInputs(torch.rand(n, 3, h, w), torch.ones(n, h, w), torch.rand(n, 3, h, w))
+    res = sample_video(model, enc, video, IdentityInputs(torch.rand(3, h, w), torch.rand(3, h, w), torch.randn(512)),
                        SamplerSettings(steps=2, guidance_scale=2.0, context_frames=4, context_overlap=1))
     assert res.frames.shape == (n, 3, h, w) and torch.isfinite(res.frames).all()
 
@@ -279,28 +282,30 @@ def test_init_checkpoint_model_config_is_the_checkpoints(tmp_path):
     torch.manual_seed(0)
     init = tmp_path / "init.safetensors"
     save_checkpoint(M2HModel(cfg), init)
-    tr = Trainer(_tc(tmp_path, init_checkpoint=str(init), mirror=False, progressive=False))
+    tr = synthetic_trainer(_tc(tmp_path, init_checkpoint=str(init), mirror=False, progressive=False))
     assert tr.cfg.prediction_type == "v_prediction" and tr.cfg.num_frames == 4  # compute_loss's target
     saved = tr.save()
     assert read_config(saved / "m2h.safetensors").prediction_type == "v_prediction"
     with pytest.raises(ValueError, match="contradicts init_checkpoint.*use_head_encoder"):
-        Trainer(_tc(tmp_path, init_checkpoint=str(init), use_head_encoder=False))
+        synthetic_trainer(_tc(tmp_path, init_checkpoint=str(init), use_head_encoder=False))
     with pytest.raises(ValueError, match="height: 128"):
-        Trainer(_tc(tmp_path, init_checkpoint=str(init), height=128))
+        synthetic_trainer(_tc(tmp_path, init_checkpoint=str(init), height=128))
     with pytest.raises(ValueError, match="preset: sd15"):
-        Trainer(_tc(tmp_path, init_checkpoint=str(init), preset="sd15"))
+        synthetic_trainer(_tc(tmp_path, init_checkpoint=str(init), preset="sd15"))
     with pytest.raises(ValueError, match="clothing_fill: backdrop"):  # the checkpoint was trained on v ⊙ M_c
-        Trainer(_tc(tmp_path, init_checkpoint=str(init), clothing_fill="backdrop"))
-    assert Trainer(_tc(tmp_path, init_checkpoint=str(init), clothing_fill="black")).cfg.clothing_fill == "black"
+        synthetic_trainer(_tc(tmp_path, init_checkpoint=str(init), clothing_fill="backdrop"))
+    black = synthetic_trainer(_tc(tmp_path, init_checkpoint=str(init), clothing_fill="black"))
+    assert black.cfg.clothing_fill == "black"
 
 
 def test_checkpoint_rng_per_rank_grad_scaler_and_stale_tmp(tmp_path, monkeypatch):
-    a = Trainer(_tc(tmp_path, mirror=False))
+    a = synthetic_trainer(_tc(tmp_path, mirror=False))
     a.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1234.0, growth_interval=7)
     rank1 = torch.Generator().manual_seed(777)
     own = training_state.gather_rng_states(a)[0]
     fake1 = ({**own[0], "generator": rank1.get_state()}, own[1])
-    monkeypatch.setattr(training_state, "gather_rng_states", lambda trainer: [own, fake1])  # a 2-process run, seen from rank 0
+    # a 2-process run, seen from rank 0
+    monkeypatch.setattr(training_state, "gather_rng_states", lambda trainer: [own, fake1])
     stale = tmp_path / "run" / "checkpoints" / ".tmp-step_00000001-999"
     stale.mkdir(parents=True)
     (stale / "m2h.safetensors").write_bytes(b"half written")
@@ -311,7 +316,7 @@ def test_checkpoint_rng_per_rank_grad_scaler_and_stale_tmp(tmp_path, monkeypatch
     assert state["grad_scaler"]["scale"] == 1234.0 and state["grad_scaler"]["growth_interval"] == 7
 
     def restored(rank: int, world: int, **kw) -> Trainer:
-        t = Trainer(_tc(tmp_path, mirror=False))
+        t = synthetic_trainer(_tc(tmp_path, mirror=False))
         t.accelerator = _AsRank(t.accelerator, rank, world, **kw)
         t.load(ckpt)
         return t
@@ -327,7 +332,7 @@ def test_checkpoint_rng_per_rank_grad_scaler_and_stale_tmp(tmp_path, monkeypatch
     assert not torch.equal(r2.generator.get_state(), rank1.get_state())
     # a run started later cleans up what a crash in save() left behind, before it resumes
     stale.mkdir()
-    Trainer(_tc(tmp_path, mirror=False)).run(resume="auto", stop_after=0)
+    synthetic_trainer(_tc(tmp_path, mirror=False)).run(resume="auto", stop_after=0)
     assert not stale.exists()
 
 
@@ -335,7 +340,7 @@ def test_lora_resume_clips_prepared_params_and_keeps_optimizer_step_on_cpu(tmp_p
     """Grad clipping gets the prepared model's parameters (what a sharded wrapper holds the grads in), and
     resume hands the optimizer CPU tensors: torch places the moments and keeps `step` on the CPU."""
     tc = _tc(tmp_path, lora_rank=2, mirror=False, progressive=False)
-    tr = Trainer(tc)
+    tr = synthetic_trainer(tc)
     clipped = []
     real_clip = tr.accelerator.clip_grad_norm_
 
@@ -350,7 +355,7 @@ def test_lora_resume_clips_prepared_params_and_keeps_optimizer_step_on_cpu(tmp_p
     assert all(a is b for a, b in zip(clipped[0], prepared))
     tr.step = 1
     ckpt = tr.save()
-    b = Trainer(tc)
+    b = synthetic_trainer(tc)
     b.device = torch.device("meta")  # load must not move anything to self.device itself
     b.load(ckpt)
     opt = b.optimizer.optimizer if hasattr(b.optimizer, "optimizer") else b.optimizer
@@ -361,17 +366,17 @@ def test_lora_resume_clips_prepared_params_and_keeps_optimizer_step_on_cpu(tmp_p
     with pytest.raises(ValueError, match="LoRA .* under FSDP is not supported"):
         from accelerate.utils import DistributedType
 
-        Trainer(tc, accelerator=_AsRank(tr.accelerator, 0, 2, distributed_type=DistributedType.FSDP))
+        synthetic_trainer(tc, accelerator=_AsRank(tr.accelerator, 0, 2, distributed_type=DistributedType.FSDP))
 
 
 def test_load_onto_cpu_index_device(tmp_path):
     """accelerate on a CPU host may name the device cpu:0; loading restores weights, Adam moments and the lr
     schedule onto the CPU exactly as saved."""
-    tr = Trainer(_tc(tmp_path, mirror=False, progressive=False, warmup_steps=10))
+    tr = synthetic_trainer(_tc(tmp_path, mirror=False, progressive=False, warmup_steps=10))
     tr.train_step([next(tr._loader(1.0))])
     tr.step = 1
     ckpt = tr.save()
-    b = Trainer(_tc(tmp_path, mirror=False, progressive=False, warmup_steps=10))
+    b = synthetic_trainer(_tc(tmp_path, mirror=False, progressive=False, warmup_steps=10))
     b.device = torch.device("cpu", 0)
     want, before = _params(tr.model), _params(b.model)
     assert any(not torch.equal(want[k], before[k]) for k in want)  # the step changed the weights
@@ -394,7 +399,7 @@ def test_load_onto_cpu_index_device(tmp_path):
 def test_nonfinite_loss_skips_the_step_and_scaler_skips_keep_the_lr_schedule(tmp_path, monkeypatch):
     from accelerate import Accelerator
 
-    tr = Trainer(_tc(tmp_path, mirror=False, progressive=False, warmup_steps=10, max_nonfinite_steps=3))
+    tr = synthetic_trainer(_tc(tmp_path, mirror=False, progressive=False, warmup_steps=10, max_nonfinite_steps=3))
     batch = next(tr._loader(1.0))
     real = tr.compute_loss
 
@@ -432,7 +437,7 @@ def test_gradient_checkpointing_covers_motion_modules_and_keeps_gradients(tmp_pa
 
     from m2h_core.training.components import enable_gradient_checkpointing
 
-    tr = Trainer(_tc(tmp_path, progressive=False, cond_dropout=0.0, vae_sample=False, mirror=False))
+    tr = synthetic_trainer(_tc(tmp_path, progressive=False, cond_dropout=0.0, vae_sample=False, mirror=False))
     batch = next(tr._loader(1.0))
     plain = tr.model
     ckpt = copy.deepcopy(plain)
@@ -448,8 +453,8 @@ def test_gradient_checkpointing_covers_motion_modules_and_keeps_gradients(tmp_pa
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
             terms = tr.compute_loss(batch, generator=torch.Generator().manual_seed(0))
         terms["loss"].backward()
-        return float(terms["loss"].detach()), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}, \
-            sum(saved)
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        return float(terms["loss"].detach()), grads, sum(saved)
 
     diffusers_only = copy.deepcopy(plain)
     diffusers_only.unet.enable_gradient_checkpointing()
@@ -477,11 +482,11 @@ def test_cosine_lr_schedule_warms_up_decays_to_zero_and_resumes(tmp_path):
     with pytest.raises(ValueError, match="lr_schedule"):
         _tc(tmp_path, lr_schedule="linear")
     run = _tc(tmp_path, max_steps=4, warmup_steps=0, lr_schedule="cosine", checkpoint_every=2, progressive=False)
-    tr = Trainer(run)
+    tr = synthetic_trainer(run)
     tr.run(stop_after=2)
     lr_after_2 = tr.optimizer.param_groups[0]["lr"]
     assert lr_after_2 == pytest.approx(run.lr * 0.5)
-    back = Trainer(run)
+    back = synthetic_trainer(run)
     assert back.resume("auto") and back.optimizer.param_groups[0]["lr"] == pytest.approx(lr_after_2)
 
 
@@ -491,7 +496,7 @@ def test_input_perturbation_moves_the_input_not_the_target(tmp_path):
     network saw is not √ᾱ z_0 + √(1-ᾱ) ε for the ε L_diff is measured against."""
     def seen_with(gamma: float) -> dict:
         torch.manual_seed(0)
-        tr = Trainer(_tc(tmp_path / str(gamma), progressive=False, cond_dropout=0.0, vae_sample=False,
+        tr = synthetic_trainer(_tc(tmp_path / str(gamma), progressive=False, cond_dropout=0.0, vae_sample=False,
                          input_perturbation=gamma))
         return loss_step_seen(tr, "eps_hat")
 

@@ -224,7 +224,8 @@ def test_float_and_gray_frames_are_converted_on_write(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ streaming (issue 15)
 
-from m2h_core.video_io import FrameStream, VideoWriter, check_output_path, read_video_fitted  # noqa: E402
+from m2h_core.inference.inputs import fit_frames, read_video_file  # noqa: E402
+from m2h_core.video_io import FrameStream, VideoWriter, check_output_path  # noqa: E402
 
 
 def _encode(path: Path, frames: np.ndarray, pts: list[int] | None = None, rotation: int | None = None,
@@ -256,30 +257,32 @@ def _noise_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize("ext", [".mp4", ".webm", ".gif", ""])
-def test_fitted_reader_equals_whole_file_crop(tmp_path: Path, ext: str) -> None:
-    """Frame-by-frame decode + crop + resize gives exactly the pixels of read_video + center_crop_resize."""
+def test_fitted_reader_equals_fitting_the_whole_file(tmp_path: Path, ext: str) -> None:
+    """`m2h generate`'s reader (decode one frame at a time, fit a chunk at a time) gives exactly the pixels of
+    fitting the whole decoded video, as the sampler node fits ComfyUI's frames."""
     frames = _frames(9, 72, 128)
     path = tmp_path / f"clip{ext}"
     write_video(path, frames, 12)
     whole = read_video(path)
-    ref, ref_info = center_crop_resize(whole.frames, 32, 16)
-    got = read_video_fitted(path, 32, 16)
-    assert got.frames.shape == (9, 32, 16, 3) and got.frames.dtype == np.uint8
+    ref, note = fit_frames(whole.frames, 32, 16)
+    got = read_video_file(path, size=(32, 16))
+    assert got.frames.shape == (9, 32, 16, 3) and got.frames.dtype == np.float32
     np.testing.assert_array_equal(got.frames, ref)
-    assert got.crop == ref_info and got.fps == whole.fps and got.notes == []
-    frames_, fps, crop, notes = got  # unpacks like a tuple
-    part = read_video_fitted(path, 48, 32, max_frames=3, start=1, stride=2)
-    np.testing.assert_array_equal(part.frames, center_crop_resize(whole.frames[1:7:2], 48, 32)[0])
+    assert got.fps == whole.fps and got.notes == [note]
+    part = read_video_file(path, size=(48, 32), max_frames=3)
+    np.testing.assert_array_equal(part.frames, fit_frames(whole.frames[:3], 48, 32)[0])
 
 
-def test_fitted_reader_odd_source_size(tmp_path: Path) -> None:
-    frames = _noise_frames(5, 63, 97)
+def test_fitted_reader_more_frames_than_one_chunk(tmp_path: Path, monkeypatch) -> None:
+    from m2h_core.inference import inputs
+
+    monkeypatch.setattr(inputs, "FIT_CHUNK", 4)  # 9 frames: chunks of 4, 4, 1
+    frames = _noise_frames(9, 63, 97)
     _encode(tmp_path / "odd.mov", frames, codec="png")
     whole = read_video(tmp_path / "odd.mov")
     np.testing.assert_array_equal(whole.frames, frames)  # lossless codec: the odd size is kept
-    got = read_video_fitted(tmp_path / "odd.mov", 64, 32)
-    np.testing.assert_array_equal(got.frames, center_crop_resize(frames, 64, 32)[0])
-    assert got.crop.src_width == 97 and got.crop.src_height == 63
+    got = read_video_file(tmp_path / "odd.mov", size=(64, 32))
+    np.testing.assert_array_equal(got.frames, fit_frames(frames, 64, 32)[0])
 
 
 @pytest.mark.parametrize("rotation", [90, -90, 180])
@@ -292,8 +295,8 @@ def test_rotation_metadata_applied_and_reported(tmp_path: Path, rotation: int) -
     assert clip.frames.shape == upright.shape
     assert np.abs(clip.frames.astype(int) - upright).mean() < 3
     assert any("rotation" in n for n in clip.notes)
-    got = read_video_fitted(tmp_path / "rot.mp4", 32, 16)
-    np.testing.assert_array_equal(got.frames, center_crop_resize(clip.frames, 32, 16)[0])
+    got = read_video_file(tmp_path / "rot.mp4", size=(32, 16))
+    np.testing.assert_array_equal(got.frames, fit_frames(clip.frames, 32, 16)[0])
     assert any(f"{rotation:+d}" in n for n in got.notes)
 
 
@@ -301,13 +304,13 @@ def test_variable_frame_rate_is_reported(tmp_path: Path) -> None:
     frames = _frames(8, 32, 48)
     pts = [0, 40, 80, 200, 240, 400, 440, 480]  # ms: gaps of 40..160 ms
     _encode(tmp_path / "vfr.mkv", frames, pts=pts)
-    got = read_video_fitted(tmp_path / "vfr.mkv", 32, 16)
+    got = read_video_file(tmp_path / "vfr.mkv", size=(32, 16))
     assert len(got.frames) == 8  # every frame, in order
-    assert np.all(np.diff(got.frames[..., 2].astype(int).mean(axis=(1, 2))) > 5)
+    assert np.all(np.diff(got.frames[..., 2].mean(axis=(1, 2))) > 5 / 255)
     assert any("variable frame rate" in n for n in got.notes), got.notes
     constant = tmp_path / "cfr.mkv"
     _encode(constant, frames)
-    assert not any("variable" in n for n in read_video_fitted(constant, 32, 16).notes)
+    assert not any("variable" in n for n in read_video_file(constant, size=(32, 16)).notes)
 
 
 @pytest.mark.parametrize("ext", [".mkv", ".mp4"])
@@ -318,24 +321,22 @@ def test_truncated_tail_gives_the_frames_that_decode(tmp_path: Path, ext: str) -
     cut = tmp_path / f"cut{ext}"
     data = good.read_bytes()
     cut.write_bytes(data[: int(len(data) * 0.6)])
-    full = read_video_fitted(good, 32, 16)
-    assert len(full.frames) == 30 and full.notes == []
-    got = read_video_fitted(cut, 32, 16)
+    full = read_video_file(good, size=(32, 16))
+    assert len(full.frames) == 30 and len(full.notes) == 1  # only the fitting note
+    got = read_video_file(cut, size=(32, 16))
     assert 5 <= len(got.frames) < 30
     assert any("truncated" in n for n in got.notes), got.notes
     np.testing.assert_array_equal(got.frames[:5], full.frames[:5])  # what decodes is the same video
     assert any("truncated" in n for n in read_video(cut).notes)
 
 
-def test_frame_stream_yields_model_size_frames_one_at_a_time(tmp_path: Path) -> None:
+def test_frame_stream_yields_frames_one_at_a_time(tmp_path: Path) -> None:
     write_video(tmp_path / "a.mp4", _frames(6, 72, 128), 8)
-    stream = FrameStream(tmp_path / "a.mp4", 32, 16)
+    stream = FrameStream(tmp_path / "a.mp4")
     shapes = [f.shape for f in stream]
-    assert shapes == [(32, 16, 3)] * 6 and stream.expected == 6 and stream.fps == 8
+    assert shapes == [(72, 128, 3)] * 6 and stream.expected == 6 and stream.fps == 8
     with pytest.raises(RuntimeError, match="once"):
         list(stream)
-    with pytest.raises(ValueError, match="both height and width"):
-        FrameStream(tmp_path / "a.mp4", 32)
 
 
 # ------------------------------------------------------------------------------------------ streaming writer
@@ -384,7 +385,7 @@ def test_writer_failure_leaves_no_file_and_keeps_the_old_one(tmp_path: Path, ext
 def test_unwritable_output_fails_before_any_frame(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OSError, match="cannot create the output folder"):
+    with pytest.raises(ValueError, match="is a file, not a folder"):
         VideoWriter(blocker / "sub" / "out.mp4", 8)
     with pytest.raises(ValueError, match="unsupported output extension"):
         check_output_path(tmp_path / "out.avi")

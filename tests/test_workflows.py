@@ -201,7 +201,7 @@ def test_templates_open_clean(path: Path):
     notes = [n for n in wf["nodes"] if n["type"] in bw.UI_ONLY]
     assert notes
     for n in notes:
-        x, y = (n["pos"][0] + ox) * scale, (n["pos"][1] + oy) * scale
+        x = (n["pos"][0] + ox) * scale
         title_y = (n["pos"][1] - 30 + oy) * scale  # the title bar is drawn above pos
         assert 48 <= x and x + n["size"][0] * scale <= 1280 and 80 <= title_y <= 600, (n.get("title"), x, title_y)
     for ext in ("jpg", "webp"):  # this frontend asks for <name>.jpg; template packs ship .webp

@@ -10,7 +10,8 @@ frame (ArcFace embedding, face box, face mask M_id, landmark image p_id). Model 
 
 Resumable: videos whose folder is complete are skipped, so re-running after a crash or with new videos only
 does the missing work. A video that fails (unreadable, shorter than --min-frames, no person, no face) is skipped
-and listed with the reason in CACHE/failed.json; the run goes on. A missing model file stops the run at once (it would fail every video).
+and listed with the reason in CACHE/failed.json; the run goes on. A missing model file stops the run at once (it
+would fail every video).
 At the end CACHE/split.json gets a seeded 90/10 train/test split of all complete videos (the paper's Sec. IV-A;
 stable when videos are added), or, with `--test-list FILE` (e.g. UBC Fashion's fashion_test.txt: file names,
 paths or URLs, one a line), exactly the videos that file names; the list is kept in split.json for later runs.

@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2h_core.training.config import load_train_config, parse_value  # noqa: E402
+from m2h_core.demo.synthetic import synthetic_training_data  # noqa: E402
 from m2h_core.training.trainer import Trainer  # noqa: E402
 
 TABLE3 = [dict(use_head_encoder=h, adapter_enabled=a, mirror=m)
@@ -136,14 +137,16 @@ KNOWN_ERRORS = (ValueError, FileNotFoundError, NotImplementedError, FloatingPoin
 
 
 def run_one(a: argparse.Namespace, tc, resume: str | None) -> None:
+    synthetic = synthetic_training_data if tc.synthetic_clips > 0 and not tc.data else None
     if a.preflight:
         from m2h_core.training.preflight import PreflightOptions, format_report, run_preflight
 
         report = run_preflight(tc, PreflightOptions(steps=a.preflight_steps, target_ratio=a.target_ratio,
-                                                    mode=a.preflight_mode, out=a.preflight_out))
+                                                    mode=a.preflight_mode, out=a.preflight_out),
+                               trainer_factory=lambda c: Trainer(c, dataset=synthetic))
         print("\n".join(format_report(report)), flush=True)
         return
-    result = Trainer(tc).run(resume=resume, stop_after=a.stop_after)
+    result = Trainer(tc, dataset=synthetic).run(resume=resume, stop_after=a.stop_after)
     last = result.logs[-1] if result.logs else None
     print(f"done: step {result.step}" + (f", loss {last.loss:.4f}" if last else "")
           + (f", final model {result.final_checkpoint}" if result.final_checkpoint else ""))

@@ -19,6 +19,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..frames import to_uint8
 from ..pose_render import PoseFrame, draw_face_landmarks, draw_pose
 from ..preprocess.parsing import ATR, HumanParser
 
@@ -828,6 +829,18 @@ def generate_dataset(n_clips: int, seed: int, **kw) -> list[SyntheticClip]:
     return [generate_clip(int(s), **kw) for s in seeds]
 
 
+def synthetic_training_data(tc, cfg):
+    """The trainer's dataset for `tc.synthetic_clips` (TrainConfig): that many clips of `tc.synthetic_frames`
+    frames rendered at twice the model's size, sampled and transformed as a prepared cache would be.
+    Pass it as `Trainer(tc, dataset=synthetic_training_data)` (the trainer calls it with the model's config)."""
+    from ..training.dataset import SyntheticClipDataset
+
+    clips = generate_dataset(tc.synthetic_clips, tc.seed, n_frames=tc.synthetic_frames, height=2 * cfg.height,
+                             width=2 * cfg.width)
+    return SyntheticClipDataset(clips, num_frames=tc.num_frames, stride=tc.frame_stride, height=cfg.height,
+                                width=cfg.width, seed=tc.seed)
+
+
 class ExactParser(HumanParser):
     """A human parser that answers with known masks: the stand-in for a parsing model on synthetic frames (tests,
     benchmarks). `add` registers frames (float [0, 1] or uint8) with their clothing and person masks (and optional
@@ -841,7 +854,7 @@ class ExactParser(HumanParser):
 
     def add(self, frames: np.ndarray, clothing: np.ndarray, person: np.ndarray, hair: np.ndarray | None = None
             ) -> None:
-        f8 = frames if frames.dtype == np.uint8 else (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+        f8 = frames if frames.dtype == np.uint8 else to_uint8(frames)
         for i, f in enumerate(f8):
             lab = np.where(person[i], self.ARM, 0).astype(np.uint8)
             lab[clothing[i]] = self.UPPER

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from ..frames import to_nhwc
 from ..metrics import masked_psnr
 from ..training.dataset import transform_sample
 
@@ -35,21 +36,6 @@ if TYPE_CHECKING:
 SHIPPED_VAE = Path(__file__).resolve().parent / "assets" / "tiny_vae.safetensors"
 
 
-def demo_config():
-    """The CPU demo's model config: the `tiny` preset with a VAE without mid-block self-attention (at 16x8 latents it
-    is global, so a garment's latents would depend on the whole frame: see `VAEConfig.mid_block_add_attention`) and
-    8 latent channels instead of SD's 4 (issue 12: at 64x32 px a garment's stripes are 1-2 px wide; with 4 channels
-    the VAE turned the striped trousers brown, with 8 it keeps them: held-out reconstruction 22.7 vs 21.4 dB, the demo
-    pairs' clothing ceiling 19.7 vs 18.3 dB, at 5000 steps; the shipped one trained 8000: 24.1 dB, ceiling 21.5, and
-    the shirt's 1-px stripes partly survive)."""
-    from ..config import tiny
-
-    cfg = tiny()
-    cfg.vae.mid_block_add_attention = False
-    cfg.vae.latent_channels = cfg.unet.latent_channels = 8
-    return cfg
-
-
 @dataclass
 class VAETrainResult:
     steps: int
@@ -57,10 +43,6 @@ class VAETrainResult:
     recon_psnr: float  # on the held-out images, with the posterior mode
     scaling_factor: float
     losses: list[float]
-
-
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 2, 3, 1)
 
 
 @torch.no_grad()
@@ -201,7 +183,7 @@ def train_tiny_vae(vae: AutoencoderKL, images: torch.Tensor, *, steps: int = 300
             progress(step + 1, steps, float(np.mean(losses[-progress_every:])))
     vae.eval().requires_grad_(False)
     check = holdout if holdout is not None else images[:64]
-    psnr = masked_psnr(_nhwc(reconstruct(vae, check)), _nhwc(check), pooled=True)
+    psnr = masked_psnr(to_nhwc(reconstruct(vae, check)), to_nhwc(check), pooled=True)
     scale = latent_scale(vae, images[: min(n, 256)])
     set_scaling_factor(vae, scale)
     return VAETrainResult(steps, time.perf_counter() - t0, psnr, scale, losses)
@@ -250,7 +232,7 @@ def splice_psnr(vae: AutoencoderKL, human: torch.Tensor, mannequin: torch.Tensor
 
     def score(z: torch.Tensor) -> float:
         rec = ((vae.decode(z).sample + 1) / 2).clamp(0, 1)
-        return round(masked_psnr(_nhwc(rec), _nhwc(human), m, pooled=True), 3)
+        return round(masked_psnr(to_nhwc(rec), to_nhwc(human), m, pooled=True), 3)
 
     return {"ceiling": score(z_h), "copy": score(z_c), "splice": score(inside * z_c + (1 - inside) * z_h)}
 
@@ -366,9 +348,10 @@ def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 8000, batch_size: in
 
     This is how `assets/tiny_vae.safetensors` is made: the demo loads it instead of spending most of its minutes
     on a VAE (SD-1.5's VAE is pretrained too); `m2h demo --train-vae` trains one from scratch instead."""
+    from .recipe import DemoSettings
     from .synthetic import generate_dataset
 
-    cfg = demo_config()
+    cfg = DemoSettings().model_config()
     H, W = cfg.height, cfg.width
     say = progress or (lambda _m: None)
     clips = generate_dataset(n_clips, seed, n_frames=clip_frames, height=2 * H, width=2 * W)
@@ -397,7 +380,7 @@ def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 8000, batch_size: in
         with torch.no_grad():
             loc = float(locality_error(vae, ht[0] * 2 - 1, ht[2]))
         sp = splice_psnr(vae, *ht)
-        rec = masked_psnr(_nhwc(reconstruct(vae, holdout)), _nhwc(holdout), pooled=True)
+        rec = masked_psnr(to_nhwc(reconstruct(vae, holdout)), to_nhwc(holdout), pooled=True)
         return (f"reconstruction {rec:.2f} dB, locality error {loc:.4f}, "
                 f"clothing PSNR ceiling / copy / splice {sp['ceiling']:.2f} / {sp['copy']:.2f} / {sp['splice']:.2f}")
 
@@ -410,7 +393,7 @@ def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 8000, batch_size: in
         seconds = localize_vae(vae, *tr, steps=localize_steps, batch_size=batch_size, seed=seed,
                                    progress_every=max(1, localize_steps // 10),
                                    progress=lambda i, n, loss: say(f"[tiny vae] localise {i}/{n} loss {loss:.5f}"))
-        res.recon_psnr = masked_psnr(_nhwc(reconstruct(vae, holdout)), _nhwc(holdout), pooled=True)
+        res.recon_psnr = masked_psnr(to_nhwc(reconstruct(vae, holdout)), to_nhwc(holdout), pooled=True)
         set_scaling_factor(vae, res.scaling_factor)  # the latent space is kept, so is its scale
     after = held_out()
     say(f"[tiny vae] held-out after localising: {after} ({seconds:.0f} s) -> {out}")

@@ -18,7 +18,8 @@ from itertools import islice
 
 import numpy as np
 
-from ..video_io import AudioSource, FrameStream, VideoWriter
+from ..frames import to_float
+from ..video_io import AudioSource, FrameStream, VideoWriter, check_output_path
 from . import inputs
 from .compositing import CompositeSettings, composite_generated
 from .regen_mask import RegenMaskSettings, mannequin_masks, preview, regenerate_mask
@@ -61,7 +62,7 @@ def composite_files(generated: str | os.PathLike, source: str | os.PathLike, out
                     chunk: int = CHUNK) -> FilesReport:
     """Composite the generated video with the source (see `compositing.composite_generated` for the size and count
     rule) and write it at the source's fps. `parser`: a HumanParser (it runs on the generated frames)."""
-    inputs.check_output_path(out)
+    check_output_path(out, create=False)
     gen_s, src_s = _stream(generated, "the generated video"), _stream(source, "the source video")
     lock = None
     if lock_masks is not None:
@@ -123,7 +124,7 @@ def regen_mask_files(video: str | os.PathLike, out: str | os.PathLike, settings:
 
     for path in (out, lock_out, preview_out):
         if path is not None:
-            inputs.check_output_path(path)
+            check_output_path(path, create=False)
     clip = inputs.read_video_file(video)
     frames, n, size = clip.frames, clip.frames.shape[0], clip.frames.shape[1:3]
     user = [None if p is None else load_mask_sequence(p, num_frames=n, size=size)
@@ -141,7 +142,7 @@ def regen_mask_files(video: str | os.PathLike, out: str | os.PathLike, settings:
             continue
         with _write(path, clip.fps) as w:
             for i in range(0, n, CHUNK):
-                part = (preview(frames[i:i + CHUNK].astype(np.float32) / 255, masks.regen[i:i + CHUNK],
-                                masks.lock[i:i + CHUNK]) if data is None else np.repeat(data[i:i + CHUNK, ..., None], 3, -1))
+                part = (preview(to_float(frames[i:i + CHUNK]), masks.regen[i:i + CHUNK], masks.lock[i:i + CHUNK])
+                        if data is None else np.repeat(data[i:i + CHUNK, ..., None], 3, -1))
                 w.write(part)
     return FilesReport(os.fspath(out), n, clip.fps, size[1], size[0], notes)

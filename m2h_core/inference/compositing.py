@@ -59,7 +59,9 @@ class CompositeSettings:
                    seam: str = "poisson") -> CompositeSettings:
         """The defaults are for 512 px high frames (the paper's size); scaled to `height`, with floors measured at
         64 px (bench_compositing: erode 1, feather 2, harmonise 4 gave the best clothing PSNR and seam score)."""
-        s = lambda px, lo: max(lo, round(px * height / 512))
+        def s(px: int, lo: int) -> int:
+            return max(lo, round(px * height / 512))
+
         return cls(garment_lock, keep_background, s(3, 1), s(6, 2), s(12, 4), s(4, 1), seam)
 
 

@@ -20,7 +20,7 @@ from . import inputs
 from .pipeline import M2HPipeline, check_model_files, load_pipeline
 from .sampler import SamplerSettings, sample_video
 from ..config import M2HConfig
-from ..video_io import AudioSource, VideoWriter
+from ..video_io import AudioSource, VideoWriter, check_output_path
 
 log = logging.getLogger("m2h")
 
@@ -213,17 +213,18 @@ def generate(files: ModelFiles, req: GenerateRequest, settings: SamplerSettings 
     """Checks without models (output, model-file headers, input files), preprocessing models, then M2H.
 
     `models` / `pipeline`: already loaded ones (m2h batch), else each is loaded here."""
-    inputs.check_output_path(req.out)
+    check_output_path(req.out, create=False)
     cfg = files.check() if pipeline is None else pipeline.model.cfg
     src = read_sources(req, (cfg.height, cfg.width))
-    settings, notes = (settings or SamplerSettings()).for_video(cfg, len(src.frames))
+    notes: list[str] = []
     models = models or Preprocessors(req.search_dirs)
     video, ident = preprocess(src, req, cfg, notes, models)
     if req.garment_lock or req.keep_background:
         models.parser(req.parser)  # a missing parsing model fails here, before sampling
     pipe = pipeline or files.load()
-    latents = sample_video(pipe.model, pipe.encoders, video, ident, settings, progress=progress,
-                           decode=False).latents
+    sampled = sample_video(pipe.model, pipe.encoders, video, ident, settings, progress=progress, decode=False)
+    notes += sampled.notes
+    latents = sampled.latents
     written = write_output(latents, pipe.encoders, video, req, models, src.fps, notes)
     return GenerateReport(req.out, written, src.fps, cfg.width, cfg.height, src.notes + notes)
 

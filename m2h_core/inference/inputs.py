@@ -12,28 +12,26 @@ video's framing. The work is done in float32 in [0, 1] whatever the source (uint
 tensors), so the command line and the nodes give bit-identical inputs.
 
 Checks: everything a user can get wrong (counts, sizes, empty masks, NaN) is checked when these objects are made,
-before any model runs; `sample_video` only adds `check_pair` (the model's size multiple). The `read_*` helpers and
-`check_output_path` turn a file that cannot be used into one line naming it, what it seems to be and the fix.
+before any model runs; `sample_video` only adds `check_pair` (the model's size multiple). The `read_*` helpers turn
+a file that cannot be used into one line naming it, what it seems to be and the fix.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from ..frames import to_float, to_nchw, to_uint8  # noqa: F401 - to_uint8 re-exported for generate.py
 from ..identity import head_from_poses, prepare_identity
 from ..preprocess.model_files import describe_file
 from ..video_io import (FrameStream, center_crop_resize, compute_center_crop, crop_resize_masks, read_image,
                         read_video)
 
 FIT_CHUNK = 16  # frames converted to float32 and resized at a time (memory stays at model size)
-OUTPUT_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".gif")
 PLACEMENTS = ("head_from_pose", "fit_photo")
 
 
@@ -143,38 +141,26 @@ def check_pair(video: VideoInputs, identity: IdentityInputs, multiple: int) -> N
 # ------------------------------------------------------------------------------------------ fitting
 
 
-def _float_frames(x: Any) -> np.ndarray:
-    """uint8 or float frames (numpy or torch) -> float32 numpy in [0, 1]."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().float().numpy()
-    x = np.asarray(x)
-    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
-
-
 def fit_frames(frames: Any, height: int, width: int) -> tuple[np.ndarray, str]:
     """(N, H, W, C) frames (uint8, or float in [0, 1]) -> float32 (N, height, width, C) in [0, 1] by centre crop
     to width:height and resize, FIT_CHUNK frames at a time; returns the frames and a note for the log."""
     n, src_h, src_w = frames.shape[:3]
     if (src_h, src_w) == (height, width):
-        return np.clip(_float_frames(frames), 0, 1), f"{width}x{height} (WxH): already the working size"
+        return np.clip(to_float(frames), 0, 1), f"{width}x{height} (WxH): already the working size"
     out = np.empty((n, height, width, frames.shape[3]), np.float32)
     info = None
     for i in range(0, n, FIT_CHUNK):
-        out[i: i + FIT_CHUNK], info = center_crop_resize(_float_frames(frames[i: i + FIT_CHUNK]), height, width)
+        out[i: i + FIT_CHUNK], info = center_crop_resize(to_float(frames[i: i + FIT_CHUNK]), height, width)
     return np.clip(out, 0, 1, out=out), info.describe()
 
 
 def fit_masks(masks: Any, height: int, width: int) -> tuple[np.ndarray, str]:
     """(N, H, W) masks (bool / uint8 / float) -> float32 (N, height, width) in [0, 1], the frames' crop."""
-    m = _float_frames(masks) if np.asarray(masks).dtype != bool else np.asarray(masks, np.float32)
+    m = to_float(masks) if np.asarray(masks).dtype != bool else np.asarray(masks, np.float32)
     if tuple(m.shape[1:3]) == (height, width):
         return np.clip(m, 0, 1), f"{width}x{height} (WxH): already the working size"
     info = compute_center_crop(m.shape[1], m.shape[2], height, width)
     return np.clip(crop_resize_masks(m, info), 0, 1), info.describe()
-
-
-def _nchw(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).contiguous()
 
 
 def check_counts(frames: int, masks: int | None = None, poses: int | None = None) -> None:
@@ -194,24 +180,14 @@ def prepare_video(frames: Any, masks: Any, poses: Any, height: int, width: int) 
     frames (N, H, W, 3) and poses (N, H', W', 3): uint8, or float in [0, 1] (numpy or torch, ComfyUI's layout);
     masks (N, H'', W'') or (1, H'', W'') (one for all frames): bool, uint8 or float in [0, 1].
     """
-    n = int(frames.shape[0])
-    check_counts(n, int(masks.shape[0]), int(poses.shape[0]))
-    if float(np.asarray(masks).max()) <= 0:  # before any resizing work
-        raise InputError("the clothing mask is empty in every frame, so no clothing would be kept: check the "
-                         "segmentation's clothing classes, or your masks (white = clothing)")
+    n = int(frames.shape[0])  # counts and an empty mask: checked once, by VideoInputs
     f, n1 = fit_frames(frames, height, width)
     m, n2 = fit_masks(masks, height, width)
     p, n3 = fit_frames(poses, height, width)
     if m.shape[0] == 1 and n > 1:
         m = np.repeat(m, n, axis=0)
-    return VideoInputs(_nchw(f), torch.from_numpy(np.ascontiguousarray(m)), _nchw(p),
+    return VideoInputs(to_nchw(f), torch.from_numpy(np.ascontiguousarray(m)), to_nchw(p),
                        (f"frames: {n1}", f"clothing masks: {n2}", f"pose images: {n3}"))
-
-
-def to_uint8(frames: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Float frames in [0, 1] -> uint8 (what the preprocessing models read)."""
-    x = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else frames
-    return (np.clip(x, 0, 1) * 255.0).round().astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------------------ identity
@@ -337,10 +313,9 @@ def place_identity(photo: np.ndarray, face: Any, height: int, width: int, *, pla
             notes.append(f"no head position in frame {reference_frame}; used frame {used}")
     placed = prepare_identity(photo, face, height, width, head, face_scale, identity_input)
     notes.append(f"identity photo: {placed.description}")
-    to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float() / 255.0  # noqa: E731
-    ident = IdentityInputs(to_t(placed.image), to_t(placed.landmark_image), torch.from_numpy(placed.arcface),
-                           placed.description, placed.face_box,
-                           torch.from_numpy(np.ascontiguousarray(placed.preview)).float() / 255.0)
+    ident = IdentityInputs(to_nchw(to_float(placed.image)), to_nchw(to_float(placed.landmark_image)),
+                           torch.from_numpy(placed.arcface), placed.description, placed.face_box,
+                           torch.from_numpy(to_float(placed.preview)))
     return ident, notes
 
 
@@ -350,34 +325,6 @@ def place_identity(photo: np.ndarray, face: Any, height: int, width: int, *, pla
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-def check_output_path(path: str | os.PathLike) -> None:
-    """Fail before any model loads when the output cannot be written: a format we cannot write, a parent that is
-    a file, a folder we may not write into (tested by creating a temporary file there: read-only mounts too)."""
-    s = os.fspath(path)
-    p = Path(s)
-    ext = p.suffix.lower()
-    folder_out = p.is_dir() or ext == "" or s.endswith(("/", os.sep))
-    if not folder_out and ext not in OUTPUT_EXTENSIONS:
-        raise InputError(f"{s}: cannot write a {ext} video; use .mp4, .webm, .mov, .mkv, .gif, or a folder name "
-                         "for PNG frames")
-    if not folder_out and p.is_dir():
-        raise InputError(f"{s} is a folder; give a file name such as {p / 'out.mp4'}")
-    target = p if folder_out else p.parent
-    existing = Path(os.path.abspath(target))
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise InputError(f"{s}: cannot write there, {existing} is a file, not a folder; choose another --out")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise InputError(f"{s}: the folder {existing} is not writable ({e.strerror or e}); choose another --out") \
-            from None
-    if p.is_file() and not os.access(p, os.W_OK):
-        raise InputError(f"{s} exists and is read-only; remove it or choose another --out")
 
 
 def _unreadable(path: str | os.PathLike, what: str, e: BaseException, fix: str) -> InputError:

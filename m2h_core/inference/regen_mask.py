@@ -50,7 +50,9 @@ class RegenMaskSettings:
     def for_height(cls, height: int, **kw: Any) -> RegenMaskSettings:
         """The pixel defaults scaled from 512 px high frames to `height` (at least 1 px), as
         CompositeSettings.for_height; `kw` sets any field (the nodes pass their widgets' pixels as they are)."""
-        s = lambda px: max(1, round(px * height / 512))
+        def s(px: int) -> int:
+            return max(1, round(px * height / 512))
+
         return cls(**{"grow_into_garment": s(4), "lock_erode": s(3), **kw})
 
 

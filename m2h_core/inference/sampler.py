@@ -25,7 +25,7 @@ typed, already-checked `VideoInputs` and `IdentityInputs` of `inputs.py`; defaul
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -78,9 +78,8 @@ class SamplerSettings:
         """The one CFG decision: True builds the [conditional; unconditional] batch and blends the two."""
         return self.guidance_scale != 1.0
 
-    def for_video(self, cfg: M2HConfig, num_frames: int) -> tuple["SamplerSettings", list[str]]:
-        """Checked settings for a video of `num_frames` frames of this model: the context window defaults to the
-        model's trained frame count and is clamped to the video; returns them and what was adjusted (for the log)."""
+    def __post_init__(self) -> None:
+        """The one check of the settings, where they are made (node widgets, CLI options, the trainer's)."""
         if self.steps < 1:
             raise InputError(f"steps must be at least 1, got {self.steps}")
         if self.guidance_scale < 1.0:
@@ -96,8 +95,12 @@ class SamplerSettings:
         for name in ("pose_strength", "identity_strength"):
             v = getattr(self, name)
             if not 0.0 <= v <= defaults.STRENGTH_MAX:
-                raise InputError(f"{name.replace('_', ' ')} must be between 0 and {defaults.STRENGTH_MAX:g} (paper: 1), "
-                                 f"got {v}")
+                raise InputError(f"{name.replace('_', ' ')} must be between 0 and {defaults.STRENGTH_MAX:g} "
+                                 f"(paper: 1), got {v}")
+
+    def for_video(self, cfg: M2HConfig, num_frames: int) -> tuple["SamplerSettings", list[str]]:
+        """The settings for a video of `num_frames` frames of this model: the context window defaults to the
+        model's trained frame count and is clamped to the video; returns them and what was adjusted (for the log)."""
         asked = self.context_frames or cfg.num_frames
         cf = max(1, min(asked, num_frames))
         co = min(self.context_overlap, cf - 1)
@@ -112,6 +115,7 @@ class SamplerSettings:
 class SampleResult:
     frames: torch.Tensor | None  # (N, 3, H, W) in [0, 1], float32 on the CPU (None: sample_video(decode=False))
     latents: torch.Tensor  # (N, c, h, w) scaled latents, float32 on the CPU
+    notes: list[str] = field(default_factory=list)  # what `SamplerSettings.for_video` adjusted, for the log
 
 
 def make_scheduler(name: str, num_train_timesteps: int = 1000, prediction_type: str = "epsilon"):
@@ -293,33 +297,22 @@ def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[
     return latents
 
 
-def _typed_inputs(video, identity, rest: tuple, settings):
-    """The tensor form sample_video(model, encoders, frames, clothing_masks, pose_images, identity_image,
-    identity_landmarks, arcface[, settings]) (tests and benchmarks), turned into the typed inputs (checked the same)."""
-    if isinstance(video, VideoInputs):
-        return video, identity, rest[0] if rest else settings
-    poses, image, landmarks, arcface, *more = rest
-    masks = identity[:, 0] if identity.ndim == 4 else identity
-    return (VideoInputs(video, masks, poses), IdentityInputs(image, landmarks, arcface.reshape(-1)),
-            more[0] if more else settings)
-
-
-def sample_video(model: M2HModel, encoders: FrozenEncoders, video: VideoInputs, identity: IdentityInputs, *rest,
-                 settings: SamplerSettings | None = None, progress: Callable[[int, int], None] | None = None,
+def sample_video(model: M2HModel, encoders: FrozenEncoders, video: VideoInputs, identity: IdentityInputs,
+                 settings: SamplerSettings | None = None, *, progress: Callable[[int, int], None] | None = None,
                  cancel: Callable[[], bool] | None = None,
                  offload_device: str | torch.device | None = None,
                  preview: Callable[[int, int, torch.Tensor], None] | None = None,
                  decode: bool = True) -> SampleResult:
     """Generate the human video from checked inputs (`inputs.prepare_video`, `inputs.place_identity`).
 
-    settings may also be the fifth positional argument. offload_device (e.g. "cpu"): keep only the stage that
-    runs on the accelerator — the VAE and CLIP are moved there while the UNet denoises, and the UNet while the
-    VAE decodes. preview: see `denoise_latents`. decode=False: latents only (frames None), for a caller that
-    decodes chunks of frames straight into its writer (`encoders.decode`, `m2h generate`).
+    settings are fitted to the video here (`SamplerSettings.for_video`; what changed is in the result's notes).
+    offload_device (e.g. "cpu"): keep only the stage that runs on the accelerator — the VAE and CLIP are moved
+    there while the UNet denoises, and the UNet while the VAE decodes. preview: see `denoise_latents`.
+    decode=False: latents only (frames None), for a caller that decodes chunks of frames straight into its writer
+    (`encoders.decode`, `m2h generate`).
     """
-    video, identity, settings = _typed_inputs(video, identity, rest, settings)
     check_pair(video, identity, model.cfg.vae.downscale)
-    settings, _ = (settings or SamplerSettings()).for_video(model.cfg, video.num_frames)
+    settings, notes = (settings or SamplerSettings()).for_video(model.cfg, video.num_frames)
     with torch.no_grad():
         inputs = encoders.make_inputs(video.frames[None], video.clothing_masks[None], video.pose_images[None],
                                       identity.image[None], identity.landmarks[None], identity.arcface[None])
@@ -336,9 +329,9 @@ def sample_video(model: M2HModel, encoders: FrozenEncoders, video: VideoInputs, 
     latents = denoise_latents(model, cond, latent_shape, settings, progress, cancel, preview)
     del cond
     if not decode:
-        return SampleResult(frames=None, latents=latents[0].float().cpu())
+        return SampleResult(frames=None, latents=latents[0].float().cpu(), notes=notes)
     if offload_device is not None:
         model.to(offload_device)
         encoders.to(device)
     pixels = encoders.decode(latents[0])
-    return SampleResult(frames=pixels.float().cpu(), latents=latents[0].float().cpu())
+    return SampleResult(frames=pixels.float().cpu(), latents=latents[0].float().cpu(), notes=notes)

@@ -101,7 +101,8 @@ class HeadEncoder(nn.Module):
         h, w = id_latent.shape[-2:]
         tok = self.id_in(rearrange(id_latent, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p))
         tok = tok + sincos_2d(h // p, w // p, self.cfg.dim, tok.device, tok.dtype)
-        arc = self.arc_norm(rearrange(self.arc_in(arcface.to(tok.dtype)), "b (n d) -> b n d", n=self.cfg.arcface_tokens))
+        arc = self.arc_norm(rearrange(self.arc_in(arcface.to(tok.dtype)), "b (n d) -> b n d",
+                                      n=self.cfg.arcface_tokens))
         return torch.cat([tok, arc], dim=1)
 
     def pose_tokens(self, pose_features: torch.Tensor) -> torch.Tensor:

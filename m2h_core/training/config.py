@@ -149,7 +149,8 @@ class TrainConfig:
                              "whole M2H model - give one or the other")
         if self.init == "public" and not (self.ip_adapter or self.controlnet or self.motion_module or self.base):
             raise ValueError("init: public needs public files: --ip-adapter (IP-Adapter FaceID), --controlnet "
-                             "(ControlNet OpenPose), --motion-module (AnimateDiff), --base (SD-1.5 or its inpainting UNet)")
+                             "(ControlNet OpenPose), --motion-module (AnimateDiff), --base (SD-1.5 or its "
+                             "inpainting UNet)")
         if (self.ip_adapter or self.controlnet) and self.init != "public":
             raise ValueError("ip_adapter / controlnet are read only with init: public (--init public)")
         if self.pose_channels is not None and (len(self.pose_channels) < 2 or min(self.pose_channels) < 1):

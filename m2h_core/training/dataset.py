@@ -1,35 +1,15 @@
 """Training data: the on-disk clip cache written by `train/prepare_data.py`, and datasets that sample from it.
 
-Cache layout (one folder per video; everything at the source resolution, cropping happens when sampling)::
-
-    CACHE/
-      split.json                    {"seed": s, "train": [ids...], "test": [ids...]}   (90/10, seeded; or
-                                    fixed by a list of test video names: "test_names", "test_list")
-      failed.json                   [{"video": path, "reason": "..."}]                (videos that were skipped)
-      <id>/
-        meta.json                   {"version": 1, "source": path, "num_frames": N, "height": H, "width": W,
-                                     "fps": f, "frames_with_face": K, "has_reference": bool}
-        frames/00000.png            v_h, RGB human frames
-        clothing_masks/00000.png    M_c, 8-bit grey (0 / 255)
-        face_masks/00000.png        M_id, 8-bit grey (0 / 255)
-        poses/00000.png             p_h, rendered OpenPose-18 body pose (RGB, black background; only used when
-                                    keypoints.json is absent)
-        keypoints.json              per-frame keypoints (`m2h_core.pose_render.save_openpose_json` layout)
-        landmarks/00000.png         p_id of every frame: the face-landmark image (black where no face)
-        identity.safetensors        arcface (N, 512) float32 (L2-normalised ArcFace of each frame's face),
-                                    face_boxes (N, 4) float32 x1, y1, x2, y2 (source pixels), has_face (N,) uint8
-        reference/                  optional: a separate identity photo used instead of another frame
-          image.png, landmarks.png, identity.safetensors {arcface (512,), face_box (4,)}
-
-A video folder is written under a temporary name and renamed into place when complete, so a folder with a
-`meta.json` is always whole (what makes `prepare_data` resumable).
+The cache holds one folder per video at the source resolution (frames, clothing / face masks, keypoints, landmark
+images, ArcFace embeddings; the layout: `ClipCacheDataset`); cropping happens when sampling.
 
 Sampling (paper Sec. IV-B): `num_frames` = 8 frames, every `stride` = 4th frame, from a random start. Videos
 shorter than the 29-frame span get a smaller stride ((N-1)//(F-1), at least 1); videos with fewer than F frames
 are refused (looping them, frames 0,1,2,0,1,2,..., would teach a jump every few frames): prepare_data skips them
-(`--min-frames`, listed in failed.json) and `ClipCacheDataset` leaves out any that reach it, with a warning. The identity image x_id (with its landmark image p_id and ArcFace embedding) is a
-*different* frame of the same video that has a face - one not among the sampled frames when possible - unless
-the video has a `reference/` identity. Frames, masks, poses and the identity are centre-cropped to the 2:1 (H:W)
+(`--min-frames`, listed in failed.json) and `ClipCacheDataset` leaves out any that reach it, with a warning.
+The identity image x_id (with its landmark image p_id and ArcFace embedding) is a *different* frame of the same
+video that has a face - one not among the sampled frames when possible - unless the video has a `reference/`
+identity. Frames, masks, poses and the identity are centre-cropped to the 2:1 (H:W)
 training aspect and resized with the *same* transform (`m2h_core.video_io` geometry: area/bicubic for images,
 nearest for masks). The pose images p_h are *drawn* at the output size from the cached keypoints mapped through
 that transform (`CropInfo.map_points` + `draw_pose`, default line width), exactly as inference draws them at
@@ -250,7 +230,32 @@ class ClipCacheDataset(Dataset):
     """Samples from a prepare_data cache. Items: dict of tensors (see `transform_sample`) plus `arcface` (512,),
     `frame_indices` (F,), `identity_index`, `clip` and `position`. Index with an int or a (clip, position) pair
     (from `ResumableSampler`). Clips shorter than `num_frames` are left out with a warning (their ids in
-    `short`); `num_frames=None`: only `window` is used (evaluation), every clip is kept."""
+    `short`); `num_frames=None`: only `window` is used (evaluation), every clip is kept.
+
+    Cache layout (one folder per video; everything at the source resolution, cropping happens when sampling)::
+
+        CACHE/
+          split.json                    {"seed": s, "train": [ids...], "test": [ids...]}   (90/10, seeded; or
+                                        fixed by a list of test video names: "test_names", "test_list")
+          failed.json                   [{"video": path, "reason": "..."}]                (videos that were skipped)
+          <id>/
+            meta.json                   {"version": 1, "source": path, "num_frames": N, "height": H, "width": W,
+                                         "fps": f, "frames_with_face": K, "has_reference": bool}
+            frames/00000.png            v_h, RGB human frames
+            clothing_masks/00000.png    M_c, 8-bit grey (0 / 255)
+            face_masks/00000.png        M_id, 8-bit grey (0 / 255)
+            poses/00000.png             p_h, rendered OpenPose-18 body pose (RGB, black background; only used when
+                                        keypoints.json is absent)
+            keypoints.json              per-frame keypoints (`m2h_core.pose_render.save_openpose_json` layout)
+            landmarks/00000.png         p_id of every frame: the face-landmark image (black where no face)
+            identity.safetensors        arcface (N, 512) float32 (L2-normalised ArcFace of each frame's face),
+                                        face_boxes (N, 4) float32 x1, y1, x2, y2 (source pixels), has_face (N,) uint8
+            reference/                  optional: a separate identity photo used instead of another frame
+              image.png, landmarks.png, identity.safetensors {arcface (512,), face_box (4,)}
+
+    A video folder is written under a temporary name and renamed into place when complete, so a folder with a
+    `meta.json` is always whole (what makes `prepare_data` resumable).
+    """
 
     def __init__(self, root: str | os.PathLike, split: str | None = "train", *, num_frames: int | None = 8,
                  stride: int = 4, height: int = 512, width: int = 256, scale: float = 1.0, seed: int = 0,

@@ -414,7 +414,8 @@ def gradient_balance(tr, batches: list[dict], target: float, seed: int = 0) -> d
         return math.sqrt(max(num, 0.0) / s["d2"]) if s["d2"] > 0 else float("nan")
 
     own = sums[tc.mirror_reduction]
-    out["grad_ratio"] = ratio(own, al, be) if tc.mirror else f"{NA} (mirror off; with alpha, beta: {ratio(own, al, be):.4g})"
+    out["grad_ratio"] = (ratio(own, al, be) if tc.mirror
+                         else f"{NA} (mirror off; with alpha, beta: {ratio(own, al, be):.4g})")
     out["grad_ratio_pixel"] = ratio(own, al, 0.0)
     out["grad_ratio_perceptual"] = ratio(own, 0.0, be) if beta_ok else f"{NA} (no VGG: beta = 0)"
     out["grad_ratio_paper"] = ratio(sums["paper"], al, be)

@@ -178,7 +178,8 @@ def controlnet_hint_convs(sd: dict[str, torch.Tensor]) -> list[tuple[torch.Tenso
 
     if "controlnet_cond_embedding.conv_in.weight" in sd:
         names = ["controlnet_cond_embedding.conv_in"] + [
-            f"controlnet_cond_embedding.blocks.{i}" for i in indices(r"controlnet_cond_embedding\.blocks\.(\d+)\.weight")]
+            f"controlnet_cond_embedding.blocks.{i}"
+            for i in indices(r"controlnet_cond_embedding\.blocks\.(\d+)\.weight")]
     else:
         idx = indices(r"(?:control_model\.)?input_hint_block\.(\d+)\.weight")
         if not idx:

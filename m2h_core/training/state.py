@@ -3,7 +3,9 @@
 `<output_dir>/checkpoints/step_XXXXXXXX/` holds `m2h.safetensors` (a normal M2H checkpoint, LoRA merged),
 `training_state.safetensors` (optimizer moments, per-rank RNG states, LoRA factors when used) and
 `training_state.json` (step, data position, optimizer hyper-parameters, lr scheduler, config). A folder is
-written under a temporary name and renamed when complete. No pickle anywhere.
+written under a temporary name and renamed when complete, so a crash never leaves a half checkpoint; only the
+newest `keep_last` are kept. No pickle anywhere. Resuming restores model, optimizer, lr schedule, RNG states and
+data position, so a resumed run follows the same trajectory as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,8 +27,26 @@ from .components import merged_state_dict
 from .sharded_state import (decode_optimizer_state, encode_optimizer_state, gather_model_state, gather_optimizer_state,
                             rekey_optimizer_state, set_model_state, set_optimizer_state)
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+
+
+class TrainingRun(Protocol):
+    """What a checkpoint saves and restores of a run (`trainer.Trainer` is one); a protocol, so this module does
+    not import the trainer that imports it."""
+
+    tc: Any  # TrainConfig
+    cfg: M2HConfig
+    out: Path
+    accelerator: Any
+    ddp_model: torch.nn.Module
+    optimizer: Any
+    lr_scheduler: Any
+    generator: torch.Generator
+    sharded: bool
+    param_names: list[str]
+    step: int
+    position: int
+
+    def log(self, text: str) -> None: ...
 
 STATE_VERSION = 2  # 2: RNG states per rank, GradScaler state (version 1 still loads)
 CKPT_PREFIX = "step_"
@@ -47,7 +67,7 @@ class _StateView:
 
 def _rng_state(generator: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """This process's RNG states: torch CPU, its current CUDA device, numpy, python and the trainer's noise
-    generator. Keys are relative ("torch", "generator", ...); `Trainer.save` prefixes them with the rank."""
+    generator. Keys are relative ("torch", "generator", ...); the trainer prefixes them with the rank."""
     tensors = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["cuda"] = torch.cuda.get_rng_state()
@@ -122,20 +142,20 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
 
 
 
-def clean_stale_tmp(trainer: "Trainer") -> None:
+def clean_stale_tmp(trainer: TrainingRun) -> None:
     """Remove `.tmp-step_*` folders a crash during save() left behind (main process only)."""
     root = trainer.out / "checkpoints"
     if trainer.accelerator.is_main_process and root.is_dir():
         for stale in root.glob(f".tmp-{CKPT_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
 
-def gather_rng_states(trainer: "Trainer") -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+def gather_rng_states(trainer: TrainingRun) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
     """Every rank's RNG states, in rank order (collective: all ranks call it)."""
     from accelerate.utils import gather_object
 
     return list(gather_object([_rng_state(trainer.generator)]))
 
-def save_training_checkpoint(trainer: "Trainer") -> Path:
+def save_training_checkpoint(trainer: TrainingRun) -> Path:
     """Write checkpoints/step_XXXXXXXX atomically (temp folder + rename) and prune old ones."""
     acc = trainer.accelerator
     acc.wait_for_everyone()
@@ -191,7 +211,7 @@ def save_training_checkpoint(trainer: "Trainer") -> Path:
     acc.wait_for_everyone()
     return final
 
-def load_training_checkpoint(trainer: "Trainer", ckpt_dir: str | os.PathLike) -> None:
+def load_training_checkpoint(trainer: TrainingRun, ckpt_dir: str | os.PathLike) -> None:
     """Restore model, optimizer, lr schedule, RNG states, step and data position from a checkpoint folder."""
     d = Path(ckpt_dir)
     state_path = d / "training_state.json"
@@ -236,20 +256,20 @@ def load_training_checkpoint(trainer: "Trainer", ckpt_dir: str | os.PathLike) ->
     trainer.position = int(state["data_position"])
     load_rng(trainer, tensors, state)
 
-def scaler_state(trainer: "Trainer") -> dict[str, Any] | None:
+def scaler_state(trainer: TrainingRun) -> dict[str, Any] | None:
     scaler = getattr(trainer.accelerator, "scaler", None)
     if scaler is None:
         return None
     return {k: (v.item() if isinstance(v, torch.Tensor) else v) for k, v in scaler.state_dict().items()}
 
-def load_scaler_state(trainer: "Trainer", sd: dict[str, Any] | None) -> None:
+def load_scaler_state(trainer: TrainingRun, sd: dict[str, Any] | None) -> None:
     scaler = getattr(trainer.accelerator, "scaler", None)
     if scaler is not None and sd:
         scaler.load_state_dict(sd)
     elif scaler is not None:
         trainer.log("note: this checkpoint has no GradScaler state; the fp16 loss scale restarts")
 
-def load_rng(trainer: "Trainer", tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+def load_rng(trainer: TrainingRun, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     rank = trainer.accelerator.process_index
     prefix = f"rng.{rank}."
     if prefix + "generator" in tensors:

@@ -13,26 +13,7 @@ Per optimizer step (x `grad_accum` micro-batches):
 Trainable: E_pose, E_id, H, A (to_k_id/to_v_id), the UNet incl. motion modules (or LoRA on its spatial
 attention + conv_in + motion modules when `lora_rank` > 0). Frozen: VAE, CLIP, VGG (ArcFace is precomputed).
 
-Checkpoints: `<output_dir>/checkpoints/step_XXXXXXXX/` holds `m2h.safetensors` (a normal M2H checkpoint, LoRA
-merged, loadable with `load_checkpoint`), `training_state.safetensors` (optimizer moments, RNG states, LoRA
-factors when used) and `training_state.json` (step, data position, optimizer hyper-parameters, lr scheduler,
-config). The folder is written under a temporary name and renamed when complete, so a crash never leaves a
-half checkpoint; only the newest `keep_last` are kept. No pickle anywhere. `resume="auto"` continues from the
-newest one: model, optimizer, lr schedule, RNG states and data position are restored, so a resumed run follows
-the same trajectory as an uninterrupted one.
-
-Distributed / precision: HF accelerate (`accelerate launch --config_file ...` for DDP, FSDP or DeepSpeed,
-`mixed_precision`), `gradient_checkpointing` on the UNet including its motion modules (`components.py`). Our
-own sampler shards data positions across ranks.
-Under FSDP (1 or 2) the checkpoint still holds whole tensors: the model and Adam's moments are gathered to rank 0
-with PyTorch's distributed state-dict API (`sharded_state.py`) and scattered back on resume, so an FSDP run can
-resume without FSDP and vice versa (moments are stored keyed by parameter name under FSDP, by position otherwise,
-and converted on load). Not under FSDP: LoRA (refused) and validation videos (skipped: the sampler calls
-sub-modules whose parameters are sharded). Under DeepSpeed the optimizer is sharded by accelerate and its moments
-are not saved (a resumed run restarts Adam's moments and says so). Each rank's RNG states are saved (keyed by
-rank); a rank the saving run did not have is re-seeded from (seed, rank, step). fp16: the GradScaler state is
-saved and restored, the lr schedule does not advance on steps the scaler skipped, and a non-finite loss skips its
-step with a warning (the run aborts after `max_nonfinite_steps` such steps in a row).
+Checkpoints and resuming: `state.py`; distributed runs, precision and FSDP: the `Trainer` class.
 """
 
 
@@ -53,13 +34,14 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from ..config import M2HConfig
 from ..inference.encoders import FrozenEncoders
 from ..models.m2h import M2HModel
 from .components import apply_lora, build_components, enable_gradient_checkpointing, make_train_scheduler
 from .config import TrainConfig, checkpoint_model_config, size_multiple
-from .dataset import ClipCacheDataset, ResumableSampler, SyntheticClipDataset, sampler_inputs
+from .dataset import ClipCacheDataset, ResumableSampler, sampler_inputs
 from .mirror_loss import MirrorLoss, eps_from_v, eps_from_x0
 from .state import clean_stale_tmp, list_checkpoints, load_training_checkpoint, save_training_checkpoint
 
@@ -111,10 +93,26 @@ def lr_factor(tc: TrainConfig) -> Callable[[int], float]:
 
 
 class Trainer:
-    """Algorithm 1. Components can be injected (the tiny demo trains its own VAE; tests share models)."""
+    """Algorithm 1. Components can be injected (the tiny demo trains its own VAE; tests share models); `dataset`
+    is a Dataset or a factory `(tc, cfg) -> Dataset` (synthetic clips), else `tc.data`'s cache.
+
+    Distributed / precision: HF accelerate (`accelerate launch --config_file ...` for DDP, FSDP or DeepSpeed,
+    `mixed_precision`), `gradient_checkpointing` on the UNet including its motion modules (`components.py`). Our
+    own sampler shards data positions across ranks.
+    Under FSDP (1 or 2) the checkpoint still holds whole tensors: the model and Adam's moments are gathered to rank 0
+    with PyTorch's distributed state-dict API (`sharded_state.py`) and scattered back on resume, so an FSDP run can
+    resume without FSDP and vice versa (moments are stored keyed by parameter name under FSDP, by position otherwise,
+    and converted on load). Not under FSDP: LoRA (refused) and validation videos (skipped: the sampler calls
+    sub-modules whose parameters are sharded). Under DeepSpeed the optimizer is sharded by accelerate and its moments
+    are not saved (a resumed run restarts Adam's moments and says so). Each rank's RNG states are saved (keyed by
+    rank); a rank the saving run did not have is re-seeded from (seed, rank, step). fp16: the GradScaler state is
+    saved and restored, the lr schedule does not advance on steps the scaler skipped, and a non-finite loss skips its
+    step with a warning (the run aborts after `max_nonfinite_steps` such steps in a row).
+    """
 
     def __init__(self, tc: TrainConfig, *, model: M2HModel | None = None, encoders: FrozenEncoders | None = None,
-                 vgg: torch.nn.Module | None = None, dataset=None, accelerator=None,
+                 vgg: torch.nn.Module | None = None,
+                 dataset: Dataset | Callable[[TrainConfig, M2HConfig], Dataset] | None = None, accelerator=None,
                  log_fn: Callable[[str], None] | None = None):
         from accelerate import Accelerator
 
@@ -168,7 +166,7 @@ class Trainer:
         self.noise_scheduler = make_train_scheduler()
         self.mirror = (self.make_mirror_loss(tc.alpha, tc.beta)
                        if tc.mirror and (tc.alpha > 0 or tc.beta > 0) else None)
-        self.dataset = dataset if dataset is not None else self._make_dataset()
+        self.dataset = self._make_dataset(dataset)
         self.generator = torch.Generator().manual_seed(tc.seed * 1000 + self.accelerator.process_index)
         self.step = 0
         self.position = 0  # samples consumed, all ranks together
@@ -193,17 +191,17 @@ class Trainer:
                                  f"{' with the half-resolution phase' if self.tc.progressive else ''}")
 
     # ---------------------------------------------------------------------------------------------- data
-    def _make_dataset(self):
+    def _make_dataset(self, dataset):
+        """The given dataset, or one made by a given factory `(tc, cfg) -> Dataset` (the model's config is known
+        only here: e.g. `m2h_core.demo.synthetic.synthetic_training_data`), else `tc.data`'s cache."""
         tc = self.tc
-        kw = dict(num_frames=tc.num_frames, stride=tc.frame_stride, height=self.cfg.height, width=self.cfg.width,
-                  seed=tc.seed)
+        if dataset is not None:
+            return dataset if isinstance(dataset, Dataset) else dataset(tc, self.cfg)
         if tc.data:
-            return ClipCacheDataset(tc.data, "train", **kw)
-        from ..demo.synthetic import generate_dataset
-
-        clips = generate_dataset(tc.synthetic_clips, tc.seed, n_frames=tc.synthetic_frames,
-                                 height=2 * self.cfg.height, width=2 * self.cfg.width)
-        return SyntheticClipDataset(clips, **kw)
+            return ClipCacheDataset(tc.data, "train", num_frames=tc.num_frames, stride=tc.frame_stride,
+                                    height=self.cfg.height, width=self.cfg.width, seed=tc.seed)
+        raise ValueError("no training data: set data (a train/prepare_data.py cache), or give the trainer a "
+                         "dataset (synthetic_clips: dataset=m2h_core.demo.synthetic.synthetic_training_data)")
 
     def phase_scale(self, step: int) -> float:
         if self.tc.progressive and step < int(self.tc.half_res_fraction * self.tc.max_steps):

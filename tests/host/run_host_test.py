@@ -396,7 +396,8 @@ def native_checks(server: Server, comfyui: Path, python: str, work: Path, names:
     base[loader]["inputs"]["m2h_checkpoint"] = native["checkpoint"]
     base["100"] = {"class_type": "VAELoader", "inputs": {"vae_name": native["vae"]}}
     base["101"] = {"class_type": "VAEDecode", "inputs": {"samples": [sampler, 1], "vae": ["100", 0]}}
-    base["102"] = {"class_type": "SaveImage", "inputs": {"images": [sampler, 0], "filename_prefix": "host_native_sampler"}}
+    base["102"] = {"class_type": "SaveImage",
+                   "inputs": {"images": [sampler, 0], "filename_prefix": "host_native_sampler"}}
     base["103"] = {"class_type": "SaveImage", "inputs": {"images": ["101", 0], "filename_prefix": "host_native_decode"}}
     loaded_line = "M2H Model Loader: loaded " + native["checkpoint"]
     before = server.log_text().count(loaded_line)
