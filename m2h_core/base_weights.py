@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from .config import M2HConfig
 
+log = logging.getLogger(__name__)
 
 class BaseWeightsError(ValueError):
     """A base-model file that cannot be used, with the reason and what to use instead."""
@@ -56,7 +58,8 @@ def quiet_empty_fp32_notice():
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A tensor dict from .safetensors (preferred) or a pickle checkpoint read with weights_only=True."""
+    """A tensor dict from .safetensors (preferred) or a pickle checkpoint read with weights_only=True (nested
+    dicts flattened with ".")."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
@@ -83,7 +86,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         sd = sd["state_dict"]
     if not isinstance(sd, dict):
         raise BaseWeightsError(f"{path.name} does not hold a state dict")
-    return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    from .public_weights import _flatten
+
+    return _flatten(sd)  # nested dicts (IP-Adapter .bin: image_proj / ip_adapter) as "image_proj.proj.0.weight"
 
 
 def identify_checkpoint(sd: dict[str, torch.Tensor]) -> str:
@@ -227,10 +232,11 @@ def base_unet_config(cfg: M2HConfig) -> dict:
 
 def load_sd15(path: str | os.PathLike, cfg: M2HConfig,
               dtype: torch.dtype = torch.float32) -> tuple[UNet2DConditionModel, AutoencoderKL]:
-    """The 2-D UNet and the VAE of an SD-1.5 single file or diffusers folder (no hub access)."""
+    """The 2-D UNet and the VAE of an SD-1.5 single file or diffusers folder (no hub access). An inpainting
+    checkpoint loads with its 9-channel conv_in (`unet.config.in_channels == 9`)."""
     path = Path(path)
     if path.is_dir():
-        sub = lambda n: path / n if (path / n).is_dir() else path  # noqa: E731
+        sub = lambda n: path / n if (path / n).is_dir() else path
         unet = UNet2DConditionModel.from_pretrained(sub("unet"), local_files_only=True, torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(sub("vae"), local_files_only=True, torch_dtype=dtype)
         if unet.config.cross_attention_dim != cfg.unet.cross_attention_dim:
@@ -242,9 +248,15 @@ def load_sd15(path: str | os.PathLike, cfg: M2HConfig,
     check_preset({k: tuple(sd[k].shape) for k in (UNET_CONV_IN, VAE_CONV_IN) if k in sd}, cfg, f"the base {path.name}")
     unet_cfg = base_unet_config(cfg)
     conv_in = sd.get("model.diffusion_model.input_blocks.0.0.weight")
-    if conv_in is not None and conv_in.shape[1] != cfg.unet.latent_channels:
-        raise BaseWeightsError(f"{path.name} has a {conv_in.shape[1]}-channel UNet input (an inpainting or "
-                               "instruct model?); use a standard SD-1.5 checkpoint")
+    inpaint = 2 * cfg.unet.latent_channels + 1  # SD inpainting: [z_t (4), mask (1), masked-image latents (4)]
+    if conv_in is not None and conv_in.shape[1] == inpaint:
+        unet_cfg["in_channels"] = inpaint
+        log.info("%s is an inpainting checkpoint: its UNet takes %d channels (latents, mask, masked-image latents)",
+                 path.name, inpaint)
+    elif conv_in is not None and conv_in.shape[1] != cfg.unet.latent_channels:
+        raise BaseWeightsError(f"{path.name} has a {conv_in.shape[1]}-channel UNet input (an instruct model?); "
+                               f"use a standard ({cfg.unet.latent_channels}-channel) or inpainting ({inpaint}-channel) "
+                               "SD-1.5 checkpoint")
     unet = UNet2DConditionModel(**unet_cfg)
     _load_strict(unet, convert_ldm_unet_checkpoint(sd, unet_cfg), path.name, "UNet")
     vae_kw = cfg.vae.vae_kwargs()
@@ -261,9 +273,42 @@ def hf_clip_config(cfg: M2HConfig) -> HFCLIPVisionConfig:
                               hidden_act="quick_gelu")
 
 
-def load_clip_vision(path: str | os.PathLike, cfg: M2HConfig,
+# heads are not in the shapes: the published encoders by width (OpenAI ViT-B/L, OpenCLIP ViT-H/g/bigG)
+_CLIP_HEADS = {768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
+
+
+def clip_config_from_state_dict(sd: dict[str, torch.Tensor], cfg: M2HConfig | None = None) -> HFCLIPVisionConfig:
+    """transformers' CLIPVisionConfig of a transformers-layout CLIP image encoder, from its tensor shapes: width
+    from the patch embedding, patch size from its kernel, layers counted, image size from the position table,
+    projection from visual_projection. Heads (not in the shapes) from the published encoders by width, or
+    `cfg`'s for its own width; OpenCLIP encoders (ViT-H/g/bigG, width >= 1280) use GELU, OpenAI's quick GELU."""
+    patch = sd["vision_model.embeddings.patch_embedding.weight"]
+    width, p = patch.shape[0], patch.shape[-1]
+    layers = 1 + max(int(m[1]) for k in sd if (m := re.match(r"vision_model\.encoder\.layers\.(\d+)\.", k)))
+    positions = sd["vision_model.embeddings.position_embedding.weight"].shape[0]
+    side = round((positions - 1) ** 0.5)
+    proj = sd.get("visual_projection.weight")
+    fc1 = sd["vision_model.encoder.layers.0.mlp.fc1.weight"]
+    own = cfg is not None and cfg.clip.hidden_size == width
+    heads = cfg.clip.num_attention_heads if own else _CLIP_HEADS.get(width, max(1, width // 64))
+    return HFCLIPVisionConfig(hidden_size=width, intermediate_size=fc1.shape[0], num_hidden_layers=layers,
+                              num_attention_heads=heads, image_size=side * p, patch_size=p,
+                              projection_dim=proj.shape[0] if proj is not None else width,
+                              hidden_act="gelu" if width >= 1280 and not own else "quick_gelu")
+
+
+def clip_name(config: HFCLIPVisionConfig) -> str:
+    """"ViT-H/14", "ViT-L/14", ... or "CLIP width N" for an encoder config."""
+    from .public_weights import CLIP_WIDTHS
+
+    return CLIP_WIDTHS.get(config.hidden_size, f"CLIP width {config.hidden_size}")
+
+
+def load_clip_vision(path: str | os.PathLike, cfg: M2HConfig | None = None,
                      dtype: torch.dtype = torch.float32) -> CLIPVisionModelWithProjection:
-    """CLIP image encoder (ViT-L/14 for sd15) from a transformers-layout file or folder."""
+    """A CLIP image encoder from a transformers-layout file or folder, its architecture read from the file's
+    shapes (ViT-L/14 for the M2H model's clothing branch; ViT-H/14 for SD-1.5 IP-Adapters). cfg: the M2H model
+    it must fit (width and projection of `cfg.clip`); None accepts any. Logs which one it loaded."""
     path = Path(path)
     if path.is_dir():
         path = next((p for p in (path / "model.safetensors", path / "pytorch_model.bin") if p.exists()), path)
@@ -275,35 +320,61 @@ def load_clip_vision(path: str | os.PathLike, cfg: M2HConfig,
                                "(no vision_model.embeddings.patch_embedding.weight)")
     width = sd["vision_model.embeddings.patch_embedding.weight"].shape[0]
     proj = sd.get("visual_projection.weight")
-    if width != cfg.clip.hidden_size or proj is None or proj.shape[0] != cfg.clip.projection_dim:
+    if cfg is not None and (width != cfg.clip.hidden_size or proj is None
+                            or proj.shape[0] != cfg.clip.projection_dim):
+        from .public_weights import CLIP_WIDTHS
+
+        known = which_preset("clip", width) or CLIP_WIDTHS.get(width)
         raise BaseWeightsError(
-            f"{path.name} is a CLIP image encoder of width {width}"
-            f"{f' ({known})' if (known := which_preset('clip', width)) else ''}"
+            f"{path.name} is a CLIP image encoder of width {width}{f' ({known})' if known else ''}"
             f"{'' if proj is None else f' with a {proj.shape[0]}-d projection'}; this model needs width "
             f"{cfg.clip.hidden_size} with a {cfg.clip.projection_dim}-d projection (CLIP ViT-L/14 for SD-1.5)")
-    model = CLIPVisionModelWithProjection(hf_clip_config(cfg))
+    config = hf_clip_config(cfg) if cfg is not None else clip_config_from_state_dict(sd)
+    model = CLIPVisionModelWithProjection(config)
     sd.pop("vision_model.embeddings.position_ids", None)
     _load_strict(model, sd, path.name, "CLIP image encoder")
+    log.info("%s: CLIP %s image encoder (width %d, %d layers, %d-d projection)", path.name, clip_name(config),
+             config.hidden_size, config.num_hidden_layers, config.projection_dim)
     return model.to(dtype).eval().requires_grad_(False)
 
 
+def motion_state_dict(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """An AnimateDiff motion module's tensors in diffusers' MotionAdapter names (position tables dropped: they
+    are deterministic, and the adapter computes its own). Refuses SparseCtrl encoders and motion LoRAs."""
+    if not any("motion_modules" in k for k in sd):
+        raise BaseWeightsError(f"{name} is not an AnimateDiff motion module (no 'motion_modules' keys)")
+    if any(k.startswith(("controlnet_", "input_hint_block", "control_model.")) for k in sd):
+        raise BaseWeightsError(f"{name} is an AnimateDiff SparseCtrl encoder, not a motion module: give "
+                               "mm_sd_v15_v2.ckpt or v3_sd15_mm.ckpt (huggingface.co/guoyww/animatediff)")
+    if any("lora" in k for k in sd):
+        raise BaseWeightsError(f"{name} is an AnimateDiff LoRA, not a motion module: give mm_sd_v15_v2.ckpt or "
+                               "v3_sd15_mm.ckpt (huggingface.co/guoyww/animatediff)")
+    if any("temporal_transformer" in k or "attention_blocks" in k for k in sd):
+        sd = convert_animatediff_checkpoint_to_diffusers(sd)
+    return {k: v for k, v in sd.items() if "pos_encoder" not in k and not k.endswith("pos_embed.pe")}
+
+
+def motion_kwargs_for(sd: dict[str, torch.Tensor], cfg: M2HConfig) -> dict:
+    """MotionAdapter kwargs for this file: cfg's sizes, the mid block as the file has it (AnimateDiff v2: yes;
+    v3 and v1: no)."""
+    kw = cfg.unet.motion_kwargs()
+    kw["use_motion_mid_block"] = any(k.startswith("mid_block.") for k in sd)
+    return kw
+
+
 def load_motion_adapter(path: str | os.PathLike, cfg: M2HConfig) -> MotionAdapter:
-    """An AnimateDiff motion module (original layout, or diffusers' MotionAdapter layout)."""
+    """An AnimateDiff motion module (original layout: v1, v2 with its mid block, v3 without; or diffusers'
+    MotionAdapter layout). The mid block follows the file, whatever `cfg.unet.motion_mid_block` says
+    (`models.unet.build_unet` then writes the file's choice into the config)."""
     path = Path(path)
     if path.is_dir():
         return MotionAdapter.from_pretrained(path, local_files_only=True)
-    sd = read_state_dict(path)
-    if not any("motion_modules" in k for k in sd):
-        raise BaseWeightsError(f"{path.name} is not an AnimateDiff motion module (no 'motion_modules' keys)")
-    if any("temporal_transformer" in k or "attention_blocks" in k for k in sd):
-        sd = convert_animatediff_checkpoint_to_diffusers(sd)
-    adapter = MotionAdapter(**cfg.unet.motion_kwargs())
-    if not cfg.unet.motion_mid_block:
-        sd = {k: v for k, v in sd.items() if not k.startswith("mid_block")}
-    # The sinusoidal position tables (`pos_encoder.pe` in AnimateDiff files, dropped by diffusers' converter;
-    # absent from v1 files) are deterministic: the adapter's own `pos_embed.pe` for its max length is used.
-    sd = {k: v for k, v in sd.items() if "pos_encoder" not in k and not k.endswith("pos_embed.pe")}
+    sd = motion_state_dict(read_state_dict(path), path.name)
+    kw = motion_kwargs_for(sd, cfg)
+    adapter = MotionAdapter(**kw)
     _load_strict(adapter, sd, path.name, "motion module", optional=("pos_embed.pe",))
+    log.info("%s: AnimateDiff motion module %s", path.name,
+             "with a mid block (v2)" if kw["use_motion_mid_block"] else "without a mid block (v3/v1)")
     return adapter
 
 

@@ -46,7 +46,8 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditi
 
 def build_unet(cfg: M2HConfig, unet2d: UNet2DConditionModel | None = None,
                motion: MotionAdapter | None = None) -> nn.Module:
-    """The M2H UNet from an optional loaded 2-D UNet (random if None) and motion adapter (random if None)."""
+    """The M2H UNet from an optional loaded 2-D UNet (random if None) and motion adapter (random if None).
+    A given motion adapter sets `cfg.unet.motion_mid_block` (the file decides: AnimateDiff v3 has none)."""
     if unet2d is None:
         # Built like a loaded SD-1.5 UNet (z_t channels only) and then widened, so a random model starts with
         # zero weights on the clothing channels exactly as a loaded one does.
@@ -58,6 +59,9 @@ def build_unet(cfg: M2HConfig, unet2d: UNet2DConditionModel | None = None,
     if cfg.use_motion:
         if motion is None:
             motion = MotionAdapter(**cfg.unet.motion_kwargs())
+        # the loaded file decides whether there is a mid block (AnimateDiff v2: yes, v3: no); the config, saved
+        # with the model, must say what was built
+        cfg.unet.motion_mid_block = bool(motion.config.use_motion_mid_block)
         from ..base_weights import quiet_empty_fp32_notice
 
         with quiet_empty_fp32_notice():  # from_unet2d casts and diffusers warns with an empty list
