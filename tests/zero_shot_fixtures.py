@@ -62,3 +62,59 @@ def tiny_public(seed: int = 0, base: M2HConfig | None = None, variant: str = "fa
     gen = torch.Generator().manual_seed(seed + 40)
     text = torch.randn(2, 77, cfg.unet.cross_attention_dim, generator=gen)
     return TinyPublic(cfg, unet2d.eval(), vae.eval(), motion, controlnet.eval(), ip_file, text)
+
+
+def tiny_text_encoder(width: int, seed: int = 0):
+    """A tiny CLIP text encoder (transformers layout, as inside SD-1.5 single files under cond_stage_model.transformer)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    g = torch.random.fork_rng()
+    with g:
+        torch.manual_seed(seed)
+        return CLIPTextModel(CLIPTextConfig(vocab_size=100, hidden_size=width, num_hidden_layers=2,
+                                            num_attention_heads=1, intermediate_size=2 * width,
+                                            max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=98,
+                                            eos_token_id=99, pad_token_id=99)).eval()
+
+
+@dataclass
+class TinyPublicFiles:
+    base: str
+    motion: str
+    controlnet: str
+    ip_adapter: str
+    parts: TinyPublic
+    text_encoder: object
+
+
+def write_tiny_public_files(folder, seed: int = 0, lora: bool = True) -> TinyPublicFiles:
+    """The public files at tiny sizes in their real formats: an SD-1.5-layout single file with its text encoder,
+    an AnimateDiff motion module (original layout), a ControlNet (diffusers layout), an IP-Adapter FaceID `.bin`
+    (nested dict, with its LoRA keys for every attention layer)."""
+    from pathlib import Path
+
+    from tests.fixtures import motion_diffusers_to_original, save_state_dict, sd15_ldm_state_dict
+
+    folder = Path(folder)
+    p = tiny_public(seed)
+    sd = sd15_ldm_state_dict(p.unet2d, p.vae, seed)
+    sd = {k: v for k, v in sd.items() if not k.startswith("cond_stage_model.")}
+    te = tiny_text_encoder(p.cfg.unet.cross_attention_dim, seed + 50)
+    sd.update({"cond_stage_model.transformer.text_model." + k.removeprefix("text_model."): v
+               for k, v in te.state_dict().items()})
+    base = save_state_dict(sd, folder / "checkpoints" / "tiny_sd15.safetensors")
+    motion = save_state_dict(motion_diffusers_to_original(p.motion.state_dict()),
+                             folder / "animatediff_models" / "tiny_mm_v3.safetensors")
+    control = save_state_dict(p.controlnet.state_dict(), folder / "controlnet" / "tiny_openpose.safetensors")
+    ip = dict(p.ip_file["ip_adapter"])
+    if lora:
+        g = torch.Generator().manual_seed(seed + 60)
+        for i, name in enumerate(p.unet2d.attn_processors):
+            attn = p.unet2d.get_submodule(name.removesuffix(".processor"))
+            for proj, lin in (("to_q", attn.to_q), ("to_k", attn.to_k), ("to_v", attn.to_v), ("to_out", attn.to_out[0])):
+                ip[f"{i}.{proj}_lora.down.weight"] = torch.randn(4, lin.in_features, generator=g) * 0.1
+                ip[f"{i}.{proj}_lora.up.weight"] = torch.randn(lin.out_features, 4, generator=g) * 0.1
+    path = folder / "ipadapter" / "ip-adapter-faceid_tiny.bin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"image_proj": p.ip_file["image_proj"], "ip_adapter": ip}, str(path))
+    return TinyPublicFiles(str(base), str(motion), str(control), str(path), p, te)

@@ -100,16 +100,17 @@ class ZeroShotModel(nn.Module):
 
     unet: a diffusers `UNet2DConditionModel` or `UNetMotionModel` with `install_adapter` done (see `build`);
     controlnet: an SD-1.5 ControlNet (OpenPose) or None (no pose guidance); image_proj: models/faceid.py's module;
-    text: (2, T, D) the [positive; negative] prompt tokens (the loader's empty prompt; a host may pass its own)."""
+    text: (2, T, D) the [positive; negative] prompt tokens (the loader's empty prompt; a host may pass its own);
+    None when the base file has no text encoder (then every call must pass text)."""
 
     def __init__(self, cfg: M2HConfig, unet: nn.Module, controlnet: ControlNetModel | None, image_proj: nn.Module,
-                 text: torch.Tensor):
+                 text: torch.Tensor | None):
         super().__init__()
         self.cfg = cfg
         self.unet = unet
         self.controlnet = controlnet
         self.image_proj = image_proj
-        self.register_buffer("text", text.detach().clone(), persistent=False)
+        self.register_buffer("text", None if text is None else text.detach().clone(), persistent=False)
         self.kv_cache_bytes = 256 << 20
 
     @classmethod
@@ -126,16 +127,19 @@ class ZeroShotModel(nn.Module):
                 unet = UNetMotionModel.from_unet2d(unet2d, motion)
         procs = install_adapter(unet, cfg.adapter)
         load_ip_kv(procs, ip_kv or {})
-        if text is None:
-            raise ValueError("the zero-shot model needs text tokens (the base checkpoint's empty-prompt embedding)")
-        if text.shape[0] == 1:
+        if text is not None and text.shape[0] == 1:
             text = torch.cat([text, text])
         dtype = next(unet.parameters()).dtype
-        return cls(cfg, unet, controlnet, image_proj, text.to(dtype)).eval().requires_grad_(False)
+        return cls(cfg, unet, controlnet, image_proj, None if text is None else text.to(dtype)).eval().requires_grad_(
+            False)
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.unet.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
 
     # -- once per video -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -144,11 +148,11 @@ class ZeroShotModel(nn.Module):
         """(positive, negative) identity tokens (1, T, D): the projection of the embedding and of a zero embedding
         (with the CLIP hidden states of a zero image for the Plus variants), as IP-Adapter does."""
         p = self.image_proj
-        dt = self.dtype
-        arc = None if arcface is None else arcface.reshape(1, -1).to(self.text.device, dt)
-        pos = p(arc, None if clip_hidden is None else clip_hidden.to(self.text.device, dt))
+        dt, dev = self.dtype, self.device
+        arc = None if arcface is None else arcface.reshape(1, -1).to(dev, dt)
+        pos = p(arc, None if clip_hidden is None else clip_hidden.to(dev, dt))
         neg = p(None if arc is None else torch.zeros_like(arc),
-                None if clip_hidden_uncond is None else clip_hidden_uncond.to(self.text.device, dt))
+                None if clip_hidden_uncond is None else clip_hidden_uncond.to(dev, dt))
         return pos, neg
 
     def encode_conditions(self, pose_images: torch.Tensor, id_tokens: tuple[torch.Tensor, torch.Tensor],
@@ -156,9 +160,14 @@ class ZeroShotModel(nn.Module):
                           text: torch.Tensor | None = None) -> ZeroShotConditioning:
         """pose_images (N, 3, H, W) uint8 (or float in [0, 1]); id_tokens from `identity_tokens`;
         text: (2, T, D) [positive; negative] to use instead of the model's own."""
-        text = self.text if text is None else text.to(self.text.device, self.dtype)
+        if text is None and self.text is None:
+            raise InputError("no prompt tokens: the base checkpoint has no text encoder; connect positive and "
+                             "negative CONDITIONING (CLIP Text Encode) or use a full SD-1.5 checkpoint")
+        text = self.text if text is None else text.to(self.device, self.dtype)
+        if text.shape[0] == 1:
+            text = torch.cat([text, text])
         n = pose_images.shape[0]
-        pos, neg = (t.to(self.text.device, self.dtype) for t in id_tokens)
+        pos, neg = (t.to(self.device, self.dtype) for t in id_tokens)
         if classifier_free:
             text_b, ids = text[:2], torch.cat([pos, neg])
         else:
@@ -168,7 +177,7 @@ class ZeroShotModel(nn.Module):
         kv = PairedKV({}, (per_frame(text_b), per_frame(ids)), layers, classifier_free, self.kv_cache_bytes)
         if pose_images.dtype != torch.uint8:
             pose_images = (pose_images.clamp(0, 1) * 255).round().to(torch.uint8)
-        return ZeroShotConditioning(text_b, pose_images.to(self.text.device), kv, self.cfg.unet.latent_channels,
+        return ZeroShotConditioning(text_b, pose_images.to(self.device), kv, self.cfg.unet.latent_channels,
                                     float(pose_strength), float(identity_strength))
 
     # -- once per step ---------------------------------------------------------------------------------------

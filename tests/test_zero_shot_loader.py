@@ -1,0 +1,78 @@
+"""Loading the zero-shot pipeline from tiny public files in their real formats, and one sample through it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from m2h_core.inference.inputs import IdentityInputs, VideoInputs
+from m2h_core.inference.sampler import SamplerSettings
+from m2h_core.inference.zero_shot import ZeroShotModel, sample_zero_shot
+from m2h_core.inference.zero_shot_loader import PublicFiles, empty_prompt_tokens, load_zero_shot
+from m2h_core.models.faceid import build_image_projection
+from tests.zero_shot_fixtures import ip_kv_from_file, write_tiny_public_files
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_tiny_public_files(tmp_path_factory.mktemp("public"))
+
+
+def _files(f, **kw) -> PublicFiles:
+    return PublicFiles(base=f.base, ip_adapter=f.ip_adapter, motion=f.motion, controlnet=f.controlnet, **kw)
+
+
+def test_empty_prompt_tokens_are_the_text_encoders(files):
+    ids = torch.tensor([[98] + [99] * 76])
+    with torch.no_grad():
+        want = files.text_encoder(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(empty_prompt_tokens(files.base), want)
+
+
+@torch.no_grad()
+def test_loaded_pipeline_equals_the_parts_and_merges_the_lora(files):
+    p = files.parts
+    pipe = load_zero_shot(_files(files, lora_strength=0.0))
+    ref = ZeroShotModel.build(pipe.cfg, copy.deepcopy(p.unet2d), p.motion, p.controlnet,
+                              build_image_projection(p.ip_file["image_proj"], "faceid"),
+                              ip_kv_from_file(p.unet2d, p.ip_file["ip_adapter"]), pipe.model.text)
+    assert pipe.cfg.unet.motion_mid_block is False  # the file has no mid block (v3-like): read from it
+    g = torch.Generator().manual_seed(3)
+    h, w = pipe.cfg.latent_size
+    z = torch.randn(1, 4, 4, h, w, generator=g)
+    pose = torch.randint(0, 255, (4, 3, pipe.cfg.height, pipe.cfg.width), generator=g, dtype=torch.uint8)
+    arc = torch.nn.functional.normalize(torch.randn(512, generator=g), dim=0)
+    outs = []
+    for m in (pipe.model, ref):
+        cond = m.encode_conditions(pose, m.identity_tokens(arc), classifier_free=False)
+        outs.append(m.denoise(z, torch.tensor(400), cond))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+    merged = load_zero_shot(_files(files, lora_strength=0.5))
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
+    ip = torch.load(files.ip_adapter, weights_only=True)["ip_adapter"]
+    i = list(p.unet2d.attn_processors).index(name + ".processor")
+    delta = ip[f"{i}.to_k_lora.up.weight"] @ ip[f"{i}.to_k_lora.down.weight"]
+    w0 = p.unet2d.get_submodule(name).to_k.weight
+    torch.testing.assert_close(merged.model.unet.get_submodule(name).to_k.weight, w0 + 0.5 * delta)
+
+
+def test_sample_from_files(files):
+    pipe = load_zero_shot(_files(files))
+    h, w = pipe.cfg.height, pipe.cfg.width
+    n = 5
+    g = torch.Generator().manual_seed(0)
+    cloth = torch.zeros(n, h, w)
+    cloth[:, h // 2:] = 1
+    video = VideoInputs(torch.rand(n, 3, h, w, generator=g), cloth, torch.rand(n, 3, h, w, generator=g))
+    ident = IdentityInputs(torch.rand(3, h, w), torch.zeros(3, h, w), torch.nn.functional.normalize(
+        torch.randn(512, generator=g), dim=0))
+    res = sample_zero_shot(pipe, video, ident, 1 - cloth, SamplerSettings(steps=2, guidance_scale=3.0,
+                                                                          context_frames=4, context_overlap=1))
+    assert res.frames.shape == (n, 3, h, w) and torch.isfinite(res.frames).all()
+
+
+def test_missing_file_is_named(files, tmp_path):
+    with pytest.raises(ValueError, match="nothing.bin not found"):
+        load_zero_shot(PublicFiles(base=files.base, ip_adapter=str(tmp_path / "nothing.bin")))
