@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_doctor(doctor(a.models_dir)))
         return 0
     if a.command == "demo":
-        from .demo.run import DemoSettings, run_demo
+        from .demo.run import run_demo
+        from .demo.run import DemoSettings
 
         settings = DemoSettings.quick() if a.quick else DemoSettings()
         if a.train_vae:
@@ -169,10 +170,11 @@ def _generate(a) -> int:
     if a.zero_shot:
         return _generate_zero_shot(a)
     import torch
-    from transformers.utils import logging as hf_logging
 
     from .inference.generate import GenerateRequest, ModelFiles, generate
     from .inference.sampler import SamplerSettings
+
+    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" of the parsing model: noise to a user of this command
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, a.device, getattr(torch, DTYPES[a.precision]))
@@ -221,11 +223,12 @@ def _generate_zero_shot(a) -> int:
 
 def _batch(a) -> int:
     import torch
-    from transformers.utils import logging as hf_logging
 
     from .inference.batch import distributed, run_batch
     from .inference.generate import ModelFiles
     from .inference.sampler import SamplerSettings
+
+    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     state = distributed(cpu=a.device == "cpu")
@@ -262,7 +265,7 @@ class _ProgressBar:
             self.bar = tqdm(total=total, desc=self.desc, unit="step")
         self.bar.update(done - self.bar.n)
 
-    def __enter__(self) -> _ProgressBar:
+    def __enter__(self) -> "_ProgressBar":
         return self
 
     def __exit__(self, *exc) -> None:
