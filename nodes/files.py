@@ -26,6 +26,7 @@ FOLDERS = {
     "dwpose": ("dwpose", ONNX),
     "human_parsing": ("human_parsing", ONNX | {".safetensors", ".json"}),
     "insightface": ("insightface", ONNX),
+    "ipadapter": ("ipadapter", None),  # IP-Adapter files (shared with ComfyUI_IPAdapter_plus)
 }
 
 # Names always offered (so a shared workflow validates, and running it says where to get a missing file).
@@ -125,6 +126,8 @@ def options(source: str) -> list[str]:
                                                                                              "model_index.json")]
         elif source in ("clip_vision", "animatediff_models"):
             found = [NONE] + _files(source)
+        elif source in ("controlnet", "ipadapter", "loras"):  # the zero-shot loader's public files
+            found = {"controlnet": [NONE], "loras": ["auto", NONE]}.get(source, []) + _files(source)
         else:
             raise KeyError(source)
     except Exception as err:  # noqa: BLE001 - a broken folder must not break the node list

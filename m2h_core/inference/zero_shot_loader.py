@@ -122,7 +122,7 @@ def _text_state_dict(path: Path) -> dict[str, torch.Tensor]:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            return {k[len(TEXT_PREFIX):]: f.get_tensor(k) for k in f.keys() if k.startswith(TEXT_PREFIX)}
+            return {k[len(TEXT_PREFIX):]: f.get_tensor(k) for k in f.keys() if k.startswith(TEXT_PREFIX)}  # noqa: SIM118
     from ..base_weights import read_state_dict
 
     return {k[len(TEXT_PREFIX):]: v for k, v in read_state_dict(path).items() if k.startswith(TEXT_PREFIX)}
