@@ -76,3 +76,21 @@ def test_sample_from_files(files):
 def test_missing_file_is_named(files, tmp_path):
     with pytest.raises(ValueError, match="nothing.bin not found"):
         load_zero_shot(PublicFiles(base=files.base, ip_adapter=str(tmp_path / "nothing.bin")))
+
+
+def test_motion_v2_keeps_its_mid_block_v3_has_none(files, tmp_path):
+    """A v2 file (mid block) builds mid-block motion modules, a v3 file (none) does not: v3 is not read as v2."""
+    from dataclasses import replace
+
+    from tests.fixtures import build_motion_adapter, motion_diffusers_to_original, save_state_dict
+
+    cfg = files.parts.cfg
+    v2 = build_motion_adapter(replace(cfg, unet=replace(cfg.unet, motion_mid_block=True)), seed=5)
+    path = save_state_dict(motion_diffusers_to_original(v2.state_dict()), tmp_path / "tiny_mm_v2.safetensors")
+    for motion, mid in ((str(path), True), (files.motion, False)):
+        pipe = load_zero_shot(PublicFiles(base=files.base, ip_adapter=files.ip_adapter, motion=motion))
+        names = [n for n, _ in pipe.model.unet.named_modules() if n.startswith("mid_block.motion_modules")]
+        assert pipe.cfg.unet.motion_mid_block is mid and bool(names) is mid
+        if mid:  # the file's mid-block weights, not a fresh module
+            w = pipe.model.unet.mid_block.motion_modules[0].proj_in.weight
+            torch.testing.assert_close(w, v2.mid_block.motion_modules[0].proj_in.weight)
