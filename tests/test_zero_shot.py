@@ -185,3 +185,29 @@ def test_differential_mask_grows_with_the_steps():
     assert areas == sorted(areas) and areas[0] < areas[-1]
     assert float(blend.step_mask(3, 4)[..., 0]) == 0.0  # never where the mask is 0
     assert float(blend.step_mask(0, 4)[..., -1]) == 1.0  # the core from the first step
+
+
+def test_plusv2_reads_clip_of_the_face_crop(parts):
+    """FaceID-PlusV2 through the sampler: the face crop's CLIP ViT hidden states change the person, not the rest."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from m2h_core.models.faceid import ImageProjection
+
+    torch.manual_seed(0)
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                                          num_attention_heads=2, image_size=32, patch_size=8,
+                                                          projection_dim=32)).eval()
+    proj = ImageProjection("faceid_plusv2", dim=32, tokens=4, resampler={
+        "dim": 32, "depth": 2, "heads": 2, "head_dim": 16, "embedding_dim": 48, "output_dim": 32, "ff_inner": 64})
+    for p in proj.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    pipe, video, ident, mask = _pipe_and_inputs(parts, n=4)
+    pipe.model.image_proj = proj.eval()
+    pipe.encoders.clip = clip
+    settings = SamplerSettings(steps=2, guidance_scale=1.0, context_frames=4)
+    a = sample_zero_shot(pipe, video, ident, mask, settings, decode=False).latents
+    other = IdentityInputs(1 - ident.image, ident.landmarks, ident.arcface, face_box=(0.0, 0.0, 16.0, 16.0))
+    b = sample_zero_shot(pipe, video, other, mask, settings, decode=False).latents
+    keep = 1 - latent_mask(mask, parts.cfg.vae.downscale)
+    torch.testing.assert_close(a * keep, b * keep)
+    assert ((a - b) * (1 - keep)).abs().max() > 1e-3

@@ -388,7 +388,8 @@ def zero_shot() -> Graph:
     pose = g.add("M2HDWPose", (760, 560), (320, 300))
     g.link(comps, "images", pose, "frames")
     g.link(comps, "fps", pose, "fps")
-    head = g.add("M2HHeadEncoder", (760, 900), (320, 220))
+    # fit_photo: the zero-shot model reads only the ArcFace embedding and the face crop, which is larger unmoved
+    head = g.add("M2HHeadEncoder", (760, 900), (320, 220), placement="fit_photo")
     g.link(ident, "IMAGE", head, "identity")
     g.link(loader, "model", head, "model")
     g.link(pose, "keypoints", head, "pose")

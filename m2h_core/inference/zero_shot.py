@@ -347,20 +347,19 @@ class ZeroShotEncoders:
         return self.clip(pixel_values=x, output_hidden_states=True).hidden_states[-2]
 
 
-def face_crop(identity: IdentityInputs) -> torch.Tensor:
-    """The face of the placed identity image as a square crop (3, S, S) (IP-Adapter's face-crop CLIP input), from
-    the detected face box widened 1.5x; the whole image's centre square when no box is known."""
-    img = identity.image
-    h, w = img.shape[-2:]
-    if identity.face_box is not None:
-        x0, y0, x1, y1 = identity.face_box
+def face_crop(image: torch.Tensor, box: tuple[float, float, float, float] | None) -> torch.Tensor:
+    """A square crop (3, S, S) around the face box (x0, y0, x1, y1) widened 1.5x, of an image (3, H, W) in [0, 1]
+    (IP-Adapter's face-crop CLIP input); the image's centre square when no box is known."""
+    h, w = image.shape[-2:]
+    if box is not None:
+        x0, y0, x1, y1 = (float(v) for v in box[:4])
         cx, cy, s = (x0 + x1) / 2, (y0 + y1) / 2, 1.5 * max(x1 - x0, y1 - y0)
     else:
         cx, cy, s = w / 2, h / 2, min(h, w)
     s = max(2, min(round(s), h, w))
     left = int(min(max(round(cx - s / 2), 0), w - s))
     top = int(min(max(round(cy - s / 2), 0), h - s))
-    return img[:, top: top + s, left: left + s]
+    return image[:, top: top + s, left: left + s]
 
 
 # ------------------------------------------------------------------------------------------ the sampler
@@ -404,12 +403,13 @@ def sample_zero_shot(pipe: ZeroShotPipeline, video: VideoInputs, identity: Ident
                      text: torch.Tensor | None = None, progress: Callable[[int, int], None] | None = None,
                      cancel: Callable[[], bool] | None = None,
                      preview: Callable[[int, int, torch.Tensor], None] | None = None,
-                     decode: bool = True) -> SampleResult:
+                     decode: bool = True, face: torch.Tensor | None = None) -> SampleResult:
     """Generate the person inside `regen_mask` (N, H, W) of the video; outside it the source latents are kept.
 
     video: frames + pose images (its clothing masks are not used here: the regenerate mask already excludes the
     garment, and the garment lock finishes it after decoding); identity: its ArcFace embedding (FaceID) and its
-    face crop (Plus variants); text: (2, T, D) [positive; negative] tokens instead of the model's empty prompt."""
+    face crop (Plus variants: `face`, a (3, S, S) crop of the photo in [0, 1], else the face box of the placed
+    identity image); text: (2, T, D) [positive; negative] tokens instead of the model's empty prompt."""
     if mask_mode not in MASK_MODES:
         raise InputError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {mask_mode!r}")
     model, enc = pipe.model, pipe.encoders
@@ -422,7 +422,8 @@ def sample_zero_shot(pipe: ZeroShotPipeline, video: VideoInputs, identity: Ident
     with torch.no_grad():
         clip_pos = clip_neg = None
         if proj.needs_clip:
-            clip_pos, clip_neg = enc.clip_hidden(face_crop(identity)), enc.clip_hidden(None)
+            crop = face if face is not None else face_crop(identity.image, identity.face_box)
+            clip_pos, clip_neg = enc.clip_hidden(crop), enc.clip_hidden(None)
         ids = model.identity_tokens(identity.arcface if proj.needs_arcface else None, clip_pos, clip_neg)
         source = enc.encode(video.frames)[None]  # (1, N, c, h, w)
         cond = model.encode_conditions(video.pose_images, ids, classifier_free=settings.classifier_free,

@@ -17,7 +17,7 @@ import torch
 from . import inputs
 from .generate import GenerateReport, GenerateRequest, Preprocessors, detect_poses, read_sources, write_output
 from .sampler import SamplerSettings
-from .zero_shot import sample_zero_shot, simple_regen_mask, zero_shot_config
+from .zero_shot import face_crop, sample_zero_shot, simple_regen_mask, zero_shot_config
 from .zero_shot_loader import PublicFiles, load_zero_shot
 
 
@@ -54,7 +54,8 @@ def generate_zero_shot(files: PublicFiles, req: GenerateRequest, settings: Sampl
         raise inputs.InputError(f"{req.video}: no person region to redraw (the parser found no body outside the "
                                 "garment and the pose no head)")
     pipe = load_zero_shot(files, device, dtype)
+    photo = torch.from_numpy(chosen.photo).permute(2, 0, 1).float() / 255  # the face crop from the photo itself
     res = sample_zero_shot(pipe, video, ident, torch.from_numpy(regen), settings, mask_mode, progress=progress,
-                           decode=False)
+                           decode=False, face=face_crop(photo, chosen.face.bbox))
     written = write_output(res.latents, pipe.encoders, video, req, models, src.fps, notes)
     return GenerateReport(req.out, written, src.fps, w, h, src.notes + notes)
