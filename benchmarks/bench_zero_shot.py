@@ -10,7 +10,7 @@ regenerated). Step time: median gap between step callbacks (both timed alternate
 subprocess per run (models built, then the peak window reset). Ratios < 1 are better for ours. Prints figures;
 asserts nothing.
 
-    python benchmarks/bench_zero_shot.py --threads 1 [--size 128x64] [--frames 16 48] [--steps 3]
+    python benchmarks/bench_zero_shot.py --threads 1 [--size 128x64] [--frames 16 48] [--steps 3] [--batch-cfg on]
     python benchmarks/bench_zero_shot.py --seam --threads 1      (mask modes: seam energy at a feathered edge)
 
 --seam: latent_blend vs differential on one 16-frame video with a feathered regenerate mask (a 16 px linear ramp):
@@ -42,6 +42,7 @@ from m2h_core.models.faceid import build_image_projection
 from tests.zero_shot_fixtures import ip_kv_from_file, tiny_public
 
 CFG_SCALE, CONTEXT, OVERLAP = 6.0, 16, 4
+BATCH_CFG: bool | None = None  # --batch-cfg on|off: our SamplerSettings.batch_cfg (None: its default)
 
 
 def parts(preset: str, size: str | None):
@@ -92,7 +93,8 @@ def theirs(p, text_encoder, tokenizer, n: int):
 
 def run_ours(pipe, p, n, steps, on_step=None):
     video, ident, regen = inputs(p, n)
-    settings = SamplerSettings(steps=steps, guidance_scale=CFG_SCALE, context_frames=CONTEXT, context_overlap=OVERLAP)
+    settings = SamplerSettings(steps=steps, guidance_scale=CFG_SCALE, context_frames=CONTEXT, context_overlap=OVERLAP,
+                               **({} if BATCH_CFG is None else {"batch_cfg": BATCH_CFG}))
     cb = None if on_step is None else (lambda *_: on_step())
     return sample_zero_shot(pipe, video, ident, regen, settings, progress=cb)
 
@@ -133,7 +135,7 @@ def child(preset, size, n, steps, who):
 
 def memory(preset, size, n, steps, who):
     cmd = [sys.executable, __file__, "--child", str(n), "--who", who, "--preset", preset, "--steps", str(steps),
-           "--threads", str(torch.get_num_threads())] + (["--size", size] if size else [])
+           "--threads", str(torch.get_num_threads()), "--batch-cfg", {None: "default", True: "on", False: "off"}[BATCH_CFG]] + (["--size", size] if size else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return json.loads(out)
 
@@ -168,11 +170,15 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--seam", action="store_true", help="mask modes: seam energy at a feathered edge")
+    ap.add_argument("--batch-cfg", choices=("default", "on", "off"), default="default",
+                    help="our sampler's batch_cfg: CFG's two passes as one UNet call (on, as diffusers) or two (off)")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--who", default="ours", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    global BATCH_CFG
+    BATCH_CFG = {"default": None, "on": True, "off": False}[a.batch_cfg]
     if a.child:
         return child(a.preset, a.size, a.child, a.steps, a.who)
     if a.seam:
@@ -180,7 +186,7 @@ def main():
     p, tok, te = parts(a.preset, a.size)
     print(f"zero-shot vs diffusers AnimateDiffControlNetPipeline (+ IP-Adapter FaceID): {a.preset} sizes at "
           f"{p.cfg.height}x{p.cfg.width}, windows {CONTEXT}/{OVERLAP}, DDIM, CFG {CFG_SCALE}, {a.steps} steps, "
-          f"{torch.get_num_threads()} thread(s)")
+          f"{torch.get_num_threads()} thread(s), our batch_cfg {SamplerSettings(**({} if BATCH_CFG is None else {'batch_cfg': BATCH_CFG})).batch_cfg}")
     mine = ours(p, te, tok)
     for n in a.frames:
         pipe = theirs(p, te, tok, n)
