@@ -130,7 +130,12 @@ def _load_strict(module: torch.nn.Module, sd: dict, name: str, part: str, option
         raise BaseWeightsError(
             f"{name}: the {part} does not match the expected architecture: {len(missing)} missing "
             f"(e.g. {missing[:3]}), {len(wrong)} with another shape (e.g. {wrong[:2]}), {len(unexpected)} unexpected")
-    module.load_state_dict(sd, strict=False)
+    module.load_state_dict(sd, strict=False, assign=any(v.is_meta for v in sd.values()))
+
+
+def _device_of(sd: dict[str, torch.Tensor]) -> torch.device:
+    """Where to build the module for `sd`: the meta device for key tables (shapes only), else the CPU."""
+    return torch.device("meta") if any(v.is_meta for v in sd.values()) else torch.device("cpu")
 
 
 # -- which preset a base file belongs to (from tensor shapes, read from the file header before any model exists) --
@@ -206,9 +211,15 @@ def check_preset(shapes: dict[str, tuple[int, ...]], cfg: M2HConfig, name: str, 
                     if cfg.name == "tiny" else "")
             raise BaseWeightsError(
                 f"{who} is {preset_words(cfg)}, but {name} is "
-                f"{which_preset(part, shapes[key][0]) or 'a model of another size'} "
+                f"{which_preset(part, shapes[key][0]) or _known_encoder(part, shapes[key][0])} "
                 f"({_PART_WORDS[part]} width {shapes[key][0]}, {preset_words(cfg)} has {want[part]}): give the "
                 f"{'base model' if part != 'clip' else 'CLIP image encoder'} it was trained with{hint}")
+
+
+def _known_encoder(part: str, width: int) -> str:
+    from .public_weights import CLIP_WIDTHS
+
+    return f"CLIP {CLIP_WIDTHS[width]}" if part == "clip" and width in CLIP_WIDTHS else "a model of another size"
 
 
 def check_base_files(cfg: M2HConfig, base: str | os.PathLike | None = None,
@@ -246,23 +257,31 @@ def load_sd15(path: str | os.PathLike, cfg: M2HConfig,
     sd = read_state_dict(path)
     _check_family(sd, cfg, path.name)
     check_preset({k: tuple(sd[k].shape) for k in (UNET_CONV_IN, VAE_CONV_IN) if k in sd}, cfg, f"the base {path.name}")
-    unet_cfg = base_unet_config(cfg)
-    conv_in = sd.get("model.diffusion_model.input_blocks.0.0.weight")
-    inpaint = 2 * cfg.unet.latent_channels + 1  # SD inpainting: [z_t (4), mask (1), masked-image latents (4)]
-    if conv_in is not None and conv_in.shape[1] == inpaint:
-        unet_cfg["in_channels"] = inpaint
-        log.info("%s is an inpainting checkpoint: its UNet takes %d channels (latents, mask, masked-image latents)",
-                 path.name, inpaint)
-    elif conv_in is not None and conv_in.shape[1] != cfg.unet.latent_channels:
-        raise BaseWeightsError(f"{path.name} has a {conv_in.shape[1]}-channel UNet input (an instruct model?); "
-                               f"use a standard ({cfg.unet.latent_channels}-channel) or inpainting ({inpaint}-channel) "
-                               "SD-1.5 checkpoint")
-    unet = UNet2DConditionModel(**unet_cfg)
-    _load_strict(unet, convert_ldm_unet_checkpoint(sd, unet_cfg), path.name, "UNet")
+    unet = unet_from_ldm(sd, cfg, path.name)
     vae_kw = cfg.vae.vae_kwargs()
     vae = AutoencoderKL(**vae_kw)
     _load_strict(vae, convert_ldm_vae_checkpoint(sd, vae_kw), path.name, "VAE")
     return torch.nn.Module.to(unet, dtype), torch.nn.Module.to(vae, dtype)  # no diffusers cast warning
+
+
+def unet_from_ldm(sd: dict[str, torch.Tensor], cfg: M2HConfig, name: str) -> UNet2DConditionModel:
+    """The 2-D UNet of an LDM-layout state dict (`model.diffusion_model.*`), 4 input channels or 9 (inpainting:
+    latents, mask, masked-image latents); built on the meta device when `sd` holds meta tensors (key tables)."""
+    unet_cfg = base_unet_config(cfg)
+    conv_in = sd.get(UNET_CONV_IN)
+    inpaint = 2 * cfg.unet.latent_channels + 1
+    if conv_in is not None and conv_in.shape[1] == inpaint:
+        unet_cfg["in_channels"] = inpaint
+        log.info("%s is an inpainting checkpoint: its UNet takes %d channels (latents, mask, masked-image latents)",
+                 name, inpaint)
+    elif conv_in is not None and conv_in.shape[1] != cfg.unet.latent_channels:
+        raise BaseWeightsError(f"{name} has a {conv_in.shape[1]}-channel UNet input (an instruct model?); "
+                               f"use a standard ({cfg.unet.latent_channels}-channel) or inpainting ({inpaint}-channel) "
+                               "SD-1.5 checkpoint")
+    with _device_of(sd):
+        unet = UNet2DConditionModel(**unet_cfg)
+    _load_strict(unet, convert_ldm_unet_checkpoint(sd, unet_cfg), name, "UNet")
+    return unet
 
 
 def hf_clip_config(cfg: M2HConfig) -> HFCLIPVisionConfig:
@@ -304,6 +323,29 @@ def clip_name(config: HFCLIPVisionConfig) -> str:
     return CLIP_WIDTHS.get(config.hidden_size, f"CLIP width {config.hidden_size}")
 
 
+def clip_from_state_dict(sd: dict[str, torch.Tensor], cfg: M2HConfig | None, name: str
+                         ) -> CLIPVisionModelWithProjection:
+    """The encoder of a transformers-layout state dict: `cfg`'s architecture (refused, naming the encoder, if the
+    file is another one) or, with cfg None, the file's own; on the meta device for key tables."""
+    width = sd["vision_model.embeddings.patch_embedding.weight"].shape[0]
+    proj = sd.get("visual_projection.weight")
+    if cfg is not None and (width != cfg.clip.hidden_size or proj is None
+                            or proj.shape[0] != cfg.clip.projection_dim):
+        from .public_weights import CLIP_WIDTHS
+
+        known = which_preset("clip", width) or CLIP_WIDTHS.get(width)
+        raise BaseWeightsError(
+            f"{name} is a CLIP image encoder of width {width}{f' ({known})' if known else ''}"
+            f"{'' if proj is None else f' with a {proj.shape[0]}-d projection'}; this model needs width "
+            f"{cfg.clip.hidden_size} with a {cfg.clip.projection_dim}-d projection (CLIP ViT-L/14 for SD-1.5)")
+    config = hf_clip_config(cfg) if cfg is not None else clip_config_from_state_dict(sd)
+    with _device_of(sd):
+        model = CLIPVisionModelWithProjection(config)
+    sd = {k: v for k, v in sd.items() if k != "vision_model.embeddings.position_ids"}
+    _load_strict(model, sd, name, "CLIP image encoder")
+    return model
+
+
 def load_clip_vision(path: str | os.PathLike, cfg: M2HConfig | None = None,
                      dtype: torch.dtype = torch.float32) -> CLIPVisionModelWithProjection:
     """A CLIP image encoder from a transformers-layout file or folder, its architecture read from the file's
@@ -318,21 +360,8 @@ def load_clip_vision(path: str | os.PathLike, cfg: M2HConfig | None = None,
     if "vision_model.embeddings.patch_embedding.weight" not in sd:
         raise BaseWeightsError(f"{path.name} is not a CLIP image encoder in the transformers layout "
                                "(no vision_model.embeddings.patch_embedding.weight)")
-    width = sd["vision_model.embeddings.patch_embedding.weight"].shape[0]
-    proj = sd.get("visual_projection.weight")
-    if cfg is not None and (width != cfg.clip.hidden_size or proj is None
-                            or proj.shape[0] != cfg.clip.projection_dim):
-        from .public_weights import CLIP_WIDTHS
-
-        known = which_preset("clip", width) or CLIP_WIDTHS.get(width)
-        raise BaseWeightsError(
-            f"{path.name} is a CLIP image encoder of width {width}{f' ({known})' if known else ''}"
-            f"{'' if proj is None else f' with a {proj.shape[0]}-d projection'}; this model needs width "
-            f"{cfg.clip.hidden_size} with a {cfg.clip.projection_dim}-d projection (CLIP ViT-L/14 for SD-1.5)")
-    config = hf_clip_config(cfg) if cfg is not None else clip_config_from_state_dict(sd)
-    model = CLIPVisionModelWithProjection(config)
-    sd.pop("vision_model.embeddings.position_ids", None)
-    _load_strict(model, sd, path.name, "CLIP image encoder")
+    model = clip_from_state_dict(sd, cfg, path.name)
+    config = model.config
     log.info("%s: CLIP %s image encoder (width %d, %d layers, %d-d projection)", path.name, clip_name(config),
              config.hidden_size, config.num_hidden_layers, config.projection_dim)
     return model.to(dtype).eval().requires_grad_(False)
@@ -369,12 +398,19 @@ def load_motion_adapter(path: str | os.PathLike, cfg: M2HConfig) -> MotionAdapte
     path = Path(path)
     if path.is_dir():
         return MotionAdapter.from_pretrained(path, local_files_only=True)
-    sd = motion_state_dict(read_state_dict(path), path.name)
-    kw = motion_kwargs_for(sd, cfg)
-    adapter = MotionAdapter(**kw)
-    _load_strict(adapter, sd, path.name, "motion module", optional=("pos_embed.pe",))
-    log.info("%s: AnimateDiff motion module %s", path.name,
-             "with a mid block (v2)" if kw["use_motion_mid_block"] else "without a mid block (v3/v1)")
+    adapter = motion_adapter_from_state_dict(read_state_dict(path), cfg, path.name)
+    log.info("%s: AnimateDiff motion module %s", path.name, "with a mid block (v2)"
+             if adapter.config.use_motion_mid_block else "without a mid block (v3/v1)")
+    return adapter
+
+
+def motion_adapter_from_state_dict(sd: dict[str, torch.Tensor], cfg: M2HConfig, name: str) -> MotionAdapter:
+    """The MotionAdapter of a motion-module state dict (either layout), its mid block as the file has it; on the
+    meta device for key tables."""
+    sd = motion_state_dict(sd, name)
+    with _device_of(sd):
+        adapter = MotionAdapter(**motion_kwargs_for(sd, cfg))
+    _load_strict(adapter, sd, name, "motion module", optional=("pos_embed.pe",))
     return adapter
 
 

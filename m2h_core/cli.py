@@ -120,12 +120,22 @@ def main(argv: list[str] | None = None) -> int:
     _add_batch(sub)
     d = sub.add_parser("doctor", help="list every model file the pack can use and where it looked")
     d.add_argument("--models-dir", action="append", default=[])
+    d.add_argument("--check", nargs="+", default=None, metavar="FILE",
+                   help="only say what these weight files are and whether their headers match the published layout")
     a = ap.parse_args(argv)
     if a.command in ("generate", "batch") and not a.checkpoint and not getattr(a, "zero_shot", False):
         ap.error("the following arguments are required: --checkpoint (or --zero-shot with public files)")
     if a.command == "doctor":
         from .preprocess.model_files import doctor, format_doctor
+        from .public_doctor import check_file, format_public_report, scan_public_files
+
+        if a.check:
+            for f in a.check:
+                print(f"{f}: {check_file(f).note}")
+            return 0
         print(format_doctor(doctor(a.models_dir)))
+        print()
+        print(format_public_report(scan_public_files(a.models_dir)))
         return 0
     if a.command == "demo":
         from .demo.run import run_demo

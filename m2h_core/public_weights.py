@@ -198,16 +198,15 @@ def _motion_info(sd: dict, name: str) -> PublicFile:
                                 k))}
     has_mid = any(k.startswith("mid_block.") for k in sd)
     pe = next((v.shape[1] for k, v in sd.items() if k.endswith("pos_encoder.pe")), None)
-    if len(widths) == 3 or widths.get(0) is not None and len(widths) != 4:
-        return PublicFile(name, "motion_module", "sdxl" if len(widths) == 3 else f"{len(widths)}-level", "sdxl"
-                          if len(widths) == 3 else "", f"a motion module for a {len(widths)}-level UNet "
-                          f"({'SDXL' if len(widths) == 3 else 'not SD-1.5'})")
+    if len(widths) == 3:  # SDXL's UNet has 3 levels (mm_sdxl_v10_beta, HotShot-XL)
+        return PublicFile(name, "motion_module", "sdxl", "sdxl", "an SDXL motion module (3 UNet levels)")
+    base = "sd15" if len(widths) == 4 else ""  # tiny test modules: base unknown, checked when loaded
     if any("lora" in k for k in sd):
-        return PublicFile(name, "lora", "motion_lora", "sd15", "an AnimateDiff motion LoRA")
+        return PublicFile(name, "lora", "motion_lora", base, "an AnimateDiff motion LoRA")
     variant = "v2" if has_mid else ("v1" if pe == 24 else "v3")
     words = {"v2": "AnimateDiff v2 motion module (mid block)", "v3": "AnimateDiff v3 motion module (no mid block)",
              "v1": "AnimateDiff v1 motion module (no mid block, 24 positions)"}[variant]
-    return PublicFile(name, "motion_module", variant, "sd15", words)
+    return PublicFile(name, "motion_module", variant, base, words)
 
 
 def identify(path: str | os.PathLike, header: dict[str, torch.Tensor] | None = None) -> PublicFile:
@@ -226,7 +225,8 @@ def identify(path: str | os.PathLike, header: dict[str, torch.Tensor] | None = N
         lora = any(_LORA_RE.match(k) for k in ip)
         return PublicFile(name, "ip_adapter", variant, base, f"{IP_WORDS[variant]} for "
                           f"{BASE_WORDS.get(base, 'an unknown base')}{' with its LoRA inside' if lora else ''}")
-    if any(k.startswith("model.diffusion_model.") for k in keys):
+    if any(k.startswith("model.diffusion_model.") for k in keys) and not any(k.startswith("control_model.")
+                                                                            for k in keys):
         from .base_weights import UNET_CONV_IN, identify_checkpoint
 
         base = identify_checkpoint(sd)
@@ -370,7 +370,8 @@ def ip_adapter_from_state_dict(sd: dict[str, torch.Tensor], name: str = "ip-adap
         base = CROSS_WIDTH_BASE.get(kv0.shape[1])
         raise PublicWeightsError(
             f"{name} is an {IP_WORDS[variant]} for {BASE_WORDS.get(base, f'a {kv0.shape[1]}-wide context')} (K/V "
-            f"input {kv0.shape[1]}, this UNet's is {ctx}): use its _sd15 version from {H94}")
+            f"input {kv0.shape[1]}, this UNet's is {ctx}): use its _sd15 version from "
+            f"{H94_FACEID if variant in FACEID_VARIANTS else H94}")
     kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     lora: dict[str, torch.Tensor] = {}
     bad: list[str] = []
@@ -467,7 +468,8 @@ def controlnet_to_diffusers(sd: dict[str, torch.Tensor], config: dict) -> dict[s
     return convert_controlnet_checkpoint(sd, config)
 
 
-def check_controlnet(info: PublicFile, sd: dict, want_base: str = "sd15") -> None:
+def check_controlnet(info: PublicFile, want_base: str = "sd15") -> None:
+    """A ControlNet for `want_base`, not a SparseCtrl encoder or another file; else one line with the fix."""
     if info.family == "sparsectrl":
         raise PublicWeightsError(f"{info.name} is an AnimateDiff SparseCtrl encoder, not a ControlNet: give "
                                  f"{OPENPOSE_FILE} ({OPENPOSE_SOURCE})")
@@ -483,23 +485,31 @@ def load_controlnet(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     """An SD-1.5 ControlNet (1.1 `.pth`/`.safetensors` with or without `control_model.`, or diffusers layout) as
     diffusers' ControlNetModel, built from an in-code config (no hub access). cfg: an M2HConfig whose UNet the
     ControlNet mirrors (None: SD-1.5)."""
-    from diffusers import ControlNetModel
-
-    from .base_weights import BaseWeightsError, _load_strict
-
     path = Path(path)
     sd = read_tensors(path)
     info = identify(path, sd)
-    check_controlnet(info, sd, want_base="sd15" if cfg is None or cfg.base_model == "sd15" else info.base)
+    check_controlnet(info, want_base="sd15" if cfg is None or cfg.base_model == "sd15" else info.base)
     if info.variant not in ("openpose", "unknown"):
         log.info("%s is a %s ControlNet (by its name), not OpenPose", path.name, info.variant)
+    model = controlnet_from_state_dict(sd, cfg, path.name)
+    return torch.nn.Module.to(model, dtype).eval().requires_grad_(False)
+
+
+def controlnet_from_state_dict(sd: dict[str, torch.Tensor], cfg=None, name: str = "ControlNet"):
+    """diffusers ControlNetModel of a ControlNet state dict in any layout (hint widths from the file, the rest
+    from `cfg`'s UNet; None: SD-1.5), strict on keys and shapes; on the meta device for key tables."""
+    from diffusers import ControlNetModel
+
+    from .base_weights import BaseWeightsError, _device_of, _load_strict
+
     config = controlnet_config(cfg, controlnet_hint_channels(sd))
-    model = ControlNetModel(**config)
+    with _device_of(sd):
+        model = ControlNetModel(**config)
     try:
-        _load_strict(model, controlnet_to_diffusers(sd, config), path.name, "ControlNet")
+        _load_strict(model, controlnet_to_diffusers(sd, config), name, "ControlNet")
     except BaseWeightsError as e:
         raise PublicWeightsError(str(e)) from None
-    return torch.nn.Module.to(model, dtype).eval().requires_grad_(False)
+    return model
 
 
 # -- LoRA ------------------------------------------------------------------------------------------------------
@@ -643,13 +653,13 @@ def check_public_files(*, base=None, motion=None, controlnet=None, ip_adapter=No
         if f.family == "sparsectrl":
             raise PublicWeightsError(f"{f.name} is an AnimateDiff SparseCtrl encoder, not a motion module: give "
                                      f"mm_sd_v15_v2.ckpt or v3_sd15_mm.ckpt ({MOTION_SOURCE})")
-        if f.family != "motion_module" or f.base != "sd15":
+        if f.family != "motion_module" or f.base not in ("sd15", ""):
             raise PublicWeightsError(f"{f.name} is {f.words}, not an SD-1.5 AnimateDiff motion module: give "
                                      f"mm_sd_v15_v2.ckpt or v3_sd15_mm.ckpt in models/animatediff_models "
                                      f"({MOTION_SOURCE})")
     if "controlnet" in found:
         f = found["controlnet"]
-        check_controlnet(f, headers["controlnet"])
+        check_controlnet(f)
         if f.variant not in ("openpose", "unknown"):
             warnings.warn(f"{f.name} is a {f.variant} ControlNet (by its name), not OpenPose: the pose images "
                           f"drive it as its hint", stacklevel=2)
@@ -679,7 +689,7 @@ def _check_ip_partners(found: dict[str, PublicFile], headers: dict[str, dict]) -
     if f.family != "ip_adapter":
         raise PublicWeightsError(f"{f.name} is {f.words}, not an IP-Adapter: put ip-adapter-faceid-plusv2_sd15.bin "
                                  f"in models/ipadapter ({H94_FACEID})")
-    if f.base != "sd15":
+    if f.base not in ("sd15", ""):  # "": a width no published base has (tiny test files); checked when mapped
         raise PublicWeightsError(f"{f.name} is {f.words} (K/V width "
                                  f"{ {'sdxl': 2048, 'sd2': 1024}.get(f.base, '?')}, SD-1.5 has 768): use its _sd15 "
                                  f"version ({H94_FACEID if f.variant in FACEID_VARIANTS else H94})")

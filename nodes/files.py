@@ -6,6 +6,8 @@ Folders the pack adds under ComfyUI/models (also settable in extra_model_paths.y
   dwpose/              yolox_l.onnx, dw-ll_ucoco_384.onnx
   human_parsing/       segformer_b2_clothes/ (folder), parsing_atr.onnx, parsing_lip.onnx
   insightface/         models/antelopev2/ or models/buffalo_l/ (shared with IPAdapter / InstantID / PuLID)
+  ipadapter/           IP-Adapter files, .bin or .safetensors (shared with ComfyUI_IPAdapter_plus)
+The public SD-1.5 files also come from ComfyUI's own checkpoints/, controlnet/, loras/ and clip_vision/.
 `folder_paths` is imported inside the functions, so this module imports without ComfyUI.
 """
 
@@ -39,6 +41,8 @@ CANONICAL = {
 }
 NONE = "none"
 DIFFUSERS_PREFIX = "diffusers/"
+# dropdowns of the public SD-1.5 files (zero-shot mode): ComfyUI's own folders plus the pack's `ipadapter`
+PUBLIC_SOURCES = ("ipadapter", "controlnet", "loras")
 
 
 def register_folders() -> None:
@@ -186,7 +190,8 @@ def not_in_message(key: str, name: str) -> str:
     try:
         there = [n for n in options(source) if n != NONE] if source in ("m2hvideo", "base", "clip_vision",
                                                                          "animatediff_models", "human_parsing",
-                                                                         "insightface", "dwpose_det") else []
+                                                                         "insightface", "dwpose_det",
+                                                                         *PUBLIC_SOURCES) else []
     except Exception:  # noqa: BLE001 - the message must not fail
         there = []
     listing = ", ".join(there[:20]) + (f" (+{len(there) - 20} more)" if len(there) > 20 else "") if there else \

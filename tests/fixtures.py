@@ -6,14 +6,14 @@ writes them under the key names the real files use:
 
 - `write_sd15_single_file`: an SD-1.5 single-file checkpoint with the original LDM names
   (`model.diffusion_model.input_blocks.…`, `first_stage_model.encoder.…`, a few `cond_stage_model.transformer.…`),
-  produced by inverting diffusers' own LDM -> diffusers conversion (`DIFFUSERS_TO_LDM_MAPPING` plus the
-  resnet / attention renames of `convert_ldm_unet_checkpoint` / `convert_ldm_vae_checkpoint`);
+  produced by `m2h_core.public_layouts.unet_to_ldm` (the inverse of diffusers' `convert_ldm_unet_checkpoint`) and
+  `vae_diffusers_to_ldm` (the inverse of `convert_ldm_vae_checkpoint`);
 - `write_sdxl_like_file` / `write_sd2_like_file`: the same layout with the other families' tell-tale keys/widths;
 - `write_clip_vision`: a transformers `CLIPVisionModelWithProjection` state dict (`vision_model.*`,
   `visual_projection.weight`), as ComfyUI's `models/clip_vision` files;
 - `write_motion_module`: an AnimateDiff motion module in the ORIGINAL layout (`…motion_modules.0.temporal_transformer.
   transformer_blocks.0.attention_blocks.0.to_q.weight`, `norms.0`, `ff_norm`, `attention_blocks.N.pos_encoder.pe`),
-  produced by inverting `convert_animatediff_checkpoint_to_diffusers`;
+  produced by `m2h_core.public_layouts.motion_to_original` (inverse of `convert_animatediff_checkpoint_to_diffusers`);
 - `write_m2h_checkpoint`: an M2H checkpoint through the package's own `save_checkpoint`.
 
 A path ending in `.safetensors` is written with safetensors, anything else (`.ckpt`, `.pt`) with `torch.save` of a
@@ -35,6 +35,8 @@ from transformers import CLIPVisionModelWithProjection
 
 from m2h_core.base_weights import base_unet_config, hf_clip_config
 from m2h_core.config import M2HConfig
+from m2h_core.public_layouts import motion_to_original as motion_diffusers_to_original
+from m2h_core.public_layouts import unet_to_ldm as unet_diffusers_to_ldm
 
 # -- generic helpers ---------------------------------------------------------------------------------------------
 
@@ -71,56 +73,7 @@ def _seeded(seed: int):
 
 # -- SD-1.5 single file (LDM layout) ------------------------------------------------------------------------------
 
-_UNET_RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0",
-                       "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
 _VAE_ATTN_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def _resnet_tail(tail: str) -> str:
-    head, _, rest = tail.partition(".")
-    if head == "conv_shortcut":
-        return f"skip_connection.{rest}"
-    for d, ldm in _UNET_RESNET_TO_LDM.items():
-        if tail.startswith(d + "."):
-            return ldm + tail[len(d):]
-    raise KeyError(f"unknown resnet parameter {tail}")
-
-
-def unet_diffusers_to_ldm(sd: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
-    """Inverse of diffusers' `convert_ldm_unet_checkpoint` for SD-1.x-style UNets (keys without the LDM prefix)."""
-    lpb = config["layers_per_block"]
-    up_has_attn = {i: "CrossAttn" in t for i, t in enumerate(config["up_block_types"])}
-    direct = {d: ldm for d, ldm in DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"].items()}
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        if k in direct:
-            out[direct[k]] = v
-            continue
-        if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", k):
-            b, j, tail = int(m[1]), int(m[2]), m[3]
-            out[f"input_blocks.{1 + b * (lpb + 1) + j}.0.{_resnet_tail(tail)}"] = v
-        elif m := re.fullmatch(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", k):
-            b, j, tail = int(m[1]), int(m[2]), m[3]
-            out[f"input_blocks.{1 + b * (lpb + 1) + j}.1.{tail}"] = v
-        elif m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", k):
-            b, tail = int(m[1]), m[2]
-            out[f"input_blocks.{1 + b * (lpb + 1) + lpb}.0.op.{tail}"] = v
-        elif m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", k):
-            out[f"middle_block.{2 * int(m[1])}.{_resnet_tail(m[2])}"] = v
-        elif m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", k):
-            out[f"middle_block.1.{m[1]}"] = v
-        elif m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)", k):
-            b, j, tail = int(m[1]), int(m[2]), m[3]
-            out[f"output_blocks.{b * (lpb + 1) + j}.0.{_resnet_tail(tail)}"] = v
-        elif m := re.fullmatch(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.+)", k):
-            b, j, tail = int(m[1]), int(m[2]), m[3]
-            out[f"output_blocks.{b * (lpb + 1) + j}.1.{tail}"] = v
-        elif m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", k):
-            b, tail = int(m[1]), m[2]
-            out[f"output_blocks.{b * (lpb + 1) + lpb}.{2 if up_has_attn[b] else 1}.conv.{tail}"] = v
-        else:
-            raise KeyError(f"no LDM name for UNet key {k}")
-    return out
 
 
 def vae_diffusers_to_ldm(sd: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
@@ -235,33 +188,6 @@ def write_clip_vision(path: str | os.PathLike, cfg: M2HConfig, seed: int = 0) ->
 
 # -- AnimateDiff motion module (original layout) -----------------------------------------------------------------
 
-_MOTION_BLOCK_TO_ORIGINAL = {"attn1": "attention_blocks.0", "attn2": "attention_blocks.1", "norm1": "norms.0",
-                             "norm2": "norms.1", "norm3": "ff_norm"}
-
-
-def motion_diffusers_to_original(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of diffusers' `convert_animatediff_checkpoint_to_diffusers` (AnimateDiff's own key names).
-
-    The sinusoidal table `transformer_blocks.N.pos_embed.pe` becomes `attention_blocks.{0,1}.pos_encoder.pe`,
-    one per attention block, as in mm_sd_v15_v2.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for k, v in sd.items():
-        m = re.fullmatch(r"(.+\.motion_modules\.\d+)\.(.+)", k)
-        if m is None:
-            raise KeyError(f"not a motion-module key: {k}")
-        prefix, rest = m[1] + ".temporal_transformer", m[2]
-        b = re.fullmatch(r"(transformer_blocks\.\d+)\.([^.]+)\.(.+)", rest)
-        if b is not None and b[2] == "pos_embed":
-            for i in (0, 1):
-                out[f"{prefix}.{b[1]}.attention_blocks.{i}.pos_encoder.{b[3]}"] = v.clone()
-            continue
-        if b is not None and b[2] in _MOTION_BLOCK_TO_ORIGINAL:
-            rest = f"{b[1]}.{_MOTION_BLOCK_TO_ORIGINAL[b[2]]}.{b[3]}"
-        out[f"{prefix}.{rest}"] = v
-    return out
-
-
 def build_motion_adapter(cfg: M2HConfig, seed: int = 0) -> MotionAdapter:
     with _seeded(seed):
         adapter = MotionAdapter(**cfg.unet.motion_kwargs())
@@ -273,6 +199,34 @@ def write_motion_module(path: str | os.PathLike, cfg: M2HConfig, seed: int = 0) 
     adapter = build_motion_adapter(cfg, seed)
     save_state_dict(motion_diffusers_to_original(adapter.state_dict()), path)
     return adapter
+
+
+# -- public files: real headers without the data -----------------------------------------------------------------
+
+
+def write_header_only(path: str | os.PathLike, table: dict[str, torch.Tensor]) -> Path:
+    """A .safetensors file with `table`'s real header (names, shapes, dtypes, offsets as the safetensors library
+    writes them) and a sparse, unwritten data section of the right size: a public file's header at its real size
+    without its memory (`m2h_core.public_layouts` makes the tables)."""
+    import json
+
+    from m2h_core.public_layouts import safetensors_bytes
+
+    names = {torch.float16: "F16", torch.float32: "F32", torch.bfloat16: "BF16"}
+    header, off = {}, 0
+    for k in sorted(table, key=lambda k: (-table[k].element_size(), k)):
+        n = table[k].numel() * table[k].element_size()
+        header[k] = {"dtype": names[table[k].dtype], "shape": list(table[k].shape), "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((-len(raw)) % 8)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        f.truncate(8 + len(raw) + off)
+    assert path.stat().st_size == safetensors_bytes(table)
+    return path
 
 
 # -- M2H checkpoint ----------------------------------------------------------------------------------------------

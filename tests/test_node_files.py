@@ -124,3 +124,23 @@ def test_missing_names_say_where_to_put_them(models):
 def test_check_name_keeps_plain_names():
     assert files.check_name("insightface", "antelopev2") == "antelopev2"
     assert files.check_name("human_parsing", "segformer_b2_clothes") == "segformer_b2_clothes"
+
+
+def test_ipadapter_folder_and_public_file_dropdowns(models):
+    """The pack registers models/ipadapter (ComfyUI_IPAdapter_plus's folder); the public files' dropdowns list
+    ComfyUI's controlnet / loras folders too."""
+    import folder_paths
+
+    assert "ipadapter" in folder_paths.folder_names_and_paths
+    (models / "ipadapter").mkdir()
+    (models / "ipadapter" / "ip-adapter-faceid-plusv2_sd15.bin").write_bytes(b"x")
+    folder_paths.folder_names_and_paths["controlnet"] = ([str(models / "controlnet")], {".safetensors", ".pth"})
+    (models / "controlnet").mkdir()
+    (models / "controlnet" / "control_v11p_sd15_openpose_fp16.safetensors").write_bytes(b"x")
+    assert files.options("ipadapter") == ["ip-adapter-faceid-plusv2_sd15.bin"]
+    assert files.options("controlnet") == [files.NONE, "control_v11p_sd15_openpose_fp16.safetensors"]
+    assert files.options("loras") == ["auto", files.NONE]  # not registered in this stand-in: no files, no error
+    assert files.resolve("ipadapter", "ip-adapter-faceid-plusv2_sd15.bin") == str(
+        models / "ipadapter" / "ip-adapter-faceid-plusv2_sd15.bin")
+    with pytest.raises(files.ModelNameError, match="is not in models/ipadapter"):
+        files.resolve("ipadapter", "../checkpoints/sd15.safetensors")

@@ -32,7 +32,8 @@ def widen_conv_in(unet: UNet2DConditionModel, in_channels: int) -> UNet2DConditi
     if old.in_channels == in_channels:
         return unet
     if old.in_channels > in_channels:
-        raise ValueError(f"conv_in already has {old.in_channels} inputs, more than the {in_channels} asked for")
+        what = " (an SD inpainting UNet: give a standard SD-1.5 base)" if old.in_channels == 9 else ""
+        raise ValueError(f"conv_in already has {old.in_channels} inputs{what}, more than the {in_channels} asked for")
     new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
                     dtype=old.weight.dtype, device=old.weight.device)
     with torch.no_grad():
