@@ -415,7 +415,7 @@ def load_public_model(base, motion, controlnet, ip_adapter, ip_lora, clip_vision
     device = mm.get_torch_device()
     dtype = logic.precision_dtype(precision, fp16_ok=mm.should_use_fp16(device), bf16_ok=mm.should_use_bf16(device))
     paths = zero_shot.public_files(files.resolve, base, motion, controlnet, ip_adapter, ip_lora, clip_vision,
-                                   lora_strength, none=files.NONE)
+                                   lora_strength, none=files.NONE, lora_names=files.options("loras"))
     codec = ComfyVAE(vae) if vae is not None else None
     offload = mm.unet_offload_device()
 

@@ -14,13 +14,23 @@ from . import logic
 
 
 def public_files(resolve, base: str, motion: str, controlnet: str, ip_adapter: str, ip_lora: str, clip_vision: str,
-                 lora_strength: float, none: str = "none", auto: str = "auto") -> PublicFiles:
+                 lora_strength: float, none: str = "none", auto: str = "auto", lora_names=()) -> PublicFiles:
     """The loader node's names as paths; resolve(kind, name) -> path (files.resolve in ComfyUI). ip_lora 'auto' =
-    the LoRA inside the IP-Adapter file (if it has one), 'none' = no LoRA (strength 0)."""
-    opt = lambda kind, name: None if name in (none, auto, "", None) else resolve(kind, name)
-    return PublicFiles(base=resolve("base", base), ip_adapter=resolve("ipadapter", ip_adapter),
-                       motion=opt("animatediff_models", motion), controlnet=opt("controlnet", controlnet),
-                       ip_lora=opt("loras", ip_lora), clip_vision=opt("clip_vision", clip_vision),
+    the LoRA inside the IP-Adapter file, or for a FaceID file without one its LoRA found by name among
+    `lora_names` (models/loras, as IPAdapter_plus pairs them); 'none' = no LoRA (strength 0)."""
+    from m2h_core.inference.zero_shot_loader import paired_lora_name
+
+    def opt(kind, name):
+        return None if name in (none, auto, "", None) else resolve(kind, name)
+
+    ip_path = resolve("ipadapter", ip_adapter)
+    lora = opt("loras", ip_lora)
+    if ip_lora == auto and (want := paired_lora_name(ip_path)) is not None:
+        found = next((n for n in lora_names if n.replace("\\", "/").rsplit("/", 1)[-1].lower() == want), None)
+        lora = resolve("loras", found) if found else None  # not found: the header check names the file to get
+    return PublicFiles(base=resolve("base", base), ip_adapter=ip_path, motion=opt("animatediff_models", motion),
+                       controlnet=opt("controlnet", controlnet), ip_lora=lora,
+                       clip_vision=opt("clip_vision", clip_vision),
                        lora_strength=0.0 if ip_lora == none else float(lora_strength))
 
 

@@ -78,3 +78,24 @@ def test_node_path_from_names_to_images(pub):
     assert images.shape == (n, 64, 32, 3)
     with pytest.raises(ValueError, match="regen_mask has 2 masks"):
         zero_shot.prepare_inputs(frames, regen.expand(2, -1, -1), cloth, frames, 64, 32)
+
+
+def test_auto_lora_pairs_a_faceid_file_without_one(pub, tmp_path):
+    """'auto': a FaceID .safetensors without LoRA keys gets ip-adapter-faceid_sd15_lora.safetensors from the LoRA
+    list (case-insensitive, sub-folders allowed); the .bin with its LoRA inside needs none."""
+    from safetensors.torch import save_file
+
+    ip = pub.parts.ip_file
+    flat = {f"image_proj.{k}": v for k, v in ip["image_proj"].items()}
+    flat.update({f"ip_adapter.{k}": v for k, v in ip["ip_adapter"].items()})
+    (tmp_path / "ipadapter").mkdir()
+    save_file(flat, str(tmp_path / "ipadapter" / "ip-adapter-faceid_sd15.safetensors"))
+    resolve = _resolver(tmp_path)
+    names = ["other.safetensors", "faceid/IP-Adapter-FaceID_sd15_lora.safetensors"]
+    f = zero_shot.public_files(resolve, "b.safetensors", "none", "none", "ip-adapter-faceid_sd15.safetensors",
+                               "auto", "none", 0.6, lora_names=names)
+    assert f.ip_lora == str(tmp_path / "loras" / names[1])
+    root = Path(pub.base).parents[1]
+    inside = zero_shot.public_files(_resolver(root), "tiny_sd15.safetensors", "none", "none",
+                                    "ip-adapter-faceid_tiny.bin", "auto", "none", 0.6, lora_names=names)
+    assert inside.ip_lora is None

@@ -58,6 +58,17 @@ class PublicFiles:
         return cfg
 
 
+def paired_lora_name(ip_adapter: str | os.PathLike) -> str | None:
+    """The LoRA file a FaceID IP-Adapter needs beside it (`ip-adapter-faceid-plusv2_sd15_lora.safetensors`, ...), or
+    None when it carries its LoRA (the .bin files) or is a variant without one (Plus-Face). Headers only."""
+    from ..public_weights import identify
+
+    info = identify(ip_adapter)
+    if info.family != "ip_adapter" or not info.variant.startswith("faceid") or "LoRA inside" in info.words:
+        return None
+    return f"ip-adapter-{info.variant.replace('_', '-')}_sd15_lora.safetensors"
+
+
 def preset_of(base: str | os.PathLike) -> M2HConfig:
     """The preset whose UNet width the base file has (SD-1.5, or the tests' tiny one); SD-1.5 when unknown."""
     shapes = file_shapes(base, (UNET_CONV_IN,))
