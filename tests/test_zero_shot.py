@@ -211,3 +211,25 @@ def test_plusv2_reads_clip_of_the_face_crop(parts):
     keep = 1 - latent_mask(mask, parts.cfg.vae.downscale)
     torch.testing.assert_close(a * keep, b * keep)
     assert ((a - b) * (1 - keep)).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_without_motion_module_equals_diffusers_2d_unet(parts):
+    """No motion module (frame by frame): the 2-D UNet path == diffusers' UNet2DConditionModel + IP-Adapter +
+    ControlNet residuals, frames as the batch."""
+    model = build_model(parts, motion=False)
+    sample, pose, arcface = _inputs(parts, 2)
+    t = torch.tensor([701])
+    cond = model.encode_conditions(pose, model.identity_tokens(arcface), classifier_free=False, pose_strength=0.5)
+    got = model.denoise(sample, t, cond)
+    unet = copy.deepcopy(parts.unet2d)
+    unet._load_ip_adapter_weights([parts.ip_file], low_cpu_mem_usage=False)
+    f = sample.shape[1]
+    text = parts.text[:1].repeat_interleave(f, 0)
+    x = sample.flatten(0, 1)
+    down, mid = parts.controlnet(x, t.expand(f), encoder_hidden_states=text, controlnet_cond=pose.float() / 255,
+                                 conditioning_scale=0.5, return_dict=False)
+    want = unet(x, t.expand(f), encoder_hidden_states=text, added_cond_kwargs={"image_embeds": [
+        arcface.expand(f, -1)[:, None]]}, down_block_additional_residuals=down,
+        mid_block_additional_residual=mid).sample
+    torch.testing.assert_close(got[0], want, rtol=1e-4, atol=1e-5)
