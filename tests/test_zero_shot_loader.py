@@ -94,3 +94,50 @@ def test_motion_v2_keeps_its_mid_block_v3_has_none(files, tmp_path):
         if mid:  # the file's mid-block weights, not a fresh module
             w = pipe.model.unet.mid_block.motion_modules[0].proj_in.weight
             torch.testing.assert_close(w, v2.mid_block.motion_modules[0].proj_in.weight)
+
+
+def test_real_sized_headers_are_checked_before_any_model(tmp_path):
+    """SD-1.5-sized files (headers only, real shapes): the preset is read from the base's header and the public
+    files' pairing is checked first: a FaceID file without its LoRA, or FaceID-PlusV2 without CLIP ViT-H, is named."""
+    from m2h_core.inference.zero_shot_loader import preset_of
+    from m2h_core.public_layouts import checkpoint_unet_table, controlnet_table, ip_adapter_table, motion_table
+    from m2h_core.public_weights import PublicWeightsError
+    from tests.fixtures import write_header_only
+
+    base = write_header_only(tmp_path / "v1-5.safetensors", checkpoint_unet_table(dtype=torch.float16))
+    motion = write_header_only(tmp_path / "v3_sd15_mm.safetensors", motion_table("v3", dtype=torch.float16))
+    control = write_header_only(tmp_path / "control_v11p_sd15_openpose_fp16.safetensors",
+                                controlnet_table(dtype=torch.float16))
+    faceid = write_header_only(tmp_path / "ip-adapter-faceid_sd15.safetensors",
+                               ip_adapter_table("faceid", with_lora=False))
+    plusv2 = write_header_only(tmp_path / "ip-adapter-faceid-plusv2_sd15.safetensors", ip_adapter_table("faceid_plusv2"))
+    assert preset_of(base).name == "sd15"
+    common = {"base": str(base), "motion": str(motion), "controlnet": str(control)}
+    with pytest.raises(PublicWeightsError, match="ip-adapter-faceid_sd15_lora.safetensors"):
+        PublicFiles(ip_adapter=str(faceid), **common).check()
+    with pytest.raises(PublicWeightsError, match="CLIP ViT-H"):
+        PublicFiles(ip_adapter=str(plusv2), **common).check()
+
+
+def test_real_sizes_map_onto_the_sd15_unet_on_meta():
+    """FaceID-PlusV2 at its real shapes (meta tensors): its image projection loads strictly into faceid.py's module
+    and its 16 to_k_ip / to_v_ip pairs onto the 16 spatial attn2 layers of SD-1.5's motion UNet (v2, mid block)."""
+    from diffusers import MotionAdapter, UNet2DConditionModel
+
+    from m2h_core.base_weights import base_unet_config
+    from m2h_core.config import sd15
+    from m2h_core.inference.zero_shot import zero_shot_config
+    from m2h_core.public_layouts import ip_adapter_table
+    from m2h_core.public_weights import ip_adapter_from_state_dict
+
+    cfg = zero_shot_config(sd15(), motion_mid_block=True)
+    ip = ip_adapter_from_state_dict(ip_adapter_table("faceid_plusv2"), "ip-adapter-faceid-plusv2_sd15.bin")
+    assert ip.variant == "faceid_plusv2" and len(ip.ip_kv) == 16
+    with torch.device("meta"):
+        unet2d = UNet2DConditionModel(**base_unet_config(cfg))
+        motion = MotionAdapter(**cfg.unet.motion_kwargs())
+        proj = build_image_projection(ip.image_proj, ip.variant)
+        model = ZeroShotModel.build(cfg, unet2d, motion, None, proj, ip.ip_kv, torch.empty(1, 77, 768))
+    assert proj.tokens == 4 and proj.perceiver_resampler.layers[0][0].heads == 12
+    mid = model.unet.mid_block.attentions[0].transformer_blocks[0].attn2.processor
+    assert tuple(mid.to_k_id.weight.shape) == (1280, 768)
