@@ -233,3 +233,44 @@ def test_without_motion_module_equals_diffusers_2d_unet(parts):
         arcface.expand(f, -1)[:, None]]}, down_block_additional_residuals=down,
         mid_block_additional_residual=mid).sample
     torch.testing.assert_close(got[0], want, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_inpainting_unet_reads_mask_and_masked_latents(parts):
+    """A 9-channel inpainting base: the UNet gets [z_t, mask, masked-image latents] (== diffusers' UNetMotionModel
+    on that concatenation, ControlNet on z_t), and the sampler builds that input from the regenerate mask."""
+    from diffusers import UNet2DConditionModel
+
+    from m2h_core.base_weights import base_unet_config
+    from tests.fixtures import randomize_
+
+    kw = base_unet_config(parts.cfg)
+    kw["in_channels"] = 9
+    torch.manual_seed(3)
+    unet9 = randomize_(UNet2DConditionModel(**kw), 4).eval()
+    ip_kv = ip_kv_from_file(unet9, parts.ip_file["ip_adapter"])
+    model = ZeroShotModel.build(parts.cfg, copy.deepcopy(unet9), parts.motion, parts.controlnet,
+                                build_image_projection(parts.ip_file["image_proj"], "faceid"), ip_kv, parts.text)
+    assert model.inpainting
+    sample, pose, arcface = _inputs(parts, 4)
+    known = torch.randn(FRAMES, 5, *sample.shape[-2:])
+    cond = model.encode_conditions(pose, model.identity_tokens(arcface), classifier_free=False)
+    cond.inpaint = known
+    t = torch.tensor([401])
+    got = model.denoise(sample, t, cond)
+    ref = UNetMotionModel.from_unet2d(copy.deepcopy(unet9), parts.motion)
+    ref._load_ip_adapter_weights([parts.ip_file], low_cpu_mem_usage=False)
+    f = sample.shape[1]
+    text = parts.text[:1].repeat_interleave(f, 0)
+    down, mid = parts.controlnet(sample.flatten(0, 1), t.expand(f), encoder_hidden_states=text,
+                                 controlnet_cond=pose.float() / 255, return_dict=False)
+    want = ref(torch.cat([sample, known[None]], 2).transpose(1, 2), t, encoder_hidden_states=text,
+               added_cond_kwargs={"image_embeds": [arcface[:, None]]}, down_block_additional_residuals=down,
+               mid_block_additional_residual=mid).sample.transpose(1, 2)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    pipe, video, ident, mask = _pipe_and_inputs(parts, n=4)
+    pipe.model = model
+    res = sample_zero_shot(pipe, video, ident, mask, SamplerSettings(steps=2, guidance_scale=2.0, context_frames=4),
+                           decode=False)
+    keep = 1 - latent_mask(mask, parts.cfg.vae.downscale)
+    torch.testing.assert_close(res.latents * keep, pipe.encoders.encode(video.frames) * keep)

@@ -73,7 +73,8 @@ class ZeroShotConditioning:
     """Timestep-independent conditioning of a video (the sampler's `cond`).
 
     text: (B', T, D) text tokens (B' = 2B with CFG: [positive; negative]); pose: (N, 3, H, W) uint8 pose images
-    (shared by both halves, turned to [0, 1] per chunk); kv: A's tokens, projected per window."""
+    (shared by both halves, turned to [0, 1] per chunk); kv: A's tokens, projected per window; inpaint: for a
+    9-channel inpainting UNet, (N, 1 + c, h, w) [mask, masked-image latents] per frame, else None."""
 
     text: torch.Tensor
     pose: torch.Tensor
@@ -81,6 +82,7 @@ class ZeroShotConditioning:
     latent_channels: int
     pose_strength: float = 1.0
     identity_strength: float = 1.0
+    inpaint: torch.Tensor | None = None
     _branches: tuple | None = field(default=None, repr=False)
 
     @property
@@ -140,6 +142,11 @@ class ZeroShotModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
+
+    @property
+    def inpainting(self) -> bool:
+        """A 9-channel inpainting UNet: it also reads the mask and the masked frame's latents."""
+        return int(self.unet.config.in_channels) == 2 * self.cfg.unet.latent_channels + 1
 
     # -- once per video -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -215,6 +222,9 @@ class ZeroShotModel(nn.Module):
         t = t.reshape(()).expand(b) if t.numel() == 1 else t
         down, mid = self.control_residuals(sample, t, cond, frames)
         extra = {} if down is None else {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        if cond.inpaint is not None:  # inpainting UNet: [z_t, mask, masked-image latents] (the ControlNet sees z_t)
+            known = cond.inpaint if frames is None else cond.inpaint[frames]
+            sample = torch.cat([sample, known[None].to(sample.dtype).expand(b, -1, -1, -1, -1)], dim=2)
         if isinstance(self.unet, UNetMotionModel):
             ctx = windowed_motion(self.unet, motion_windows) if motion_windows is not None else _null()
             with ctx:
@@ -288,6 +298,16 @@ class LatentBlend:
             t = timesteps[step].reshape(1)
             known = scheduler.add_noise(src, self.noise.to(latents.device, latents.dtype), t)
         return m * latents + (1 - m) * known
+
+
+def inpaint_condition(enc: "ZeroShotEncoders", frames: torch.Tensor, regen_mask: torch.Tensor, downscale: int
+                      ) -> torch.Tensor:
+    """(N, 1 + c, h, w) [mask, masked-image latents] as SD inpainting UNets read them: the mask binarised at 0.5 and
+    resized to the latents (nearest), the frames with the region set to grey (0 in [-1, 1]) through the VAE."""
+    hard = (regen_mask >= 0.5).float()[:, None]
+    masked = frames * (1 - hard) + 0.5 * hard
+    size = (frames.shape[-2] // downscale, frames.shape[-1] // downscale)
+    return torch.cat([F.interpolate(hard, size=size, mode="nearest"), enc.encode(masked)], dim=1)
 
 
 def latent_mask(regen_mask: torch.Tensor, downscale: int) -> torch.Tensor:
@@ -429,6 +449,8 @@ def sample_zero_shot(pipe: ZeroShotPipeline, video: VideoInputs, identity: Ident
         cond = model.encode_conditions(video.pose_images, ids, classifier_free=settings.classifier_free,
                                        pose_strength=settings.pose_strength,
                                        identity_strength=settings.identity_strength, text=text)
+        if model.inpainting:
+            cond.inpaint = inpaint_condition(enc, video.frames, mask, down).to(model.device, model.dtype)
     shape = tuple(source.shape)
     noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(settings.seed), dtype=torch.float32)
     blend = LatentBlend(source, latent_mask(mask, down)[None], noise, mask_mode)

@@ -146,9 +146,8 @@ def load_zero_shot(files: PublicFiles, device: str | torch.device = "cpu", dtype
 
     base_cfg = files.check()
     unet2d, vae = load_sd15(files.base, base_cfg)
-    if unet2d.config.in_channels != base_cfg.unet.latent_channels:
-        raise PublicWeightsError(f"{Path(files.base).name} is an inpainting (9-channel) checkpoint: the zero-shot "
-                                 "sampler blends latents itself and needs a standard SD-1.5 checkpoint")
+    if unet2d.config.in_channels == 2 * base_cfg.unet.latent_channels + 1:
+        log.info("%s: inpainting UNet: it also reads the regenerate mask and the masked frames", Path(files.base).name)
     ip = load_ip_adapter(files.ip_adapter, unet2d)
     if ip.variant not in SUPPORTED_IP:
         raise PublicWeightsError(f"{Path(files.ip_adapter).name} is an IP-Adapter {ip.variant}; the zero-shot mode "
