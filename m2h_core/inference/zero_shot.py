@@ -300,7 +300,7 @@ class LatentBlend:
         return m * latents + (1 - m) * known
 
 
-def inpaint_condition(enc: "ZeroShotEncoders", frames: torch.Tensor, regen_mask: torch.Tensor, downscale: int
+def inpaint_condition(enc: ZeroShotEncoders, frames: torch.Tensor, regen_mask: torch.Tensor, downscale: int
                       ) -> torch.Tensor:
     """(N, 1 + c, h, w) [mask, masked-image latents] as SD inpainting UNets read them: the mask binarised at 0.5 and
     resized to the latents (nearest), the frames with the region set to grey (0 in [-1, 1]) through the VAE."""
