@@ -11,7 +11,9 @@ Figures, over all frames of all clips (the lock's on the plain-background pair, 
 - clothing PSNR: dB over the clothing mask M_c, generated vs ground truth, without and with the lock;
 - seam score: mean squared luma gradient in a band of `--band` px around M_c's edge, for the ground truth, the
   generated frames and each seam method (feather / harmonise / poisson), with the ratio to the ground truth's;
-- background PSNR outside the person, without and with keep_background.
+- background PSNR outside the person, without and with keep_background;
+- the standalone path (M2H Regenerate Mask's lock -> M2H Composite, `composite_generated`): clothing PSNR and seam;
+- regenerate mask flicker (`regen_mask.mask_flicker`) on a still and a moving clip, exact and noisy masks.
 The lock's body-part mask is exact (person minus clothing of the ground truth); its clothing mask is M_c grown by
 1 px and cut to the mannequin, as a parser that overshoots onto the arms would give: the body parts must stay.
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from m2h_core.config import tiny
 from m2h_core.demo.synthetic import generate_clip
 from m2h_core.inference import compositing as cp
+from m2h_core.metrics import masked_psnr
+from m2h_core.preprocess.masks import grow_mask
+
+psnr = partial(masked_psnr, pooled=True)  # one PSNR over all the mask's pixels
 
 
 def shelf_background(h: int, w: int, seed: int) -> np.ndarray:
@@ -75,9 +82,10 @@ def make_data(n_clips: int, n_frames: int, h: int, w: int) -> dict:
         for k, v in zip(keys, (gt, plain, src, src_plain, c.clothing_mask, c.person_mask, c.mannequin_mask)):
             out[k].append(v)
     d = {k: np.concatenate(v) for k, v in out.items()}
+    d["poses"] = [p for s in range(n_clips) for p in generate_clip(100 + s, n_frames=n_frames, height=h, width=w).poses]
     d["gen"] = vae_roundtrip(d["plain"])
     d["body"] = d["person"] & ~d["cloth"]
-    d["parsed_cloth"] = np.stack([cp.dilate(m, 1) for m in d["cloth"]]) & d["mann"]
+    d["parsed_cloth"] = np.stack([grow_mask(m, 1) for m in d["cloth"]]) & d["mann"]
     return d
 
 
@@ -93,6 +101,58 @@ def sheet(rows: list[list[np.ndarray]], scale: int) -> np.ndarray:
     return img
 
 
+def standalone(d: dict, e_gt: float, band: np.ndarray, height: int, n_frames: int) -> None:
+    """The path for any generator: M2H Regenerate Mask's lock (from the mannequin masks and poses) and M2H Composite
+    (`composite_generated`, the parser on the generated frames: here exact labels). Clip by clip, as the nodes run."""
+    from m2h_core.demo.synthetic import ExactParser
+    from m2h_core.inference import regen_mask as rm
+
+    gt, gen, src = d["plain"], d["gen"], d["src_plain"]
+    outs, locks = [], []
+    for i in range(0, len(gen), n_frames):
+        part = slice(i, i + n_frames)
+        lock = rm.regenerate_mask(d["cloth"][part], d["mann"][part], d["poses"][part],
+                                  rm.RegenMaskSettings.for_height(height)).lock
+        parser = ExactParser()
+        parser.add(gen[part], d["cloth"][part] & d["person"][part], d["person"][part])
+        s = cp.CompositeSettings.for_height(height, garment_lock=True)
+        outs.append(cp.composite_generated(gen[part], src[part], parser, s, lock=lock)[0])
+        locks.append(lock)
+    out, lock = np.concatenate(outs), np.concatenate(locks)
+    e = cp.seam_energy(out, band)
+    print(f"standalone (Regenerate Mask lock -> Composite, poisson): clothing PSNR {psnr(out, gt, d['cloth']):.2f} dB "
+          f"(lock covers {lock.sum() / d['cloth'].sum():.0%} of M_c), seam score {e:.5f} (ratio to ground truth "
+          f"{e / e_gt:.3f}), body parts untouched: {bool(np.array_equal(out[d['body']], gen[d['body']]))}")
+
+
+def flicker(height: int, width: int, frames: int = 12) -> None:
+    """Regenerate mask flicker (`regen_mask.mask_flicker`: mean 1 - IoU of neighbouring frames) on a still clip
+    (frame 0 held) and a moving one, with exact masks and with parser-like noise (30% of the pixels within 1 px of
+    each mask's edge flipped at random, frame by frame), for temporal windows 1 / 3 / 5; on the moving clip also the
+    share of the bare mannequin the mask covers (voting over frames lags behind motion)."""
+    from m2h_core.inference import regen_mask as rm
+
+    c = generate_clip(7, n_frames=frames, height=height, width=width, motion="sway")
+    rng = np.random.default_rng(0)
+
+    def noisy(m):
+        edge = grow_mask(m, 1) & ~grow_mask(m, -1)
+        return m ^ (edge & (rng.random(m.shape) < 0.3))
+
+    still = (np.repeat(c.clothing_mask[:1], frames, 0), np.repeat(c.mannequin_mask[:1], frames, 0),
+             [c.poses[0]] * frames)
+    for name, (cloth, mann, poses) in (("still", still), ("moving", (c.clothing_mask, c.mannequin_mask, c.poses))):
+        body = mann & ~cloth
+        row = []
+        for label, (cm, mm) in (("exact", (cloth, mann)), ("noisy", (noisy(cloth), noisy(mann)))):
+            for w in (1, 3, 5):
+                r = rm.regenerate_mask(cm, mm, poses, rm.RegenMaskSettings.for_height(height, temporal_window=w))
+                cover = (r.regen > 0.5)[body].mean()
+                row.append(f"{label} w{w} {rm.mask_flicker(r.regen):.4f}"
+                           + (f" (covers {cover:.1%})" if name == "moving" else ""))
+        print(f"regenerate mask flicker, {name} clip ({frames} frames, {width}x{height} WxH): " + ", ".join(row))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", type=int, default=6)
@@ -105,10 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     d = make_data(a.clips, a.frames, cfg.height, cfg.width)
     gt, gen, src = d["plain"], d["gen"], d["src_plain"]
     print(f"{a.clips} clips x {a.frames} frames at {cfg.width}x{cfg.height} (WxH); generated = ground truth through "
-          f"the tiny VAE ({cp.psnr_in(gen, gt, np.ones(gt.shape[:3], bool)):.2f} dB whole frame)")
+          f"the tiny VAE ({psnr(gen, gt, np.ones(gt.shape[:3], bool)):.2f} dB whole frame)")
     band = cp.edge_band(d["cloth"], a.band)
     e_gt = cp.seam_energy(gt, band)
-    print(f"clothing PSNR without the lock: {cp.psnr_in(gen, gt, d['cloth']):.2f} dB")
+    print(f"clothing PSNR without the lock: {psnr(gen, gt, d['cloth']):.2f} dB")
     print(f"seam score (mean |grad luma|^2 in a {a.band}-px band around M_c's edge): ground truth {e_gt:.5f}, "
           f"generated {cp.seam_energy(gen, band):.5f} (ratio {cp.seam_energy(gen, band) / e_gt:.3f})")
     for seam in cp.SEAMS:
@@ -118,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         dt = (time.perf_counter() - t) / len(out) * 1000
         e = cp.seam_energy(out, band)
         body_kept = bool(np.array_equal(out[d["body"]], gen[d["body"]]))
-        print(f"garment lock, seam={seam:9s}: clothing PSNR {cp.psnr_in(out, gt, d['cloth']):.2f} dB, seam score "
+        print(f"garment lock, seam={seam:9s}: clothing PSNR {psnr(out, gt, d['cloth']):.2f} dB, seam score "
               f"{e:.5f} (ratio to ground truth {e / e_gt:.3f}), body parts untouched: {body_kept}, "
               f"{dt:.1f} ms/frame (erode {s.erode_px}, feather {s.feather_px}, harmonise {s.harmonise_px} px)")
     bgmask = ~d["person"] & ~d["mann"]
@@ -128,11 +188,13 @@ def main(argv: list[str] | None = None) -> None:
     locked = cp.garment_lock(gen, src, d["parsed_cloth"], d["body"], cp.CompositeSettings.for_height(cfg.height, True))
     both = cp.composite(gen, src, cp.CompositeSettings.for_height(cfg.height, True, True), clothing=d["parsed_cloth"],
                         body=d["body"], person=d["person"], mannequin=d["mann"])
-    print(f"background PSNR (outside person and mannequin): off {cp.psnr_in(gen, gt, bgmask):.2f} dB, keep_background "
-          f"{cp.psnr_in(kept, gt, bgmask):.2f} dB; person pixels untouched: "
+    print(f"background PSNR (outside person and mannequin): off {psnr(gen, gt, bgmask):.2f} dB, keep_background "
+          f"{psnr(kept, gt, bgmask):.2f} dB; person pixels untouched: "
           f"{bool(np.array_equal(kept[d['person']], gen[d['person']]))}")
-    print(f"whole frame PSNR: off {cp.psnr_in(gen, gt, np.ones(gt.shape[:3], bool)):.2f} dB, both "
-          f"{cp.psnr_in(both, gt, np.ones(gt.shape[:3], bool)):.2f} dB")
+    print(f"whole frame PSNR: off {psnr(gen, gt, np.ones(gt.shape[:3], bool)):.2f} dB, both "
+          f"{psnr(both, gt, np.ones(gt.shape[:3], bool)):.2f} dB")
+    standalone(d, e_gt, band, cfg.height, a.frames)
+    flicker(256, 128)
     picks = [i * a.frames + a.frames // 2 for i in range(min(a.clips, 4))]
     rows = [[src[i], gt[i], gen[i], locked[i], kept[i], both[i]] for i in picks]
     out = Path(a.out)

@@ -1,4 +1,5 @@
-"""Mutation check: do the tests notice typical bugs in central places? (issue 17; not part of CI)
+"""Mutation check: do the tests notice typical bugs in central places? (issues 17, 32; the mutant runs are not part
+of CI, but tests/test_mutation_needles.py checks in CI that every needle still matches the code)
 
 Each mutant is a small text patch (file, needle, replacement) that introduces a bug the test suite must catch.
 The script copies the working tree (tracked and untracked, not ignored: `git ls-files --cached --others
@@ -61,6 +62,29 @@ VGG_LPIPS_LOOP = ("diff = (_unit_normalize(fx[name].float()) - _unit_normalize(f
 T_SAMPLER = ["tests/test_context_windows.py", "tests/test_sampler.py"]
 T_TRAIN = ["tests/test_train.py", "tests/test_mirror_loss.py"]
 T_NODES = ["tests/test_nodes.py", "tests/test_inputs.py"]
+VIDEO_IO = "m2h_core/video_io.py"
+FACE = "m2h_core/preprocess/face.py"
+DATASET = "m2h_core/training/dataset.py"
+ENCODERS = "m2h_core/inference/encoders.py"
+T_AUDIO = ["tests/test_audio.py"]
+T_FACE = ["tests/test_small_face.py", "tests/test_multi_photo.py"]
+T_DATA = ["tests/test_short_clips.py", "tests/test_dataset.py"]
+T_OPTIONS = ["tests/test_options.py"]
+T_BOUNDARY = ["tests/test_model_boundaries.py"]
+CLI_GENERATE_SETTINGS = (
+    'a.clip_vision, a.device, getattr(torch, DTYPES[a.precision]))\n'
+    '    settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.'
+    'scheduler, seed=a.seed,\n'
+    '                               context_frames=a.context, context_overlap=a.overl'
+    'ap, chunk_frames=a.chunk_frames,\n'
+    '                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength'
+)
+CLI_BATCH_SETTINGS = (
+    'a.clip_vision, device, getattr(torch, DTYPES[a.precision]))\n'
+    '    settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.'
+    'scheduler, seed=a.seed,\n'
+    '                               context_frames=a.context, context_overlap=a.overlap'
+)
 
 MUTANTS: list[Mutant] = [
     # -- the rows of issue 17 -------------------------------------------------------------------------------------
@@ -94,8 +118,7 @@ MUTANTS: list[Mutant] = [
     m("windows-unnormalised", "blended window predictions not divided by the summed weights", T_SAMPLER,
       [(SAMPLER, "            eps = eps / total", "            eps = eps / len(windows)")]),
     m("window-conditions-misaligned", "a window's latents paired with the previous frames' conditions", T_SAMPLER,
-      [(SAMPLER, "model_in[:, idx], t, cond, idx, settings.guidance_scale",
-        "model_in[:, idx], t, cond, (idx - 1).clamp_min(0), settings.guidance_scale")]),
+      [(SAMPLER, "model_in[:, idx], t, cond, idx,", "model_in[:, idx], t, cond, (idx - 1).clamp_min(0),")]),
     m("cfg-combination", "classifier-free guidance pushes towards the unconditional branch",
       ["tests/test_sampler.py"],
       [(SAMPLER, "return eps_u + guidance_scale * (eps_c - eps_u)",
@@ -179,6 +202,78 @@ MUTANTS: list[Mutant] = [
       ["tests/test_train.py", "tests/test_preflight.py"],
       [("m2h_core/training/components.py", "module.__class__ = classes.setdefault(cls, _checkpointed(cls))",
         "pass")]),
+    # -- issue 32: the source's audio, small faces, short clips, options, model boundaries, decision rules -------
+    m("audio-span-start-ignored", "the kept sound starts at the source's start, not at the first frame written",
+      T_AUDIO, [(VIDEO_IO, "begin = t0 + audio.start_s", "begin = t0")]),
+    m("audio-late-start-not-padded", "sound that starts after the first frame is moved to the start (out of sync)",
+      T_AUDIO, [(VIDEO_IO, "emit(np.zeros((arr.shape[0], gap * step), arr.dtype))", "pass")]),
+    m("audio-webm-gets-aac", "WebM output is given AAC (it can only carry Opus / Vorbis)", T_AUDIO,
+      [(VIDEO_IO, '"libvpx-vp9": "libopus"}', '"libvpx-vp9": "aac"}')]),
+    m("audio-not-passed-by-generate", "m2h generate writes its video without the source's sound", T_AUDIO,
+      [("m2h_core/inference/generate.py", "with VideoWriter(req.out, fps, audio=audio) as out:",
+        "with VideoWriter(req.out, fps) as out:")]),
+    m("audio-not-wired-in-templates", "the templates leave Create Video's audio empty", T_AUDIO,
+      [("workflows/build_workflows.py", 'g.link(comps, "audio", create, "audio")', "pass")]),
+    m("small-face-threshold-halved", "faces of 50-99 px pass without the small-face warning", T_FACE,
+      [(FACE, "small = [i for i, w in enumerate(widths) if w < SMALL_FACE_WIDTH]",
+        "small = [i for i, w in enumerate(widths) if w < SMALL_FACE_WIDTH / 2]")]),
+    m("small-face-largest-is-smallest", "the small-face warning names the smallest face as the largest", T_FACE,
+      [(FACE, "largest = int(np.argmax(widths))", "largest = int(np.argmin(widths))")]),
+    m("best-photo-sharpness-first", "several photos: the sharpest wins over the most frontal", T_FACE,
+      [(FACE, "score = {i: front[i] + 0.5 * sharp[i] / top for i in idx}",
+        "score = {i: 0.5 * front[i] + sharp[i] / top for i in idx}")]),
+    m("identity-frame-among-sampled", "x_id may be one of the sampled frames although others have a face",
+      T_DATA, [(DATASET, "others = np.setdiff1d(faces, np.asarray(exclude))", "others = faces")]),
+    m("short-clips-prepared", "prepare_data caches clips shorter than the training window", T_DATA,
+      [("train/prepare_data.py", "if clip.num_frames < max(2, min_frames):", "if clip.num_frames < 2:")]),
+    m("min-frames-option-dropped", "prepare_data's --min-frames never reaches process_video", T_DATA,
+      [("train/prepare_data.py", "process_video(p, vid, out, pre, max_side, max_frames, min_frames=min_frames)",
+        "process_video(p, vid, out, pre, max_side, max_frames)")]),
+    m("short-clips-loaded", "the dataset keeps clips shorter than the window", T_DATA,
+      [(DATASET, "v.num_frames < num_frames]", "v.num_frames < 1]")]),
+    m("short-clips-looped", "sampling loops a clip shorter than the window", T_DATA,
+      [(DATASET, "    if n < num_frames:\n        raise ValueError(",
+        ("    if n < num_frames:\n        return (int(rng.integers(0, n)) + np.arange(num_frames)) % n\n"
+         "        raise ValueError("))]),
+    m("cli-generate-drops-pose-strength", "m2h generate ignores --pose-strength", T_OPTIONS,
+      [("m2h_core/cli.py", CLI_GENERATE_SETTINGS, CLI_GENERATE_SETTINGS.replace("pose_strength=a.pose_strength",
+                                                                                "pose_strength=1.0"))]),
+    m("cli-batch-swaps-context-overlap", "m2h batch swaps --context and --overlap", T_OPTIONS,
+      [("m2h_core/cli.py", CLI_BATCH_SETTINGS, CLI_BATCH_SETTINGS.replace(
+          "context_frames=a.context, context_overlap=a.overlap",
+          "context_frames=a.overlap, context_overlap=a.context"))]),
+    m("jobs-overlap-column-to-context", "jobs.csv's overlap column sets the context window", T_OPTIONS,
+      [("m2h_core/inference/batch.py", '"overlap": "context_overlap"}', '"overlap": "context_frames"}')]),
+    m("jobs-ignore-command-garment-lock", "jobs without a garment_lock column ignore the command's --garment-lock",
+      T_OPTIONS, [("m2h_core/inference/batch.py",
+                   'garment_lock=opts.pop("garment_lock", req_defaults.get("garment_lock", False)),',
+                   'garment_lock=opts.pop("garment_lock", False),')]),
+    m("sampler-swaps-strengths", "sample_video passes the identity strength as the pose strength", T_OPTIONS,
+      [(SAMPLER, ("pose_strength=settings.pose_strength,\n                                       "
+                  "identity_strength=settings.identity_strength)"),
+        ("pose_strength=settings.identity_strength,\n                                       "
+         "identity_strength=settings.pose_strength)"))]),
+    m("sampler-ignores-batch-cfg", "chunked sampling always batches the two CFG branches", T_OPTIONS,
+      [(SAMPLER, "chunk.motion,\n                                                             settings.batch_cfg)",
+        "chunk.motion,\n                                                             True)")]),
+    m("face-detector-gets-rgb", "the face detector is handed RGB (insightface swaps it: the network sees BGR)",
+      T_BOUNDARY, [(FACE, "bgr = np.ascontiguousarray(rgb[..., ::-1])", "bgr = np.ascontiguousarray(rgb)")]),
+    m("arcface-gets-rgb", "ArcFace is handed RGB (insightface swaps it: the network sees BGR)", T_BOUNDARY,
+      [(FACE, "get_feat([np.ascontiguousarray(aligned_rgb[..., ::-1])])",
+        "get_feat([np.ascontiguousarray(aligned_rgb)])")]),
+    m("dwpose-detector-rgb", "the YOLOX person detector sees RGB instead of BGR", T_BOUNDARY,
+      [("m2h_core/preprocess/dwpose.py", "img = f[..., ::-1] if self.det_bgr else f", "img = f")]),
+    m("dwpose-pose-bgr", "the DWPose pose model sees BGR instead of RGB", T_BOUNDARY,
+      [("m2h_core/preprocess/dwpose.py", "img_src = [f if self.pose_rgb else f[..., ::-1] for f in frames]",
+        "img_src = [f[..., ::-1] for f in frames]")]),
+    m("clip-mean-bgr", "CLIP normalised with its mean in BGR order", T_BOUNDARY,
+      [(ENCODERS, "CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)",
+        "CLIP_MEAN = (0.40821073, 0.4578275, 0.48145466)")]),
+    m("clip-channels-swapped", "CLIP is given BGR pixels", T_BOUNDARY,
+      [(ENCODERS, "pixel_values=(x.to(p.dtype) - mean) / std)", "pixel_values=(x.to(p.dtype).flip(1) - mean) / std)")]),
+    m("vae-input-not-centred", "the VAE is given pixels in [0, 1] instead of [-1, 1]", T_BOUNDARY,
+      [(ENCODERS, "self.vae.encode(pixels.to(p.device, p.dtype) * 2 - 1)",
+        "self.vae.encode(pixels.to(p.device, p.dtype))")]),
 ]
 
 

@@ -412,9 +412,3 @@ def motion_adapter_from_state_dict(sd: dict[str, torch.Tensor], cfg: M2HConfig, 
         adapter = MotionAdapter(**motion_kwargs_for(sd, cfg))
     _load_strict(adapter, sd, name, "motion module", optional=("pos_embed.pe",))
     return adapter
-
-
-def describe(path: str | os.PathLike) -> str:
-    """One line about a checkpoint file, for logs and `m2h doctor`."""
-    sd = read_state_dict(path)
-    return json.dumps({"file": Path(path).name, "family": identify_checkpoint(sd), "tensors": len(sd)})

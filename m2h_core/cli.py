@@ -1,4 +1,5 @@
-"""The `m2h` command: `m2h demo`, `m2h generate`, `m2h doctor` (also `python -m m2h_core ...`)."""
+"""The `m2h` command: `m2h demo`, `m2h generate`, `m2h batch`, `m2h regen-mask`, `m2h composite`, `m2h doctor`
+(also `python -m m2h_core ...`)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,100 @@ def _add_batch(sub) -> None:
     _add_common(p)
 
 
+def _add_any_generator(sub) -> None:
+    """`m2h regen-mask` and `m2h composite`: the garment lock and keep-background around any generator."""
+    from .inference.compositing import SEAMS
+
+    r = sub.add_parser("regen-mask", help="the mask of what any generator should redraw on a mannequin video "
+                                          "(bare body + head room, never the garment), and the garment lock mask")
+    r.add_argument("--video", required=True, help="mannequin video (mp4/webm/gif/folder of frames)")
+    r.add_argument("--out", required=True, help="regenerate mask video (white = redraw; .mp4/.webm/.gif or a folder)")
+    r.add_argument("--lock-out", help="also write the lock mask (white = the garment M2H Composite keeps)")
+    r.add_argument("--preview-out", help="also write a preview (redraw red, lock green)")
+    r.add_argument("--masks", help="your clothing masks (folder/video/.npy/image) instead of the parser's")
+    r.add_argument("--person-masks", help="your mannequin silhouette masks instead of the parser's (with --masks: "
+                                          "no parsing model needed)")
+    r.add_argument("--keypoints", default="dwpose",
+                   help="'dwpose' (run DWPose from --models-dir), an OpenPose JSON file (one frame dict per video "
+                        "frame), or 'none' (no head region from the pose)")
+    r.add_argument("--clothing", default=None, help="clothing groups, comma-separated (default: all garments)")
+    r.add_argument("--head-scale", type=float, default=1.3, help="head region width / the head width from the pose")
+    r.add_argument("--hair-margin", type=float, default=0.35, help="head region raised by this many head widths")
+    r.add_argument("--grow-into-garment", type=int, default=None,
+                   help="px the region reaches into the garment's edge (default 4 at 512 px high, scaled)")
+    r.add_argument("--feather", type=int, default=0, help="soft edge of the regenerate mask in px (0 = hard)")
+    r.add_argument("--temporal-window", type=int, default=3, help="frames the masks are voted over (1 = off)")
+    c = sub.add_parser("composite", help="garment lock / keep background on another generator's video")
+    c.add_argument("--generated", required=True, help="the generated video (any size: the source is fitted to it)")
+    c.add_argument("--source", required=True, help="the mannequin video it was generated from")
+    c.add_argument("--out", required=True, help="output video (source fps; .mp4/.webm/.gif or a folder)")
+    c.add_argument("--lock-masks", help="lock masks from `m2h regen-mask --lock-out` (else the parser finds the "
+                                        "garment on the source)")
+    c.add_argument("--garment-lock", action="store_true", help="keep the source's garment pixels")
+    c.add_argument("--keep-background", action="store_true", help="keep the source's background")
+    c.add_argument("--seam", default="poisson", choices=list(SEAMS), help="how the seam is blended")
+    for p in (r, c):
+        p.add_argument("--models-dir", action="append", default=[],
+                       help="folder(s) with parsing / DWPose files (also $M2H_MODELS)")
+        p.add_argument("--parser", default="auto", help="parsing model file/folder name (default: first found)")
+
+
+def _regen_mask(a) -> int:
+    from .inference.any_generator import regen_mask_files
+    from .inference.regen_mask import RegenMaskSettings
+    from .pose_render import load_openpose_json
+
+    dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
+    keypoints, detect, parser, notes = None, None, None, []
+    if a.keypoints not in ("dwpose", "none"):
+        keypoints = load_openpose_json(a.keypoints)
+    if a.keypoints == "dwpose" or not (a.masks and a.person_masks):
+        from .inference.generate import Preprocessors, detect_poses  # the models only when they are used
+
+        models = Preprocessors(dirs)
+        if a.keypoints == "dwpose":
+            detect = lambda frames, fps: detect_poses(frames, fps, dirs, notes, models)[1]
+        if not (a.masks and a.person_masks):
+            parser = models.parser(a.parser)
+    grow = {} if a.grow_into_garment is None else {"grow_into_garment": a.grow_into_garment}
+    settings = RegenMaskSettings.for_height(_first_height(a.video), head_scale=a.head_scale,
+                                            hair_margin=a.hair_margin, feather=a.feather,
+                                            temporal_window=a.temporal_window, **grow)
+    groups = [g.strip() for g in a.clothing.split(",") if g.strip()] if a.clothing else None
+    rep = regen_mask_files(a.video, a.out, settings, parser=parser, clothing_masks=a.masks,
+                           person_masks=a.person_masks, keypoints=keypoints, detect_poses=detect, groups=groups,
+                           lock_out=a.lock_out, preview_out=a.preview_out)
+    for note in notes + rep.notes:
+        print("note:", note, file=sys.stderr)
+    print(f"wrote {rep.out}: {rep.num_frames} frames, {rep.width}x{rep.height} (WxH), {rep.fps:g} fps")
+    return 0
+
+
+def _first_height(video: str) -> int:
+    """The first frame's height (the pixel settings scale with it)."""
+    from .video_io import FrameStream
+
+    return int(next(iter(FrameStream(video, max_frames=1))).shape[0])
+
+
+def _composite(a) -> int:
+    from .inference.any_generator import composite_files
+    from .inference.compositing import CompositeSettings
+    from .inference.generate import Preprocessors
+
+    if not (a.garment_lock or a.keep_background):
+        raise ValueError("nothing to do: give --garment-lock and/or --keep-background")
+    dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
+    parser = Preprocessors(dirs).parser(a.parser)
+    height = _first_height(a.generated)
+    settings = CompositeSettings.for_height(height, a.garment_lock, a.keep_background, a.seam)
+    rep = composite_files(a.generated, a.source, a.out, settings, parser, a.lock_masks)
+    for note in rep.notes:
+        print("note:", note, file=sys.stderr)
+    print(f"wrote {rep.out}: {rep.num_frames} frames, {rep.width}x{rep.height} (WxH), {rep.fps:g} fps")
+    return 0
+
+
 def _cuda() -> bool:
     try:
         import torch
@@ -118,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_demo(sub)
     _add_generate(sub)
     _add_batch(sub)
+    _add_any_generator(sub)
     d = sub.add_parser("doctor", help="list every model file the pack can use and where it looked")
     d.add_argument("--models-dir", action="append", default=[])
     d.add_argument("--check", nargs="+", default=None, metavar="FILE",
@@ -153,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.command == "batch":
         return _batch(a)
+    if a.command == "regen-mask":
+        return _regen_mask(a)
+    if a.command == "composite":
+        return _composite(a)
     return _generate(a)
 
 

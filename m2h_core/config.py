@@ -157,7 +157,7 @@ class M2HConfig:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     use_head_encoder: bool = True  # False: "w/o H" — identity tokens + pose tokens added, no attention
     use_motion: bool = True
-    # what the UNet predicts: "epsilon" (SD-1.5, the paper), "v_prediction" or "sample" (x0)
+    # what the UNet predicts: "epsilon" (SD-1.5; the paper's Eq. 4), "v_prediction" or "sample" (x0)
     prediction_type: str = "epsilon"
     # True: the prediction is written relative to the clothing latents, x̂_0 = UNet(...) + f_c (prediction_type
     # "sample" only): copying the pixel-aligned garment it is given is the zero function, and the UNet learns what
@@ -220,7 +220,8 @@ class M2HConfig:
 
 
 def sd15() -> M2HConfig:
-    """The paper's model: SD-1.5 UNet + AnimateDiff v2 motion modules, SD-1.5 VAE, CLIP ViT-L/14, 512x256."""
+    """Our backbone for the paper's method (the paper names none): SD-1.5 UNet + AnimateDiff v2 motion modules,
+    SD-1.5 VAE, CLIP ViT-L/14, at the paper's 512x256."""
     return M2HConfig(identity_input="head")
 
 

@@ -2,8 +2,8 @@
 
 Clothing consistency: masked PSNR / SSIM / LPIPS between generated and ground-truth frames inside the clothing
 mask. Identity: CSIM, the cosine similarity of face embeddings. Visual-temporal fidelity: FVD, the Fréchet
-distance between I3D features of real and generated video sets (the styleganv variant of
-``common_metrics_on_video_quality``).
+distance between I3D features of real and generated video sets (the styleganv I3D of
+``common_metrics_on_video_quality``, fed the whole frame by default: `I3D_FITS`).
 
 Images are channels-last RGB: ``(H,W,3)`` or ``(N,H,W,3)``, ``uint8`` (0..255) or float in [0, 1] (ComfyUI's IMAGE
 layout). Masks are ``(H,W)`` or ``(N,H,W)``: bool, integer (non-zero = inside) or float (> 0.5 = inside); one
@@ -42,6 +42,13 @@ I3D_SOURCE = (
     "I3D TorchScript export)"
 )
 I3D_MIN_FRAMES = 10
+#: How a frame reaches I3D's square 224x224 input (`i3d_preprocess`). "resize": the whole frame resized to the square
+#: (aspect not kept), as the reference FVD code of Unterthiner et al. does; "pad": the long side resized to 224 and
+#: the short side padded with black (aspect kept); "center_crop": the short side resized to 224 and the middle cut
+#: out, as StyleGAN-V does - on a 2:1 portrait frame (512x256) that keeps rows 128-383 and drops the head and feet.
+I3D_FITS = ("resize", "pad", "center_crop")
+#: The default fit: the whole person (the paper's Table III reads FVD as a measure of the head, too).
+I3D_DEFAULT_FIT = "resize"
 #: Keyword arguments the styleganv I3D TorchScript takes to return 400-d pre-softmax features.
 I3D_FEATURE_KWARGS: Mapping[str, bool] = {"rescale": False, "resize": False, "return_features": True}
 
@@ -109,21 +116,23 @@ def masked_psnr(
     target: np.ndarray | torch.Tensor,
     mask: np.ndarray | torch.Tensor | None = None,
     per_frame: bool = False,
+    pooled: bool = False,
 ) -> float | np.ndarray:
-    """PSNR from the MSE over mask pixels (all 3 channels), per frame; returns the mean over frames (dB).
+    """The pack's one PSNR (dB): from the MSE over mask pixels (all 3 channels), per frame, then the mean over
+    frames; `pooled` instead takes one MSE over the mask pixels of all frames (a whole-set figure).
 
     Identical frames give inf. The data range is 255 for uint8 input, 1 for float input (same number).
     """
     p, t, m = _pair(pred, target, mask)
-    out = np.empty(len(p))
-    for i in range(len(p)):
-        count = int(m[i].sum())
-        if count == 0:
-            out[i] = np.nan
-            continue
-        mse = float(((p[i] - t[i]) ** 2)[m[i]].sum() / (3 * count))
-        out[i] = psnr_from_mse(mse)
-    return _reduce(out, per_frame)
+    if pooled:
+        return psnr_from_mse(_masked_mse(p, t, m))
+    return _reduce(np.array([psnr_from_mse(_masked_mse(p[i], t[i], m[i])) for i in range(len(p))]), per_frame)
+
+
+def _masked_mse(p: np.ndarray, t: np.ndarray, m: np.ndarray) -> float:
+    """Mean squared error over the mask's pixels, all 3 channels; nan for an empty mask."""
+    count = int(m.sum())
+    return float(((p - t) ** 2)[m].sum() / (3 * count)) if count else float("nan")
 
 
 def ssim_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -497,12 +506,16 @@ def load_i3d(path: str | os.PathLike[str] | None = None, device: str | torch.dev
     return model.eval()
 
 
-def i3d_preprocess(video: np.ndarray | torch.Tensor, resolution: int = 224) -> torch.Tensor:
-    """One video (T,H,W,3), uint8 or float [0,1] -> (3,T,R,R) float in [-1,1], as the styleganv FVD code does.
+def i3d_preprocess(video: np.ndarray | torch.Tensor, resolution: int = 224, fit: str = I3D_DEFAULT_FIT
+                   ) -> torch.Tensor:
+    """One video (T,H,W,3), uint8 or float [0,1] -> (3,T,R,R) float in [-1,1] for I3D.
 
-    Bilinear resize (align_corners=False, no antialiasing) so the short side is `resolution` (long side rounded
-    up), centre crop to R x R, then x·2 − 1.
+    `fit` (`I3D_FITS`) says how a non-square frame becomes R x R; every fit resizes bilinearly (align_corners=False,
+    no antialiasing, as the styleganv and TF FVD code do) and ends with x·2 − 1. The default, "resize", shows I3D the
+    whole frame: a portrait person's head and feet count, which a centre crop would cut away.
     """
+    if fit not in I3D_FITS:
+        raise ValueError(f"I3D fit must be one of {I3D_FITS}, got {fit!r}")
     if isinstance(video, torch.Tensor):
         v = video.detach().float()
         if video.dtype == torch.uint8:
@@ -514,11 +527,21 @@ def i3d_preprocess(video: np.ndarray | torch.Tensor, resolution: int = 224) -> t
         raise ValueError(f"expected one video (T,H,W,3), got shape {tuple(v.shape)}")
     v = v.permute(0, 3, 1, 2)  # T,3,H,W
     h, w = v.shape[-2:]
-    scale = resolution / min(h, w)
-    size = (resolution, math.ceil(w * scale)) if h < w else (math.ceil(h * scale), resolution)
-    v = F.interpolate(v, size=size, mode="bilinear", align_corners=False)
-    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
-    v = v[:, :, top : top + resolution, left : left + resolution]
+    r = resolution
+    if fit == "resize":
+        v = F.interpolate(v, size=(r, r), mode="bilinear", align_corners=False)
+    elif fit == "pad":
+        scale = r / max(h, w)
+        size = (r, max(1, round(w * scale))) if h >= w else (max(1, round(h * scale)), r)
+        v = F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+        dh, dw = r - size[0], r - size[1]
+        v = F.pad(v, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2), value=0.0)
+    else:
+        scale = r / min(h, w)
+        size = (r, math.ceil(w * scale)) if h < w else (math.ceil(h * scale), r)
+        v = F.interpolate(v, size=size, mode="bilinear", align_corners=False)
+        top, left = (size[0] - r) // 2, (size[1] - r) // 2
+        v = v[:, :, top : top + r, left : left + r]
     return ((v - 0.5) * 2.0).permute(1, 0, 2, 3).contiguous()
 
 
@@ -528,8 +551,10 @@ def i3d_features(
     batch_size: int = 10,
     device: str | torch.device | None = None,
     call_kwargs: Mapping[str, bool] = I3D_FEATURE_KWARGS,
+    fit: str = I3D_DEFAULT_FIT,
 ) -> np.ndarray:
-    """I3D features (num_videos, D) of videos (each (T,H,W,3), T >= 10, same T within a batch)."""
+    """I3D features (num_videos, D) of videos (each (T,H,W,3), T >= 10, same T within a batch); `fit`: see
+    `i3d_preprocess`."""
     vids = list(videos)
     if not vids:
         raise ValueError("no videos given")
@@ -542,7 +567,7 @@ def i3d_features(
     feats: list[np.ndarray] = []
     with torch.no_grad():
         for s in range(0, len(vids), batch_size):
-            batch = torch.stack([i3d_preprocess(v) for v in vids[s : s + batch_size]]).to(device)
+            batch = torch.stack([i3d_preprocess(v, fit=fit) for v in vids[s : s + batch_size]]).to(device)
             out = model(batch, **dict(call_kwargs))
             feats.append(out.reshape(out.shape[0], -1).double().cpu().numpy())
     return np.concatenate(feats, axis=0)
@@ -597,14 +622,16 @@ def fvd(
     model: torch.jit.ScriptModule | nn.Module | None = None,
     batch_size: int = 10,
     device: str | torch.device | None = None,
+    fit: str = I3D_DEFAULT_FIT,
 ) -> float:
     """FVD between two sets of videos (each (T,H,W,3), T >= 10, at least 2 per set).
 
-    `model` defaults to `load_i3d()` (``models/fvd/i3d_torchscript.pt``). Lower is better.
+    `model` defaults to `load_i3d()` (``models/fvd/i3d_torchscript.pt``); `fit`: how frames reach I3D's square input
+    (`i3d_preprocess`; the default sees the whole frame). Lower is better.
     """
     net = model if model is not None else load_i3d(device=device or "cpu")
-    real = i3d_features(real_videos, net, batch_size, device)
-    gen = i3d_features(generated_videos, net, batch_size, device)
+    real = i3d_features(real_videos, net, batch_size, device, fit=fit)
+    gen = i3d_features(generated_videos, net, batch_size, device, fit=fit)
     return frechet_distance(real, gen)
 
 
@@ -691,8 +718,10 @@ def format_table(rows: Sequence[Mapping[str, object]], markdown: bool = False) -
 
 __all__ = [
     "ALEXNET_FILENAME",
+    "I3D_DEFAULT_FIT",
     "I3D_FEATURE_KWARGS",
     "I3D_FILENAME",
+    "I3D_FITS",
     "I3D_MIN_FRAMES",
     "LPIPS",
     "LPIPS_ALEX_CHANNELS",

@@ -132,6 +132,8 @@ def zero_shot_needs(found: list[FoundFile]) -> list[str]:
         OPENPOSE_FILE,
         OPENPOSE_SOURCE,
         SD15_SOURCE,
+        VIT_H_FILE,
+        VIT_H_SOURCE,
         PublicWeightsError,
         check_public_files,
     )
@@ -144,8 +146,8 @@ def zero_shot_needs(found: list[FoundFile]) -> list[str]:
     if base is None:
         lines.append(f"an SD-1.5 checkpoint: put one in models/checkpoints (get: {SD15_SOURCE})")
     if motion is None:
-        lines.append(f"an AnimateDiff motion module: put v3_sd15_mm.ckpt or mm_sd_v15_v2.ckpt in "
-                     f"models/animatediff_models (get: {MOTION_SOURCE})")
+        lines.append("an AnimateDiff motion module: put v3_sd15_mm.ckpt or mm_sd_v15_v2.ckpt in "
+                     f"models/animatediff_models (get: {MOTION_SOURCE.split(' (')[0]})")
     if cn is None:
         other = _pick(found, "controlnet")
         lines.append(f"ControlNet OpenPose: put {OPENPOSE_FILE} in models/controlnet (get: {OPENPOSE_SOURCE})"
@@ -153,6 +155,9 @@ def zero_shot_needs(found: list[FoundFile]) -> list[str]:
     if ip is None:
         lines.append(f"an IP-Adapter: put ip-adapter-faceid-plusv2_sd15.bin in models/ipadapter (get: {H94_FACEID}; "
                      f"research use only) or ip-adapter-plus-face_sd15.safetensors (get: {H94}; Apache-2.0)")
+        if not any(f.family == "clip_vision" and f.variant == "ViT-H/14" for f in found):
+            lines.append(f"CLIP ViT-H/14 (read by FaceID-PlusV2 and Plus-Face): put {VIT_H_FILE} in "
+                         f"models/clip_vision (get: {VIT_H_SOURCE})")
         return lines
     lora = None
     if ip.variant in _LORA_FILE and "LoRA inside" not in ip.note:

@@ -2,7 +2,8 @@
 
 Long videos at flat memory: `read_video_fitted` / `FrameStream` decode, turn upright, centre-crop and resize one
 frame at a time, so only model-size frames are ever kept; `VideoWriter` encodes frames as they come and moves the
-finished file into place atomically. `read_video` / `write_video` are the whole-array forms of the same code.
+finished file into place atomically (with `audio=AudioSource(...)` it carries the source's sound, trimmed to the
+frames written). `read_video` / `write_video` are the whole-array forms of the same code.
 
 Frames are always ``uint8`` RGB arrays shaped ``(N, H, W, 3)``. Supported inputs: video files (mp4, webm, mov, mkv,
 avi, gif) and image sequences (a folder of PNG/JPG frames or a glob pattern). Outputs: ``.mp4``/``.mov``/``.mkv``
@@ -72,6 +73,7 @@ class WriteInfo:
     height: int
     width: int
     note: str = ""
+    audio: str = ""  # "" (none asked, or a silent source), "audio kept: ..." or "audio not kept: <why>"
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -507,6 +509,108 @@ def check_output_path(path: str | os.PathLike[str], num_frames: int | None = Non
     return kind
 
 
+@dataclass(frozen=True)
+class AudioSource:
+    """The sound to keep in an output: `path`'s first audio stream from `start_s` (seconds after the video's first
+    frame), `duration_s` long (None: to its end). `for_frames` gives the span of frames start .. start + n - 1."""
+
+    path: str
+    start_s: float = 0.0
+    duration_s: float | None = None
+
+    @classmethod
+    def for_frames(cls, path: str | os.PathLike[str], num_frames: int, fps: float, start_frame: int = 0
+                   ) -> AudioSource:
+        return cls(os.fspath(path), start_frame / float(fps), num_frames / float(fps))
+
+
+AUDIO_CODECS = {"libx264": "aac", "libvpx-vp9": "libopus"}  # what each output container gets (WebM: Opus only)
+AUDIO_KEPT, AUDIO_NOT_KEPT = "audio kept:", "audio not kept:"  # how `WriteInfo.audio` begins
+
+
+def _source_audio_stream(path: str):
+    """(open container, its first decodable audio stream or None when no track can be decoded), or None: image
+    sequences, files without sound, unreadable files (the video reader reports those)."""
+    import av
+
+    if not os.path.isfile(path) or path.lower().endswith(IMAGE_EXTENSIONS):
+        return None
+    try:
+        container = av.open(path)
+    except Exception:  # noqa: BLE001 - the video reader reports an unreadable source
+        return None
+    if not container.streams.audio:
+        container.close()
+        return None
+    return container, next((a for a in container.streams.audio if a.codec_context is not None), None)
+
+
+def _write_audio(out, audio: AudioSource, codec: str) -> str:
+    """Decode `audio`'s span from its file, re-encode it as `codec` (AAC / Opus: every container this writer makes
+    carries them; trimming is sample exact, which copying packets is not) into the output container `out`, before
+    any video packet. Returns a description; raises on failure (the caller writes the video without sound)."""
+    import av
+
+    found = _source_audio_stream(audio.path)
+    if found is None:
+        return ""
+    src, stream = found
+    try:
+        if stream is None:
+            raise ValueError(f"this FFmpeg build cannot decode the sound track of {audio.path!r}")
+        vstream = src.streams.video[0] if src.streams.video else None
+        t0 = float(vstream.start_time * vstream.time_base) if vstream is not None and vstream.start_time else 0.0
+        in_rate = stream.codec_context.sample_rate or stream.rate
+        src_layout = stream.codec_context.layout
+        layout = "mono" if src_layout is not None and len(src_layout.channels) == 1 else "stereo"
+        rate = 48000 if codec == "libopus" else in_rate
+        ostream = out.add_stream(codec, rate=rate, layout=layout)
+        fmt = ostream.codec_context.format.name
+        resampler = av.AudioResampler(format=fmt, layout=layout, rate=rate)
+        begin = t0 + audio.start_s
+        total = None if audio.duration_s is None else round(audio.duration_s * rate)
+        pos = 0  # samples written
+        step = 1 if ostream.codec_context.format.is_planar else len(av.AudioLayout(layout).channels)
+        tol = rate // 50  # 20 ms: timestamps closer than this to the running count are rounding, not gaps
+
+        def emit(arr: np.ndarray) -> None:
+            nonlocal pos
+            n = arr.shape[-1] // step
+            if n <= 0:
+                return
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(arr), format=fmt, layout=layout)
+            frame.sample_rate, frame.pts, frame.time_base = rate, pos, Fraction(1, rate)
+            out.mux(ostream.encode(frame))
+            pos += n
+
+        for decoded in src.decode(stream):
+            when = None if decoded.pts is None else float(decoded.pts * decoded.time_base)
+            for frame in resampler.resample(decoded):
+                arr = frame.to_ndarray()  # planar (C, n); packed (1, n * C)
+                first = pos if when is None else round((when - begin) * rate)
+                when = None  # following resampled pieces continue from where this one ends
+                if first < pos - (0 if pos == 0 else tol):  # before the span's start (or an overlap): cut
+                    arr = arr[:, (pos - first) * step:]
+                elif first > pos + (0 if pos == 0 else tol):  # starts after the first frame, or a gap: silence
+                    gap = first - pos if total is None else min(first - pos, total - pos)
+                    emit(np.zeros((arr.shape[0], gap * step), arr.dtype))
+                if total is not None:
+                    arr = arr[:, : max(total - pos, 0) * step]
+                emit(arr)
+                if total is not None and pos >= total:
+                    break
+            if total is not None and pos >= total:
+                break
+        out.mux(ostream.encode(None))
+        if pos == 0:
+            raise ValueError(f"{audio.path!r} has no sound in {audio.start_s:.2f}-"
+                             f"{audio.start_s + (audio.duration_s or 0):.2f} s")
+        return (f"{AUDIO_KEPT} the source's {stream.codec_context.name} as {codec} {rate} Hz {layout}, "
+                f"{pos / rate:.2f} s from {audio.start_s:.2f} s")
+    finally:
+        src.close()
+
+
 class VideoWriter:
     """Streaming, atomic video writer: ``with VideoWriter(path, fps) as out: out.write(chunk)`` ... .
 
@@ -515,11 +619,14 @@ class VideoWriter:
     finished file (or folder of frames) replaces `path` only when the block ends without an error, so a failed
     or cancelled run leaves no half-written video. Format, quality (`crf`) and odd-size handling (`even`) as in
     `write_video`. `expected_frames` and `size` (height, width) let the constructor check the free space.
+    `audio`: the source's sound to keep (`AudioSource`; re-encoded as AAC, Opus in WebM); where it cannot be kept
+    (GIF / PNG output, a decoding error) the video is written silent and `info.audio` says why in one line.
     `info` (a `WriteInfo`) describes what was written once closed.
     """
 
     def __init__(self, path: str | os.PathLike[str], fps: float | Fraction, crf: int | None = None,
-                 even: str = "pad", expected_frames: int | None = None, size: tuple[int, int] | None = None):
+                 even: str = "pad", expected_frames: int | None = None, size: tuple[int, int] | None = None,
+                 audio: AudioSource | None = None):
         if even not in ("pad", "crop"):
             raise ValueError(f"even must be 'pad' or 'crop', got {even!r}")
         self.rate = fps_fraction(fps)
@@ -537,6 +644,13 @@ class VideoWriter:
         self.num_frames = 0
         self.size: tuple[int, int] | None = None  # (height, width) of the frames given
         self.note = ""
+        self.audio, self.audio_note = audio, ""
+        if audio is not None and self.kind not in AUDIO_CODECS:
+            found = _source_audio_stream(audio.path)
+            if found is not None:
+                found[0].close()
+                self.audio_note = (f"{AUDIO_NOT_KEPT} {self.kind.upper()} output carries no sound (write .mp4, .mov, "
+                                   ".mkv or .webm to keep the source's)")
         self.info: WriteInfo | None = None
         self._container = self._stream = None
         self._gif: list = []
@@ -597,12 +711,21 @@ class VideoWriter:
         else:
             options.update({"preset": "medium"})
         fmt = {".webm": "webm", ".mkv": "matroska", ".mov": "mov"}.get(os.path.splitext(self.path)[1].lower(), "mp4")
-        self._container = av.open(self.tmp, mode="w", format=fmt)
-        self._stream = self._container.add_stream(self.kind, rate=self.rate, options=options)
-        self._stream.width, self._stream.height, self._stream.pix_fmt = ew, eh, "yuv420p"
-        self._time_base = Fraction(self.rate.denominator, self.rate.numerator)
-        self._stream.time_base = self._time_base
-        self._stream.codec_context.time_base = self._time_base
+        for with_audio in ((True, False) if self.audio is not None else (False,)):
+            self._container = av.open(self.tmp, mode="w", format=fmt)
+            self._stream = self._container.add_stream(self.kind, rate=self.rate, options=options)
+            self._stream.width, self._stream.height, self._stream.pix_fmt = ew, eh, "yuv420p"
+            self._time_base = Fraction(self.rate.denominator, self.rate.numerator)
+            self._stream.time_base = self._time_base
+            self._stream.codec_context.time_base = self._time_base
+            if not with_audio:
+                break
+            try:  # all of the sound first: a failure here costs nothing, the file is started again without it
+                self.audio_note = _write_audio(self._container, self.audio, AUDIO_CODECS[self.kind])
+                break
+            except Exception as exc:  # noqa: BLE001 - any decoder/encoder error: the video is still wanted
+                self._container.close()
+                self.audio_note = f"{AUDIO_NOT_KEPT} {_first_line(exc)}; the video is silent"
 
     def _encode(self, frames: np.ndarray) -> None:
         import av
@@ -643,7 +766,7 @@ class VideoWriter:
             self.abort()
             raise
         self._closed = True
-        self.info = WriteInfo(self.path, codec, self.num_frames, self.rate, h, w, self.note)
+        self.info = WriteInfo(self.path, codec, self.num_frames, self.rate, h, w, self.note, self.audio_note)
         return self.info
 
     def _finish(self) -> None:
@@ -669,6 +792,11 @@ class VideoWriter:
             os.remove(self.tmp)
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def _save_gif(path: str, images: list, rate: Fraction) -> str:
     # GIF delays are whole 1/100 s: spread rounding so the total length stays n / fps.
     ends = [round(Fraction(100 * (i + 1)) / rate) for i in range(len(images))]
@@ -685,6 +813,7 @@ def write_video(
     fps: float | Fraction,
     crf: int | None = None,
     even: str = "pad",
+    audio: AudioSource | None = None,
 ) -> WriteInfo:
     """Write (N,H,W,3) RGB frames; the format comes from the extension, the frame rate is kept exactly.
 
@@ -692,11 +821,11 @@ def write_video(
     it; reported in ``WriteInfo.note``);
     ``.webm``: VP9 yuv420p; ``.gif``: 256-colour adaptive palette; no extension or an existing folder: PNG
     frames ``frame_00000.png ...``. `crf` is the H.264 (0-51, default 18) or VP9 (0-63, default 24) quality,
-    lower = better. Written through `VideoWriter`: a failure leaves no partial file. For video produced in
-    pieces use `VideoWriter` directly.
+    lower = better. `audio`: the source's sound to keep (`AudioSource`, see `VideoWriter`). Written through
+    `VideoWriter`: a failure leaves no partial file. For video produced in pieces use `VideoWriter` directly.
     """
     arr = _as_uint8_frames(frames)
-    with VideoWriter(path, fps, crf=crf, even=even) as out:
+    with VideoWriter(path, fps, crf=crf, even=even, audio=audio) as out:
         out.write(arr)
     return out.info
 

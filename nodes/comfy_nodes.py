@@ -402,6 +402,41 @@ class M2HSampler(_M2HNode):
         return io.NodeOutput(composited, logic.comfy_latent(latents, model.cfg.vae.scaling_factor))
 
 
+class M2HRegenerateMask(_M2HNode):
+    SPEC = spec.REGEN_MASK
+
+    @classmethod
+    def validate_inputs(cls, parsing_model="auto"):
+        return cls.check_names(parsing_model=parsing_model)
+
+    @classmethod
+    def execute(cls, frames, parsing_model, clothing_classes, head_scale, hair_margin, grow_into_garment, feather,
+                temporal_window, clothing_mask=None, person_mask=None, keypoints=None) -> io.NodeOutput:
+        cls.check_available()
+        parser = None if clothing_mask is not None and person_mask is not None else _parser(parsing_model)
+        return io.NodeOutput(*logic.regenerate_mask(
+            frames, parser, clothing_classes, head_scale=head_scale, hair_margin=hair_margin,
+            grow_into_garment=grow_into_garment, feather=feather, temporal_window=temporal_window,
+            clothing_mask=clothing_mask, person_mask=person_mask, pose=keypoints))
+
+
+class M2HComposite(_M2HNode):
+    SPEC = spec.COMPOSITE
+
+    @classmethod
+    def validate_inputs(cls, parsing_model="auto"):
+        return cls.check_names(parsing_model=parsing_model)
+
+    @classmethod
+    def execute(cls, generated, source, garment_lock, keep_background, seam, parsing_model, lock_mask=None,
+                mannequin_mask=None) -> io.NodeOutput:
+        cls.check_available()
+        parser = _parser(parsing_model) if garment_lock or keep_background else None
+        return io.NodeOutput(logic.composite_any(generated, source, parser, garment_lock=garment_lock,
+                                                 keep_background=keep_background, seam=seam, lock_mask=lock_mask,
+                                                 mannequin_mask=mannequin_mask))
+
+
 def load_public_model(base, motion, controlnet, ip_adapter, ip_lora, clip_vision, lora_strength, precision, vae=None):
     """M2H Public Weights Loader: the zero-shot pipeline from public files, owned by ComfyUI's memory manager."""
     from m2h_core.inference.zero_shot_loader import load_zero_shot
@@ -484,8 +519,8 @@ class M2HZeroShotSampler(_M2HNode):
         return io.NodeOutput(images, logic.comfy_latent(res.latents, model.cfg.vae.scaling_factor))
 
 
-NODE_CLASSES = (M2HMannequinSegmentation, M2HDWPose, M2HHeadEncoder, M2HUNetLoader, M2HSampler, M2HPublicLoader,
-                M2HZeroShotSampler)
+NODE_CLASSES = (M2HMannequinSegmentation, M2HDWPose, M2HHeadEncoder, M2HUNetLoader, M2HSampler, M2HRegenerateMask,
+                M2HComposite, M2HPublicLoader, M2HZeroShotSampler)
 
 
 class M2HExtension(ComfyExtension):

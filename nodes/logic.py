@@ -269,7 +269,7 @@ def encode_identity(photo: torch.Tensor, analyzer: Any, height: int, width: int,
         pose_size=None if pose is None else (pose.height, pose.width), reference_frame=reference_frame,
         face_scale=face_scale, identity_input=identity_input)
     for note in notes + more:
-        log.info("M2H Identity Photo: %s", note)
+        (log.warning if note.startswith("small face") else log.info)("M2H Identity Photo: %s", note)
     preview = ident.preview[None]
     if chosen.preview is not None:  # several photos: then every face with its similarity to the mean
         preview = torch.cat([preview, face_tiles(chosen.preview, len(photos), height, width)])
@@ -351,3 +351,68 @@ def run_sampler(pipeline: Any, video: VideoInputs, head: IdentityInputs, setting
     res = sample_video(pipeline.model, pipeline.encoders, video, head.at_size(video.height, video.width), settings,
                        progress=progress, cancel=cancel)
     return nchw_to_bhwc(res.frames), res.latents
+
+
+# ------------------------------------------------------------------------------------------ any generator
+
+
+def _masks_at(masks: torch.Tensor | None, n: int, h: int, w: int, name: str) -> np.ndarray | None:
+    """An optional MASK input as (n, h, w) bool: one mask for all frames repeated, another size fitted."""
+    if masks is None:
+        return None
+    m = as_mask_batch(masks, name)
+    if m.shape[0] == 1 and n > 1:
+        m = m.expand(n, -1, -1)
+    check_frame_counts(frames=n, **{name: m.shape[0]})
+    if tuple(m.shape[1:]) != (h, w):
+        m, note = fit_masks(m.contiguous(), h, w)
+        log.info("M2H Regenerate Mask: %s fitted to the frames: %s", name, note)
+    return m.numpy() > 0.5
+
+
+def regenerate_mask(frames: torch.Tensor, parser: Any | None, clothing_classes: str, *, head_scale: float = 1.3,
+                    hair_margin: float = 0.35, grow_into_garment: int = 4, feather: int = 0, temporal_window: int = 3,
+                    clothing_mask: torch.Tensor | None = None, person_mask: torch.Tensor | None = None,
+                    pose: PoseSequence | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Regenerate Mask node: (regen_mask, lock_mask [N, H, W], preview [N, H, W, 3]) via
+    regen_mask.mannequin_masks + regenerate_mask, as `m2h regen-mask`."""
+    from m2h_core.inference import regen_mask as rm
+
+    images = as_image_batch(frames, "frames")
+    n, h, w = images.shape[:3]
+    cloth, person = _masks_at(clothing_mask, n, h, w, "clothing_mask"), _masks_at(person_mask, n, h, w, "person_mask")
+    if pose is not None:
+        check_frame_counts(frames=n, keypoints=len(pose))
+    try:
+        groups = parse_clothing_classes(clothing_classes) if cloth is None else None
+        cloth, person = rm.mannequin_masks(images_to_uint8(images), parser, cloth, person, groups)
+        settings = rm.RegenMaskSettings.for_height(h, head_scale=float(head_scale), hair_margin=float(hair_margin),
+                                                   grow_into_garment=int(grow_into_garment), feather=int(feather),
+                                                   temporal_window=int(temporal_window))
+        masks = rm.regenerate_mask(cloth, person, None if pose is None else pose.poses, settings)
+    except ValueError as e:
+        raise M2HInputError(str(e)) from None
+    for note in masks.notes:
+        log.info("M2H Regenerate Mask: %s", note)
+    prev = rm.preview(images.detach().cpu().float().numpy(), masks.regen, masks.lock)
+    return torch.from_numpy(masks.regen), torch.from_numpy(masks.lock.astype(np.float32)), torch.from_numpy(prev)
+
+
+def composite_any(generated: torch.Tensor, source: torch.Tensor, parser: Any | None, *, garment_lock: bool = True,
+                  keep_background: bool = False, seam: str = "poisson", lock_mask: torch.Tensor | None = None,
+                  mannequin_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The Composite node: compositing.composite_generated (as `m2h composite`) on IMAGE batches."""
+    from m2h_core.inference.compositing import CompositeSettings, composite_generated
+
+    gen, src = as_image_batch(generated, "generated"), as_image_batch(source, "source")
+    masks = [None if m is None else as_mask_batch(m, name).numpy()
+             for m, name in ((lock_mask, "lock_mask"), (mannequin_mask, "mannequin_mask"))]
+    settings = CompositeSettings.for_height(gen.shape[1], bool(garment_lock), bool(keep_background), seam)
+    try:
+        out, notes = composite_generated(gen.detach().cpu().float().numpy(), src.detach().cpu().float().numpy(),
+                                         parser, settings, lock=masks[0], mannequin=masks[1])
+    except ValueError as e:
+        raise M2HInputError(str(e)) from None
+    for note in notes:
+        log.info("M2H Composite: %s", note)
+    return torch.from_numpy(np.ascontiguousarray(out))

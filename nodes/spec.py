@@ -266,6 +266,72 @@ SAMPLER = NodeSpec(
     ),
 )
 
+REGEN_MASK = NodeSpec(
+    node_id="M2HRegenerateMask",
+    display_name="M2H Regenerate Mask",
+    description="What any generator (Wan2.2 Animate, VACE, AnimateDiff inpainting, M2H Zero-Shot) should redraw on a "
+                "mannequin video: the bare mannequin body plus room for the new person's head and hair (sized from "
+                "the pose), reaching a few pixels into the garment's edge, never the garment itself. Also the lock "
+                "mask M2H Composite keeps the real garment on. Steady from frame to frame.",
+    inputs=(
+        In("frames", "IMAGE", "The mannequin video as an image batch."),
+        In("parsing_model", "COMBO", "Human-parsing model (ComfyUI/models/human_parsing/) that finds the mannequin and "
+           "its garment; 'auto' picks the first one found. Not used when both masks are connected.", default=AUTO,
+           options_source="human_parsing"),
+        In("clothing_classes", "STRING", _CLOTHING_HELP, default="upper, dress, coat, pants, skirt, jumpsuit, scarf"),
+        In("head_scale", "FLOAT", "Width of the head region relative to the head width estimated from the pose "
+           "(bigger for big hair or hats).", default=1.3, min=0.5, max=4.0, step=0.05),
+        In("hair_margin", "FLOAT", "How far the head region reaches above the head, in head widths (room for "
+           "hair).", default=0.35, min=0.0, max=2.0, step=0.05),
+        In("grow_into_garment", "INT", "Pixels the region reaches into the garment where skin meets cloth, so the "
+           "generator can draw that boundary (the lock mask stays clear of it).", default=4, min=0, max=64, step=1),
+        In("feather", "INT", "Soft edge of the regenerate mask in pixels (0 = hard; the lock mask stays hard).",
+           default=0, min=0, max=64, step=1),
+        In("temporal_window", "INT", "Masks voted over this many neighbouring frames and the head position "
+           "averaged, so the mask does not flicker (1 = off).", default=3, min=1, max=15, step=2),
+        In("clothing_mask", "MASK", "Optional: your own clothing masks (white = garment) instead of the parser's.",
+           optional=True),
+        In("person_mask", "MASK", "Optional: the mannequin's silhouette (M2H Mannequin Segmentation's person_mask); "
+           "with clothing_mask connected too no parsing model is loaded.", optional=True),
+        In("keypoints", M2H_POSE, "Optional: M2H DWPose keypoints; they place and size the head region. Without "
+           "them only the mannequin's own head is redrawn.", optional=True),
+    ),
+    outputs=(
+        Out("regen_mask", "MASK", "1 where the generator should redraw (connect to its inpainting / replace mask)."),
+        Out("lock_mask", "MASK", "1 on the garment M2H Composite puts back (connect to its lock_mask)."),
+        Out("preview", "IMAGE", "The frames with the regenerate mask in red and the lock in green."),
+    ),
+)
+
+COMPOSITE = NodeSpec(
+    node_id="M2HComposite",
+    display_name="M2H Composite",
+    description="The garment lock and keep-background for frames from any generator: puts the mannequin video's "
+                "real garment (and, if asked, its background) back into the generated frames, never over the new "
+                "person's arms or hair (a human parser runs on the generated frames). The result has the generated "
+                "frames' size; a source of another size is centre-cropped to their aspect ratio and resized (logged), "
+                "and with different frame counts the first frames of both are used (logged).",
+    inputs=(
+        In("generated", "IMAGE", "The generated frames (any generator's IMAGE output)."),
+        In("source", "IMAGE", "The mannequin video the frames were generated from (frame i with frame i)."),
+        In("garment_lock", "BOOLEAN", "Keep the source's garment pixels (print, colour, logo) inside the lock mask "
+           "(or the parser's garment, eroded), seam blended.", default=True),
+        In("keep_background", "BOOLEAN", "Keep the source's pixels outside the generated person (the shop's "
+           "background); mannequin parts the person does not cover stay generated.", default=False),
+        In("seam", "COMBO", "How the seam is blended: poisson (measured best, benchmarks/bench_compositing.py), "
+           "harmonise (local colour offset) or feather (alpha ramp only).", default="poisson",
+           options=("poisson", "harmonise", "feather")),
+        In("parsing_model", "COMBO", "Human-parsing model (ComfyUI/models/human_parsing/) run on the generated "
+           "frames (and on the source when no lock_mask / mannequin_mask is connected); 'auto' picks the first "
+           "one found.", default=AUTO, options_source="human_parsing"),
+        In("lock_mask", "MASK", "Optional: M2H Regenerate Mask's lock_mask, taken as it is (else the parser's "
+           "garment on the source, eroded a few pixels).", optional=True),
+        In("mannequin_mask", "MASK", "Optional: the mannequin's silhouette (keep_background; else the parser on the "
+           "source).", optional=True),
+    ),
+    outputs=(Out("images", "IMAGE", "The generated frames with the source's garment / background put back."),),
+)
+
 # -- zero-shot mode (public files, no M2H checkpoint; docs/zero-shot.md) ---------------------------------------------
 
 SOCKET_TYPES.add("CONDITIONING")
@@ -352,6 +418,6 @@ ZERO_SHOT_SAMPLER = NodeSpec(
     ),
 )
 
-NODES: tuple[NodeSpec, ...] = (SEGMENTATION, DWPOSE, HEAD_ENCODER, UNET_LOADER, SAMPLER, PUBLIC_LOADER,
-                               ZERO_SHOT_SAMPLER)
+NODES: tuple[NodeSpec, ...] = (SEGMENTATION, DWPOSE, HEAD_ENCODER, UNET_LOADER, SAMPLER, REGEN_MASK, COMPOSITE,
+                               PUBLIC_LOADER, ZERO_SHOT_SAMPLER)
 BY_ID = {n.node_id: n for n in NODES}

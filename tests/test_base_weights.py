@@ -16,7 +16,6 @@ from safetensors.torch import load_file, save_file
 from m2h_core.base_weights import (
     BaseWeightsError,
     base_unet_config,
-    describe,
     identify_checkpoint,
     load_clip_vision,
     load_motion_adapter,
@@ -38,7 +37,6 @@ from tests.fixtures import (
     write_sd15_single_file,
     write_sdxl_like_file,
 )
-
 
 
 def assert_same_state(a: torch.nn.Module, b: torch.nn.Module):
@@ -211,10 +209,13 @@ def test_diffusers_folder(tmp_path, cfg):
     assert_same_state(vae, v2)
 
 
-def test_describe(tmp_path, cfg):
+def test_identify_names_the_file_from_its_header(tmp_path, cfg):
+    from m2h_core.public_weights import identify
+
     p = tmp_path / "sd.safetensors"
     write_sd15_single_file(p, cfg, seed=0)
-    assert '"family": "sd15"' in describe(p)
+    info = identify(p)
+    assert (info.family, info.base, info.variant) == ("checkpoint", "sd15", "4ch")
 
 
 # -- CLIP image encoder ---------------------------------------------------------------------------------------

@@ -219,9 +219,9 @@ def test_generate_with_a_folder_of_photos_garment_lock_and_keep_background(files
     plain, locked = read_video(files / "plain_frames", fps=8).frames, read_video(files / "locked_frames", fps=8).frames
     source, _ = inputs.fit_frames(read_video(files / "a.mp4").frames, 64, 32)
     mask, _ = inputs.fit_masks(np.load(files / "a_masks.npy"), 64, 32)
-    from m2h_core.inference.compositing import erode
+    from m2h_core.preprocess.masks import grow_mask
 
-    region = erode(mask > 0.5, 1)  # this parser finds no body parts, so the whole eroded mask is locked
+    region = grow_mask(mask > 0.5, -1)  # this parser finds no body parts, so the whole eroded mask is locked
     assert region.sum() > 100
     src_u8 = inputs.to_uint8(source)
     np.testing.assert_array_equal(locked[region], src_u8[region])

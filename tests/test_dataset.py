@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from m2h_core.training.dataset import (
@@ -14,7 +15,7 @@ from m2h_core.training.dataset import (
 )
 
 
-def test_frame_indices_stride_clamp_and_loop():
+def test_frame_indices_stride_clamp_and_no_loop():
     rng = np.random.default_rng(0)
     for _ in range(20):
         ind = sample_frame_indices(100, 8, 4, rng)
@@ -23,8 +24,8 @@ def test_frame_indices_stride_clamp_and_loop():
     assert len(starts) > 5  # random start
     short = sample_frame_indices(15, 8, 4, rng)  # 29-frame span does not fit: stride clamps to 2
     assert (np.diff(short) == 2).all() and short[-1] < 15
-    tiny = sample_frame_indices(5, 8, 4, rng)  # fewer frames than asked: loops
-    assert len(tiny) == 8 and set(tiny.tolist()) == set(range(5))
+    with pytest.raises(ValueError, match="5 frames is shorter than the 8-frame training window"):
+        sample_frame_indices(5, 8, 4, rng)  # fewer frames than asked: refused, never looped (issue 32)
     assert sample_frame_indices(8, 8, 4, rng).tolist() == list(range(8))
 
 

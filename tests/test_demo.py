@@ -22,6 +22,13 @@ def quick_run(tmp_path_factory):
     return out, report, lines
 
 
+def psnr(a, b) -> float:
+    """metrics.masked_psnr of (N, 3, H, W) images, pooled over all of them (as the VAE's recon_psnr)."""
+    from m2h_core.metrics import masked_psnr
+
+    return masked_psnr(a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1), pooled=True)
+
+
 def test_quick_demo_writes_every_file(quick_run):
     out, report, _ = quick_run
     for name in ("contact_sheet.png", "identity_sheet.png", "m2h_tiny.safetensors", "metrics.json", "README.txt"):
@@ -218,7 +225,7 @@ def test_shipped_vae_reproduces_its_recorded_held_out_figures():
 
     from m2h_core.demo.run import _make_test_case, _score
     from m2h_core.demo.synthetic import generate_dataset
-    from m2h_core.demo.tiny_vae import (SHIPPED_VAE, _psnr, demo_config, load_vae_weights, reconstruct,
+    from m2h_core.demo.tiny_vae import (SHIPPED_VAE, demo_config, load_vae_weights, reconstruct,
                                         vae_training_images)
 
     cfg = demo_config()
@@ -228,7 +235,7 @@ def test_shipped_vae_reproduces_its_recorded_held_out_figures():
     with safe_open(str(SHIPPED_VAE), "pt") as f:
         meta = f.metadata()
     hold = vae_training_images(generate_dataset(4, int(meta["seed"]) + 1, n_frames=8, height=128, width=64), 64, 32)
-    assert _psnr(reconstruct(vae, hold), hold) == pytest.approx(float(meta["recon_psnr"]), abs=0.05)
+    assert psnr(reconstruct(vae, hold), hold) == pytest.approx(float(meta["recon_psnr"]), abs=0.05)
     for k, want in enumerate((17.53, 16.15, 30.85)):
         case = _make_test_case(1000 * k, 16, 64, 32, 2)
         got = _score(reconstruct(vae, case.ground_truth), case)["clothing_psnr"]

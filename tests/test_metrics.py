@@ -78,6 +78,16 @@ def test_psnr_per_frame_and_empty_mask() -> None:
         masked_psnr(pred, target, np.ones((2, 8, 8), bool))
 
 
+def test_psnr_pooled_is_one_mse_over_all_frames() -> None:
+    """pooled: MSE 0 on frame 0 and 100 on frame 1 (uint8 scale), equal pixel counts -> MSE 50 over the set."""
+    target = np.zeros((2, 8, 8, 3), np.uint8)
+    pred = target.copy()
+    pred[1] = 10
+    assert masked_psnr(pred, target, pooled=True) == pytest.approx(10 * math.log10(255**2 / 50), abs=1e-9)
+    assert masked_psnr(pred, target) == math.inf  # the per-frame mean differs: (inf + 28.1) / 2
+    assert math.isnan(masked_psnr(pred, target, np.zeros((2, 8, 8), bool), pooled=True))
+
+
 # ------------------------------------------------------------------------------------------ SSIM
 
 
@@ -370,15 +380,48 @@ def test_i3d_missing_file_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 def test_i3d_preprocess_resize_crop_range() -> None:
     video = np.zeros((10, 64, 128, 3), np.uint8)  # wide: short side 64 -> 224, long 448, centre crop
     video[:, :, 32:96] = 255  # the middle half is white, exactly what the crop keeps
-    x = i3d_preprocess(video)
+    x = i3d_preprocess(video, fit="center_crop")
     assert x.shape == (3, 10, 224, 224)
     # white maps to +1; only the outermost columns blend with the black border (bilinear, no antialias)
     torch.testing.assert_close(x[..., 2:-2], torch.ones_like(x[..., 2:-2]))
     assert x[..., 0].max().item() < 1.0
     tall = np.full((12, 100, 50, 3), 0.25, np.float32)
-    y = i3d_preprocess(tall)
+    y = i3d_preprocess(tall, fit="center_crop")
     assert y.shape == (3, 12, 224, 224)
     torch.testing.assert_close(y, torch.full_like(y, -0.5))
+
+
+def test_i3d_preprocess_whole_frame_fits() -> None:
+    """resize (default) shows I3D the whole 2:1 portrait frame; pad keeps its aspect with black bars."""
+    video = np.full((10, 64, 32, 3), 255, np.uint8)
+    video[:, :8] = 0  # the top eighth (the head's rows) is black
+    x = i3d_preprocess(video)  # resize: rows 0..27 of 224 come from the black top eighth
+    assert x.shape == (3, 10, 224, 224)
+    assert x[:, :, :26].max().item() == -1.0 and x[:, :, 30:].min().item() == pytest.approx(1.0)
+    p = i3d_preprocess(np.full((10, 64, 32, 3), 255, np.uint8), fit="pad")  # 224 x 112 + 56-column black bars
+    assert p.shape == (3, 10, 224, 224)
+    assert p[..., :56].max().item() == -1.0 and p[..., 168:].max().item() == -1.0
+    torch.testing.assert_close(p[..., 57:167], torch.ones_like(p[..., 57:167]))
+    with pytest.raises(ValueError, match="fit"):
+        i3d_preprocess(video, fit="squash")
+
+
+@pytest.mark.parametrize("fit", ["resize", "pad"])
+def test_fvd_sees_a_change_only_in_the_head(tiny_i3d_file: Path, fit: str) -> None:
+    """At 512x256-like 2:1 framing a change in the head's rows only (top eighth) moves FVD with the whole-frame
+    fits; the centre crop (rows 1/4..3/4) cannot see it at all."""
+    i3d = load_i3d(tiny_i3d_file)
+    real = [np.repeat(np.linspace(0.2, 0.8, 64, dtype=np.float32)[None, :, None, None], 10, 0).repeat(32, 2)
+            .repeat(3, 3) * s for s in (0.9, 1.0, 1.1)]
+    fake = []
+    for i, v in enumerate(real):
+        v = v.copy()
+        v[:, :8] = 0.1 + 0.3 * i  # another head, rows 0-7 of 64 (0-63 of 512)
+        fake.append(v)
+    crop = "center_crop"
+    np.testing.assert_array_equal(i3d_features(real, i3d, fit=crop), i3d_features(fake, i3d, fit=crop))
+    assert abs(fvd(real, fake, i3d, fit="center_crop")) < 1e-6
+    assert fvd(real, fake, i3d, fit=fit) > 1e-3
 
 
 def test_frechet_distance_closed_form() -> None:

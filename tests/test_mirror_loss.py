@@ -274,6 +274,9 @@ def test_eq6_on_two_clips_by_hand(parts, reduction, weighting):
                         reduction, weighting or ("none" if reduction == "paper" else "alpha_bar"))
     assert out.loss.item() == pytest.approx(want, rel=1e-4)
     assert out.frames_decoded == 5
+    if reduction == "paper" and weighting is None:  # literal: the same sums over the clip's latent elements
+        lit = MirrorLoss(vgg, alpha, beta, crop=False, reduction="literal")(z_t, pred, t, target, masks, enc, sched)
+        assert lit.loss.item() == pytest.approx(want / (3 * 4 * (h // 4) * (w // 4)), rel=1e-4)
 
 
 def test_no_face_and_bad_input(parts):

@@ -70,7 +70,7 @@ def test_comfy_nodes_imports_optional_deps_lazily():
 
 def test_spec_is_consistent():
     ids = [n.node_id for n in spec.NODES]
-    assert len(ids) == len(set(ids)) >= 5
+    assert len(ids) == len(set(ids)) == 9
     for n in spec.NODES:
         assert n.display_name.startswith("M2H ")
         names = [i.id for i in n.inputs] + [o.id for o in n.outputs]

@@ -78,11 +78,13 @@ def test_missing_inputs_are_named(tmp_path):
     assert missing_inputs(tc) == "none"
 
 
-def test_gradient_ratio_equals_the_direct_computation(tmp_path):
-    """grad_ratio = |∇(L_total - L_diff)| / |∇L_diff| computed here from the total loss of the same step."""
+@pytest.mark.parametrize("reduction", ["normalized", "literal"])
+def test_gradient_ratio_equals_the_direct_computation(tmp_path, reduction):
+    """grad_ratio = |∇(L_total - L_diff)| / |∇L_diff| computed here from the total loss of the same step; the
+    literal reading (Eq. 4 and 6 both sums) is the mixed one (`paper`) over the clip's latent element count."""
     tc = TrainConfig.from_dict(dict(preset="tiny", random_init=True, synthetic_clips=2, synthetic_frames=12,
                                     num_frames=4, frame_stride=2, batch_size=2, progressive=False,
-                                    output_dir=str(tmp_path), alpha=0.5, beta=0.05))
+                                    output_dir=str(tmp_path), alpha=0.5, beta=0.05, mirror_reduction=reduction))
     tr = Trainer(tc)
     batch = next(tr._loader(1.0))
     got = gradient_balance(tr, [batch], target=0.1, seed=3)
@@ -98,7 +100,9 @@ def test_gradient_ratio_equals_the_direct_computation(tmp_path):
     mir = [(a if a is not None else z) - (b if b is not None else z) for a, b in zip(g_tot, g_diff)]
     want = norm(mir) / norm(g_diff)
     assert got["grad_ratio"] == pytest.approx(want, rel=1e-3)
-    assert got["grad_ratio_normalized"] == got["grad_ratio"] and got["grad_ratio_paper"] != got["grad_ratio"]
+    assert got[f"grad_ratio_{reduction}"] == got["grad_ratio"] and got["grad_ratio_paper"] != got["grad_ratio"]
+    n_lat = 4 * 4 * 16 * 8  # frames x latent channels x 64/4 x 32/4
+    assert got["grad_ratio_literal"] == pytest.approx(got["grad_ratio_paper"] / n_lat, rel=1e-9)
     assert tr.mirror is not None and tr.mirror.alpha == 0.5  # the run's own mirror loss is put back
 
 

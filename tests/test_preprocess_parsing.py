@@ -165,6 +165,8 @@ def test_fill_grow_feather():
     expected = np.zeros((40, 40), bool)
     expected[13:27, 13:27] = True
     assert np.array_equal(s, expected)
+    stack = mk.grow_mask(np.stack([m, np.zeros_like(m), m]), 3)  # (N, H, W) stacks: frame by frame
+    assert stack.shape == (3, 40, 40) and np.array_equal(stack[0], g) and not stack[1].any()
     f = mk.feather_mask(mk.fill_holes(m), 4)
     assert f.dtype == np.float32 and f[20, 20] == pytest.approx(1.0, abs=1e-3) and f[0, 0] == 0
     # a blurred step with a symmetric kernel: mirror pixels about the edge sum to 1, and the edge is soft

@@ -523,3 +523,25 @@ def test_vit_h_given_to_the_m2h_model_is_named_from_the_header(tmp_path):
     with pytest.raises(BaseWeightsError, match=r"is CLIP ViT-H/14 \(CLIP image encoder width 1280, SD-1.5 has "
                                                r"1024\): give the CLIP image encoder it was trained with"):
         check_base_files(sd15(), clip_vision=p)
+
+
+def test_public_tables_build_the_sd15_m2h_model_on_meta():
+    """The real tables go through the M2H model builder at the paper's size (meta device): v3 sets the config's
+    mid block off, and every FaceID to_k_ip / to_v_ip has the exact shape of adapter A's to_k_id / to_v_id."""
+    from m2h_core.models.m2h import M2HModel
+    from m2h_core.models.unet import build_unet
+
+    cfg = sd15()
+    with torch.device("meta"):
+        unet2d = unet_from_ldm(checkpoint_unet_table(4), cfg, "v1-5")
+        motion = motion_adapter_from_state_dict(motion_table("v3"), cfg, "v3_sd15_mm.ckpt")
+        model = M2HModel(cfg, unet=build_unet(cfg, unet2d, motion))
+    assert cfg.unet.motion_mid_block is False and not any(k.startswith("mid_block.motion_modules")
+                                                          for k in model.unet.state_dict())
+    ip = ip_adapter_from_state_dict(ip_adapter_table("faceid_plusv2"), "ip-adapter-faceid-plusv2_sd15.bin",
+                                    model.unet)
+    procs = model.unet.attn_processors
+    assert len(ip.ip_kv) == 16
+    for name, (k, v) in ip.ip_kv.items():
+        proc = procs[name + ".processor"]
+        assert proc.to_k_id.weight.shape == k.shape and proc.to_v_id.weight.shape == v.shape, name

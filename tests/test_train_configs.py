@@ -1,5 +1,6 @@
-"""The shipped training configs: sd15.yaml is Sec. IV-B (with beta = 0.005, Table I's row), and every Table III /
-Table IV config sets exactly its row's switches and nothing else differs from sd15.yaml."""
+"""The shipped training configs: sd15.yaml has Sec. IV-B's settings (with beta = 0.005, Table I's row) on our SD-1.5 +
+AnimateDiff backbone, and every Table III / Table IV config sets exactly its row's switches and nothing else differs
+from sd15.yaml."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _differences(tc: TrainConfig, ref: TrainConfig) -> dict:
     return {k: a[k] for k in a if a[k] != b[k]}
 
 
-def test_sd15_is_the_paper_setup():
+def test_sd15_has_the_papers_training_settings():
     tc = load_train_config(CONFIGS / "sd15.yaml", NEED)
     assert (tc.preset, tc.height, tc.width, tc.num_frames, tc.frame_stride) == ("sd15", 512, 256, 8, 4)
     assert (tc.lr, tc.adam_beta1, tc.adam_beta2, tc.batch_size, tc.max_steps) == (5e-5, 0.0, 0.99, 4, 27500)
@@ -83,3 +84,24 @@ def test_extends_errors_are_clear(tmp_path):
     assert (tc.lr, tc.batch_size, tc.synthetic_clips) == (0.5, 2, 2)
     with pytest.raises(ValueError, match="mirror_reduction"):
         load_train_config(tmp_path / "d.yaml", {"mirror_reduction": "sum"})
+
+
+def test_identity_input_is_a_config_key(tmp_path):
+    """Head-only x_id (ours) vs the paper's whole frame: sd15.yaml says head; --set identity_input=full switches it,
+    and a checkpoint trained the other way is refused rather than silently retrained."""
+    from m2h_core.checkpoint import save_checkpoint
+    from m2h_core.config import tiny
+    from m2h_core.models.m2h import M2HModel
+    from m2h_core.training.config import checkpoint_model_config
+
+    assert load_train_config(CONFIGS / "sd15.yaml", NEED).model_config().identity_input == "head"
+    full = load_train_config(CONFIGS / "sd15.yaml", {**NEED, "identity_input": "full"})
+    assert full.model_config().identity_input == "full"
+    with pytest.raises(ValueError, match="identity_input"):
+        load_train_config(CONFIGS / "sd15.yaml", {**NEED, "identity_input": "face"})
+    ckpt = tmp_path / "m2h.safetensors"
+    save_checkpoint(M2HModel(tiny()), ckpt)  # the tiny preset: head
+    tc = TrainConfig.from_dict({"preset": "tiny", "init_checkpoint": str(ckpt), "synthetic_clips": 1,
+                                "identity_input": "full"})
+    with pytest.raises(ValueError, match="identity_input: full"):
+        checkpoint_model_config(tc)

@@ -32,9 +32,14 @@ What a number means (the protocol; every choice is recorded under "protocol" in 
   face and that of x_id (embedded from the same evaluation-size image; the cache's embedding when the detector
   finds no face there). Frames where no face is detected are left out; their share is ``csim_face_rate``.
 * FVD: I3D (StyleGAN-V TorchScript) features of every ground-truth and every generated chunk (N >= 10 frames),
-  one Fréchet distance over all chunks. Below FVD_MIN_CHUNKS = 401 chunks a warning is printed: the features are
-  400-d, and n chunks give a covariance of rank <= n-1, so with fewer than 401 it is singular and the distance
-  is biased upwards by roughly tr(Σ)/n per set - FVDs from different chunk counts are not comparable.
+  one Fréchet distance over all chunks. I3D sees the whole frame (``--fvd-fit resize``, the default: the frame is
+  resized to 224x224, as the reference FVD code of Unterthiner et al. does), so the head counts - Table III reads
+  FVD as a measure of H and A. StyleGAN-V's centre crop (``--fvd-fit center_crop``) keeps only rows 128-383 of a
+  512x256 frame, without the head and feet; ``pad`` keeps the aspect ratio with black bars. The fit is recorded
+  (``protocol.fvd_fit``); FVDs with different fits are not comparable. Below FVD_MIN_CHUNKS = 401 chunks a
+  warning is printed: the features are 400-d, and n chunks give a covariance of rank <= n-1, so with fewer than
+  401 it is singular and the distance is biased upwards by roughly tr(Σ)/n per set - FVDs from different chunk
+  counts are not comparable.
 * Several runs (the ablations of Tables III / IV): ``--collect results/*.json [--markdown table.md]`` puts them
   in one table, each beside the paper's row when ``--method`` is the config's name (e.g. H0_A0_M0), and warns
   when they were evaluated on different test sets or settings.
@@ -310,7 +315,7 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
     device = torch.device(a.device)
     model = load_checkpoint(a.checkpoint, device=device)
     cfg = model.cfg
-    ds = ClipCacheDataset(a.data, None, ids=ids, height=cfg.height, width=cfg.width, seed=a.seed)
+    ds = ClipCacheDataset(a.data, None, ids=ids, num_frames=None, height=cfg.height, width=cfg.width, seed=a.seed)
     notes: list[str] = []
     lpips_models: dict = {}
     if a.random_encoders:
@@ -374,8 +379,8 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
                 c["csim"] = float(per[found].mean()) if found.any() else None
                 c["csim_face_rate"] = float(found.mean())
             if i3d is not None:
-                rf.append(metrics.i3d_features([gt], i3d, device=device)[0])
-                ff.append(metrics.i3d_features([gen], i3d, device=device)[0])
+                rf.append(metrics.i3d_features([gt], i3d, device=device, fit=a.fvd_fit)[0])
+                ff.append(metrics.i3d_features([gen], i3d, device=device, fit=a.fvd_fit)[0])
             if a.save_frames:
                 save_chunk_frames(Path(a.save_frames) / vid.id / f"{j:02d}", gen)
             chunks.append(c)
@@ -423,7 +428,8 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
                 "ci_level": 0.95, "fvd_min_chunks": FVD_MIN_CHUNKS, "sampler": dataclasses.asdict(base),
                 "seed_rule": "seed + 1000 * video index + chunk index", "checkpoint": str(a.checkpoint),
                 "random_encoders": bool(a.random_encoders),
-                "lpips": sorted(lpips_models), "csim": embedder is not None, "fvd": i3d is not None}
+                "lpips": sorted(lpips_models), "csim": embedder is not None, "fvd": i3d is not None,
+                "fvd_fit": a.fvd_fit}
     result = {"method": a.method, "dataset": a.dataset_name, "summary": summary, "ci95": ci, "protocol": protocol,
               "videos": videos, "notes": notes,
               "paper_table_i": {"citation": PAPER_TABLE_I_CITATION,
@@ -538,7 +544,8 @@ def markdown_report(result: dict) -> str:
         (f"- {p['chunks']} chunks of {p['frames']} frames at stride {p['stride']} from {p['videos']} test videos; "
          f"split `{p['split_source']}` sha256 `{p['split_sha256'][:16]}`"),
         (f"- clothing mask mode `{p['mask_mode']}`; LPIPS networks {', '.join(p['lpips']) or 'none'}; "
-         f"CSIM {'on' if p['csim'] else 'off'}; FVD {'on' if p['fvd'] else 'off'} (min {p['fvd_min_chunks']} chunks)"),
+         f"CSIM {'on' if p['csim'] else 'off'}; FVD {'on' if p['fvd'] else 'off'} (min {p['fvd_min_chunks']} chunks, "
+         f"I3D fit `{p.get('fvd_fit', 'center_crop')}`)"),
         f"- sampler {p['sampler']}; bootstrap {p['bootstrap']} resamples, seed {p['bootstrap_seed']}",
         f"- checkpoint `{p['checkpoint']}`" + (" (random encoders: numbers are not meaningful)"
                                                  if p["random_encoders"] else ""),
@@ -570,7 +577,7 @@ def collect_table(paths: Sequence[str | Path]) -> tuple[str, list[str]]:
         raise ValueError("--collect needs at least one results JSON")
     decimals = {k: d for k, _, d, _ in metrics.TABLE_METRICS}
     warnings = []
-    for key in ("split_sha256", "frames", "stride", "mask_mode", "lpips", "random_encoders"):
+    for key in ("split_sha256", "frames", "stride", "mask_mode", "lpips", "random_encoders", "fvd_fit"):
         values = {json.dumps(r["protocol"].get(key)) for _, r in results}
         if len(values) > 1:
             warnings.append(f"runs differ in protocol.{key} ({', '.join(sorted(values))}): not comparable")
@@ -618,6 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--models", help="models folder: insightface/models/<pack>/ (CSIM) and vgg/, lpips/, fvd/ files")
     ap.add_argument("--no-csim", action="store_true")
     ap.add_argument("--no-fvd", action="store_true")
+    ap.add_argument("--fvd-fit", dest="fvd_fit", choices=metrics.I3D_FITS, default=metrics.I3D_DEFAULT_FIT,
+                    help="how a frame reaches I3D's square input: resize (default: the whole frame, head and feet "
+                         "included), pad (aspect kept, black bars) or center_crop (StyleGAN-V's; cuts a 2:1 "
+                         "portrait's head and feet)")
     ap.add_argument("--frames", type=int, default=16, help="frames per chunk N (FVD needs >= 10; default 16)")
     ap.add_argument("--stride", type=int, default=None,
                     help="frame stride (default: frame_stride of the run's train_config.json next to the "

@@ -1,6 +1,7 @@
 """Preprocess human videos into the clip cache that training reads (layout: `m2h_core/dataset.py`).
 
     python train/prepare_data.py --videos DIR --out CACHE [--models DIR] [--max-side 768] [--max-frames 300]
+                                 [--min-frames 8]
     python train/prepare_data.py --synthetic 50 --out CACHE [--size 128x64] [--frames 32]
 
 Per video: human parsing (clothing mask M_c), DWPose (body pose images p_h + keypoints), insightface on every
@@ -8,8 +9,8 @@ frame (ArcFace embedding, face box, face mask M_id, landmark image p_id). Model 
 (`--models`, $M2H_MODELS, ComfyUI's models folder; see `m2h doctor`); nothing is downloaded.
 
 Resumable: videos whose folder is complete are skipped, so re-running after a crash or with new videos only
-does the missing work. A video that fails (unreadable, no person, no face) is skipped and listed with the reason
-in CACHE/failed.json; the run goes on. A missing model file stops the run at once (it would fail every video).
+does the missing work. A video that fails (unreadable, shorter than --min-frames, no person, no face) is skipped
+and listed with the reason in CACHE/failed.json; the run goes on. A missing model file stops the run at once (it would fail every video).
 At the end CACHE/split.json gets a seeded 90/10 train/test split of all complete videos (the paper's Sec. IV-A;
 stable when videos are added), or, with `--test-list FILE` (e.g. UBC Fashion's fashion_test.txt: file names,
 paths or URLs, one a line), exactly the videos that file names; the list is kept in split.json for later runs.
@@ -116,8 +117,11 @@ def downscale(frames: np.ndarray, max_side: int | None) -> np.ndarray:
     return np.stack([cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in frames])
 
 
+MIN_FRAMES = 8  # the paper's training window: shorter clips would loop (a jump every few frames)
+
+
 def process_video(path: Path, vid: str, out: Path, pre: Preprocessors, max_side: int | None = 768,
-                  max_frames: int | None = None, min_face_frames: int = 1) -> Path:
+                  max_frames: int | None = None, min_face_frames: int = 1, min_frames: int = MIN_FRAMES) -> Path:
     from m2h_core.video_io import VideoReadError, read_video
 
     try:
@@ -126,8 +130,9 @@ def process_video(path: Path, vid: str, out: Path, pre: Preprocessors, max_side:
         raise SkipVideo(f"unreadable: {e}") from e
     except Exception as e:
         raise SkipVideo(f"unreadable: {type(e).__name__}: {e}") from e
-    if clip.num_frames < 2:
-        raise SkipVideo(f"only {clip.num_frames} frame(s)")
+    if clip.num_frames < max(2, min_frames):
+        raise SkipVideo(f"too short: {clip.num_frames} frame(s), fewer than the {max(2, min_frames)}-frame training "
+                        "window (--min-frames); looping it would teach a jump every few frames")
     frames = downscale(clip.frames, max_side)
     n, h, w = frames.shape[:3]
     clothing, person = pre.parse(frames)
@@ -159,7 +164,7 @@ def process_video(path: Path, vid: str, out: Path, pre: Preprocessors, max_side:
 def prepare_videos(videos: Path, out: Path, pre: Preprocessors | None = None, *, max_side: int | None = 768,
                    max_frames: int | None = None, seed: int = 0, test_fraction: float = 0.1,
                    log: Callable[[str], None] = print, make_pre: Callable[[], Preprocessors] | None = None,
-                   test_list: Path | None = None) -> dict:
+                   test_list: Path | None = None, min_frames: int = MIN_FRAMES) -> dict:
     """Process every video under `videos` into `out` (resumable; failures listed in out/failed.json)."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".tmp-*"):  # a crash mid-video leaves its temp folder behind
@@ -178,7 +183,7 @@ def prepare_videos(videos: Path, out: Path, pre: Preprocessors | None = None, *,
     for k, (p, vid) in enumerate(todo, 1):
         t0 = time.time()
         try:
-            process_video(p, vid, out, pre, max_side, max_frames)
+            process_video(p, vid, out, pre, max_side, max_frames, min_frames=min_frames)
             failed.pop(str(p), None)
             log(f"[{k}/{len(todo)}] {p.name}: ok ({time.time() - t0:.1f}s)")
         except SkipVideo as e:
@@ -257,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-side", type=int, default=768, help="downscale frames so the long side is at most this")
     ap.add_argument("--max-frames", type=int, default=None)
+    ap.add_argument("--min-frames", type=int, default=MIN_FRAMES,
+                    help=f"skip videos with fewer frames (default {MIN_FRAMES}: the training window, train config "
+                         "num_frames; shorter clips would loop)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-fraction", type=float, default=0.1)
     ap.add_argument("--test-list", type=Path, help="text file naming the test videos (file names, paths or URLs, one "
@@ -264,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=parse_size, default=(128, 64), help="synthetic frame size HxW")
     ap.add_argument("--frames", type=int, default=32, help="synthetic frames per clip")
     a = ap.parse_args(argv)
+    if a.max_frames is not None and a.max_frames < a.min_frames:
+        ap.error(f"--max-frames {a.max_frames} is below --min-frames {a.min_frames}: every video would be skipped")
     if a.test_list is not None and not a.test_list.is_file():
         ap.error(f"--test-list {a.test_list} is not a file")
     if a.synthetic is not None:
@@ -282,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         prepare_videos(a.videos, a.out, None, max_side=a.max_side, max_frames=a.max_frames, seed=a.seed,
-                       test_fraction=a.test_fraction, test_list=a.test_list,
+                       test_fraction=a.test_fraction, test_list=a.test_list, min_frames=a.min_frames,
                        make_pre=lambda: Preprocessors.from_models(a.models, a.parser, a.face_pack, a.device))
     except (MissingModelError, ImportError, CacheError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,6 +13,11 @@ Ablations (Table III):  --no-head-encoder  --no-adapter  --no-adapter-norm  --no
 Mirror weights (Table IV): --alpha 0,0.005,0.05 --beta 0.005 (the grid of all pairs), or --sweep table4
   (one run per row: train/configs/table3/*.yaml and table4/*.yaml are the same rows as config files)
 
+Warm start (no public M2H weights exist):  --init public --ip-adapter ip-adapter-faceid_sd15.bin
+  --controlnet control_v11p_sd15_openpose.pth [--set pose_channels=[16,32,96,256]]: adapter A's identity K/V and H's
+  ArcFace path from FaceID, E_pose from ControlNet's hint encoder (plus the AnimateDiff motion module and, with an
+  inpainting --base, its input channels). See m2h_core/training/public_init.py.
+
 Before a long run:  --preflight   (same config and flags): a few real steps in both resolution phases, then
   key=value lines and <output_dir>/preflight.json: peak memory and whether it fits (and what to change first),
   seconds per step and hours to max_steps, |grad L_mir| / |grad L_diff| with the alpha for --target-ratio, the
@@ -56,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--vgg", help="VGG16 weights (vgg16-397923af.pth or .safetensors)")
     ap.add_argument("--init-checkpoint", dest="init_checkpoint", help="start from an M2H checkpoint")
     ap.add_argument("--random-init", dest="random_init", action="store_const", const=True)
+    ap.add_argument("--init", choices=("base", "public"),
+                    help="public: also warm-start M2H parts from public add-ons (--ip-adapter, --controlnet; "
+                         "m2h_core/training/public_init.py); the preflight lists what came from where")
+    ap.add_argument("--ip-adapter", dest="ip_adapter", help="IP-Adapter FaceID file for --init public")
+    ap.add_argument("--controlnet", help="ControlNet OpenPose file for --init public")
     ap.add_argument("--output-dir", dest="output_dir")
     ap.add_argument("--max-steps", dest="max_steps", type=int)
     ap.add_argument("--batch-size", dest="batch_size", type=int)

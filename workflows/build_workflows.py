@@ -61,9 +61,7 @@ CORE_NODES = {
     "ImageToMask": NodeType("ImageToMask", (("image", "IMAGE", False),), (("channel", "COMBO"),),
                             (("MASK", "MASK"),), defaults={"channel": "red"}),
     "MarkdownNote": NodeType("MarkdownNote", (), (("text", "STRING"),), ()),
-    "MaskComposite": NodeType("MaskComposite", (("destination", "MASK", False), ("source", "MASK", False)),
-                              (("x", "INT"), ("y", "INT"), ("operation", "COMBO")), (("MASK", "MASK"),),
-                              defaults={"x": 0, "y": 0, "operation": "subtract"}),
+    "MaskToImage": NodeType("MaskToImage", (("mask", "MASK", False),), (), (("IMAGE", "IMAGE"),)),
 }
 UI_ONLY = {"MarkdownNote", "Note"}  # frontend-only nodes: not in the API format
 
@@ -245,8 +243,8 @@ VIDEO_NOTE = """## Inputs
 1. **Load Video**: the mannequin video (a short clip; every frame is used — trim long videos first).
 2. **Load Image**: one clear photo of the person (face at least ~100 px wide).
 
-The result keeps the source video's frame rate (Get Video Components -> fps -> Create Video) and is saved to
-`output/video/`. Long videos are generated in overlapping windows (M2H Sampler: context_frames / overlap).
+The result keeps the source video's frame rate and sound (Get Video Components -> fps, audio -> Create Video)
+and is saved to `output/video/`. Long videos are generated in overlapping windows (M2H Sampler: context_frames / overlap).
 """
 
 MASKS_NOTE = """## Your own clothing masks
@@ -292,6 +290,7 @@ def _generate(g: Graph, comps: Node, ident: Node, clothing_mask_from: tuple[Node
     create = g.add("CreateVideo", (1500, 200), (270, 80))
     g.link(sampler, "images", create, "images")
     g.link(comps, "fps", create, "fps")
+    g.link(comps, "audio", create, "audio")  # the source's sound (Create Video trims it to the frames generated)
     save = g.add("SaveVideo", (1500, 330), (400, 420), filename_prefix="video/M2HVideo")
     g.link(create, "VIDEO", save, "video")
     prev = g.add("PreviewImage", (1120, 680), (300, 300), title="Identity placement")
@@ -349,6 +348,67 @@ def preprocess_preview() -> Graph:
     return g
 
 
+ANY_GENERATOR_MODELS_NOTE = """## M2HVideo around any generator: model files
+
+| node | file | folder |
+| --- | --- | --- |
+| M2H Regenerate Mask, M2H Composite | `segformer_b2_clothes/` folder, or `parsing_atr.onnx` / `parsing_lip.onnx` | `models/human_parsing/` |
+| M2H DWPose | `yolox_l.onnx`, `dw-ll_ucoco_384.onnx` | `models/dwpose/` |
+
+Nothing is downloaded. M2H Identity Photo (for the pack's own samplers in the middle) needs insightface:
+`pip install --no-deps insightface` (see the README: its dependencies break onnxruntime).
+"""
+
+ANY_GENERATOR_NOTE = """## Any generator in the middle
+
+1. **M2H Regenerate Mask** -> `regen_mask`: what to redraw (bare mannequin + head room, never the garment).
+   Connect it to your generator's mask input: Wan2.2 Animate's / VACE's mask, an inpainting
+   *Set Latent Noise Mask*, AnimateDiff inpainting. `preview` shows it (red) and the lock (green).
+2. Your generator's **IMAGE** output -> **M2H Composite** `generated` (replace the second Load Video, which
+   stands in for it here). `source` stays the mannequin video, `lock_mask` from step 1.
+3. M2H Composite puts the real garment back, never over the new arms or hair (it parses the generated frames),
+   at the generated frames' size; the source is centre-cropped and resized to it. See docs/any-generator.md.
+"""
+
+
+def any_generator() -> Graph:
+    g = Graph("m2h_any_generator", "Garment lock and keep background around any generator",
+              "M2HVideo - garment lock for any generator")
+    g.add("MarkdownNote", (-520, 40), (520, 340), title="Model files", text=ANY_GENERATOR_MODELS_NOTE)
+    g.add("MarkdownNote", (-520, 420), (520, 380), title="Wire your generator", text=ANY_GENERATOR_NOTE)
+    _, comps, _ = _front(g, with_identity=False)
+    pose = g.add("M2HDWPose", (660, 420), (320, 300))
+    g.link(comps, "images", pose, "frames")
+    g.link(comps, "fps", pose, "fps")
+    regen = g.add("M2HRegenerateMask", (1020, 40), (340, 380))
+    g.link(comps, "images", regen, "frames")
+    g.link(pose, "keypoints", regen, "keypoints")
+    gen_video = g.add("LoadVideo", (40, 760), (300, 320), title="Generated video (stands in for your generator)",
+                      file="m2h_generated.mp4")
+    gen = g.add("GetVideoComponents", (380, 760), (220, 90), title="Your generator's frames")
+    g.link(gen_video, "VIDEO", gen, "video")
+    comp = g.add("M2HComposite", (1020, 480), (340, 300))
+    g.link(gen, "images", comp, "generated")
+    g.link(comps, "images", comp, "source")
+    g.link(regen, "lock_mask", comp, "lock_mask")
+    as_image = g.add("MaskToImage", (1400, 40), (220, 60))
+    g.link(regen, "regen_mask", as_image, "mask")
+    for i, (src, out, prefix) in enumerate(((as_image, "IMAGE", "video/M2H_regen_mask"),
+                                            (comp, "images", "video/M2H_composite"))):
+        create = g.add("CreateVideo", (1660, 40 + 460 * i), (270, 80))
+        g.link(src, out, create, "images")
+        g.link(comps, "fps", create, "fps")
+        if i == 1:
+            g.link(comps, "audio", create, "audio")  # the source's sound
+        save = g.add("SaveVideo", (1960, 40 + 460 * i), (400, 380), filename_prefix=prefix)
+        g.link(create, "VIDEO", save, "video")
+    prev = g.add("PreviewImage", (1400, 160), (220, 260), title="Regenerate (red) / lock (green)")
+    g.link(regen, "preview", prev, "images")
+    return g
+
+
+
+
 ZERO_SHOT_NOTE = """## Zero-shot: public weights, no M2H checkpoint
 
 | node | file | folder |
@@ -362,8 +422,8 @@ ZERO_SHOT_NOTE = """## Zero-shot: public weights, no M2H checkpoint
 | M2H Mannequin Segmentation | `segformer_b2_clothes/` folder, or `parsing_atr.onnx` / `parsing_lip.onnx` | `models/human_parsing/` |
 | M2H Identity Photo | insightface `antelopev2/` (or `buffalo_l/`) folder | `models/insightface/models/` |
 
-Only the person is redrawn (regen_mask: here person minus clothing; M2H Regenerate Mask adds the head region);
-garment and background are the source's. Identity is weaker than a trained M2H model's. FaceID files and
+Only the person is redrawn (M2H Regenerate Mask: the mannequin minus the garment, plus the head region from the
+pose); garment and background are the source's. Identity is weaker than a trained M2H model's. FaceID files and
 insightface packs are for non-commercial research use only. See docs/zero-shot.md.
 Missing insightface? `pip install --no-deps insightface` (see the README).
 """
@@ -377,10 +437,6 @@ def zero_shot() -> Graph:
     _, comps, ident = _front(g)
     seg = g.add("M2HMannequinSegmentation", (760, 40), (320, 300))
     g.link(comps, "images", seg, "frames")
-    regen = g.add("MaskComposite", (760, 380), (260, 130), title="Regenerate mask (person - clothing)",
-                  operation="subtract")
-    g.link(seg, "person_mask", regen, "destination")
-    g.link(seg, "clothing_mask", regen, "source")
     loader = g.add("M2HPublicLoader", (380, 600), (360, 260), base_model="v1-5-pruned-emaonly.safetensors",
                    motion_module="mm_sd_v15_v2.ckpt", controlnet_pose="control_v11p_sd15_openpose_fp16.safetensors",
                    ip_adapter="ip-adapter-faceid-plusv2_sd15.bin",
@@ -393,10 +449,15 @@ def zero_shot() -> Graph:
     g.link(ident, "IMAGE", head, "identity")
     g.link(loader, "model", head, "model")
     g.link(pose, "keypoints", head, "pose")
+    regen = g.add("M2HRegenerateMask", (1120, 760), (340, 380))
+    g.link(comps, "images", regen, "frames")
+    g.link(seg, "clothing_mask", regen, "clothing_mask")
+    g.link(seg, "person_mask", regen, "person_mask")
+    g.link(pose, "keypoints", regen, "keypoints")
     sampler = g.add("M2HZeroShotSampler", (1120, 200), (340, 520), seed=42)
     g.link(loader, "model", sampler, "model")
     g.link(comps, "images", sampler, "frames")
-    g.link(regen, "MASK", sampler, "regen_mask")
+    g.link(regen, "regen_mask", sampler, "regen_mask")
     g.link(seg, "clothing_mask", sampler, "clothing_mask")
     g.link(pose, "pose_images", sampler, "pose_images")
     g.link(head, "head_cond", sampler, "head_cond")
@@ -408,7 +469,7 @@ def zero_shot() -> Graph:
     return g
 
 
-WORKFLOWS = (mannequin_to_human, user_masks, preprocess_preview, zero_shot)
+WORKFLOWS = (mannequin_to_human, user_masks, preprocess_preview, any_generator, zero_shot)
 
 
 def render_all() -> dict[Path, str]:

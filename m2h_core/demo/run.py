@@ -125,7 +125,7 @@ from ..inference.inputs import IdentityInputs, VideoInputs
 from ..inference.sampler import SamplerSettings, sample_video
 from .synthetic import SyntheticClip, generate_clip, generate_dataset
 from .pretrained import SHIPPED_M2H, load_pretrained
-from .tiny_vae import (SHIPPED_VAE, _psnr, demo_config, load_vae_weights, masked_pairs, reconstruct,
+from .tiny_vae import (SHIPPED_VAE, demo_config, load_vae_weights, masked_pairs, reconstruct,
                        train_tiny_vae, vae_training_images)
 from ..video_io import write_video
 
@@ -694,7 +694,7 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
         if s.vae_source == "shipped":
             try:
                 vres = load_vae_weights(encoders.vae, s.vae_path or SHIPPED_VAE)
-                vres.recon_psnr = _psnr(reconstruct(encoders.vae, holdout), holdout)
+                vres.recon_psnr = masked_psnr(_nhwc(reconstruct(encoders.vae, holdout)), _nhwc(holdout), pooled=True)
                 say(f"[2/5 vae] pretrained tiny VAE {s.vae_path or SHIPPED_VAE} ({vres.steps} steps, made by "
                     f"`python -m m2h_core.demo.tiny_vae`): held-out reconstruction PSNR {vres.recon_psnr:.2f} dB")
             except (FileNotFoundError, ValueError) as e:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from ..metrics import masked_psnr
 from ..training.dataset import transform_sample
 
 if TYPE_CHECKING:
@@ -58,9 +59,8 @@ class VAETrainResult:
     losses: list[float]
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse <= 0 else 10 * math.log10(1.0 / mse)
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1)
 
 
 @torch.no_grad()
@@ -201,7 +201,7 @@ def train_tiny_vae(vae: AutoencoderKL, images: torch.Tensor, *, steps: int = 300
             progress(step + 1, steps, float(np.mean(losses[-progress_every:])))
     vae.eval().requires_grad_(False)
     check = holdout if holdout is not None else images[:64]
-    psnr = _psnr(reconstruct(vae, check), check)
+    psnr = masked_psnr(_nhwc(reconstruct(vae, check)), _nhwc(check), pooled=True)
     scale = latent_scale(vae, images[: min(n, 256)])
     set_scaling_factor(vae, scale)
     return VAETrainResult(steps, time.perf_counter() - t0, psnr, scale, losses)
@@ -246,11 +246,11 @@ def splice_psnr(vae: AutoencoderKL, human: torch.Tensor, mannequin: torch.Tensor
     inside = _inside_cells(vae, masks)
     z_h = _mean_latents(vae, human)
     z_c = _mean_latents(vae, mannequin * masks)
-    m = masks.expand_as(human) > 0.5
+    m = masks[:, 0] > 0.5
 
     def score(z: torch.Tensor) -> float:
         rec = ((vae.decode(z).sample + 1) / 2).clamp(0, 1)
-        return round(10 * math.log10(1.0 / float(((rec - human)[m] ** 2).mean())), 3)
+        return round(masked_psnr(_nhwc(rec), _nhwc(human), m, pooled=True), 3)
 
     return {"ceiling": score(z_h), "copy": score(z_c), "splice": score(inside * z_c + (1 - inside) * z_h)}
 
@@ -397,7 +397,8 @@ def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 8000, batch_size: in
         with torch.no_grad():
             loc = float(locality_error(vae, ht[0] * 2 - 1, ht[2]))
         sp = splice_psnr(vae, *ht)
-        return (f"reconstruction {_psnr(reconstruct(vae, holdout), holdout):.2f} dB, locality error {loc:.4f}, "
+        rec = masked_psnr(_nhwc(reconstruct(vae, holdout)), _nhwc(holdout), pooled=True)
+        return (f"reconstruction {rec:.2f} dB, locality error {loc:.4f}, "
                 f"clothing PSNR ceiling / copy / splice {sp['ceiling']:.2f} / {sp['copy']:.2f} / {sp['splice']:.2f}")
 
     before = held_out()
@@ -409,7 +410,7 @@ def pretrain(out: str | Path = SHIPPED_VAE, *, steps: int = 8000, batch_size: in
         seconds = localize_vae(vae, *tr, steps=localize_steps, batch_size=batch_size, seed=seed,
                                    progress_every=max(1, localize_steps // 10),
                                    progress=lambda i, n, loss: say(f"[tiny vae] localise {i}/{n} loss {loss:.5f}"))
-        res.recon_psnr = _psnr(reconstruct(vae, holdout), holdout)
+        res.recon_psnr = masked_psnr(_nhwc(reconstruct(vae, holdout)), _nhwc(holdout), pooled=True)
         set_scaling_factor(vae, res.scaling_factor)  # the latent space is kept, so is its scale
     after = held_out()
     say(f"[tiny vae] held-out after localising: {after} ({seconds:.0f} s) -> {out}")

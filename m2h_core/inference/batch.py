@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..video_io import AUDIO_NOT_KEPT
 from .inputs import InputError
 
 log = logging.getLogger("m2h")
@@ -225,9 +226,11 @@ def run_batch(jobs_csv: str | os.PathLike, files, req_defaults: dict, settings, 
                                   keep_background=opts.pop("keep_background", req_defaults.get("keep_background",
                                                                                                False)))
             note("start", job)
-            generate(files, req, replace(settings, **opts), models=models, pipeline=pipeline)
+            result = generate(files, req, replace(settings, **opts), models=models, pipeline=pipeline)
             report.done.append(job.output)
             note("done", job)
+            for lost in [n for n in result.notes if n.startswith(AUDIO_NOT_KEPT)]:
+                note(lost, job)
         except (ValueError, OSError, RuntimeError, CheckpointError, SamplingError, ImportError) as e:
             msg = _message(e)
             failed.add(job, msg)

@@ -22,10 +22,12 @@ All functions take float32 (N, H, W, 3) frames in [0, 1] and bool (N, H, W) mask
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
+
+from ..preprocess.masks import grow_mask
 
 SEAMS = ("feather", "harmonise", "poisson")
 
@@ -64,28 +66,6 @@ class CompositeSettings:
 # ------------------------------------------------------------------------------------------ mask helpers
 
 
-def _disk(px: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * px + 1, 2 * px + 1))
-
-
-def erode(mask: np.ndarray, px: int) -> np.ndarray:
-    """(H, W) or (N, H, W) bool eroded by `px` (outside the image counts as off)."""
-    if mask.ndim == 3:
-        return np.stack([erode(m, px) for m in mask])
-    if px <= 0:
-        return mask.astype(bool)
-    return cv2.erode(mask.astype(np.uint8), _disk(px), borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
-
-
-def dilate(mask: np.ndarray, px: int) -> np.ndarray:
-    """(H, W) or (N, H, W) bool dilated by `px`."""
-    if mask.ndim == 3:
-        return np.stack([dilate(m, px) for m in mask])
-    if px <= 0:
-        return mask.astype(bool)
-    return cv2.dilate(mask.astype(np.uint8), _disk(px)) > 0
-
-
 def distance_outside(mask: np.ndarray) -> np.ndarray:
     """Euclidean distance of every pixel to the nearest `mask` pixel (0 on it); inf when the mask is empty."""
     if not mask.any():
@@ -98,7 +78,7 @@ def distance_outside(mask: np.ndarray) -> np.ndarray:
 
 def _harmonise_offset(gen: np.ndarray, src: np.ndarray, take: np.ndarray, px: int) -> np.ndarray:
     """Local (source - generated) colour offset from the rim of `take`, spread by a normalised Gaussian."""
-    rim = take & ~erode(take, max(1, px // 2))
+    rim = take & ~grow_mask(take, -max(1, px // 2))
     w = rim.astype(np.float32)
     k = 2 * (2 * px) + 1
     num = cv2.GaussianBlur((src - gen) * w[..., None], (k, k), px)
@@ -173,7 +153,7 @@ def _check(gen: np.ndarray, src: np.ndarray, **masks: np.ndarray | None) -> None
 def lock_region(clothing: np.ndarray, body: np.ndarray | None, erode_px: int) -> np.ndarray:
     """Where the garment lock takes the source: M_c eroded by `erode_px`, minus the generated body parts
     ((H, W) or (N, H, W))."""
-    m = erode(clothing.astype(bool), erode_px)
+    m = grow_mask(clothing.astype(bool), -erode_px)
     return m & ~body.astype(bool) if body is not None else m
 
 
@@ -191,8 +171,8 @@ def garment_lock(generated: np.ndarray, source: np.ndarray, clothing: np.ndarray
 def background_region(person: np.ndarray, mannequin: np.ndarray | None, grow_px: int) -> np.ndarray:
     """Where keep_background takes the source: outside the generated person and the mannequin, both grown
     ((H, W) or (N, H, W))."""
-    keep = ~dilate(person.astype(bool), grow_px)
-    return keep & ~dilate(mannequin.astype(bool), grow_px) if mannequin is not None else keep
+    keep = ~grow_mask(person.astype(bool), grow_px)
+    return keep & ~grow_mask(mannequin.astype(bool), grow_px) if mannequin is not None else keep
 
 
 def keep_background(generated: np.ndarray, source: np.ndarray, person: np.ndarray, mannequin: np.ndarray | None,
@@ -227,16 +207,9 @@ def composite(generated: np.ndarray, source: np.ndarray, settings: CompositeSett
 # ------------------------------------------------------------------------------------------ measures
 
 
-def psnr_in(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
-    """PSNR (dB, peak 1) over the pixels of `mask`."""
-    m = mask.astype(bool)
-    mse = float(((a[m] - b[m]) ** 2).mean()) if m.any() else 0.0
-    return float("inf") if mse <= 0 else 10.0 * np.log10(1.0 / mse)
-
-
 def edge_band(mask: np.ndarray, px: int) -> np.ndarray:
     """(N, H, W) bool: pixels within `px` of the mask's edge (either side)."""
-    return np.stack([dilate(m, px) & ~erode(m, px) for m in mask.astype(bool)])
+    return np.stack([grow_mask(m, px) & ~grow_mask(m, -px) for m in mask.astype(bool)])
 
 
 def seam_energy(frames: np.ndarray, band: np.ndarray) -> float:
@@ -251,11 +224,13 @@ def seam_energy(frames: np.ndarray, band: np.ndarray) -> float:
     return tot / max(n, 1)
 
 
-def composite_with_parser(generated: np.ndarray, source: np.ndarray, clothing: np.ndarray, parser,
-                          settings: CompositeSettings) -> tuple[np.ndarray, str]:
-    """What `m2h generate` and the sampler node run: a human parser (`preprocess.parsing.HumanParser`) on the
-    generated frames gives the body parts to protect and the new person; on the source (keep_background only)
-    the mannequin's silhouette. Frames float (N, H, W, 3) in [0, 1]; returns the frames and a note for the log."""
+def composite_with_parser(generated: np.ndarray, source: np.ndarray, clothing: np.ndarray | None, parser,
+                          settings: CompositeSettings, *, mannequin: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, str]:
+    """What `m2h generate`, the sampler node and M2H Composite run: a human parser (`preprocess.parsing.HumanParser`)
+    on the generated frames gives the body parts to protect and the new person; on the source, the mannequin's
+    silhouette (keep_background, unless `mannequin` is given) and the garment (when `clothing` is None). Frames
+    float (N, H, W, 3) in [0, 1]; returns the frames and a note for the log."""
     from ..preprocess.parsing import BODY_GROUPS
 
     def u8(x: np.ndarray) -> np.ndarray:
@@ -263,10 +238,81 @@ def composite_with_parser(generated: np.ndarray, source: np.ndarray, clothing: n
 
     gen = parser.parse(u8(generated), fill_holes=False)
     body = np.isin(gen.labels, gen.label_set.ids([g for g in BODY_GROUPS if g != "background"]))
-    mannequin = parser.parse(u8(source), fill_holes=False).person_mask if settings.keep_background else None
+    need_src = (settings.keep_background and mannequin is None) or (settings.garment_lock and clothing is None)
+    src = parser.parse(u8(source), fill_holes=clothing is None) if need_src else None  # holes: clothing only
+    if mannequin is None and settings.keep_background:
+        mannequin = src.person_mask
+    if clothing is None and settings.garment_lock:
+        clothing = src.clothing_mask
     out = composite(generated, source, settings, clothing=clothing, body=body, person=gen.person_mask,
                     mannequin=mannequin)
     done = [n for n, on in (("garment lock", settings.garment_lock), ("keep background", settings.keep_background))
             if on]
     return out, (f"{' + '.join(done)}: erode {settings.erode_px}, feather {settings.feather_px}, {settings.seam} "
                  f"seam over {settings.harmonise_px} px")
+
+
+# ------------------------------------------------------------------------------------------ any generator
+
+
+def match_source(generated: np.ndarray, source: np.ndarray, *masks: np.ndarray | None
+                 ) -> tuple[np.ndarray, list[np.ndarray | None], list[str]]:
+    """The rule for another generator's frames (M2H Composite, `m2h composite`): the result has the generated
+    frames' size and count. Frame i is paired with source frame i; with different counts the first min(N, M) of
+    each are used (noted). A source of another size is fitted to the generated size as the pack fits every input
+    (`video_io.center_crop_resize`: centre crop to the generated aspect ratio, then resize), which is what a
+    generator fed a centre-cropped, resized copy of the source saw; masks (one per frame, or one for all) of the
+    source's size follow it, masks already at the generated size are used as they are.
+    Returns (source, masks, notes); the generated frames are cut to the count by the caller."""
+    from ..video_io import center_crop_resize, compute_center_crop, crop_resize_masks
+
+    n, h, w = generated.shape[:3]
+    m, sh, sw = source.shape[:3]
+    notes = []
+    count = min(n, m)
+    if n != m:
+        notes.append(f"the generated video has {n} frames and the source {m}: the first {count} of each are "
+                     f"composited (frame i with frame i)")
+    src = source[:count]
+    if (sh, sw) != (h, w):
+        src, info = center_crop_resize(src, h, w)
+        cut = (info.crop_width, info.crop_height) != (sw, sh)
+        crop = f"centre-cropped to {info.crop_width}x{info.crop_height} and " if cut else ""
+        notes.append(f"the source ({sw}x{sh}, WxH) was {crop}resized to the generated frames' {w}x{h}")
+    out = []
+    for k in masks:
+        if k is None:
+            out.append(None)
+            continue
+        k = np.asarray(k, np.float32)
+        k = k[None] if k.ndim == 2 else k
+        if len(k) == 1:
+            k = np.repeat(k, count, 0)
+        elif len(k) < count:
+            raise ValueError(f"a mask sequence has {len(k)} frames for {count} frames: give one per frame or one "
+                             "for all")
+        k = k[:count]
+        if k.shape[1:] != (h, w):
+            k = crop_resize_masks(k, compute_center_crop(k.shape[1], k.shape[2], h, w))
+        out.append(k > 0.5)
+    return src.astype(np.float32), out, notes
+
+
+def composite_generated(generated: np.ndarray, source: np.ndarray, parser, settings: CompositeSettings, *,
+                        lock: np.ndarray | None = None, mannequin: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, list[str]]:
+    """Garment lock / keep background for frames from any generator (M2H Composite and `m2h composite`): frames
+    float (N, H, W, 3) / (M, Hs, Ws, 3) in [0, 1], fitted by `match_source`. `lock`: the lock mask of M2H
+    Regenerate Mask (taken as it is, not eroded again); without it the parser finds the garment on the source.
+    The parser always runs on the generated frames, so the new person's arms and hair are never pasted over."""
+    if not settings.enabled:
+        return generated, ["garment_lock and keep_background are both off: the generated frames are returned"]
+    if parser is None:
+        raise ValueError("garment_lock / keep_background need a human-parsing model (models/human_parsing/) to "
+                         "find the generated person's arms and hair")
+    src, (lock_m, mann), notes = match_source(generated, source, lock, mannequin)
+    gen = np.asarray(generated[:len(src)], np.float32)
+    if lock_m is not None:
+        settings = replace(settings, erode_px=0)
+    out, note = composite_with_parser(gen, src, lock_m, parser, settings, mannequin=mann)
+    return out, notes + [note]

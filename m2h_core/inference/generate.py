@@ -20,7 +20,7 @@ from . import inputs
 from .pipeline import M2HPipeline, check_model_files, load_pipeline
 from .sampler import SamplerSettings, sample_video
 from ..config import M2HConfig
-from ..video_io import VideoWriter
+from ..video_io import AudioSource, VideoWriter
 
 log = logging.getLogger("m2h")
 
@@ -234,11 +234,13 @@ DECODE_CHUNK = 16  # frames decoded, composited and written at a time (a multipl
 def write_output(latents: torch.Tensor, encoders, video: inputs.VideoInputs, req: GenerateRequest,
                  models: Preprocessors, fps, notes: list[str], chunk: int = DECODE_CHUNK) -> int:
     """Decode `chunk` frames at a time, composite them (garment lock / keep background work frame by frame) and
-    write them straight into the video: the decoded video is never held whole. Returns the frames written."""
+    write them straight into the video: the decoded video is never held whole; the source's sound over the same
+    frames goes with them (a note says why where it cannot). Returns the frames written."""
     compositing = req.garment_lock or req.keep_background
     written, note = 0, []
+    audio = AudioSource.for_frames(req.video, latents.shape[0], fps)
     try:
-        with VideoWriter(req.out, fps) as out:
+        with VideoWriter(req.out, fps, audio=audio) as out:
             for s in range(0, latents.shape[0], chunk):
                 frames = encoders.decode(latents[s: s + chunk]).float().cpu().permute(0, 2, 3, 1).numpy()
                 if compositing:
@@ -247,5 +249,5 @@ def write_output(latents: torch.Tensor, encoders, video: inputs.VideoInputs, req
                 written += len(frames)
     except OSError as e:
         raise inputs.InputError(f"{req.out}: could not write the video ({e.strerror or e})") from None
-    notes += note[:1]  # the same note for every chunk
+    notes += note[:1] + ([out.info.audio] if out.info.audio else [])  # note[:1]: the same note for every chunk
     return written

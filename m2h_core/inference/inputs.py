@@ -285,6 +285,8 @@ def combine_photos(photos: Sequence[np.ndarray], analyzer: Any, names: Sequence[
         faces.append(f)
         notes += more
     if len(faces) == 1:  # as before: the photo's own face and embedding, untouched
+        small = fc.small_face_note(faces, names, 0)
+        notes += [small] if small else []
         return PhotoSet(photos[0], faces[0], 0, (os.fspath(names[0]),), (1.0,), (True,), None, tuple(notes))
     emb = fc.mean_embedding(np.stack([f.embedding for f in faces]))
     if emb.mean_pairwise < fc.SAME_PERSON_COSINE:
@@ -298,6 +300,8 @@ def combine_photos(photos: Sequence[np.ndarray], analyzer: Any, names: Sequence[
                  f"x_id and p_id from {os.path.basename(names[best])}: {why}")
     if dropped:
         notes.append(f"dropped as outliers (cosine to the others' mean < {fc.OUTLIER_COSINE}): {', '.join(dropped)}")
+    small = fc.small_face_note(faces, names, best)
+    notes += [small] if small else []
     face = replace(faces[best], embedding=emb.mean.copy())
     return PhotoSet(photos[best], face, best, tuple(os.fspath(n) for n in names),
                     tuple(float(x) for x in emb.similarity), tuple(bool(k) for k in emb.kept),

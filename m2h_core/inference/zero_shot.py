@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import ControlNetModel, UNetMotionModel
@@ -457,29 +456,3 @@ def sample_zero_shot(pipe: ZeroShotPipeline, video: VideoInputs, identity: Ident
     latents = denoise_latents(model, cond, shape, settings, progress, cancel, preview, blend=blend)[0].float().cpu()
     del cond
     return SampleResult(frames=enc.decode(latents) if decode else None, latents=latents)
-
-
-# ------------------------------------------------------------------------------------------ the regenerate mask
-
-
-def simple_regen_mask(clothing: np.ndarray, person: np.ndarray, poses=None, grow_into_garment: int = 2,
-                      head_scale: float = 1.4) -> np.ndarray:
-    """(N, H, W) bool clothing and person masks (+ optional OpenPose-18 poses) -> (N, H, W) float32 regenerate mask:
-    the person minus the garment (the garment eroded `grow_into_garment` px so the skin/garment seam is redrawn),
-    plus an ellipse over the head from the pose (headless mannequins too). The CLI's stand-in until the pack's
-    M2H Regenerate Mask function is merged."""
-    from ..identity import head_box_from_pose
-    from .compositing import erode
-
-    clothing, person = np.asarray(clothing, bool), np.asarray(person, bool)
-    n, h, w = clothing.shape
-    garment = erode(clothing, grow_into_garment) if grow_into_garment > 0 else clothing
-    out = (person & ~garment).astype(np.float32)
-    yy, xx = np.mgrid[0:h, 0:w]
-    for i in range(n):
-        box = head_box_from_pose(poses[i], h, w) if poses is not None and i < len(poses) else None
-        if box is not None:
-            cx, cy, hw = box
-            rx, ry = head_scale * hw / 2, head_scale * hw * 0.65
-            out[i][((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1] = 1.0
-    return out

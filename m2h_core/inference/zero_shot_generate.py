@@ -1,8 +1,8 @@
 """`m2h generate --zero-shot`: mannequin video + identity photo(s) -> human video from public files (no M2H checkpoint).
 
 The same order as `generate.generate` (checks without models first: output path, file headers, input files), then
-human parsing (clothing + person masks), DWPose, face analysis, the regenerate mask (person minus garment plus the
-head from the pose), the zero-shot sampler, and decoding + garment lock + keep background chunk by chunk
+human parsing (clothing + person masks), DWPose, face analysis, the regenerate mask (`regen_mask.regenerate_mask`:
+the mannequin minus the garment plus the head region from the pose), the zero-shot sampler, and decoding + garment lock + keep background chunk by chunk
 (`generate.write_output`). Garment lock and keep background are always on here: they finish what the latent blend
 keeps (the source outside the regenerate mask) at pixel level.
 """
@@ -16,8 +16,9 @@ import torch
 
 from . import inputs
 from .generate import GenerateReport, GenerateRequest, Preprocessors, detect_poses, read_sources, write_output
+from .regen_mask import RegenMaskSettings, regenerate_mask
 from .sampler import SamplerSettings
-from .zero_shot import face_crop, sample_zero_shot, simple_regen_mask, zero_shot_config
+from .zero_shot import face_crop, sample_zero_shot, zero_shot_config
 from .zero_shot_loader import PublicFiles, load_zero_shot
 
 
@@ -48,8 +49,10 @@ def generate_zero_shot(files: PublicFiles, req: GenerateRequest, settings: Sampl
     ident, id_notes = inputs.place_identity(chosen.photo, chosen.face, h, w, poses=keypoints,
                                             placement="head_from_pose" if keypoints else "fit_photo")
     notes += list(chosen.notes) + id_notes
-    regen = simple_regen_mask(video.clothing_masks.numpy() > 0.5, parsed.person_mask | (video.clothing_masks.numpy()
-                                                                                         > 0.5), keypoints)
+    cloth = video.clothing_masks.numpy() > 0.5
+    masks = regenerate_mask(cloth, parsed.person_mask | cloth, keypoints, RegenMaskSettings.for_height(h))
+    regen = masks.regen
+    notes += masks.notes
     if not regen.any():
         raise inputs.InputError(f"{req.video}: no person region to redraw (the parser found no body outside the "
                                 "garment and the pose no head)")

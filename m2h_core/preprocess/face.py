@@ -28,6 +28,8 @@ from .model_files import (MissingModelError, create_onnx_session, find_model_fil
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], np.float32)
 MIN_FACE_IMAGE_SIDE = 32
+#: a face narrower than this (box width, photo pixels) is upscaled for ArcFace's 112x112 crop: warned about
+SMALL_FACE_WIDTH = 100
 
 
 @dataclass(frozen=True)
@@ -294,11 +296,11 @@ class FaceAnalyzer:
         h, w = rgb.shape[:2]
         if min(h, w) < MIN_FACE_IMAGE_SIDE:
             raise NoFaceError(f"identity image is {w}x{h}; it is too small to hold a detectable face "
-                              f"(at least {MIN_FACE_IMAGE_SIDE} px per side, ideally a face of 100+ px)")
+                              f"(at least {MIN_FACE_IMAGE_SIDE} px per side, ideally a face of {SMALL_FACE_WIDTH}+ px)")
         boxes, kpss = self.detect(rgb)
         if len(boxes) == 0:
             raise NoFaceError("no face found in the identity image; use a clear, front-facing photo of one "
-                              "person with the face at least ~100 px wide")
+                              f"person with the face at least ~{SMALL_FACE_WIDTH} px wide")
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         i = int(np.argmax(areas))
         bbox, kps = boxes[i, :4], kpss[i]
@@ -398,6 +400,34 @@ def best_photo(faces: Sequence[FaceResult], kept: np.ndarray) -> tuple[int, str]
     best = max(idx, key=lambda i: score[i])
     return best, (f"frontal {front[best]:.2f} (1 = straight at the camera), sharpness {sharp[best] / top:.2f} of "
                   "the sharpest")
+
+
+def face_width(face: FaceResult) -> float:
+    """Width of the face box in the photo's pixels."""
+    return float(face.bbox[2] - face.bbox[0])
+
+
+def small_face_note(faces: Sequence[FaceResult], names: Sequence[str], best: int) -> str | None:
+    """One line when a face is under `SMALL_FACE_WIDTH` px (ArcFace then sees it upscaled to 112 px, blurred):
+    its width, and what the several-photos rule does about it (one photo: what giving several would do; several:
+    which photo x_id / p_id come from, and the photo with the largest face). None when every face is big enough."""
+    widths = [face_width(f) for f in faces]
+    small = [i for i, w in enumerate(widths) if w < SMALL_FACE_WIDTH]
+    if not small:
+        return None
+    base = [os.path.basename(os.fspath(n)) for n in names]
+    if len(faces) == 1:
+        w = widths[0]
+        return (f"small face: the face in {base[0]} is {w:.0f} px wide, so ArcFace sees it upscaled "
+                f"{112 / max(w, 1.0):.1f}x (the identity comes out blurred); use a photo with the face at least "
+                f"~{SMALL_FACE_WIDTH} px wide, or give several photos of the person: the most frontal, sharpest face "
+                "is then used for x_id / p_id and all the embeddings are averaged")
+    listed = ", ".join(f"{base[i]} {widths[i]:.0f} px" for i in small)
+    largest = int(np.argmax(widths))
+    pick = f"x_id / p_id come from {base[best]} (face {widths[best]:.0f} px wide: the most frontal, sharpest)"
+    if largest != best:
+        pick += f"; the largest face is in {base[largest]} ({widths[largest]:.0f} px)"
+    return f"small face: {listed} wide (under {SMALL_FACE_WIDTH} px, upscaled for ArcFace); {pick}"
 
 
 def faces_preview(faces: Sequence[FaceResult], emb: EmbeddingSet, best: int, size: int = 112) -> np.ndarray:

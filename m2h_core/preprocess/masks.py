@@ -87,8 +87,12 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def grow_mask(mask: np.ndarray, px: int) -> np.ndarray:
-    """Dilate (px > 0) or erode (px < 0) a bool mask by ``|px|`` pixels with an elliptical kernel."""
-    m = binarize(mask).astype(np.uint8)
+    """The pack's one mask morphology: dilate (px > 0) or erode (px < 0) an (H, W) or (N, H, W) mask by ``|px|``
+    pixels with an elliptical (disk) kernel (OpenCV); outside the image counts as off. Returns bool."""
+    m = np.asarray(mask)
+    if m.ndim == 3 and (m.dtype == bool or m.shape[-1] not in (1, 3, 4)):  # a stack, not one (H, W, C) image
+        return np.stack([grow_mask(x, px) for x in m]) if len(m) else m.astype(bool)
+    m = binarize(m).astype(np.uint8)
     if px == 0:
         return m > 0
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * abs(px) + 1, 2 * abs(px) + 1))

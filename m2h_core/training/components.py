@@ -34,12 +34,14 @@ def build_components(tc: TrainConfig, cfg: M2HConfig) -> tuple[M2HModel, FrozenE
         return model, encoders, vgg
     from ..base_weights import load_clip_vision, load_motion_adapter, load_sd15
     from ..models.unet import build_unet
+    from .public_init import narrow_inpainting_conv_in
 
     if tc.base is None:
         raise ValueError("--base (an SD-1.5 .safetensors or diffusers folder) is needed for the VAE")
     if tc.clip_vision is None:
         raise ValueError("--clip-vision (CLIP ViT-L/14 image encoder .safetensors) is needed")
     unet2d, vae = load_sd15(tc.base, cfg)
+    narrow_inpainting_conv_in(unet2d, cfg.unet.latent_channels)  # an inpainting base: 9 -> 8 input channels
     clip = load_clip_vision(tc.clip_vision, cfg)
     encoders = FrozenEncoders(vae.eval().requires_grad_(False), clip.eval().requires_grad_(False), cfg)
     if tc.init_checkpoint:

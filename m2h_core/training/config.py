@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CLOTHING_FILLS, M2HConfig, preset
-
-#: mirror-loss reductions (`m2h_core.training.mirror_loss`): Eq. 6 literally, or per-pixel / per-frame means.
-MIRROR_REDUCTIONS = ("normalized", "paper")
-
+from .mirror_loss import MIRROR_REDUCTIONS  # per-pixel means, Eq. 4 and 6 both as sums, or Eq. 6's sums vs Eq. 4's mean
 
 LR_SCHEDULES = ("constant", "cosine")
+#: where a new model's weights come from (`init`): the base files only, or public add-ons too (public_init.py)
+INITS = ("base", "public")
+#: what of the identity image x_id the model sees (M2HConfig.identity_input)
+IDENTITY_INPUTS = ("head", "full")
 
 
 @dataclass
@@ -45,11 +46,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     lr_schedule: str = "constant"  # after the warm-up: "constant" (the paper's) or "cosine" (decays to 0 at max_steps)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # ours: the paper names no clipping (0 = off)
     max_nonfinite_steps: int = 5  # consecutive non-finite losses (each step skipped) before the run aborts
     progressive: bool = True  # half resolution for the first half_res_fraction of the steps
     half_res_fraction: float = 0.5
-    cond_dropout: float = 0.1
+    cond_dropout: float = 0.1  # ours: the paper samples with CFG 7.5 but names no condition dropout rate
     # input perturbation against exposure bias (Ning et al. 2023): z_t is made with ε + γ ξ, the targets keep
     # ε / z_0, so the model learns not to trust z_t's details fully (the sampler's z_t carries its own earlier
     # errors). 0 = off
@@ -61,16 +62,22 @@ class TrainConfig:
     mirror: bool = True
     alpha: float = 0.05
     beta: float = 0.005
-    mirror_reduction: str = "normalized"  # "paper": Eq. 6 literally (sums); "normalized": means (mirror_loss.py)
+    # "normalized": means, ᾱ_t-weighted (ours); "literal": Eq. 4 and Eq. 6 both as written (sums); "paper": Eq. 6's
+    # sums against Eq. 4's mean (mixed; earlier runs). mirror_loss.py's docstring
+    mirror_reduction: str = "normalized"
     mirror_crop: bool = True
     mirror_margin: int = 2
-    # per-clip weight: alpha_bar | none; None (default): the reduction's own (normalized: alpha_bar, paper: none)
+    # per-clip weight: alpha_bar | none; None (default): the reduction's own (normalized: alpha_bar, otherwise none)
     mirror_weighting: str | None = None
     mirror_t_max: int | None = None
     # ablations (Table III)
     use_head_encoder: bool = True
     adapter_enabled: bool = True
     adapter_normalize: bool = True
+    # what of x_id E sees (M2HConfig.identity_input): "full" = the whole frame, as the paper's x_id ("randomly
+    # selected from the frames in v_h", Sec. III-D); "head" = x_id ⊙ M_head (`identity.head_only`, ours: a whole
+    # frame lets the model copy x_id's clothes). None: the preset's ("head"), or the init_checkpoint's
+    identity_input: str | None = None
     # the clothing frame's fill outside M_c: "black" (the paper's v ⊙ M_c) or "backdrop" (M2HConfig.clothing_fill);
     # None: the preset's (black), or the init_checkpoint's
     clothing_fill: str | None = None
@@ -81,6 +88,13 @@ class TrainConfig:
     motion_module: str | None = None
     vgg: str | None = None  # vgg16-397923af.pth / .safetensors; None: default model folders
     init_checkpoint: str | None = None  # start from an M2H checkpoint instead of the base UNet
+    # "base": the base UNet (+ motion module) and fresh M2H parts; "public": also warm-start M2H parts from public
+    # add-ons (`public_init.py`): A's identity K/V and H's ArcFace path from an IP-Adapter FaceID file, E_pose
+    # from a ControlNet OpenPose file (widths must match: pose_channels)
+    init: str = "base"
+    ip_adapter: str | None = None  # ip-adapter-faceid_sd15.bin (or FaceID-Plus(V2)) for init: public
+    controlnet: str | None = None  # control_v11p_sd15_openpose.pth for init: public
+    pose_channels: list[int] | None = None  # E_pose widths (None: the preset's); ControlNet 1.1's: [16, 32, 96, 256]
     lora_rank: int = 0
     lora_alpha: float | None = None
     gradient_checkpointing: bool = False
@@ -128,6 +142,20 @@ class TrainConfig:
         if self.mirror_weighting not in (None, "alpha_bar", "none"):
             raise ValueError(f"mirror_weighting must be alpha_bar, none or null (the reduction's own), got "
                              f"{self.mirror_weighting!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.init == "public" and self.init_checkpoint:
+            raise ValueError("init: public warm-starts a new model from public files; init_checkpoint is already a "
+                             "whole M2H model - give one or the other")
+        if self.init == "public" and not (self.ip_adapter or self.controlnet or self.motion_module or self.base):
+            raise ValueError("init: public needs public files: --ip-adapter (IP-Adapter FaceID), --controlnet "
+                             "(ControlNet OpenPose), --motion-module (AnimateDiff), --base (SD-1.5 or its inpainting UNet)")
+        if (self.ip_adapter or self.controlnet) and self.init != "public":
+            raise ValueError("ip_adapter / controlnet are read only with init: public (--init public)")
+        if self.pose_channels is not None and (len(self.pose_channels) < 2 or min(self.pose_channels) < 1):
+            raise ValueError(f"pose_channels must list at least 2 positive widths, got {self.pose_channels}")
+        if self.identity_input is not None and self.identity_input not in IDENTITY_INPUTS:
+            raise ValueError(f"identity_input must be one of {IDENTITY_INPUTS}, got {self.identity_input!r}")
         if self.clothing_fill is not None and self.clothing_fill not in CLOTHING_FILLS:
             raise ValueError(f"clothing_fill must be one of {CLOTHING_FILLS}, got {self.clothing_fill!r}")
         if self.warmup_steps < 0:
@@ -152,6 +180,13 @@ class TrainConfig:
         cfg.adapter.normalize = self.adapter_normalize
         if self.clothing_fill is not None:
             cfg.clothing_fill = self.clothing_fill
+        if self.identity_input is not None:
+            cfg.identity_input = self.identity_input
+        if self.pose_channels is not None:
+            if len(self.pose_channels) != len(cfg.head.pose_channels):
+                raise ValueError(f"pose_channels needs {len(cfg.head.pose_channels)} widths for the {self.preset} "
+                                 f"preset (one stride-2 stage per VAE downsampling), got {self.pose_channels}")
+            cfg.head.pose_channels = tuple(int(c) for c in self.pose_channels)
         return cfg
 
 
@@ -169,9 +204,12 @@ def checkpoint_model_config(tc: TrainConfig) -> M2HConfig:
     for key, mine, theirs in (("use_head_encoder", yaml_cfg.use_head_encoder, cfg.use_head_encoder),
                               ("adapter_enabled", yaml_cfg.adapter.enabled, cfg.adapter.enabled),
                               ("adapter_normalize", yaml_cfg.adapter.normalize, cfg.adapter.normalize),
-                              ("clothing_fill", tc.clothing_fill or cfg.clothing_fill, cfg.clothing_fill)):
+                              ("clothing_fill", tc.clothing_fill or cfg.clothing_fill, cfg.clothing_fill),
+                              ("identity_input", tc.identity_input or cfg.identity_input, cfg.identity_input)):
         if mine != theirs:
             conflicts.append(f"{key}: {mine} (checkpoint: {theirs})")
+    if tc.pose_channels is not None and tuple(tc.pose_channels) != tuple(cfg.head.pose_channels):
+        conflicts.append(f"pose_channels: {list(tc.pose_channels)} (checkpoint: {list(cfg.head.pose_channels)})")
     for key in ("height", "width"):
         if getattr(tc, key) and int(getattr(tc, key)) != getattr(cfg, key):
             conflicts.append(f"{key}: {getattr(tc, key)} (checkpoint: {getattr(cfg, key)})")

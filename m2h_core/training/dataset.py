@@ -26,7 +26,8 @@ A video folder is written under a temporary name and renamed into place when com
 
 Sampling (paper Sec. IV-B): `num_frames` = 8 frames, every `stride` = 4th frame, from a random start. Videos
 shorter than the 29-frame span get a smaller stride ((N-1)//(F-1), at least 1); videos with fewer than F frames
-loop (indices wrap around). The identity image x_id (with its landmark image p_id and ArcFace embedding) is a
+are refused (looping them, frames 0,1,2,0,1,2,..., would teach a jump every few frames): prepare_data skips them
+(`--min-frames`, listed in failed.json) and `ClipCacheDataset` leaves out any that reach it, with a warning. The identity image x_id (with its landmark image p_id and ArcFace embedding) is a
 *different* frame of the same video that has a face - one not among the sampled frames when possible - unless
 the video has a `reference/` identity. Frames, masks, poses and the identity are centre-cropped to the 2:1 (H:W)
 training aspect and resized with the *same* transform (`m2h_core.video_io` geometry: area/bicubic for images,
@@ -45,6 +46,7 @@ have seen (`ResumableSampler`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -61,6 +63,7 @@ from ..pose_render import PoseFrame, draw_pose, load_openpose_json
 from ..video_io import CropInfo, apply_crop, compute_center_crop, crop_resize_keypoints, crop_resize_masks
 
 CACHE_VERSION = 1
+log = logging.getLogger("m2h")
 SUBDIRS = ("frames", "clothing_masks", "face_masks", "poses", "landmarks")
 
 
@@ -77,9 +80,9 @@ def sample_frame_indices(num_video_frames: int, num_frames: int, stride: int, rn
     n = int(num_video_frames)
     if n < 1:
         raise ValueError("a video needs at least one frame")
-    if n < num_frames:  # loop
-        start = int(rng.integers(0, n))
-        return (start + np.arange(num_frames)) % n
+    if n < num_frames:
+        raise ValueError(f"a clip of {n} frames is shorter than the {num_frames}-frame training window (looping it "
+                         "would jump back every few frames); use longer clips or fewer frames")
     stride = max(1, min(int(stride), (n - 1) // max(1, num_frames - 1)))
     span = (num_frames - 1) * stride + 1
     start = int(rng.integers(0, n - span + 1))
@@ -246,9 +249,10 @@ def read_split(root: str | os.PathLike) -> dict:
 class ClipCacheDataset(Dataset):
     """Samples from a prepare_data cache. Items: dict of tensors (see `transform_sample`) plus `arcface` (512,),
     `frame_indices` (F,), `identity_index`, `clip` and `position`. Index with an int or a (clip, position) pair
-    (from `ResumableSampler`)."""
+    (from `ResumableSampler`). Clips shorter than `num_frames` are left out with a warning (their ids in
+    `short`); `num_frames=None`: only `window` is used (evaluation), every clip is kept."""
 
-    def __init__(self, root: str | os.PathLike, split: str | None = "train", *, num_frames: int = 8,
+    def __init__(self, root: str | os.PathLike, split: str | None = "train", *, num_frames: int | None = 8,
                  stride: int = 4, height: int = 512, width: int = 256, scale: float = 1.0, seed: int = 0,
                  ids: Sequence[str] | None = None):
         self.root = Path(root)
@@ -264,6 +268,15 @@ class ClipCacheDataset(Dataset):
         if not ids:
             raise CacheError(f"{which} of {self.root} is empty")
         self.videos = [self._load(i) for i in ids]
+        self.short = [v.id for v in self.videos if num_frames is not None and v.num_frames < num_frames]
+        if self.short:
+            listed = ", ".join(f"{v.id} ({v.num_frames})" for v in self.videos if v.id in self.short[:5])
+            what = (f"{len(self.short)} of {len(self.videos)} clips of {which} have fewer frames than the "
+                    f"{num_frames}-frame training window: {listed}{', ...' if len(self.short) > 5 else ''}")
+            if len(self.short) == len(self.videos):
+                raise CacheError(f"{what}; use longer clips or fewer frames (train config num_frames)")
+            log.warning("%s; left out (prepare_data --min-frames %d skips them)", what, num_frames)
+            self.videos = [v for v in self.videos if v.id not in self.short]
         self.num_frames, self.stride = num_frames, stride
         self.height, self.width, self.scale, self.seed = height, width, scale, seed
 
@@ -301,6 +314,8 @@ class ClipCacheDataset(Dataset):
 
     def __getitem__(self, idx) -> dict:
         clip, position = _index(idx)
+        if self.num_frames is None:
+            raise TypeError("this ClipCacheDataset was made with num_frames=None (evaluation): use window()")
         v = self.videos[clip % len(self.videos)]
         rng = np.random.default_rng([self.seed, position, clip])
         ind = sample_frame_indices(v.num_frames, self.num_frames, self.stride, rng)

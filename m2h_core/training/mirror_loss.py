@@ -25,15 +25,23 @@ of L_diff's scale at every t, goes smoothly to zero where x0 is meaningless (pur
 where the face is actually formed (small t). Optionally `t_max` also skips clips with t > t_max entirely (they
 are then not decoded, which saves time). `weighting="none"` gives the paper's unweighted form.
 
-Eq. 6 and its two reductions
-----------------------------
+Eq. 6 and its three reductions
+------------------------------
     L_mir = α Σ_i ‖(v_h - v_g) ⊙ M_id‖² + β Σ_i Σ_l ‖φ_l(v_h ⊙ M_id) - φ_l(v_g ⊙ M_id)‖²
 
-`reduction="paper"` is Eq. 6 literally: per clip, the sum over its N frames of the sum of squared differences
+Read as written, both losses are sums: Eq. 6 over a clip's N frames and their masked pixels / VGG features, Eq. 4
+(‖ε - ε_θ‖²₂) over the clip's latent elements. The trainer's L_diff is the usual per-element mean, so:
+
+`reduction="literal"` reads Eq. 4 and Eq. 6 alike: Eq. 6's per-clip sum (below) divided by the clip's latent
+element count N·c·h·w, the factor that turns Eq. 4's sum into the trainer's mean - the whole of Eq. 7 divided by
+one constant, which keeps L_diff's scale (the lr and the gradient clipping keep their meaning). No ᾱ_t weighting.
+
+`reduction="paper"` mixes the two readings (kept to compare with earlier runs): Eq. 6 as sums against Eq. 4 as a
+mean, so the mirror term is N·c·h·w times larger than `literal`'s - that, not the paper, is where a mirror gradient
+of hundreds of times L_diff's comes from. Per clip: the sum over its N frames of the sum of squared differences
 over the masked pixels (and the 3 channels, pixels in [0, 1]) and over all positions and channels of each VGG
 layer; no ᾱ_t weighting (`weighting` defaults to "none"); clips are averaged (Eq. 4's expectation over the
-batch). Its size grows with the face area, the frame count and the resolution, and, unweighted, with σ_t² at large
-t: `train.py --preflight` prints its gradient norm against L_diff's.
+batch). `train.py --preflight` prints the gradient norms of all three against L_diff's.
 
 `reduction="normalized"` (the default, see ARCHITECTURE.md) divides the sums so the numbers do not depend on
 resolution, crop size or frame count: the pixel term is the mean squared error over face-mask pixels (and
@@ -49,10 +57,14 @@ Face-crop decoding
 Decoding the whole frame through the VAE decoder is the expensive part. With `crop=True` (default) only a
 window of latent cells around the face is decoded: per frame the face-mask bounding box plus `margin` latent
 cells of context on every side; one crop size per batch (the largest box), positioned per frame and clamped to
-the latent. Everything outside the mask contributes nothing to Eq. 6 (both images are masked before VGG, and
-VGG's zero padding equals the masked-out zeros), so the only approximation is the decoder's context at the crop
-border (and its mid-block attention seeing a window instead of the frame) - the same approximation tiled VAE
-decoding makes. Frames without face pixels, and clips skipped by `t_max`, are not decoded at all.
+the latent. The pixel term is exact up to the decoder's context at the crop border (and its mid-block attention
+seeing a window instead of the frame) - the same approximation tiled VAE decoding makes. The perceptual term is
+an approximation in two more ways: VGG normalises its input by ImageNet's mean/std, so a masked-out pixel (0)
+enters it as -mean/std (about -2) while its zero padding at the crop border is 0 after normalisation (ImageNet's
+mean grey), not the black a full frame has there; and features outside the crop window, which are non-zero within
+a receptive field (relu3_3: 40 px) of the mask's edge, are not summed. Both only touch positions within a
+receptive field of the crop border, and `train.py --preflight` reports the difference (`crop_vs_full_loss_rel`).
+Frames without face pixels, and clips skipped by `t_max`, are not decoded at all.
 """
 
 from __future__ import annotations
@@ -62,6 +74,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+#: "normalized" (per-pixel means, ᾱ_t-weighted; the default), "literal" (Eq. 4 and Eq. 6 both as sums), "paper"
+#: (Eq. 6's sums against Eq. 4's mean): the module docstring.
+MIRROR_REDUCTIONS = ("normalized", "literal", "paper")
 
 
 def alphas_cumprod_at(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -169,8 +185,8 @@ class MirrorLoss(nn.Module):
     """Eq. 6 on the one-step x0 estimate. `vgg`: a frozen `m2h_core.vgg.VGGFeatures` (may be None when beta=0).
 
     alpha, beta: Eq. 6's weights; the defaults are Table I's (= Table IV's α = 0.05, β = 0.005 row; Sec. IV-B's
-    text says β = 0.001). reduction: "normalized" (default) or "paper" (module docstring); weighting: "alpha_bar",
-    "none", or None for the reduction's own (normalized: alpha_bar, paper: none)."""
+    text says β = 0.001). reduction: "normalized" (default), "literal" or "paper" (module docstring); weighting:
+    "alpha_bar", "none", or None for the reduction's own (normalized: alpha_bar, literal and paper: none)."""
 
     def __init__(self, vgg: nn.Module | None, alpha: float = 0.05, beta: float = 0.005, *, crop: bool = True,
                  margin: int = 2, weighting: str | None = None, t_max: int | None = None,
@@ -178,9 +194,9 @@ class MirrorLoss(nn.Module):
         super().__init__()
         if beta and vgg is None:
             raise ValueError("the perceptual term (beta > 0) needs a VGG16 (m2h_core.vgg.VGGFeatures)")
-        if reduction not in ("normalized", "paper"):
-            raise ValueError(f"mirror reduction must be 'normalized' or 'paper', got {reduction!r}")
-        weighting = weighting or ("none" if reduction == "paper" else "alpha_bar")
+        if reduction not in MIRROR_REDUCTIONS:
+            raise ValueError(f"mirror reduction must be one of {MIRROR_REDUCTIONS}, got {reduction!r}")
+        weighting = weighting or ("alpha_bar" if reduction == "normalized" else "none")
         if weighting not in ("alpha_bar", "none"):
             raise ValueError(f"mirror weighting must be 'alpha_bar' or 'none', got {weighting!r}")
         self.reduction = reduction
@@ -222,7 +238,7 @@ class MirrorLoss(nn.Module):
             mk = _crop(mk[:, None], boxes, size, scale)[:, 0]
         pred = encoders.decode(lat, grad=True).float()  # (n, 3, Hc, Wc), unclamped
         mk4 = mk[:, None]
-        paper = self.reduction == "paper"
+        paper = self.reduction in ("paper", "literal")  # Eq. 6's sums
         area = mk.flatten(1).sum(1).clamp_min(1.0)  # (n,)
         pixel = ((pred - gt) * mk4).square().flatten(1).sum(1)  # Eq. 6: Σ over the masked pixels and channels
         if not paper:
@@ -231,7 +247,7 @@ class MirrorLoss(nn.Module):
         if self.beta:
             feats = self.vgg(torch.cat([pred * mk4, gt * mk4]))  # one VGG pass for both
             n = pred.shape[0]
-            for name, fpg in feats.items():
+            for fpg in feats.values():
                 d = (fpg[:n] - fpg[n:]).square().flatten(1).sum(1)  # Eq. 6: Σ over positions and channels
                 if not paper:
                     m_l = F.interpolate(mk4, size=fpg.shape[-2:], mode="area")
@@ -239,7 +255,9 @@ class MirrorLoss(nn.Module):
                 perceptual = perceptual + d
         # per frame: the weight of its own clip (w_frame is w_clip repeated per frame of that clip)
         w = w_frame[sel]
-        if paper:  # Σ over the clip's frames, mean over the batch's clips
+        if self.reduction == "literal":  # Eq. 6's sum / the clip's latent elements (Eq. 4's sum -> its mean)
+            norm = w / b / (f * z_t[0, 0].numel())
+        elif paper:  # Σ over the clip's frames, mean over the batch's clips
             norm = w / b
         else:  # mean over the frames that have a face, per clip, then over the batch (a clip with no visible
             # face simply contributes zero)

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import M2HConfig
+from ..metrics import psnr_from_mse
 from .config import TrainConfig
 
 #: The paper's global batch (Sec. IV-B: 4 per GPU on 2 GPUs); GPU-count hours keep it.
@@ -54,12 +55,13 @@ PREFLIGHT_KEYS: tuple[str, ...] = (
     # what was run
     "mode", "device", "preset", "height", "width", "num_frames", "batch_size", "grad_accum", "mixed_precision",
     "gradient_checkpointing", "lora_rank", "max_steps", "progressive", "mirror", "mirror_reduction", "alpha",
-    "beta", "trainable_params", "frozen_params", "inputs_missing",
+    "beta", "trainable_params", "frozen_params", "inputs_missing", "init_sources",
     # measured (n/a in estimate mode)
     "steps_measured", "step_s_half", "step_s_full", "peak_mem_gib_half", "peak_mem_gib_full", "peak_mem_gib",
     "peak_mem_kind", "device_mem_gib", "fits_device", "first_change", "hours_to_max_steps",
     *(f"hours_paper_batch_gpus{n}" for n in GPU_COUNTS), "hours_note",
     "grad_ratio", "grad_ratio_pixel", "grad_ratio_perceptual", "grad_ratio_paper", "grad_ratio_normalized",
+    "grad_ratio_literal",
     "target_ratio", "alpha_for_target", "beta_for_target", "grad_batches",
     "crop_vs_full_face_rmse", "crop_vs_full_face_max_abs", "crop_vs_full_face_psnr_db", "crop_vs_full_loss_rel",
     "loss_finite", "fp16_loss_finite", "bf16_loss_finite",
@@ -361,15 +363,17 @@ def solve_weight(a2: float, ab: float, b2: float, d2: float, other: float, targe
 
 def gradient_balance(tr, batches: list[dict], target: float, seed: int = 0) -> dict[str, Any]:
     """|∇θ L_mir| / |∇θ L_diff| on the trainable parameters, as RMS over `batches` (each with its own t, noise):
-    for the configured α, β and reduction, per term, for both reductions; and the α (β fixed) and β (α fixed)
-    that give `target`. Also the crop-vs-full mirror loss on the same predictions."""
+    for the configured α, β and reduction, per term, for all three reductions; and the α (β fixed) and β (α fixed)
+    that give `target`. Also the crop-vs-full mirror loss on the same predictions. "literal" is "paper"'s Eq. 6
+    divided by each batch's latent elements per clip (mirror_loss.py), so it comes from the same passes."""
     from .mirror_loss import MirrorLoss
 
     tc = tr.tc
     params = [p for p in tr.model.parameters() if p.requires_grad]
     real_mirror = tr.mirror
     beta_ok = tr.vgg is not None
-    sums = {red: dict(d2=0.0, a2=0.0, ab=0.0, b2=0.0) for red in ("normalized", "paper")}
+    sums = {red: dict(d2=0.0, a2=0.0, ab=0.0, b2=0.0) for red in ("normalized", "paper", "literal")}
+    cfg = tr.cfg
     seen: list[tuple] = []
 
     def recording(loss: MirrorLoss):
@@ -384,6 +388,7 @@ def gradient_balance(tr, batches: list[dict], target: float, seed: int = 0) -> d
                 tr.mirror = recording(tr.make_mirror_loss(1.0, 1.0 if beta_ok else 0.0, reduction=red))
                 terms = tr.compute_loss(batch, generator=torch.Generator().manual_seed(seed + i), keep_graph=True)
                 s = sums[red]
+                d2_before, before = s["d2"], dict(s)
                 s["d2"] += grad_sq_norm(terms["g_diff"], params)
                 a2 = grad_sq_norm(terms["g_pix"], params)
                 s["a2"] += a2
@@ -392,6 +397,13 @@ def gradient_balance(tr, batches: list[dict], target: float, seed: int = 0) -> d
                     s["b2"] += b2
                     s["ab"] += (grad_sq_norm(terms["g_pix"] + terms["g_perc"], params) - a2 - b2) / 2
                 del terms
+                if red == "paper":  # literal = paper / n_lat: its squared norms / n_lat², L_diff's unchanged
+                    _, f, _, hh, ww = batch["frames"].shape
+                    n_lat = f * cfg.unet.latent_channels * (hh // cfg.vae.downscale) * (ww // cfg.vae.downscale)
+                    lit = sums["literal"]
+                    lit["d2"] += s["d2"] - d2_before
+                    for k in ("a2", "ab", "b2"):
+                        lit[k] += (s[k] - before[k]) / n_lat**2
     finally:
         tr.mirror = real_mirror
     out: dict[str, Any] = {"grad_batches": len(batches), "target_ratio": target}
@@ -407,6 +419,7 @@ def gradient_balance(tr, batches: list[dict], target: float, seed: int = 0) -> d
     out["grad_ratio_perceptual"] = ratio(own, 0.0, be) if beta_ok else f"{NA} (no VGG: beta = 0)"
     out["grad_ratio_paper"] = ratio(sums["paper"], al, be)
     out["grad_ratio_normalized"] = ratio(sums["normalized"], al, be)
+    out["grad_ratio_literal"] = ratio(sums["literal"], al, be)
     a_t = solve_weight(own["a2"], own["ab"], own["b2"], own["d2"], be, target)
     out["alpha_for_target"] = a_t if a_t is not None else f"{NA} (beta's term alone exceeds the target)"
     if beta_ok:
@@ -450,7 +463,7 @@ def crop_decode_on_batches(tr, batches: list[dict]) -> dict[str, Any]:
                 ("crop_vs_full_face_rmse", "crop_vs_full_face_max_abs", "crop_vs_full_face_psnr_db")}
     rmse = math.sqrt(se / n)
     return {"crop_vs_full_face_rmse": rmse, "crop_vs_full_face_max_abs": mx,
-            "crop_vs_full_face_psnr_db": float("inf") if rmse == 0 else -20 * math.log10(rmse)}
+            "crop_vs_full_face_psnr_db": psnr_from_mse(rmse ** 2)}
 
 
 def precision_checks(tr, batch: dict) -> dict[str, Any]:
@@ -473,6 +486,7 @@ def measure(tc: TrainConfig, opts: PreflightOptions, trainer_factory: Callable[[
     dev = tr.device
     out: dict[str, Any] = {"device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda"
                                                  else ""),
+                           "init_sources": "; ".join(getattr(tr, "init_report", [])) or init_sources(tc),
                            "trainable_params": sum(p.numel() for p in tr.params),
                            "frozen_params": sum(p.numel() for p in tr.model.parameters() if not p.requires_grad)
                            + sum(p.numel() for p in tr.encoders.vae.parameters())
@@ -531,8 +545,19 @@ def missing_inputs(tc: TrainConfig) -> str:
     """The files/folders the config names that do not exist ('none' when all do): checked in every mode, so an
     estimate on a laptop already catches a typo in the command meant for the GPU machine."""
     missing = [f"{k}={getattr(tc, k)}" for k in ("data", "base", "clip_vision", "motion_module", "vgg",
-                                                 "init_checkpoint") if getattr(tc, k) and not Path(getattr(tc, k)).exists()]
+                                                 "init_checkpoint", "ip_adapter", "controlnet")
+               if getattr(tc, k) and not Path(getattr(tc, k)).exists()]
     return ", ".join(missing) if missing else "none"
+
+
+def init_sources(tc: TrainConfig) -> str:
+    """Where a new model's weights come from, by file (the measured preflight lists each mapping instead)."""
+    if tc.init_checkpoint:
+        return f"everything <- {Path(tc.init_checkpoint).name}"
+    parts = [f"{what} <- {Path(getattr(tc, key)).name}" for what, key in (
+        ("UNet (+ VAE)", "base"), ("motion modules", "motion_module"), ("A, H (init public)", "ip_adapter"),
+        ("E_pose (init public)", "controlnet")) if getattr(tc, key)]
+    return "; ".join(parts) or "random (random_init)"
 
 
 def _settings(tc: TrainConfig, cfg: M2HConfig) -> dict[str, Any]:
@@ -566,6 +591,7 @@ def run_preflight(tc: TrainConfig, opts: PreflightOptions | None = None, *,
     report.update(_settings(tc, cfg))
     report["trainable_params"], report["frozen_params"] = est.pop("_trainable"), est.pop("_frozen")
     report["inputs_missing"] = missing_inputs(tc)
+    report["init_sources"] = init_sources(tc)
     report.update(est)
     cuda = torch.cuda.is_available()
     ram = _device_gib(torch.device("cpu"))

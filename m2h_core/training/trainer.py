@@ -137,9 +137,14 @@ class Trainer:
         self.device = self.accelerator.device
         self.log = log_fn or (lambda s: self.accelerator.print(s))
         self.out = Path(tc.output_dir)
+        built = model is None
         if model is None or encoders is None or (vgg is None and tc.mirror and tc.beta > 0):
             m, e, v = build_components(tc, self.cfg)
             model, encoders, vgg = model or m, encoders or e, vgg if vgg is not None else v
+        # what was initialised from which public file (init: public; the preflight prints it)
+        from .public_init import init_from_config
+
+        self.init_report = [str(line) for line in init_from_config(model, tc)] if built else []
         self.cfg = model.cfg  # what is trained (prediction_type) and written into checkpoints
         self._check_size(self.cfg)
         self.encoders = encoders

@@ -9,7 +9,7 @@ Run it with a Python that has the pack's requirements (m2h_core, onnx) — norma
    synthetic mannequin video, mask video and identity photo into a temp input folder;
 2. starts `main.py --cpu --listen 127.0.0.1 --port <free>` with this pack in a temp custom_nodes folder given by
    `--extra-model-paths-config` (nothing is copied into the ComfyUI tree), temp input/output/user folders;
-3. checks /object_info: the five M2H nodes are registered with exactly the inputs of nodes/spec.py, and the
+3. checks /object_info: the M2H nodes are registered with exactly the inputs of nodes/spec.py, and the
    core nodes used by the workflows have the inputs the workflows give them;
 4. queues each workflows/api/*.json via POST /prompt (file names and the tiny model patched in, 2 steps),
    polls /history/<id>, and checks each saved video's frame count, size and fps;
@@ -537,7 +537,7 @@ def check_outputs(name: str, hist: dict, out_dir: Path, model: dict, rep: Report
         return
     for p in saved:
         n, w, h, fps = video_props(p)
-        if "clothing" in p.name or "pose" in p.name:
+        if any(k in p.name for k in ("clothing", "pose", "regen_mask", "composite")):  # at the source's size
             size = (SRC_W, SRC_H)
         else:
             size = (model["width"], model["height"])
