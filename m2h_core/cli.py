@@ -21,13 +21,29 @@ def _add_generate(sub) -> None:
     p.add_argument("--poses", help="pose video/folder (the video's framing) instead of running DWPose")
     p.add_argument("--frames", type=int, default=None, help="use at most this many frames")
     _add_common(p)
+    _add_zero_shot(p)
+
+
+def _add_zero_shot(p) -> None:
+    """`m2h generate --zero-shot`: public files instead of an M2H checkpoint (docs/zero-shot.md)."""
+    z = p.add_argument_group("zero-shot mode (no M2H checkpoint; --base is the SD-1.5 checkpoint)")
+    z.add_argument("--zero-shot", action="store_true",
+                   help="redraw only the person with SD-1.5 + AnimateDiff + ControlNet OpenPose + IP-Adapter FaceID; "
+                        "garment lock and keep background always on")
+    z.add_argument("--ip-adapter", help="IP-Adapter FaceID / FaceID-PlusV2 / Plus-Face file (models/ipadapter)")
+    z.add_argument("--motion", help="AnimateDiff motion module v2 or v3 (models/animatediff_models)")
+    z.add_argument("--controlnet", help="ControlNet 1.1 OpenPose (models/controlnet)")
+    z.add_argument("--ip-lora", help="the FaceID LoRA (models/loras) when the IP-Adapter file does not carry it")
+    z.add_argument("--lora-strength", type=float, default=0.6, help="FaceID LoRA strength (default 0.6)")
+    z.add_argument("--mask-mode", default="latent_blend", choices=["latent_blend", "differential"],
+                   help="how the regenerate mask's soft edge is used (default latent_blend)")
 
 
 def _add_common(p) -> None:
     """Model, preprocessing, sampling and compositing options `m2h generate` and `m2h batch` share."""
     from .inference import defaults as d
 
-    p.add_argument("--checkpoint", required=True, help="M2H checkpoint (.safetensors)")
+    p.add_argument("--checkpoint", help="M2H checkpoint (.safetensors); required unless --zero-shot")
     p.add_argument("--base", help="SD-1.5 checkpoint for the VAE (unless the M2H checkpoint embeds it)")
     p.add_argument("--clip-vision", help="CLIP ViT-L/14 image encoder (unless embedded)")
     p.add_argument("--models-dir", action="append", default=[],
@@ -204,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--check", nargs="+", default=None, metavar="FILE",
                    help="only say what these weight files are and whether their headers match the published layout")
     a = ap.parse_args(argv)
+    if a.command in ("generate", "batch") and not a.checkpoint and not getattr(a, "zero_shot", False):
+        ap.error("the following arguments are required: --checkpoint (or --zero-shot with public files)")
     if a.command == "doctor":
         from .preprocess.model_files import doctor, format_doctor
         from .public_doctor import check_file, format_public_report, scan_public_files
@@ -260,6 +278,8 @@ def _demo_summary(report) -> str:
 
 
 def _generate(a) -> int:
+    if a.zero_shot:
+        return _generate_zero_shot(a)
     import torch
 
     from .inference.generate import GenerateRequest, ModelFiles, generate
@@ -282,6 +302,35 @@ def _generate(a) -> int:
     for note in report.notes:
         print("note:", note, file=sys.stderr)
     print(f"wrote {report.out}: {report.num_frames} frames, {report.size}, {report.fps:g} fps")
+    return 0
+
+
+def _generate_zero_shot(a) -> int:
+    import torch
+
+    from .inference.generate import GenerateRequest
+    from .inference.sampler import SamplerSettings
+    from .inference.zero_shot_generate import generate_zero_shot
+    from .inference.zero_shot_loader import PublicFiles
+
+    if not a.base or not a.ip_adapter:
+        raise ValueError("--zero-shot needs --base (an SD-1.5 checkpoint) and --ip-adapter (IP-Adapter FaceID); "
+                         "--motion and --controlnet are strongly advised (docs/zero-shot.md)")
+    files = PublicFiles(base=a.base, ip_adapter=a.ip_adapter, motion=a.motion, controlnet=a.controlnet,
+                        ip_lora=a.ip_lora, clip_vision=a.clip_vision, lora_strength=a.lora_strength)
+    settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
+                               context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,
+                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength,
+                               identity_strength=a.identity_strength)
+    dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
+    identity = a.identity[0] if len(a.identity) == 1 else a.identity
+    req = GenerateRequest(a.video, identity, a.out, a.masks, a.poses, a.frames, a.parser, a.face_pack, dirs)
+    with _ProgressBar("sampling") as bar:
+        report = generate_zero_shot(files, req, settings, a.mask_mode, a.device, getattr(torch, DTYPES[a.precision]),
+                                    progress=bar.update)
+    for note in report.notes:
+        print("note:", note, file=sys.stderr)
+    print(f"wrote {report.out}: {report.num_frames} frames, {report.size}, {report.fps:g} fps (zero-shot)")
     return 0
 
 

@@ -20,6 +20,8 @@ try:  # the numbered API module is steadier than `latest`
 except ImportError:  # pragma: no cover - older/newer ComfyUI
     from comfy_api.latest import ComfyExtension, io
 
+from m2h_core.frames import to_nhwc
+
 from . import files, logic, spec
 
 log = logging.getLogger("M2HVideo")
@@ -28,7 +30,8 @@ CUSTOM = {t: io.Custom(t) for t in spec.CUSTOM_TYPES}
 # spec options_source of a model-name input -> the folder kind files.resolve / check_name use
 FILE_KINDS = {"m2hvideo": "m2hvideo", "base": "base", "clip_vision": "clip_vision",
               "animatediff_models": "animatediff_models", "dwpose_det": "dwpose", "dwpose_pose": "dwpose",
-              "human_parsing": "human_parsing", "insightface": "insightface"}
+              "human_parsing": "human_parsing", "insightface": "insightface",
+              "controlnet": "controlnet", "ipadapter": "ipadapter", "loras": "loras"}
 
 
 # ------------------------------------------------------------------------------------------ schema from the table
@@ -44,6 +47,8 @@ def _input(i: spec.In):
         return io.Vae.Input(i.id, **kw)
     if i.type == "CLIP_VISION":
         return io.ClipVision.Input(i.id, **kw)
+    if i.type == "CONDITIONING":
+        return io.Conditioning.Input(i.id, **kw)
     if i.type in CUSTOM:
         return CUSTOM[i.type].Input(i.id, **kw)
     if i.type == "INT":
@@ -369,6 +374,8 @@ class M2HSampler(_M2HNode):
                 context_frames, context_overlap, resize, pose_strength, identity_strength, garment_lock,
                 keep_background, parsing_model, **more) -> io.NodeOutput:
         cls.check_available()
+        if getattr(model, "zero_shot", False):
+            raise ValueError("this model is from M2H Public Weights Loader: connect it to M2H Zero-Shot Sampler")
         settings = logic.sampler_settings(seed=seed, steps=steps, cfg=cfg, scheduler=scheduler,
                                           context_frames=context_frames, context_overlap=context_overlap,
                                           pose_strength=pose_strength, identity_strength=identity_strength)
@@ -419,8 +426,89 @@ class M2HComposite(_M2HNode):
                                                  mannequin_mask=mannequin_mask))
 
 
+def load_public_model(base, motion, controlnet, ip_adapter, ip_lora, clip_vision, lora_strength, precision, vae=None):
+    """M2H Public Weights Loader: the zero-shot pipeline from public files, owned by ComfyUI's memory manager."""
+    from m2h_core.inference.zero_shot_loader import load_zero_shot
+
+    from . import zero_shot
+    from .comfy_encoders import ComfyVAE
+    from .model_patcher import M2HSource
+    from .zero_shot_patcher import ZeroShotPatcher
+
+    mm = _mm()
+    device = mm.get_torch_device()
+    dtype = logic.precision_dtype(precision, fp16_ok=mm.should_use_fp16(device), bf16_ok=mm.should_use_bf16(device))
+    paths = zero_shot.public_files(files.resolve, base, motion, controlnet, ip_adapter, ip_lora, clip_vision,
+                                   lora_strength, none=files.NONE, lora_names=files.options("loras"))
+    codec = ComfyVAE(vae) if vae is not None else None
+    offload = mm.unet_offload_device()
+
+    def build():
+        return load_zero_shot(paths, device=offload, dtype=dtype, codec=codec)
+
+    pipe = build()
+    desc = (f"zero-shot {os.path.basename(paths.base)} + {os.path.basename(paths.ip_adapter)} "
+            f"({pipe.cfg.width}x{pipe.cfg.height}, {str(dtype).replace('torch.', '')})")
+    patcher = ZeroShotPatcher.from_pipeline(pipe, M2HSource(build, desc, dtype, codec), device, offload,
+                                            _latent_format(pipe.cfg))
+    log.info("M2H Public Weights Loader: loaded %s (%.0f MB)", desc, patcher.model_size() / 2 ** 20)
+    return patcher
+
+
+class M2HPublicLoader(_M2HNode):
+    SPEC = spec.PUBLIC_LOADER
+
+    @classmethod
+    def validate_inputs(cls, base_model, motion_module, controlnet_pose, ip_adapter, ip_lora, clip_vision):
+        return cls.check_names(base_model=base_model, motion_module=motion_module, controlnet_pose=controlnet_pose,
+                               ip_adapter=ip_adapter, ip_lora=ip_lora, clip_vision=clip_vision)
+
+    @classmethod
+    def execute(cls, base_model, motion_module, controlnet_pose, ip_adapter, ip_lora, clip_vision, lora_strength,
+                precision, vae=None) -> io.NodeOutput:
+        cls.check_available()
+        return io.NodeOutput(load_public_model(base_model, motion_module, controlnet_pose, ip_adapter, ip_lora,
+                                               clip_vision, lora_strength, precision, vae=vae))
+
+
+class M2HZeroShotSampler(_M2HNode):
+    SPEC = spec.ZERO_SHOT_SAMPLER
+
+    @classmethod
+    def validate_inputs(cls, parsing_model="auto"):
+        return cls.check_names(parsing_model=parsing_model)
+
+    @classmethod
+    def execute(cls, model, frames, regen_mask, clothing_mask, pose_images, head_cond, seed, steps, cfg, scheduler,
+                context_frames, context_overlap, resize, pose_strength, identity_strength, mask_mode, garment_lock,
+                keep_background, parsing_model, positive=None, negative=None) -> io.NodeOutput:
+        cls.check_available()
+        from m2h_core.inference.zero_shot import sample_zero_shot
+
+        from . import zero_shot
+
+        if not getattr(model, "zero_shot", False):
+            raise ValueError("M2H Zero-Shot Sampler needs the model of M2H Public Weights Loader (an M2H checkpoint "
+                             "goes to M2H Sampler)")
+        video, regen = zero_shot.prepare_inputs(frames, regen_mask, clothing_mask, pose_images, model.cfg.height,
+                                                model.cfg.width, resize)
+        settings = logic.sampler_settings(seed=seed, steps=steps, cfg=cfg, scheduler=scheduler,
+                                          context_frames=context_frames, context_overlap=context_overlap,
+                                          pose_strength=pose_strength, identity_strength=identity_strength)
+        _mm().load_models_gpu([model])
+        pipe = model.pipeline
+        text = zero_shot.prompt_tokens(positive, negative, pipe.model.text, model.cfg.unet.cross_attention_dim)
+        preview, bar = _preview_callback(model, steps, video.num_frames // 2)
+        res = sample_zero_shot(pipe, video, head_cond.at_size(video.height, video.width), regen, settings, mask_mode,
+                               text=text, progress=bar, cancel=cancel_check, preview=preview)
+        parser = _parser(parsing_model) if garment_lock or keep_background else None
+        images = logic.composite_frames(to_nhwc(res.frames), video, parser, garment_lock=garment_lock,
+                                        keep_background=keep_background)
+        return io.NodeOutput(images, logic.comfy_latent(res.latents, model.cfg.vae.scaling_factor))
+
+
 NODE_CLASSES = (M2HMannequinSegmentation, M2HDWPose, M2HHeadEncoder, M2HUNetLoader, M2HSampler, M2HRegenerateMask,
-                M2HComposite)
+                M2HComposite, M2HPublicLoader, M2HZeroShotSampler)
 
 
 class M2HExtension(ComfyExtension):

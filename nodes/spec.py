@@ -332,5 +332,92 @@ COMPOSITE = NodeSpec(
     outputs=(Out("images", "IMAGE", "The generated frames with the source's garment / background put back."),),
 )
 
-NODES: tuple[NodeSpec, ...] = (SEGMENTATION, DWPOSE, HEAD_ENCODER, UNET_LOADER, SAMPLER, REGEN_MASK, COMPOSITE)
+# -- zero-shot mode (public files, no M2H checkpoint; docs/zero-shot.md) ---------------------------------------------
+
+SOCKET_TYPES.add("CONDITIONING")
+MASK_MODES = ("latent_blend", "differential")
+
+PUBLIC_LOADER = NodeSpec(
+    node_id="M2HPublicLoader",
+    display_name="M2H Public Weights Loader",
+    description="Zero-shot mode, no M2H checkpoint: SD-1.5 + AnimateDiff + ControlNet OpenPose + IP-Adapter FaceID "
+                "(-PlusV2 / Plus-Face) from the files ComfyUI users already have. Every file's header is checked "
+                "before anything is built (one line naming the file, what it is and the fix). Plugs into M2H Identity "
+                "Photo and M2H Zero-Shot Sampler (not M2H Sampler). ComfyUI's memory manager owns the model.",
+    inputs=(
+        In("base_model", "COMBO", "SD-1.5 checkpoint (models/checkpoints): UNet, VAE and the text encoder used for "
+           "the default empty prompt.", options_source="base"),
+        In("motion_module", "COMBO", "AnimateDiff motion module v2 (mm_sd_v15_v2) or v3 (v3_sd15_mm) from "
+           "models/animatediff_models; 'none' = frame by frame (flickers).", default=NONE,
+           options_source="animatediff_models"),
+        In("controlnet_pose", "COMBO", "ControlNet 1.1 OpenPose (control_v11p_sd15_openpose) from models/controlnet; "
+           "'none' = no pose guidance.", default=NONE, options_source="controlnet"),
+        In("ip_adapter", "COMBO", "IP-Adapter from models/ipadapter: ip-adapter-faceid-plusv2_sd15.bin (best "
+           "identity), ip-adapter-faceid_sd15.bin, or ip-adapter-plus-face_sd15 (Apache-2.0, weaker).",
+           options_source="ipadapter"),
+        In("ip_lora", "COMBO", "The FaceID LoRA: 'auto' = the one inside the IP-Adapter .bin; or "
+           "ip-adapter-faceid-plusv2_sd15_lora.safetensors from models/loras; 'none' = no LoRA.", default=AUTO,
+           options_source="loras"),
+        In("clip_vision", "COMBO", "CLIP ViT-H/14 (CLIP-ViT-H-14-laion2B-s32B-b79K) from models/clip_vision, for "
+           "FaceID-PlusV2 and Plus-Face; 'none' for plain FaceID.", default=NONE, options_source="clip_vision"),
+        In("lora_strength", "FLOAT", "Strength of the FaceID LoRA merged into the UNet (IPAdapter_plus: 0.6).",
+           default=0.6, min=-2.0, max=2.0, step=0.05),
+        In("precision", "COMBO", "Weights dtype: auto = fp16/bf16 on a GPU that supports it, fp32 on CPU.",
+           default=AUTO, options=PRECISIONS),
+        In("vae", "VAE", "Optional: a VAE from core loaders, used instead of the base model's.", optional=True),
+    ),
+    outputs=(Out("model", M2H_MODEL, "The zero-shot model (for M2H Identity Photo and M2H Zero-Shot Sampler)."),),
+)
+
+ZERO_SHOT_SAMPLER = NodeSpec(
+    node_id="M2HZeroShotSampler",
+    display_name="M2H Zero-Shot Sampler",
+    description="Redraws only the person (regen_mask) of the mannequin video with the public-weights model: pose "
+                "from the DWPose images through ControlNet, identity from the photo's ArcFace through IP-Adapter. "
+                "Outside the mask the source latents are kept at every step; garment lock and keep background "
+                "finish the frames. Identity is weaker than a trained M2H model's.",
+    inputs=(
+        In("model", M2H_MODEL, "From M2H Public Weights Loader."),
+        In("frames", "IMAGE", "The mannequin video frames."),
+        In("regen_mask", "MASK", "What to redraw (white): the mannequin's body minus the garment plus the head "
+           "(M2H Regenerate Mask, or any mask: one per frame, or one for all)."),
+        In("clothing_mask", "MASK", "Clothing masks, one per frame (M2H Mannequin Segmentation): the garment lock."),
+        In("pose_images", "IMAGE", "OpenPose images, one per frame (M2H DWPose): the ControlNet hint."),
+        In("head_cond", M2H_HEAD_COND, "Identity (M2H Identity Photo with this model): its ArcFace embedding and "
+           "face crop."),
+        In("seed", "INT", "Noise seed.", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True),
+        In("steps", "INT", "Denoising steps.", default=25, min=1, max=200, step=1),
+        In("cfg", "FLOAT", "Classifier-free guidance scale (1 = off).", default=6.0, min=1.0, max=20.0, step=0.1),
+        In("scheduler", "COMBO", "Sampling solver.", default=defaults.SCHEDULER, options=SCHEDULERS),
+        In("context_frames", "INT", "Frames per AnimateDiff window (16 = as AnimateDiff was trained).", default=16,
+           min=1, max=64, step=1),
+        In("context_overlap", "INT", "Frames shared by neighbouring windows (blended).", default=4, min=0, max=32,
+           step=1),
+        In("resize", "COMBO", "crop_to_model: centre-crop and resize to the model's size (SD-1.5: 512x256). keep: "
+           "the frames' own size (a multiple of 8).", default="crop_to_model", options=("crop_to_model", "keep")),
+        In("pose_strength", "FLOAT", "ControlNet OpenPose strength (0 = pose ignored).", default=1.0, min=0.0,
+           max=defaults.STRENGTH_MAX, step=0.05),
+        In("identity_strength", "FLOAT", "IP-Adapter weight (FaceID scale).", default=0.8, min=0.0,
+           max=defaults.STRENGTH_MAX, step=0.05),
+        In("mask_mode", "COMBO", "latent_blend: source latents outside the mask at every step (soft edges blend). "
+           "differential: a soft mask's weaker parts are redrawn only in the later steps.",
+           default="latent_blend", options=MASK_MODES),
+        In("garment_lock", "BOOLEAN", "Paste the video's own garment pixels back (eroded clothing mask, seam "
+           "blended; needs a human-parsing model).", default=True),
+        In("keep_background", "BOOLEAN", "Keep the video's own pixels outside the generated person (needs a "
+           "human-parsing model).", default=True),
+        In("parsing_model", "COMBO", "Human-parsing model for garment_lock / keep_background.", default=AUTO,
+           options_source="human_parsing"),
+        In("positive", "CONDITIONING", "Optional prompt (CLIP Text Encode with the base model's CLIP); default: "
+           "the empty prompt.", optional=True),
+        In("negative", "CONDITIONING", "Optional negative prompt; default: the empty prompt.", optional=True),
+    ),
+    outputs=(
+        Out("images", "IMAGE", "The generated frames, composited with the source (garment lock / keep background)."),
+        Out("latent", "LATENT", "The final latents (the VAE's raw latents, one per frame)."),
+    ),
+)
+
+NODES: tuple[NodeSpec, ...] = (SEGMENTATION, DWPOSE, HEAD_ENCODER, UNET_LOADER, SAMPLER, REGEN_MASK, COMPOSITE,
+                               PUBLIC_LOADER, ZERO_SHOT_SAMPLER)
 BY_ID = {n.node_id: n for n in NODES}

@@ -70,7 +70,7 @@ def test_comfy_nodes_imports_optional_deps_lazily():
 
 def test_spec_is_consistent():
     ids = [n.node_id for n in spec.NODES]
-    assert len(ids) == len(set(ids)) == 7
+    assert len(ids) == len(set(ids)) == 9
     for n in spec.NODES:
         assert n.display_name.startswith("M2H ")
         names = [i.id for i in n.inputs] + [o.id for o in n.outputs]
@@ -102,9 +102,7 @@ def test_spec_matches_m2h_core():
 def test_execute_signatures_match_the_spec():
     """Each node's execute() takes exactly the spec's inputs (checked on the source, without ComfyUI)."""
     tree = ast.parse((ROOT / "nodes/comfy_nodes.py").read_text())
-    specs = {"SEGMENTATION": spec.SEGMENTATION, "DWPOSE": spec.DWPOSE, "HEAD_ENCODER": spec.HEAD_ENCODER,
-             "UNET_LOADER": spec.UNET_LOADER, "SAMPLER": spec.SAMPLER, "REGEN_MASK": spec.REGEN_MASK,
-             "COMPOSITE": spec.COMPOSITE}
+    specs = {k: v for k, v in vars(spec).items() if isinstance(v, spec.NodeSpec)}
     seen = set()
     for cls in [n for n in tree.body if isinstance(n, ast.ClassDef)]:
         s = None
@@ -559,9 +557,7 @@ def test_every_model_name_input_is_validated_at_queue_time():
     """ComfyUI 0.3.x does not check V3 combo values: each node's validate_inputs takes exactly its model-name
     inputs (those with a file list), and the kinds it checks them as are the ones files.resolve knows."""
     tree = ast.parse((ROOT / "nodes/comfy_nodes.py").read_text())
-    specs = {"SEGMENTATION": spec.SEGMENTATION, "DWPOSE": spec.DWPOSE, "HEAD_ENCODER": spec.HEAD_ENCODER,
-             "UNET_LOADER": spec.UNET_LOADER, "SAMPLER": spec.SAMPLER, "REGEN_MASK": spec.REGEN_MASK,
-             "COMPOSITE": spec.COMPOSITE}
+    specs = {k: v for k, v in vars(spec).items() if isinstance(v, spec.NodeSpec)}
     for cls in [n for n in tree.body if isinstance(n, ast.ClassDef)]:
         s = next((specs[st.value.attr] for st in cls.body if isinstance(st, ast.Assign)
                   and getattr(st.targets[0], "id", "") == "SPEC"), None)

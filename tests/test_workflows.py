@@ -18,6 +18,8 @@ API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
 EXPECTED = {"m2h_mannequin_to_human", "m2h_user_masks", "m2h_preprocess_preview", "m2h_any_generator"}
 UI_TITLES = {"M2HVideo - mannequin video to human video", "M2HVideo - with your own clothing masks",
              "M2HVideo - preprocess preview (masks and poses)", "M2HVideo - garment lock for any generator"}
+EXPECTED |= {"m2h_zero_shot"}  # issue 28: zero-shot mode
+UI_TITLES |= {"M2HVideo - zero-shot with public weights (no M2H checkpoint)"}
 
 
 def _types(t: bw.NodeType) -> dict[str, str]:

@@ -407,7 +407,69 @@ def any_generator() -> Graph:
     return g
 
 
-WORKFLOWS = (mannequin_to_human, user_masks, preprocess_preview, any_generator)
+
+
+ZERO_SHOT_NOTE = """## Zero-shot: public weights, no M2H checkpoint
+
+| node | file | folder |
+| --- | --- | --- |
+| M2H Public Weights Loader | `v1-5-pruned-emaonly.safetensors` (any SD-1.5 checkpoint) | `models/checkpoints/` |
+| M2H Public Weights Loader | `mm_sd_v15_v2.ckpt` or `v3_sd15_mm.ckpt` (AnimateDiff) | `models/animatediff_models/` |
+| M2H Public Weights Loader | `control_v11p_sd15_openpose_fp16.safetensors` | `models/controlnet/` |
+| M2H Public Weights Loader | `ip-adapter-faceid-plusv2_sd15.bin` (its LoRA is inside) | `models/ipadapter/` |
+| M2H Public Weights Loader | `CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors` (PlusV2 / Plus-Face) | `models/clip_vision/` |
+| M2H DWPose | `yolox_l.onnx`, `dw-ll_ucoco_384.onnx` | `models/dwpose/` |
+| M2H Mannequin Segmentation | `segformer_b2_clothes/` folder, or `parsing_atr.onnx` / `parsing_lip.onnx` | `models/human_parsing/` |
+| M2H Identity Photo | insightface `antelopev2/` (or `buffalo_l/`) folder | `models/insightface/models/` |
+
+Only the person is redrawn (M2H Regenerate Mask: the mannequin minus the garment, plus the head region from the
+pose); garment and background are the source's. Identity is weaker than a trained M2H model's. FaceID files and
+insightface packs are for non-commercial research use only. See docs/zero-shot.md.
+Missing insightface? `pip install --no-deps insightface` (see the README).
+"""
+
+
+def zero_shot() -> Graph:
+    g = Graph("m2h_zero_shot", "Zero-shot: mannequin video + identity photo -> human video from public weights",
+              "M2HVideo - zero-shot with public weights (no M2H checkpoint)")
+    g.add("MarkdownNote", (-520, 40), (520, 500), title="Model files (zero-shot)", text=ZERO_SHOT_NOTE)
+    g.add("MarkdownNote", (-520, 580), (520, 300), title="How to use", text=VIDEO_NOTE)
+    _, comps, ident = _front(g)
+    seg = g.add("M2HMannequinSegmentation", (760, 40), (320, 300))
+    g.link(comps, "images", seg, "frames")
+    loader = g.add("M2HPublicLoader", (380, 600), (360, 260), base_model="v1-5-pruned-emaonly.safetensors",
+                   motion_module="mm_sd_v15_v2.ckpt", controlnet_pose="control_v11p_sd15_openpose_fp16.safetensors",
+                   ip_adapter="ip-adapter-faceid-plusv2_sd15.bin",
+                   clip_vision="CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors")
+    pose = g.add("M2HDWPose", (760, 560), (320, 300))
+    g.link(comps, "images", pose, "frames")
+    g.link(comps, "fps", pose, "fps")
+    # fit_photo: the zero-shot model reads only the ArcFace embedding and the face crop, which is larger unmoved
+    head = g.add("M2HHeadEncoder", (760, 900), (320, 220), placement="fit_photo")
+    g.link(ident, "IMAGE", head, "identity")
+    g.link(loader, "model", head, "model")
+    g.link(pose, "keypoints", head, "pose")
+    regen = g.add("M2HRegenerateMask", (1120, 760), (340, 380))
+    g.link(comps, "images", regen, "frames")
+    g.link(seg, "clothing_mask", regen, "clothing_mask")
+    g.link(seg, "person_mask", regen, "person_mask")
+    g.link(pose, "keypoints", regen, "keypoints")
+    sampler = g.add("M2HZeroShotSampler", (1120, 200), (340, 520), seed=42)
+    g.link(loader, "model", sampler, "model")
+    g.link(comps, "images", sampler, "frames")
+    g.link(regen, "regen_mask", sampler, "regen_mask")
+    g.link(seg, "clothing_mask", sampler, "clothing_mask")
+    g.link(pose, "pose_images", sampler, "pose_images")
+    g.link(head, "head_cond", sampler, "head_cond")
+    create = g.add("CreateVideo", (1500, 200), (270, 80))
+    g.link(sampler, "images", create, "images")
+    g.link(comps, "fps", create, "fps")
+    save = g.add("SaveVideo", (1500, 330), (400, 420), filename_prefix="video/M2HVideo_zero_shot")
+    g.link(create, "VIDEO", save, "video")
+    return g
+
+
+WORKFLOWS = (mannequin_to_human, user_masks, preprocess_preview, any_generator, zero_shot)
 
 
 def render_all() -> dict[Path, str]:

@@ -25,8 +25,8 @@ typed, already-checked `VideoInputs` and `IdentityInputs` of `inputs.py`; defaul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 from diffusers import (
@@ -36,12 +36,12 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from . import defaults
-from .encoders import FrozenEncoders
-from .inputs import IdentityInputs, InputError, VideoInputs, check_pair
 from ..config import M2HConfig
 from ..models.m2h import M2HConditioning, M2HModel
 from ..models.unet import MotionWindows
+from . import defaults
+from .encoders import FrozenEncoders
+from .inputs import IdentityInputs, InputError, VideoInputs, check_pair
 
 SCHEDULERS = defaults.SCHEDULERS
 
@@ -251,11 +251,14 @@ def _denoise(model, z, t, cond, index, motion_windows, shared_first=None):
 def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[int, ...], settings: SamplerSettings,
                     progress: Callable[[int, int], None] | None = None,
                     cancel: Callable[[], bool] | None = None,
-                    preview: Callable[[int, int, torch.Tensor], None] | None = None) -> torch.Tensor:
+                    preview: Callable[[int, int, torch.Tensor], None] | None = None,
+                    blend: Callable[[torch.Tensor, object, int], torch.Tensor] | None = None) -> torch.Tensor:
     """The reverse process over context windows. latent_shape = (B, N, c, h, w). Returns float32 latents.
 
     preview(step, total, x0): after each step, the scheduler's predicted clean latents (B, N, c, h, w) (scaled; the
-    current latents for solvers that do not predict x0), for a host's live preview."""
+    current latents for solvers that do not predict x0), for a host's live preview.
+    blend(latents, scheduler, step) -> latents: called before each step and once after the last (step = number of
+    steps), e.g. to keep known latents outside a mask (`zero_shot.LatentBlend`)."""
     device = next(model.parameters()).device
     scheduler = make_scheduler(settings.scheduler, prediction_type=model.cfg.prediction_type)
     scheduler.set_timesteps(settings.steps, device=device)
@@ -268,6 +271,8 @@ def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[
     for chunk in plan:
         total[:, chunk.index] += chunk.weight
     for step, t in enumerate(scheduler.timesteps):
+        if blend is not None:
+            latents = blend(latents, scheduler, step)
         model_in = scheduler.scale_model_input(latents, t)
         if len(plan) == 1:  # the video is one window, or one chunk of windows
             eps = guided_epsilon(model, model_in, t, cond, None, settings.guidance_scale, plan[0].motion,
@@ -294,6 +299,8 @@ def denoise_latents(model: M2HModel, cond: M2HConditioning, latent_shape: tuple[
             progress(step + 1, len(scheduler.timesteps))
         if cancel is not None and cancel():
             raise SamplingCancelled(f"cancelled after step {step + 1}/{len(scheduler.timesteps)}")
+    if blend is not None:
+        latents = blend(latents, scheduler, len(scheduler.timesteps))
     return latents
 
 

@@ -77,7 +77,11 @@ def write_models(models: Path) -> dict:
     build_dwpose_pair(models / "dwpose")
     build_schp(models / "human_parsing" / "parsing_atr.onnx")
     build_face_pack(models / "insightface" / "models" / "antelopev2", "antelopev2")
-    return {"checkpoint": ckpt.name, "height": cfg.height, "width": cfg.width}
+    from tests.zero_shot_fixtures import write_tiny_public_files
+
+    pub = write_tiny_public_files(models)  # the zero-shot template's public files, tiny, in their real formats
+    public = {k: Path(getattr(pub, k)).name for k in ("base", "motion", "controlnet", "ip_adapter")}
+    return {"checkpoint": ckpt.name, "height": cfg.height, "width": cfg.width, "public": public}
 
 
 def native_config():
@@ -268,6 +272,12 @@ def patch_workflow(wf: dict, names: dict, model: dict) -> dict:
             inp.update(m2h_checkpoint=model["checkpoint"], base_model="none", clip_vision="none", precision="fp32")
         elif ct == "M2HSampler":
             inp.update(steps=2, context_frames=4, context_overlap=2)
+        elif ct == "M2HPublicLoader":
+            pub = model["public"]
+            inp.update(base_model=pub["base"], motion_module=pub["motion"], controlnet_pose=pub["controlnet"],
+                       ip_adapter=pub["ip_adapter"], ip_lora="auto", clip_vision="none", precision="fp32")
+        elif ct == "M2HZeroShotSampler":
+            inp.update(steps=2, context_frames=4, context_overlap=2, parsing_model="parsing_atr.onnx")
         elif ct == "M2HMannequinSegmentation" and inp.get("model") == "auto":
             inp["model"] = "parsing_atr.onnx"
         elif ct == "SaveVideo":
@@ -587,6 +597,8 @@ def main() -> int:
             f"  base_path: {work / 'models'}\n"
             "  m2hvideo: m2hvideo\n  dwpose: dwpose\n  human_parsing: human_parsing\n  insightface: insightface\n"
             "  vae: vae\n  clip_vision: clip_vision\n"
+            "  checkpoints: checkpoints\n  animatediff_models: animatediff_models\n  controlnet: controlnet\n"
+            "  ipadapter: ipadapter\n  loras: loras\n"
             f"  custom_nodes: {work / 'custom_nodes'}\n")
         print(f"work folder: {work}", flush=True)
         if args.quick_test:

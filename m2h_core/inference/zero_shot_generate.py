@@ -1,0 +1,65 @@
+"""`m2h generate --zero-shot`: mannequin video + identity photo(s) -> human video from public files (no M2H checkpoint).
+
+The same order as `generate.generate` (checks without models first: output path, file headers, input files), then
+human parsing (clothing + person masks), DWPose, face analysis, the regenerate mask (`regen_mask.regenerate_mask`:
+the mannequin minus the garment plus the head region from the pose), the zero-shot sampler, and decoding + garment
+lock + keep background chunk by chunk (`generate.write_output`). Garment lock and keep background are always on
+here: they finish what the latent blend keeps (the source outside the regenerate mask) at pixel level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+
+from . import inputs
+from .generate import GenerateReport, GenerateRequest, Preprocessors, detect_poses, read_sources, write_output
+from .regen_mask import RegenMaskSettings, regenerate_mask
+from .sampler import SamplerSettings
+from .zero_shot import face_crop, sample_zero_shot, zero_shot_config
+from .zero_shot_loader import PublicFiles, load_zero_shot
+from ..video_io import check_output_path
+
+
+def generate_zero_shot(files: PublicFiles, req: GenerateRequest, settings: SamplerSettings | None = None,
+                       mask_mode: str = "latent_blend", device: str = "cpu", dtype: torch.dtype = torch.float32,
+                       progress: Callable[[int, int], None] | None = None,
+                       models: Preprocessors | None = None) -> GenerateReport:
+    check_output_path(req.out, create=False)
+    cfg = zero_shot_config(files.check())
+    src = read_sources(req, (cfg.height, cfg.width))
+    settings, notes = (settings or SamplerSettings()).for_video(cfg, len(src.frames))
+    models = models or Preprocessors(req.search_dirs)
+    req = replace(req, garment_lock=True, keep_background=True)
+    h, w = cfg.height, cfg.width
+    fitted = inputs.to_uint8(inputs.fit_frames(src.frames, h, w)[0])
+    parsed = models.parser(req.parser).parse(fitted, temporal_window=3)
+    masks = src.masks if src.masks is not None else parsed.clothing_mask
+    if src.masks is None and not masks.any():
+        raise inputs.InputError(f"{req.video}: the parsing model found no clothing in any frame; check the video "
+                                "or give --masks")
+    poses, keypoints = src.poses, None
+    if poses is None:
+        poses, keypoints = detect_poses(fitted, src.fps, req.search_dirs, notes, models)
+    video = inputs.prepare_video(src.frames, masks, poses, h, w)
+    photos = src.photos or [src.photo]
+    names = src.photo_names or [str(req.identity)]
+    chosen = inputs.combine_photos(photos, models.face(req.face_pack), names)
+    ident, id_notes = inputs.place_identity(chosen.photo, chosen.face, h, w, poses=keypoints,
+                                            placement="head_from_pose" if keypoints else "fit_photo")
+    notes += list(chosen.notes) + id_notes
+    cloth = video.clothing_masks.numpy() > 0.5
+    masks = regenerate_mask(cloth, parsed.person_mask | cloth, keypoints, RegenMaskSettings.for_height(h))
+    regen = masks.regen
+    notes += masks.notes
+    if not regen.any():
+        raise inputs.InputError(f"{req.video}: no person region to redraw (the parser found no body outside the "
+                                "garment and the pose no head)")
+    pipe = load_zero_shot(files, device, dtype)
+    photo = torch.from_numpy(chosen.photo.copy()).permute(2, 0, 1).float() / 255  # the face crop from the photo
+    res = sample_zero_shot(pipe, video, ident, torch.from_numpy(regen), settings, mask_mode, progress=progress,
+                           decode=False, face=face_crop(photo, chosen.face.bbox))
+    written = write_output(res.latents, pipe.encoders, video, req, models, src.fps, notes)
+    return GenerateReport(req.out, written, src.fps, w, h, src.notes + notes)
