@@ -20,8 +20,6 @@ try:  # the numbered API module is steadier than `latest`
 except ImportError:  # pragma: no cover - older/newer ComfyUI
     from comfy_api.latest import ComfyExtension, io
 
-from m2h_core.frames import to_nhwc
-
 from . import files, logic, spec
 
 log = logging.getLogger("M2HVideo")
@@ -321,8 +319,8 @@ class M2HDWPose(_M2HNode):
         return io.NodeOutput(logic.render_pose_images(seq, hands=hands, face=face, feet=feet), seq)
 
 
-class M2HHeadEncoder(_M2HNode):
-    SPEC = spec.HEAD_ENCODER
+class M2HIdentityPhoto(_M2HNode):
+    SPEC = spec.IDENTITY_PHOTO
 
     @classmethod
     def validate_inputs(cls, face_model):
@@ -346,8 +344,8 @@ class M2HHeadEncoder(_M2HNode):
         return io.NodeOutput(cond, preview)
 
 
-class M2HUNetLoader(_M2HNode):
-    SPEC = spec.UNET_LOADER
+class M2HModelLoader(_M2HNode):
+    SPEC = spec.MODEL_LOADER
 
     @classmethod
     def validate_inputs(cls, m2h_checkpoint, base_model, clip_vision, motion_module):
@@ -483,6 +481,7 @@ class M2HZeroShotSampler(_M2HNode):
                 context_frames, context_overlap, resize, pose_strength, identity_strength, mask_mode, garment_lock,
                 keep_background, parsing_model, positive=None, negative=None) -> io.NodeOutput:
         cls.check_available()
+        from m2h_core.frames import to_nhwc
         from m2h_core.inference.zero_shot import sample_zero_shot
 
         from . import zero_shot
@@ -507,7 +506,7 @@ class M2HZeroShotSampler(_M2HNode):
         return io.NodeOutput(images, logic.comfy_latent(res.latents, model.cfg.vae.scaling_factor))
 
 
-NODE_CLASSES = (M2HMannequinSegmentation, M2HDWPose, M2HHeadEncoder, M2HUNetLoader, M2HSampler, M2HRegenerateMask,
+NODE_CLASSES = (M2HMannequinSegmentation, M2HDWPose, M2HIdentityPhoto, M2HModelLoader, M2HSampler, M2HRegenerateMask,
                 M2HComposite, M2HPublicLoader, M2HZeroShotSampler)
 
 

@@ -154,7 +154,7 @@ DWPOSE = NodeSpec(
     needs=("onnxruntime",),
 )
 
-HEAD_ENCODER = NodeSpec(
+IDENTITY_PHOTO = NodeSpec(
     node_id="M2HHeadEncoder",  # id kept from the first release (saved workflows store it)
     display_name="M2H Identity Photo",
     description="Prepares the identity photo: finds the face (insightface), computes its ArcFace embedding, and "
@@ -186,7 +186,7 @@ HEAD_ENCODER = NodeSpec(
     needs=("insightface", "onnxruntime"),
 )
 
-UNET_LOADER = NodeSpec(
+MODEL_LOADER = NodeSpec(
     node_id="M2HUNetLoader",  # id kept from the first release (saved workflows store it)
     display_name="M2H Model Loader",
     description="Loads everything the sampler needs: the M2HVideo model (UNet with motion modules, pose and "
@@ -418,6 +418,6 @@ ZERO_SHOT_SAMPLER = NodeSpec(
     ),
 )
 
-NODES: tuple[NodeSpec, ...] = (SEGMENTATION, DWPOSE, HEAD_ENCODER, UNET_LOADER, SAMPLER, REGEN_MASK, COMPOSITE,
+NODES: tuple[NodeSpec, ...] = (SEGMENTATION, DWPOSE, IDENTITY_PHOTO, MODEL_LOADER, SAMPLER, REGEN_MASK, COMPOSITE,
                                PUBLIC_LOADER, ZERO_SHOT_SAMPLER)
 BY_ID = {n.node_id: n for n in NODES}

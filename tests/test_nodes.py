@@ -490,10 +490,10 @@ def test_run_sampler_cancel(tiny_pipeline):
 def test_display_names_say_what_the_nodes_do_and_ids_are_unchanged():
     """Workflows store node ids; display names may change: the loader loads VAE and CLIP too, and the identity
     node places the photo (H runs inside the model)."""
-    assert spec.UNET_LOADER.node_id == "M2HUNetLoader" and spec.UNET_LOADER.display_name == "M2H Model Loader"
-    assert "VAE and CLIP" in spec.UNET_LOADER.description
-    assert spec.HEAD_ENCODER.node_id == "M2HHeadEncoder" and spec.HEAD_ENCODER.display_name == "M2H Identity Photo"
-    assert "runs inside the model" in spec.HEAD_ENCODER.description
+    assert spec.MODEL_LOADER.node_id == "M2HUNetLoader" and spec.MODEL_LOADER.display_name == "M2H Model Loader"
+    assert "VAE and CLIP" in spec.MODEL_LOADER.description
+    assert spec.IDENTITY_PHOTO.node_id == "M2HHeadEncoder" and spec.IDENTITY_PHOTO.display_name == "M2H Identity Photo"
+    assert "runs inside the model" in spec.IDENTITY_PHOTO.description
     text = " ".join(i.tooltip for n in spec.NODES for i in n.inputs) + " ".join(n.description for n in spec.NODES)
     assert "UNet Loader" not in text and "Head Encoder" not in text
 
@@ -538,7 +538,7 @@ def test_sampler_latent_output_is_comfyuis_raw_vae_latent():
 def test_native_comfyui_inputs_and_strength_knobs_in_the_spec():
     from m2h_core.inference import defaults
 
-    vae, clip = spec.UNET_LOADER.input("vae"), spec.UNET_LOADER.input("clip_vision_model")
+    vae, clip = spec.MODEL_LOADER.input("vae"), spec.MODEL_LOADER.input("clip_vision_model")
     assert (vae.type, vae.optional, clip.type, clip.optional) == ("VAE", True, "CLIP_VISION", True)
     for name in ("pose_strength", "identity_strength"):
         i = spec.SAMPLER.input(name)

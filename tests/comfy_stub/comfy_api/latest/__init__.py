@@ -74,7 +74,8 @@ class NodeOutput:
 io = SimpleNamespace(
     Schema=Schema, ComfyNode=ComfyNode, NodeOutput=NodeOutput, Custom=_type,
     Image=_type("IMAGE"), Mask=_type("MASK"), Latent=_type("LATENT"), Vae=_type("VAE"),
-    ClipVision=_type("CLIP_VISION"), Int=_type("INT"), Float=_type("FLOAT"), Boolean=_type("BOOLEAN"),
+    ClipVision=_type("CLIP_VISION"), Conditioning=_type("CONDITIONING"), Int=_type("INT"), Float=_type("FLOAT"),
+    Boolean=_type("BOOLEAN"),
     String=_type("STRING"), Combo=_type("COMBO"),
 )
 
