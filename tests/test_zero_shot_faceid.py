@@ -7,23 +7,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
-from m2h_core.models.faceid import ImageProjection, PlusProjection, build_image_projection, detect_variant
-
-
-def tiny_image_proj(variant: str, seed: int = 0, dim: int = 64, clip_dim: int = 48, tokens: int = 4
-                    ) -> dict[str, torch.Tensor]:
-    """A random image_proj state dict with the real key grammar (depth 4, head width 64, as every released file)."""
-    torch.manual_seed(seed)
-    res = {"dim": dim, "depth": 4, "heads": dim // 64, "head_dim": 64, "embedding_dim": clip_dim, "output_dim": dim,
-               "ff_inner": 4 * dim}
-    if variant.startswith("faceid"):
-        m = ImageProjection(variant, id_dim=512, id_hidden=1024, dim=dim, tokens=tokens,
-                            resampler=res if variant != "faceid" else None)
-    else:
-        m = PlusProjection(variant, queries=16, **res)
-    sd = m.state_dict()
-    return {k: torch.randn_like(v) * (0.05 if v.ndim > 1 else 1.0) + (1.0 if k.endswith("norm.weight") else 0)
-            for k, v in sd.items()}
+from m2h_core.models.faceid import build_image_projection, detect_variant
+from tests.zero_shot_fixtures import tiny_image_proj
 
 
 def _diffusers_projection(sd):

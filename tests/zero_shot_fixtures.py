@@ -10,8 +10,24 @@ from diffusers import AutoencoderKL, ControlNetModel, MotionAdapter, UNet2DCondi
 
 from m2h_core.config import M2HConfig, tiny
 from m2h_core.inference.zero_shot import zero_shot_config
+from m2h_core.models.faceid import ImageProjection, PlusProjection
 from tests.fixtures import build_motion_adapter, build_sd15_parts, randomize_
-from tests.test_zero_shot_faceid import tiny_image_proj
+
+
+def tiny_image_proj(variant: str, seed: int = 0, dim: int = 64, clip_dim: int = 48, tokens: int = 4
+                    ) -> dict[str, torch.Tensor]:
+    """A random image_proj state dict with the real key grammar (depth 4, head width 64, as every released file)."""
+    torch.manual_seed(seed)
+    res = {"dim": dim, "depth": 4, "heads": dim // 64, "head_dim": 64, "embedding_dim": clip_dim, "output_dim": dim,
+               "ff_inner": 4 * dim}
+    if variant.startswith("faceid"):
+        m = ImageProjection(variant, id_dim=512, id_hidden=1024, dim=dim, tokens=tokens,
+                            resampler=res if variant != "faceid" else None)
+    else:
+        m = PlusProjection(variant, queries=16, **res)
+    sd = m.state_dict()
+    return {k: torch.randn_like(v) * (0.05 if v.ndim > 1 else 1.0) + (1.0 if k.endswith("norm.weight") else 0)
+            for k, v in sd.items()}
 
 
 @dataclass
