@@ -76,6 +76,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2h_core import metrics
 from m2h_core.checkpoint import load_checkpoint
+from m2h_core.frames import to_nhwc, to_uint8
 from m2h_core.inference.encoders import FrozenEncoders
 from m2h_core.inference.sampler import SamplerSettings, sample_video
 from m2h_core.training.dataset import CacheError, ClipCacheDataset, read_split, sampler_inputs
@@ -204,11 +205,6 @@ def bootstrap_fvd_ci(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], n_b
         return point, None, None
     lo, hi = np.percentile(boot, [50 * (1 - level), 50 * (1 + level)])
     return point, float(lo), float(hi)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) or (3, H, W) in [0, 1] -> channels-last uint8."""
-    return (x.clamp(0, 1).movedim(-3, -1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -366,13 +362,13 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
             item = ds.window(i, a.frames, start, a.stride)
             settings = dataclasses.replace(base, seed=a.seed + 1000 * i + j)
             res = sample_video(model, enc, *sampler_inputs(item), settings)
-            gen, gt = to_uint8(res.frames), to_uint8(item["frames"])
+            gen, gt = to_uint8(to_nhwc(res.frames)), to_uint8(to_nhwc(item["frames"]))
             mask = item["clothing_masks"].numpy() > 0.5
             c = {"start": start, "frame_indices": item["frame_indices"].tolist(),
                  "identity_index": int(item["identity_index"]),
                  **score_chunk(gen, gt, mask, a.mask_mode, lpips_models, device)}
             if embedder is not None:
-                ref = embedder(to_uint8(item["identity_image"]))
+                ref = embedder(to_uint8(to_nhwc(item["identity_image"])))
                 ref = ref if ref is not None else item["arcface"].numpy()
                 per = _csim_frames(gen, ref, embedder)
                 found = ~np.isnan(per)
