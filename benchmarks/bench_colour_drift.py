@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from m2h_core.frames import to_float, to_nchw, to_nhwc  # noqa: E402
 from m2h_core.inference.inputs import IdentityInputs, VideoInputs  # noqa: E402
 from m2h_core.inference.sampler import SamplerSettings, chunk_plan, context_windows, sample_video  # noqa: E402
 
@@ -70,7 +71,7 @@ def clip_tensors(cfg, n: int, seed: int, static: bool):
 
     clip = generate_clip(seed, n_frames=1 if static else n, height=cfg.height, width=cfg.width, motion="walk")
     rep = (lambda a: np.repeat(a, n, axis=0)) if static else (lambda a: a)  # noqa: E731
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 255  # noqa: E731
+    t = lambda a: to_nchw(to_float(a))  # noqa: E731
     args = (t(rep(clip.mannequin)), torch.from_numpy(rep(clip.clothing_mask).astype(np.float32)),
             t(rep(clip.pose_images)), t(clip.identity_image[None])[0], t(clip.identity_landmarks[None])[0],
             torch.from_numpy(clip.identity_embedding))
@@ -153,7 +154,7 @@ def main() -> None:
         settings = SamplerSettings(**{**settings.__dict__, "chunk_frames": a.chunk_frames})
     t0 = time.perf_counter()
     out = sample_video(model, enc, *typed(args), settings=settings)
-    frames = out.frames.permute(0, 2, 3, 1).numpy() * 255
+    frames = to_nhwc(out.frames).numpy() * 255
     edges = boundary_transitions(a.frames, a.context, a.overlap)
     print(f"{a.frames} frames {model.cfg.height}x{model.cfg.width}, {a.steps} steps, CFG {a.cfg}, context "
           f"{a.context}/{a.overlap}, chunks of <= {settings.chunk_frames} frames, ramp power {a.ramp_power:g}: "

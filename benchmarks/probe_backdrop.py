@@ -32,7 +32,8 @@ def _rgb(c: np.ndarray) -> tuple[int, ...]:
 
 def main(argv: list[str] | None = None) -> None:
     from m2h_core.demo.pretrained import SHIPPED_M2H, load_pretrained
-    from m2h_core.demo.evaluation import float64_nhwc, heldout_test_cases
+    from m2h_core.demo.evaluation import heldout_test_cases
+    from m2h_core.frames import to_nhwc
     from m2h_core.demo.recipe import DemoSettings
     from m2h_core.demo.tiny_vae import reconstruct
     from m2h_core.inference.sampler import sample_video
@@ -51,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     k = np.ones((2 * a.ring + 1, 2 * a.ring + 1), np.uint8)
     for i, c in enumerate(heldout_test_cases(s, 0, model.cfg.height, model.cfg.width)):
         out = sample_video(model, enc, c.video(), c.identity(), s.sampler_settings(0)).frames
-        p, g = float64_nhwc(out).astype(np.float64), float64_nhwc(c.ground_truth).astype(np.float64)
-        ceil = float64_nhwc(reconstruct(enc.vae, c.ground_truth)).astype(np.float64)
+        p = to_nhwc(out.clamp(0, 1)).numpy().astype(np.float64)
+        g = to_nhwc(c.ground_truth).numpy().astype(np.float64)
+        ceil = to_nhwc(reconstruct(enc.vae, c.ground_truth).clamp(0, 1)).numpy().astype(np.float64)
         bg = c.background_masks.numpy()
         far = np.stack([cv2.erode(b.astype(np.uint8), k) for b in bg]) > 0
         near = bg & ~far

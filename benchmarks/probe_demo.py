@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from m2h_core.checkpoint import load_checkpoint, read_config
 from m2h_core.demo.evaluation import heldout_case
+from m2h_core.frames import to_nhwc
 from m2h_core.inference.inputs import IdentityInputs, VideoInputs
 from m2h_core.inference.pipeline import embedded_encoders
 from m2h_core.inference.sampler import SamplerSettings, sample_video
@@ -43,12 +44,8 @@ from m2h_core.models.m2h import M2HModel
 from m2h_core.training.components import make_train_scheduler as noise_scheduler
 
 
-def _nhwc(x: torch.Tensor) -> np.ndarray:
-    return x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy().astype(np.float64)
-
-
 def cloth_psnr(pred: torch.Tensor, case) -> float:
-    return float(masked_psnr(_nhwc(pred), _nhwc(case.ground_truth), case.clothing_masks.numpy() > 0.5))
+    return float(masked_psnr(to_nhwc(pred.clamp(0, 1)), to_nhwc(case.ground_truth), case.clothing_masks.numpy() > 0.5))
 
 
 def highpass(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Model configuration: one dataclass tree, two presets (`sd15` = the paper's sizes, `tiny` = tests and CPU demo).
+"""Model configuration: one dataclass tree, two presets (`sd15` = our SD-1.5 backbone at the paper's
+sizes, `tiny` = tests and CPU demo).
 
 The config is stored as JSON in every M2H checkpoint's metadata, so a checkpoint always rebuilds the exact
 architecture it was trained with.

@@ -16,7 +16,8 @@ import torch
 def to_float(frames: Any) -> np.ndarray:
     """uint8 (divided by 255) or float frames, numpy or torch -> float32 numpy, layout unchanged."""
     if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu().float().numpy()
+        t = frames.detach().cpu()
+        frames = t.numpy() if t.dtype == torch.uint8 else t.float().numpy()
     x = np.asarray(frames)
     return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
 

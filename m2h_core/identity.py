@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .frames import to_float, to_nchw
 from .pose_render import draw_face_landmarks
 from .video_io import apply_crop, compute_center_crop
 
@@ -137,7 +138,7 @@ def prepare_identity(photo: np.ndarray, face: Any, height: int, width: int,
     box = np.array([[x1, y1], [x2, y2]]) @ m[:, :2].T + m[:, 2]
     preview = img.copy()
     if identity_input == "head":
-        m, _ = head_region(torch.from_numpy(lmk).permute(2, 0, 1)[None].float() / 255)
+        m, _ = head_region(to_nchw(to_float(lmk))[None])
         keep = m[0, 0].numpy()[..., None]
         preview = (preview * (0.25 + 0.75 * keep)).round().astype(np.uint8)
     cv2.rectangle(preview, (int(box[0, 0]), int(box[0, 1])), (int(box[1, 0]), int(box[1, 1])), (0, 255, 0), 1)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .frames import to_float, to_nchw, to_uint8
 from .vgg import (
     VGG16_FILENAME,
     VGG16_URL,
@@ -55,18 +56,16 @@ I3D_FEATURE_KWARGS: Mapping[str, bool] = {"rescale": False, "resize": False, "re
 # ------------------------------------------------------------------------------------------ input handling
 
 
-def _to_float_frames(images: np.ndarray | torch.Tensor) -> np.ndarray:
-    """(H,W,3)/(N,H,W,3) uint8 or float [0,1] -> (N,H,W,3) float64 in [0,1]."""
+def _rgb_frames(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Check (H,W,3)/(N,H,W,3) RGB, uint8 or float [0,1] -> (N,H,W,3) float64 in [0,1] (the sums need float64)."""
     arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if arr.ndim == 3:
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"expected (H,W,3) or (N,H,W,3) RGB, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr.astype(np.float64) / 255.0
-    if np.issubdtype(arr.dtype, np.integer):
+    if arr.dtype != np.uint8 and np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"integer images must be uint8, got {arr.dtype}")
-    return arr.astype(np.float64)
+    return arr.astype(np.float64) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float64)
 
 
 def _to_masks(mask: np.ndarray | torch.Tensor | None, n: int, h: int, w: int) -> np.ndarray:
@@ -90,7 +89,7 @@ def _to_masks(mask: np.ndarray | torch.Tensor | None, n: int, h: int, w: int) ->
 def _pair(
     pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    p, t = _to_float_frames(pred), _to_float_frames(target)
+    p, t = _rgb_frames(pred), _rgb_frames(target)
     if p.shape != t.shape:
         raise ValueError(f"pred {p.shape} and target {t.shape} differ in shape")
     return p, t, _to_masks(mask, *p.shape[:3])
@@ -276,8 +275,8 @@ def masked_lpips(
     out = np.empty(len(p))
     with torch.no_grad():
         for s in range(0, len(p), batch_size):
-            xb = torch.from_numpy(p[s : s + batch_size]).permute(0, 3, 1, 2).float().to(dev)
-            yb = torch.from_numpy(t[s : s + batch_size]).permute(0, 3, 1, 2).float().to(dev)
+            xb = to_nchw(p[s : s + batch_size]).float().to(dev)
+            yb = to_nchw(t[s : s + batch_size]).float().to(dev)
             dmap = net(xb, yb)[:, 0].double().cpu().numpy()
             for j, d in enumerate(dmap):
                 mj = m[s + j]
@@ -467,13 +466,9 @@ def csim(
     face; such frames score NaN and are left out of the mean (NaN if no frame has a face).
     """
 
-    def as_uint8(frames: np.ndarray | torch.Tensor) -> np.ndarray:
-        f = _to_float_frames(frames)
-        return (np.clip(f, 0, 1) * 255.0).round().astype(np.uint8)
-
-    gen = as_uint8(generated)
+    gen = to_uint8(_rgb_frames(generated))
     ref_arr = reference.detach().cpu().numpy() if isinstance(reference, torch.Tensor) else np.asarray(reference)
-    refs = as_uint8(ref_arr)
+    refs = to_uint8(_rgb_frames(ref_arr))
     if ref_arr.ndim == 3:
         ref_emb = embedder(refs[0])
         if ref_emb is None:
@@ -516,16 +511,10 @@ def i3d_preprocess(video: np.ndarray | torch.Tensor, resolution: int = 224, fit:
     """
     if fit not in I3D_FITS:
         raise ValueError(f"I3D fit must be one of {I3D_FITS}, got {fit!r}")
-    if isinstance(video, torch.Tensor):
-        v = video.detach().float()
-        if video.dtype == torch.uint8:
-            v = v / 255.0
-    else:
-        arr = np.asarray(video)
-        v = torch.from_numpy(arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32))
-    if v.ndim != 4 or v.shape[-1] != 3:
-        raise ValueError(f"expected one video (T,H,W,3), got shape {tuple(v.shape)}")
-    v = v.permute(0, 3, 1, 2)  # T,3,H,W
+    arr = to_float(video)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"expected one video (T,H,W,3), got shape {tuple(arr.shape)}")
+    v = to_nchw(arr)  # T,3,H,W
     h, w = v.shape[-2:]
     r = resolution
     if fit == "resize":

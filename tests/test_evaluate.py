@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from m2h_core import metrics
+from m2h_core.frames import to_nhwc, to_uint8
 from m2h_core.checkpoint import save_checkpoint
 from m2h_core.config import tiny
 from m2h_core.models.m2h import M2HModel
@@ -214,12 +215,12 @@ def test_evaluate_end_to_end_outputs_every_metric(setup, capsys):
         (c,) = v["chunks"]
         assert c["frame_indices"] == list(range(0, 40, 4))
         item = ds.window(i, 10, 0, 4)
-        gt = evaluate_cli.to_uint8(item["frames"])
+        gt = to_uint8(to_nhwc(item["frames"]))
         gen = np.stack([_read_png(frames_dir / v["video"] / "00" / f"{f:05d}.png") for f in range(10)])
         mask = item["clothing_masks"].numpy() > 0.5
         assert c["psnr"] == pytest.approx(metrics.masked_psnr(gen, gt, mask))
         assert c["ssim"] == pytest.approx(metrics.masked_ssim(gen, gt, mask))
-        ref = _toy_embedder(evaluate_cli.to_uint8(item["identity_image"]))
+        ref = _toy_embedder(to_uint8(to_nhwc(item["identity_image"])))
         cos = [metrics.cosine_similarity(_toy_embedder(g), ref) for g in gen]
         assert c["csim"] == pytest.approx(np.mean(cos))
         real_feats.append(metrics.i3d_features([gt], net)[0])

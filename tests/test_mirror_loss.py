@@ -216,8 +216,8 @@ def test_eps_from_v_inverts_the_velocity(parts):
 
 
 def _eq6_by_hand(z_t, eps_pred, t, target, masks, decode, vgg, sched, alpha, beta, reduction, weighting):
-    """Eq. 6 written out clip by clip, frame by frame, from the paper's text (see mirror_loss's docstring for the
-    normalized form); float64 x0."""
+    """Eq. 6 written out clip by clip, frame by frame, from the paper's text (the normalized form:
+    docs/REPRODUCE.md, "The mirror loss in detail"); float64 x0."""
     total = 0.0
     b, f = z_t.shape[:2]
     for i in range(b):

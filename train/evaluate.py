@@ -6,55 +6,12 @@
         [--i3d i3d_torchscript.pt] [--face-pack antelopev2 --models DIR] \\
         [--frames 16] [--stride 4] [--steps 50] [--guidance 7.5] [--out results/eval.json]
 
-What a number means (the protocol; every choice is recorded under "protocol" in the JSON):
-
-* Test videos: every video of the cache's test split - ``CACHE/split.json`` "test", written by
-  ``train/prepare_data.py`` together with the cache (seeded 90/10, as the paper's Sec. IV-A; ``--test-list`` there
-  fixes it to a given list) - or ``--split-file`` (a split.json or a text file of ids, one a line). The ids and
-  their SHA-256 are written to the JSON: two runs are comparable when ``protocol.split_sha256`` is equal.
-* Chunks: each test video is sampled at the training stride s (``--stride``; default: ``frame_stride`` of the
-  run's ``train_config.json`` next to the checkpoint, else 4 as in Sec. IV-B and sd15.yaml) and cut into all
-  non-overlapping N-frame chunks (``--frames``, default 16): chunk j holds frames s·(jN + k), k = 0..N-1, so a
-  video of T frames gives floor(ceil(T/s) / N) chunks (the remainder is dropped; a video shorter than
-  (N-1)·s + 1 frames gives none and is listed in the notes). Each chunk is reconstructed from its own clothing
-  v ⊙ M_c, body pose and an identity image x_id - another frame of the same video with a face, not in the chunk
-  (or the video's reference photo) - the paper's paired protocol for UBC / ASOS. Chunk j of video i is sampled
-  with seed ``--seed`` + 1000·i + j (DDIM, ``--steps`` 50, CFG 7.5).
-* Clothing consistency, masked (``--mask-mode``): PSNR, SSIM and LPIPS compare the generated and ground-truth
-  frames inside M_c, the ground truth's clothing mask from the cache (human parser, nearest-resized to the
-  evaluation size). ``inside`` (default): PSNR from the MSE over the mask pixels; the SSIM map (11x11 Gaussian)
-  and the LPIPS distance map are computed on the whole frames and averaged over the mask pixels (so the networks
-  see context). ``zeroed``: both frames are multiplied by M_c and scored whole (the other common reading of
-  "within the clothing regions"; it counts the zeroed background as perfect, so scores are higher).
-  LPIPS is LPIPS-VGG (v0.1, ``vgg16-397923af.pth`` + lpips ``vgg.pth``); LPIPS-Alex (``alexnet-owt-7be5be79.pth``
-  + lpips ``alex.pth``, the lpips package's default) is reported as ``lpips_alex`` when both files are found.
-* Identity: CSIM, the cosine between the ArcFace embedding (insightface ``--face-pack``) of each generated frame's
-  face and that of x_id (embedded from the same evaluation-size image; the cache's embedding when the detector
-  finds no face there). Frames where no face is detected are left out; their share is ``csim_face_rate``.
-* FVD: I3D (StyleGAN-V TorchScript) features of every ground-truth and every generated chunk (N >= 10 frames),
-  one Fréchet distance over all chunks. I3D sees the whole frame (``--fvd-fit resize``, the default: the frame is
-  resized to 224x224, as the reference FVD code of Unterthiner et al. does), so the head counts - Table III reads
-  FVD as a measure of H and A. StyleGAN-V's centre crop (``--fvd-fit center_crop``) keeps only rows 128-383 of a
-  512x256 frame, without the head and feet; ``pad`` keeps the aspect ratio with black bars. The fit is recorded
-  (``protocol.fvd_fit``); FVDs with different fits are not comparable. Below FVD_MIN_CHUNKS = 401 chunks a
-  warning is printed: the features are 400-d, and n chunks give a covariance of rank <= n-1, so with fewer than
-  401 it is singular and the distance is biased upwards by roughly tr(Σ)/n per set - FVDs from different chunk
-  counts are not comparable.
-* Several runs (the ablations of Tables III / IV): ``--collect results/*.json [--markdown table.md]`` puts them
-  in one table, each beside the paper's row when ``--method`` is the config's name (e.g. H0_A0_M0), and warns
-  when they were evaluated on different test sets or settings.
-* Aggregation and uncertainty: a chunk's value is the mean over its frames; a metric is the mean over all chunks.
-  The 95% interval is a percentile bootstrap that resamples test videos with replacement (all chunks of a drawn
-  video together, since they are correlated), ``--bootstrap`` 1000 times with ``--bootstrap-seed`` 0; FVD is
-  recomputed on each resample (that interval is indicative: resampling duplicates features, which the Fréchet
-  distance sees as less variety).
-
-A metric whose model file is missing is reported as '-' with the file name and where it goes (a file given by a
-flag that cannot be read is an error). ``--random-encoders`` (tiny checkpoints) uses random VAE/CLIP and stand-in
-LPIPS networks so the whole path runs without files. Output: the Table I layout on stdout, ``--out`` JSON with
-everything (per chunk, per video, summary, intervals, protocol, notes), a Markdown report (``--markdown``,
-default: the JSON path with .md) with the paper's Table I rows beside ours, and the I3D features behind the FVD
-(``<out>.i3d.safetensors``: real, fake, video); ``--save-frames DIR`` keeps the generated chunks as PNGs.
+Every test video is cut into non-overlapping N-frame chunks at the training stride; each chunk is generated from its
+own clothing, pose and an identity frame of the same video and scored: PSNR / SSIM / LPIPS inside the clothing mask,
+CSIM (ArcFace), FVD over all chunks, each with a 95% bootstrap interval over test videos. `--collect` puts several
+results (the ablations) in one table beside the paper's rows. A metric whose model file is missing is reported as '-'
+naming the file; `--random-encoders` runs the whole path on tiny checkpoints without files. Every choice is recorded
+under "protocol" in the JSON; what each number means: docs/REPRODUCE.md, section 5.
 """
 
 from __future__ import annotations
@@ -76,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from m2h_core import metrics
 from m2h_core.checkpoint import load_checkpoint
+from m2h_core.frames import to_nhwc, to_uint8
 from m2h_core.inference.encoders import FrozenEncoders
 from m2h_core.inference.sampler import SamplerSettings, sample_video
 from m2h_core.training.dataset import CacheError, ClipCacheDataset, read_split, sampler_inputs
@@ -206,11 +164,6 @@ def bootstrap_fvd_ci(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], n_b
     return point, float(lo), float(hi)
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) or (3, H, W) in [0, 1] -> channels-last uint8."""
-    return (x.clamp(0, 1).movedim(-3, -1).cpu().numpy() * 255).round().astype(np.uint8)
-
-
 # --------------------------------------------------------------------------------------------- models
 
 
@@ -294,7 +247,7 @@ def load_test_split(a) -> tuple[list[str], str]:
 
 def score_chunk(gen: np.ndarray, gt: np.ndarray, mask: np.ndarray, mask_mode: str, lpips_models: dict,
                 device: torch.device) -> dict:
-    """Masked PSNR / SSIM / LPIPS(-Alex) of one chunk (see the module docstring for the two mask modes)."""
+    """Masked PSNR / SSIM / LPIPS(-Alex) of one chunk (the two mask modes: docs/REPRODUCE.md, section 5)."""
     if mask_mode == "zeroed":
         gen, gt, mask = gen * mask[..., None], gt * mask[..., None], None
     out = {"psnr": float(metrics.masked_psnr(gen, gt, mask)), "ssim": float(metrics.masked_ssim(gen, gt, mask))}
@@ -304,7 +257,7 @@ def score_chunk(gen: np.ndarray, gt: np.ndarray, mask: np.ndarray, mask_mode: st
 
 
 def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = None) -> dict:
-    """Run the protocol of the module docstring. `embedder` (one RGB uint8 image -> face embedding or None)
+    """Run the protocol (docs/REPRODUCE.md, section 5). `embedder` (one RGB uint8 image -> face embedding or None)
     replaces the insightface model for CSIM (tests)."""
     stride_source = "--stride"
     if a.stride is None:
@@ -366,13 +319,13 @@ def evaluate(a, embedder: Callable[[np.ndarray], np.ndarray | None] | None = Non
             item = ds.window(i, a.frames, start, a.stride)
             settings = dataclasses.replace(base, seed=a.seed + 1000 * i + j)
             res = sample_video(model, enc, *sampler_inputs(item), settings)
-            gen, gt = to_uint8(res.frames), to_uint8(item["frames"])
+            gen, gt = to_uint8(to_nhwc(res.frames)), to_uint8(to_nhwc(item["frames"]))
             mask = item["clothing_masks"].numpy() > 0.5
             c = {"start": start, "frame_indices": item["frame_indices"].tolist(),
                  "identity_index": int(item["identity_index"]),
                  **score_chunk(gen, gt, mask, a.mask_mode, lpips_models, device)}
             if embedder is not None:
-                ref = embedder(to_uint8(item["identity_image"]))
+                ref = embedder(to_uint8(to_nhwc(item["identity_image"])))
                 ref = ref if ref is not None else item["arcface"].numpy()
                 per = _csim_frames(gen, ref, embedder)
                 found = ~np.isnan(per)

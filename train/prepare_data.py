@@ -1,4 +1,4 @@
-"""Preprocess human videos into the clip cache that training reads (layout: `m2h_core/dataset.py`).
+"""Preprocess human videos into the clip cache that training reads (layout: `m2h_core/training/dataset.py`).
 
     python train/prepare_data.py --videos DIR --out CACHE [--models DIR] [--max-side 768] [--max-frames 300]
                                  [--min-frames 8]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from ..frames import to_nhwc
 from ..inference.encoders import FrozenEncoders
 from ..inference.inputs import IdentityInputs, VideoInputs
 from ..inference.sampler import sample_video
@@ -126,7 +127,7 @@ def identity_runs(model: M2HModel, encoders: FrozenEncoders, case: HeldOutCase, 
 
 def region_colours(frames: torch.Tensor, masks: torch.Tensor) -> np.ndarray:
     """Mean RGB (in [0, 1]) of each frame over its mask; NaN where the mask is empty. -> (N, 3)."""
-    f = frames.permute(0, 2, 3, 1).numpy().astype(np.float64)
+    f = to_nhwc(frames).numpy().astype(np.float64)
     m = masks.numpy() > 0.5
     out = np.full((len(f), 3), np.nan)
     for i in range(len(f)):
@@ -154,16 +155,12 @@ def identity_metrics(pred: torch.Tensor, case: HeldOutCase) -> dict[str, float]:
     m_diff = np.abs(region_colours(pred, head) - region_colours(case.mannequin, head))
     return {"head_colour_similarity": float(1 - np.nanmean(d)),
             "head_colour_similarity_to_mannequin": float(1 - np.nanmean(m_diff.mean(1))),
-            "head_psnr": float(masked_psnr(float64_nhwc(pred), float64_nhwc(case.ground_truth),
+            "head_psnr": float(masked_psnr(to_nhwc(pred.clamp(0, 1)), to_nhwc(case.ground_truth),
                                            case.head_masks.numpy() > 0.5))}
 
 
-def float64_nhwc(x: torch.Tensor) -> np.ndarray:
-    return x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy().astype(np.float64)
-
-
 def score_case(pred: torch.Tensor, case: HeldOutCase) -> dict[str, float]:
-    p, g = float64_nhwc(pred), float64_nhwc(case.ground_truth)
+    p, g = to_nhwc(pred.clamp(0, 1)), to_nhwc(case.ground_truth)
     out = {"clothing_psnr": float(masked_psnr(p, g, case.clothing_masks.numpy() > 0.5)),
            "clothing_ssim": float(masked_ssim(p, g, case.clothing_masks.numpy() > 0.5)),
            "full_frame_psnr": float(masked_psnr(p, g, None)),

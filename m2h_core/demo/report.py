@@ -123,10 +123,11 @@ def readme_text(settings: DemoSettings, metrics: dict, report_lines: list[str]) 
                   f"{ident['people']} held-out people (colour correlation, 1 = follows the person): "
                   f"face {ident['face_colour_correlation']:.3f}, hair {ident['hair_colour_correlation']:.3f}"]
     lines += ["", "Metric definitions:"] + [f"  {k}: {v}" for k, v in metrics["definitions"].items()]
-    lines += ["", "Stand-ins at this size (what the paper uses -> what this demo uses):"]
+    lines += ["", "Stand-ins at this size (what the full size uses - the paper's data, our SD-1.5 + AnimateDiff "
+              "backbone -> what this demo uses):"]
     lines += [f"  - {name}: {what}" for name, what in STAND_INS]
-    lines += ["", "Training differences from the paper's SD-1.5 recipe, for a few minutes of CPU: the model predicts "
-              "x0",
+    lines += ["", "Training differences from the full-size recipe (the paper's settings on our SD-1.5 backbone), for a "
+              "few minutes of CPU: the model predicts x0",
               "relative to the clothing latents (x0 = UNet + f_c, prediction_type=sample, clothing_skip) instead of",
               "epsilon, Adam beta1 = 0.9 and lr %g with a %s decay instead of beta1 = 0 and a constant 5e-5,"
               % (settings.lr, settings.lr_schedule),

@@ -37,7 +37,7 @@ from ..inference.sampler import sample_video
 from ..metrics import masked_psnr
 from ..models.m2h import M2HModel
 from ..video_io import write_video
-from .evaluation import (METRIC_DEFINITIONS, HeldOutCase, float64_nhwc, heldout_case, heldout_test_cases,
+from .evaluation import (METRIC_DEFINITIONS, HeldOutCase, heldout_case, heldout_test_cases,
                          identity_correlations, identity_runs, mean_scores, score_case)
 from .pretrained import SHIPPED_M2H, load_pretrained
 from .recipe import DemoSettings, quiet_tqdm, train_demo_model
@@ -87,11 +87,6 @@ def _threads(n: int | None):
         torch.set_num_threads(old)
 
 
-def _uint8_nhwc(x: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
-    return to_uint8(to_nhwc(x))
-
-
 # ---------------------------------------------------------------------------------------------------- the stages
 
 
@@ -119,7 +114,7 @@ def prepare_vae(s: DemoSettings, seed: int, cfg, clips: list[SyntheticClip], cas
     if s.vae_source == "shipped":
         try:
             vres = load_vae_weights(encoders.vae, s.vae_path or SHIPPED_VAE)
-            vres.recon_psnr = masked_psnr(float64_nhwc(reconstruct(encoders.vae, holdout)), float64_nhwc(holdout),
+            vres.recon_psnr = masked_psnr(to_nhwc(reconstruct(encoders.vae, holdout).clamp(0, 1)), to_nhwc(holdout),
                                           pooled=True)
             say(f"[2/5 vae] pretrained tiny VAE {s.vae_path or SHIPPED_VAE} ({vres.steps} steps, made by "
                 f"`python -m m2h_core.demo.tiny_vae`): held-out reconstruction PSNR {vres.recon_psnr:.2f} dB")
@@ -224,7 +219,7 @@ def write_outputs(s: DemoSettings, out: Path, samples: Samples, model: M2HModel,
     say("[5/5 write] metrics, video, contact sheet, checkpoint, README")
     case, best, results = samples.cases[0], samples.best, samples.results
     H, W = case.mannequin.shape[-2:]
-    frames_res = _uint8_nhwc(results[best][0])
+    frames_res = to_uint8(to_nhwc(results[best][0]))
     big = np.stack([cv2.resize(f, (W * s.video_scale, H * s.video_scale), interpolation=cv2.INTER_NEAREST)
                     for f in frames_res])
     video = out / "result.mp4"
@@ -238,19 +233,19 @@ def write_outputs(s: DemoSettings, out: Path, samples: Samples, model: M2HModel,
     n_sheet = min(s.sheet_frames, s.test_frames)
     picks = sorted({int(round(i)) for i in np.linspace(0, s.test_frames - 1, n_sheet)})
     pre_steps = samples.pretrained_meta.get("total_train_steps", "?")
-    rows = [("mannequin (input)", _uint8_nhwc(case.mannequin)),
+    rows = [("mannequin (input)", to_uint8(to_nhwc(case.mannequin))),
             (f"{best} M2H result" + (f" ({pre_steps} steps)" if best == "pretrained" else f" ({train_steps} steps)"),
              frames_res),
-            ("ground truth (same identity as human)", _uint8_nhwc(case.ground_truth))]
+            ("ground truth (same identity as human)", to_uint8(to_nhwc(case.ground_truth)))]
     if best == "pretrained":
-        rows.append((f"trained here ({train_steps} steps)", _uint8_nhwc(results["trained"][0])))
-    rows.append(("untrained model", _uint8_nhwc(results["untrained"][0])))
-    sheet = contact_sheet(rows, _uint8_nhwc(case.identity_image[None])[0], picks)
+        rows.append((f"trained here ({train_steps} steps)", to_uint8(to_nhwc(results["trained"][0]))))
+    rows.append(("untrained model", to_uint8(to_nhwc(results["untrained"][0]))))
+    sheet = contact_sheet(rows, to_uint8(to_nhwc(case.identity_image)), picks)
     sheet_path = out / "contact_sheet.png"
     cv2.imwrite(str(sheet_path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     id_sheet_path = None
     if samples.identity_cases:
-        columns = [(_uint8_nhwc(p.identity_image[None])[0], _uint8_nhwc(r), _uint8_nhwc(p.ground_truth))
+        columns = [(to_uint8(to_nhwc(p.identity_image)), to_uint8(to_nhwc(r)), to_uint8(to_nhwc(p.ground_truth)))
                    for p, r in zip(samples.identity_cases, samples.identity_results)]
         id_sheet_path = out / "identity_sheet.png"
         img = identity_sheet(columns, frame=min(s.num_frames, s.test_frames) // 2)

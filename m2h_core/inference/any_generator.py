@@ -81,9 +81,8 @@ def composite_files(generated: str | os.PathLike, source: str | os.PathLike, out
                 part = None if lock is None else (lock if len(lock) == 1 else lock[done:done + n])
                 if part is not None and len(part) < n:
                     raise ValueError(f"{lock_masks}: {len(lock)} lock masks for a video of {done + n} or more frames")
-                frames, more = composite_generated(np.stack(g[:n]).astype(np.float32) / 255,
-                                                   np.stack(s[:n]).astype(np.float32) / 255, parser, settings,
-                                                   lock=part)
+                frames, more = composite_generated(to_float(np.stack(g[:n])), to_float(np.stack(s[:n])), parser,
+                                                   settings, lock=part)
                 notes += [m for m in more if m not in notes]
                 if writer is None:
                     (n_gen, _), (n_src, fps) = _survey(generated), _survey(source)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from ..frames import to_uint8
 from ..preprocess.masks import grow_mask
 
 SEAMS = ("feather", "harmonise", "poisson")
@@ -235,13 +236,10 @@ def composite_with_parser(generated: np.ndarray, source: np.ndarray, clothing: n
     float (N, H, W, 3) in [0, 1]; returns the frames and a note for the log."""
     from ..preprocess.parsing import BODY_GROUPS
 
-    def u8(x: np.ndarray) -> np.ndarray:
-        return (np.clip(x, 0, 1) * 255.0).round().astype(np.uint8)
-
-    gen = parser.parse(u8(generated), fill_holes=False)
+    gen = parser.parse(to_uint8(generated), fill_holes=False)
     body = np.isin(gen.labels, gen.label_set.ids([g for g in BODY_GROUPS if g != "background"]))
     need_src = (settings.keep_background and mannequin is None) or (settings.garment_lock and clothing is None)
-    src = parser.parse(u8(source), fill_holes=clothing is None) if need_src else None  # holes: clothing only
+    src = parser.parse(to_uint8(source), fill_holes=clothing is None) if need_src else None  # holes: clothing only
     if mannequin is None and settings.keep_background:
         mannequin = src.person_mask
     if clothing is None and settings.garment_lock:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import inputs
+from ..frames import to_nhwc
 from .pipeline import M2HPipeline, check_model_files, load_pipeline
 from .sampler import SamplerSettings, sample_video
 from ..config import M2HConfig
@@ -201,7 +202,7 @@ def composite_output(frames: np.ndarray, video: inputs.VideoInputs, req: Generat
 
     cs = CompositeSettings.for_height(video.height, req.garment_lock, req.keep_background)
     part = slice(start, start + len(frames))
-    out, note = composite_with_parser(frames, video.frames[part].permute(0, 2, 3, 1).numpy(),
+    out, note = composite_with_parser(frames, to_nhwc(video.frames[part]).numpy(),
                                       video.clothing_masks[part].numpy() > 0.5, models.parser(req.parser), cs)
     notes.append(note)
     return out
@@ -243,7 +244,7 @@ def write_output(latents: torch.Tensor, encoders, video: inputs.VideoInputs, req
     try:
         with VideoWriter(req.out, fps, audio=audio) as out:
             for s in range(0, latents.shape[0], chunk):
-                frames = encoders.decode(latents[s: s + chunk]).float().cpu().permute(0, 2, 3, 1).numpy()
+                frames = to_nhwc(encoders.decode(latents[s: s + chunk]).float().cpu()).numpy()
                 if compositing:
                     frames = composite_output(frames, video, req, models, note, start=s)
                 out.write(inputs.to_uint8(frames))

@@ -3,23 +3,14 @@
 One engine for the ComfyUI sampler node, `m2h generate` and the trainer's validation videos. Its inputs are the
 typed, already-checked `VideoInputs` and `IdentityInputs` of `inputs.py`; defaults live in `defaults.py`.
 
-- Everything that does not depend on the timestep (VAE of the clothing frames, CLIP tokens, E_pose, E_id, H and
-  the adapter's key/value projections) is computed once per video by `M2HModel.encode_conditions`.
-- Classifier-free guidance (default 7.5): the unconditional branch drops the identity tokens f_pi and the CLIP
-  clothing tokens (see `models/m2h.py`). Whether CFG runs is decided once (`SamplerSettings.classifier_free`): it
-  builds the 2B conditioning batch, and `guided_epsilon` reads it back from that batch (a mismatch with the scale is
-  an error, never a silent mix). `batch_cfg=True` runs both branches as one batched UNet call; False runs them as
-  two calls of the same frames (`M2HConditioning.branches`): half the activations per call, the same numbers (the
-  unconditional call attends to one zero token, which is what attention over all-zero tokens gives, and reuses the
-  conditional call's first spatial self-attention, which precedes every token).
-- Any number of frames: the model sees `context_frames` at a time; overlapping windows (no wrap-around, the
-  last window aligned to the end) are blended with linear ramps over the overlap, so there is no seam at window
-  edges. Consecutive windows are grouped into chunks of at most `chunk_frames` frames: one UNet call per chunk runs
-  the spatial layers once per frame and every motion module per window (a batch of windows, positions 0..L-1 as in
-  training), blending the windows' outputs back to frames with the same ramps (`context_chunks`,
-  `unet.windowed_motion`). Chunks overlap and are blended at the output as windows are; memory is O(chunk), not
-  O(video). One window per chunk (chunk_frames <= context_frames) is the per-window path: every window a whole UNet
-  pass, blended only at the output. The scheduler then steps the whole video's latents.
+- What does not depend on the timestep (VAE of the clothing frames, CLIP tokens, E_pose, E_id, H, the adapter's
+  key/value projections) is computed once per video by `M2HModel.encode_conditions`.
+- Classifier-free guidance (default 7.5) drops the identity tokens f_pi and the CLIP clothing tokens; whether it runs
+  is decided once (`SamplerSettings.classifier_free`) and `guided_epsilon` checks the batch agrees. `batch_cfg`
+  runs both branches as one UNet call or as two (half the activations, the same numbers).
+- Any number of frames: overlapping windows of `context_frames` (the last aligned to the end) are blended with linear
+  ramps, so there is no seam; consecutive windows are grouped into chunks of at most `chunk_frames` (one UNet call
+  each, motion modules per window: `chunk_plan`), so memory is O(chunk), not O(video).
 - Deterministic for a seed on a device: the initial noise is drawn on the CPU from `torch.Generator(seed)`.
 """
 

@@ -20,6 +20,7 @@ from .regen_mask import RegenMaskSettings, regenerate_mask
 from .sampler import SamplerSettings
 from .zero_shot import face_crop, sample_zero_shot, zero_shot_config
 from .zero_shot_loader import PublicFiles, load_zero_shot
+from ..frames import to_float, to_nchw
 from ..video_io import check_output_path
 
 
@@ -58,7 +59,7 @@ def generate_zero_shot(files: PublicFiles, req: GenerateRequest, settings: Sampl
         raise inputs.InputError(f"{req.video}: no person region to redraw (the parser found no body outside the "
                                 "garment and the pose no head)")
     pipe = load_zero_shot(files, device, dtype)
-    photo = torch.from_numpy(chosen.photo.copy()).permute(2, 0, 1).float() / 255  # the face crop from the photo
+    photo = to_nchw(to_float(chosen.photo))  # the face crop from the photo
     res = sample_zero_shot(pipe, video, ident, torch.from_numpy(regen), settings, mask_mode, progress=progress,
                            decode=False, face=face_crop(photo, chosen.face.bbox))
     written = write_output(res.latents, pipe.encoders, video, req, models, src.fps, notes)

@@ -1,38 +1,16 @@
 """Distribution-aware head-clothing adapter A (paper Eq. 3), as diffusers attention processors.
 
-In every *spatial* cross-attention block (attn2 of the UNet's transformer blocks; motion modules are left alone)
-the self-attention output z attends to two token sets:
-- the CLIP clothing tokens f_clip through the UNet's own to_k / to_v  ->  z_clip;
-- the pose-aware identity tokens f_pi through new to_k_id / to_v_id (initialised from to_k / to_v) -> z_pi;
-then (Eq. 3)   z_pi' = (z_pi - mu_pi) / sigma_pi * sigma_clip + mu_clip,   out = to_out(z_clip + z_pi').
+In every *spatial* cross-attention block (attn2; motion modules are left alone) the self-attention output z attends
+to the CLIP clothing tokens f_clip through the UNet's own to_k / to_v (-> z_clip) and to the pose-aware identity
+tokens f_pi through new to_k_id / to_v_id (-> z_pi); then (Eq. 3)
+z_pi' = (z_pi - mu_pi) / sigma_pi * sigma_clip + mu_clip and out = to_out(z_clip + z_pi'). mu and sigma are taken
+per sample (per frame) over tokens and channels, as StableAnimator's normalised attention (the paper only says "mean
+and standard deviation"; per-channel statistics would also erase the identity branch's channel pattern).
 
-mu and sigma are taken per sample (per frame) over tokens and channels, i.e. dims 1 and 2 of (B*F, HW, C),
-as in StableAnimator's normalised attention: the paper only says "mean and standard deviation of the feature
-embeddings"; per-channel statistics would also erase the identity branch's channel pattern.
-
-Switches (Table III ablation): `normalize=False` -> plain addition z_clip + z_pi; `enabled=False` -> no separate
-identity branch: one cross-attention over the concatenation [f_clip; f_pi] with the UNet's own projections.
-
-Keys/values depend only on the conditioning, never on the timestep. `AdapterKV` keeps the per-frame tokens (f_clip,
-f_pi: small) and hands the processors, through `cross_attention_kwargs["m2h_kv"]`, the keys/values of the frames
-being denoised, in one of three modes (`project_all`):
-- per window (sampling): `AdapterKV.frames(window)` projects the window's tokens for every layer; the result is
-  kept for the next steps while a fixed byte budget allows, so memory is O(window), not O(video), and a video
-  that fits in one window (or in the budget) is projected once;
-- whole video (`per_window=False`): every frame projected once up front (O(video) memory; the reference);
-- lazy (training, `lazy=True`): each processor projects the tokens inside its attention module's forward: under
-  FSDP a module's weights are only whole during its own forward.
-For classifier-free guidance (`uncond=True`) only the conditional tokens are stored; the unconditional batch
-(zero tokens, paper Sec. III-C's dropped condition) is appended per window.
-
-Two exact shortcuts of the classifier-free batch [conditional; unconditional] (sampling only, flagged in `m2h_kv`):
-- `UNCOND_HALF`: the unconditional half's tokens are zero, so all its keys are equal (to_k(0)) and so are its
-  values: softmax is uniform and the attention output is that value for every query; attention runs on the
-  conditional half only. (Likewise a single key, as f_clip's one token: the output is its value; without grad.)
-- `SHARED_HALVES`: the two halves have the same UNet input (z_t, f_c, pose, timestep), so everything before the
-  first cross-attention is the same for both: the first spatial self-attention runs on one half and is repeated.
-  When the halves run as two calls (the sampler's `batch_cfg=False`), `SHARED_FIRST` carries that attention's
-  output from the conditional call to the unconditional one.
+Table III's switches: `normalize=False` adds z_clip + z_pi plainly; `enabled=False` has no identity branch (one
+cross-attention over [f_clip; f_pi] with the UNet's projections). Keys/values depend only on the conditioning:
+`AdapterKV` holds them and hands the processors a window's through `cross_attention_kwargs["m2h_kv"]`, together
+with the flags of two exact shortcuts of the classifier-free batch (`UNCOND_HALF`, `SHARED_HALVES`).
 """
 
 from __future__ import annotations
@@ -65,6 +43,14 @@ class AdapterKV:
     uncond: the windows include the unconditional batch (zero tokens): B -> 2B (classifier-free guidance);
         appended per window to `tokens`, already part of `kv` in whole-video mode.
     cache_bytes: per-window mode keeps projected windows, reused at every step, up to this many bytes.
+
+    The three modes (`project_all`): per window (sampling) - `frames(window)` projects the window's tokens for every
+    layer and keeps the result for the next steps while `cache_bytes` allows, so memory is O(window), not O(video),
+    and a video that fits one window (or the budget) is projected once; whole video (`per_window=False`) - every
+    frame projected once up front (O(video) memory; the reference); lazy (training, `lazy=True`) - each processor
+    projects the tokens inside its attention module's forward (under FSDP a module's weights are only whole during
+    its own forward). With `uncond` only the conditional tokens are stored; the unconditional batch (zero tokens,
+    paper Sec. III-C's dropped condition) is appended per window.
     """
 
     kv: dict[str, tuple[torch.Tensor, ...]] = field(repr=False)
@@ -139,8 +125,13 @@ def _window_key(index: torch.Tensor | slice | None, num_frames: int) -> tuple:
 
 
 TOKENS = "__tokens__"  # m2h_kv key of the lazy (f_clip, f_pi) tokens
-UNCOND_HALF = "__uncond_half__"  # m2h_kv key: the batch's second half is the unconditional (zero-token) branch
-SHARED_HALVES = "__shared_halves__"  # m2h_kv key: the batch's two halves have the same UNet input (a CFG pair)
+# m2h_kv key: the batch's second half is the unconditional (zero-token) branch. Its keys are all to_k(0) and its
+# values all to_v(0), so softmax is uniform and the output is that value for every query: attention runs on the
+# conditional half only (likewise a single key, as f_clip's one token: the output is its value; without grad)
+UNCOND_HALF = "__uncond_half__"
+# m2h_kv key: the batch's two halves have the same UNet input (z_t, f_c, pose, timestep: a CFG pair), so everything
+# before the first cross-attention is the same for both: the first spatial self-attention runs on one half
+SHARED_HALVES = "__shared_halves__"
 # m2h_kv key: a dict shared by the two calls of a CFG pair run separately (same UNet input): the first call leaves the
 # first spatial self-attention's output in it, the second takes it instead of recomputing
 SHARED_FIRST = "__shared_first__"

@@ -63,7 +63,7 @@ class TrainConfig:
     alpha: float = 0.05
     beta: float = 0.005
     # "normalized": means, ᾱ_t-weighted (ours); "literal": Eq. 4 and Eq. 6 both as written (sums); "paper": Eq. 6's
-    # sums against Eq. 4's mean (mixed; earlier runs). mirror_loss.py's docstring
+    # sums against Eq. 4's mean (mixed; earlier runs). docs/REPRODUCE.md, "The mirror loss in detail"
     mirror_reduction: str = "normalized"
     mirror_crop: bool = True
     mirror_margin: int = 2

@@ -38,6 +38,7 @@ import torch
 from safetensors.numpy import load_file as load_np
 from torch.utils.data import Dataset, Sampler
 
+from ..frames import to_float, to_nchw
 from ..inference.inputs import IdentityInputs, VideoInputs
 from ..pose_render import PoseFrame, draw_pose, load_openpose_json
 from ..video_io import CropInfo, apply_crop, compute_center_crop, crop_resize_keypoints, crop_resize_masks
@@ -114,11 +115,6 @@ def _index(idx) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------- transforms
 
 
-def _img_tensor(a: np.ndarray) -> torch.Tensor:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(a)).movedim(-1, -3).float() / 255.0
-
-
 def _mask_tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a).astype(np.float32))
 
@@ -165,13 +161,13 @@ def transform_sample(frames: np.ndarray, clothing: np.ndarray, face: np.ndarray,
     if keypoints is None and poses is None:
         raise ValueError("transform_sample needs pose images or keypoints")
     out = {
-        "frames": _img_tensor(apply_crop(frames, info)),
+        "frames": to_nchw(to_float(apply_crop(frames, info))),
         "clothing_masks": _mask_tensor(crop_resize_masks(clothing.astype(bool), info)),
         "face_masks": _mask_tensor(crop_resize_masks(face.astype(bool), info)),
-        "pose_images": _img_tensor(draw_poses(keypoints, info) if keypoints is not None
-                                   else apply_crop(poses, info)),
-        "identity_image": _img_tensor(apply_crop(id_image, id_info)),
-        "identity_landmarks": _img_tensor(apply_crop(id_landmarks, id_info)),
+        "pose_images": to_nchw(to_float(draw_poses(keypoints, info) if keypoints is not None
+                                        else apply_crop(poses, info))),
+        "identity_image": to_nchw(to_float(apply_crop(id_image, id_info))),
+        "identity_landmarks": to_nchw(to_float(apply_crop(id_landmarks, id_info))),
     }
     return out, info
 

@@ -1,70 +1,18 @@
 """The mirror loss (paper Sec. III-D, Eq. 5-6): a pixel-space face loss through a one-step x0 estimate.
 
-One-step x0
------------
-The forward process (Eq. 1) is  z_t = √ᾱ_t · z_0 + √(1-ᾱ_t) · ε.  Solving for z_0 and replacing the true noise by
-the network's prediction ε̂ gives DDIM's "predicted x0" (Song et al. 2021, Eq. 12):
+From the noisy latent and the UNet's ε̂, DDIM's predicted x0 (`one_step_x0`, z̃_0 = (z_t - √(1-ᾱ_t)·ε̂) / √ᾱ_t; the
+paper's Eq. 5 is SVD's EDM scaling and does not recover z_0 for SD-1.5's ε-prediction UNet) is decoded by the VAE
+and compared with the ground truth inside the face mask M_id: α·L2 + β·VGG16 perceptual (relu1_2, relu2_2,
+relu3_3; the paper's relu3_4 exists only in VGG19).
 
-    z̃_0 = (z_t - √(1-ᾱ_t) · ε̂) / √ᾱ_t                        (`one_step_x0`)
+`MirrorLoss` knobs: `weighting="alpha_bar"` multiplies each clip's loss by ᾱ_t, which bounds it by the ε error (the
+x0 error grows with σ_t, about 14.6 at t = 999); "none" is the paper's form; `t_max` skips noisier clips. `reduction`:
+"normalized" (default; per-pixel / per-feature means, independent of resolution and frame count), "literal" (Eq. 4
+and Eq. 6 both as sums, divided by the clip's latent size) or "paper" (Eq. 6's sums against Eq. 4's mean, hundreds
+of times L_diff). `crop=True` decodes only a window of latent cells around the face (+ `margin`), an approximation
+`train.py --preflight` measures (`crop_vs_full_loss_rel`).
 
-It is exact when ε̂ = ε. Writing σ = √((1-ᾱ)/ᾱ) (the noise level of the *unscaled* latent z_t/√ᾱ) the same thing
-reads z̃_0 = √(σ²+1) · z_t - σ · ε̂.
-
-The paper's Eq. 5, z̃_0 = z_t/(σ²+1) - σ/√(σ²+1) · ε_θ, is *not* this: it is EDM preconditioning with σ_data = 1
-(c_skip = 1/(σ²+1), c_out = -σ/√(σ²+1)) applied to the unscaled latent x = z_0 + σ·n with a network whose raw
-output is v-like (as in SVD training code). With SD-1.5's epsilon-prediction UNet and DDIM, plugging ε̂ into
-Eq. 5 does not recover z_0 even for a perfect prediction, so we use the DDIM expression above.
-
-Why a weight
-------------
-The estimate divides by √ᾱ_t: its error is z̃_0 - z_0 = -σ_t (ε̂ - ε), with σ_t ≈ 14.6 at t = 999 of SD-1.5's
-schedule. Unweighted, the loss at large t would be dominated by amplified noise and its gradient would swamp
-L_diff. We weight each clip's mirror loss by ᾱ_t (`weighting="alpha_bar"`, the default): in latent terms
-ᾱ_t · |z̃_0 - z_0|² = (1-ᾱ_t) · |ε̂ - ε|², which is bounded by the ε error itself, so the weighted term is at most
-of L_diff's scale at every t, goes smoothly to zero where x0 is meaningless (pure noise), and keeps full weight
-where the face is actually formed (small t). Optionally `t_max` also skips clips with t > t_max entirely (they
-are then not decoded, which saves time). `weighting="none"` gives the paper's unweighted form.
-
-Eq. 6 and its three reductions
-------------------------------
-    L_mir = α Σ_i ‖(v_h - v_g) ⊙ M_id‖² + β Σ_i Σ_l ‖φ_l(v_h ⊙ M_id) - φ_l(v_g ⊙ M_id)‖²
-
-Read as written, both losses are sums: Eq. 6 over a clip's N frames and their masked pixels / VGG features, Eq. 4
-(‖ε - ε_θ‖²₂) over the clip's latent elements. The trainer's L_diff is the usual per-element mean, so:
-
-`reduction="literal"` reads Eq. 4 and Eq. 6 alike: Eq. 6's per-clip sum (below) divided by the clip's latent
-element count N·c·h·w, the factor that turns Eq. 4's sum into the trainer's mean - the whole of Eq. 7 divided by
-one constant, which keeps L_diff's scale (the lr and the gradient clipping keep their meaning). No ᾱ_t weighting.
-
-`reduction="paper"` mixes the two readings (kept to compare with earlier runs): Eq. 6 as sums against Eq. 4 as a
-mean, so the mirror term is N·c·h·w times larger than `literal`'s - that, not the paper, is where a mirror gradient
-of hundreds of times L_diff's comes from. Per clip: the sum over its N frames of the sum of squared differences
-over the masked pixels (and the 3 channels, pixels in [0, 1]) and over all positions and channels of each VGG
-layer; no ᾱ_t weighting (`weighting` defaults to "none"); clips are averaged (Eq. 4's expectation over the
-batch). `train.py --preflight` prints the gradient norms of all three against L_diff's.
-
-`reduction="normalized"` (the default, see ARCHITECTURE.md) divides the sums so the numbers do not depend on
-resolution, crop size or frame count: the pixel term is the mean squared error over face-mask pixels (and
-channels), the perceptual term for layer l is the squared feature difference summed and divided by (C_l × face-mask
-area at that layer's resolution); both are averaged over the frames that have a face, and each clip is weighted by
-ᾱ_t (`weighting="alpha_bar"`).
-
-φ = VGG16 relu1_2, relu2_2, relu3_3 (`m2h_core.vgg`); the paper names relu3_4 but VGG16 has no such layer (it
-exists only in VGG19), so its last block-3 ReLU, relu3_3, is used.
-
-Face-crop decoding
-------------------
-Decoding the whole frame through the VAE decoder is the expensive part. With `crop=True` (default) only a
-window of latent cells around the face is decoded: per frame the face-mask bounding box plus `margin` latent
-cells of context on every side; one crop size per batch (the largest box), positioned per frame and clamped to
-the latent. The pixel term is exact up to the decoder's context at the crop border (and its mid-block attention
-seeing a window instead of the frame) - the same approximation tiled VAE decoding makes. The perceptual term is
-an approximation in two more ways: VGG normalises its input by ImageNet's mean/std, so a masked-out pixel (0)
-enters it as -mean/std (about -2) while its zero padding at the crop border is 0 after normalisation (ImageNet's
-mean grey), not the black a full frame has there; and features outside the crop window, which are non-zero within
-a receptive field (relu3_3: 40 px) of the mask's edge, are not summed. Both only touch positions within a
-receptive field of the crop border, and `train.py --preflight` reports the difference (`crop_vs_full_loss_rel`).
-Frames without face pixels, and clips skipped by `t_max`, are not decoded at all.
+The derivations and the reasoning behind each choice: docs/REPRODUCE.md, "The mirror loss in detail".
 """
 
 from __future__ import annotations
@@ -76,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 #: "normalized" (per-pixel means, ᾱ_t-weighted; the default), "literal" (Eq. 4 and Eq. 6 both as sums), "paper"
-#: (Eq. 6's sums against Eq. 4's mean): the module docstring.
+#: (Eq. 6's sums against Eq. 4's mean): docs/REPRODUCE.md, "The mirror loss in detail".
 MIRROR_REDUCTIONS = ("normalized", "literal", "paper")
 
 
@@ -110,7 +58,8 @@ def eps_from_x0(x0_pred: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, sched
 
 
 def one_step_x0(z_t: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor, scheduler) -> torch.Tensor:
-    """DDIM's predicted x0: (z_t - √(1-ᾱ_t)·ε̂) / √ᾱ_t, per sample (t is (B,) or a scalar). See module docstring."""
+    """DDIM's predicted x0: (z_t - √(1-ᾱ_t)·ε̂) / √ᾱ_t, per sample (t is (B,) or a scalar).
+    Why not Eq. 5: docs/REPRODUCE.md."""
     a = alphas_cumprod_at(scheduler, t, z_t)
     x0 = (z_t.to(a.dtype) - (1 - a).sqrt() * eps_pred.to(a.dtype)) / a.sqrt()
     return x0.to(eps_pred.dtype)
@@ -185,7 +134,7 @@ class MirrorLoss(nn.Module):
     """Eq. 6 on the one-step x0 estimate. `vgg`: a frozen `m2h_core.vgg.VGGFeatures` (may be None when beta=0).
 
     alpha, beta: Eq. 6's weights; the defaults are Table I's (= Table IV's α = 0.05, β = 0.005 row; Sec. IV-B's
-    text says β = 0.001). reduction: "normalized" (default), "literal" or "paper" (module docstring); weighting:
+    text says β = 0.001). reduction: "normalized" (default), "literal" or "paper" (docs/REPRODUCE.md); weighting:
     "alpha_bar", "none", or None for the reduction's own (normalized: alpha_bar, literal and paper: none)."""
 
     def __init__(self, vgg: nn.Module | None, alpha: float = 0.05, beta: float = 0.005, *, crop: bool = True,

@@ -1,30 +1,11 @@
 """Warm start from public weights (`train.py --init public`): which M2H parameters start from which public file.
 
 No public M2H weights exist; these are the parts of public SD-1.5 add-ons that do the same job as an M2H part:
-
-* adapter A's identity keys/values (`to_k_id` / `to_v_id` of every spatial attn2) <- IP-Adapter FaceID's
-  `to_k_ip` / `to_v_ip` (`public_weights.load_ip_adapter`): both project identity tokens into the UNet's
-  cross-attention; the base loader otherwise copies the text K/V.
-* H's ArcFace path <- FaceID's projection (512 -> 4 tokens x 768 + LayerNorm). FaceID's is a 2-layer MLP
-  (Linear, GELU, Linear), H's `arc_in` one Linear: it gets the least-squares linear fit of the MLP on unit-norm
-  ArcFace embeddings (the fit's R² is reported). So that the tokens reach A as FaceID's tokens reach its K/V, H
-  starts as a pass-through: `arc_norm` plain, `norm_out` = FaceID's LayerNorm, `proj_out` = identity, and the
-  residual branches of its 4 layers (`to_out`, the FFN's last Linear) zero - the pose keys act from step 1 on.
-* E_pose's conv stack <- ControlNet OpenPose's hint encoder (`input_hint_block` 0..12 / diffusers
-  `controlnet_cond_embedding`), when the widths match (ControlNet 1.1: 16, 32, 96, 256; the sd15 preset's are
-  16, 32, 64, 128: `--set pose_channels=[16,32,96,256]`). ControlNet reads poses in [0, 1], E_pose in [-1, 1]:
-  the first conv is rescaled (W/2, b + ΣW/2): exact except near the border, where the zero padding is black for
-  ControlNet and grey for E_pose (the outermost 3 cells of the 1/8-resolution features).
-  The hint encoder's last conv (to the UNet's 320 features) has no M2H counterpart; E_pose's `to_input` stays zero.
-* the motion modules <- AnimateDiff v2/v3 (`--motion-module`, `base_weights.load_motion_adapter`, as without
-  `--init public`).
-* the UNet's 8-channel input <- an SD-1.5 inpainting UNet's 9 (`narrow_inpainting_conv_in`): [z_t, mask,
-  masked-image latents] -> [z_t, clothing latents]; f_c = E(v ⊙ M_c) is a masked-image latent. The mask channel is
-  dropped (M2H has no such input); the inpainting model fills masked pixels with grey, M2H's clothing frame with
-  black (or the backdrop), which fine-tuning absorbs.
-
-Not used: the LoRA inside FaceID's `.bin` (trained beside its K/V on the UNet's attention; here the whole UNet is
-fine-tuned and its attn2 keys carry CLIP clothing tokens, not text) - `public_weights.merge_lora` would add it.
+A's identity K/V <- IP-Adapter FaceID's `to_k_ip` / `to_v_ip`; H's ArcFace path <- FaceID's projection (a
+least-squares linear fit of its MLP, H starting as a pass-through); E_pose's conv stack <- ControlNet OpenPose's hint
+encoder (when the widths match); the motion modules <- AnimateDiff; the UNet's 8-channel input <- an SD-1.5
+inpainting UNet's 9. FaceID's LoRA is not used (the whole UNet is fine-tuned, and its attn2 keys carry CLIP clothing
+tokens, not text). The table of mappings and why: docs/REPRODUCE.md, "Warm start from public weights".
 
 `apply_public_init` returns one line per mapping ("target <- source (how)"); the preflight prints them.
 """
@@ -138,7 +119,11 @@ def linear_fit(fn, in_dim: int, samples: int = FIT_SAMPLES, seed: int = 0) -> tu
 
 
 def init_head_from_faceid(head: nn.Module, proj: dict[str, torch.Tensor]) -> float:
-    """H's ArcFace path <- FaceID's projection; H a pass-through (module docstring). Returns the fit's R²."""
+    """H's ArcFace path <- FaceID's projection. FaceID's is a 2-layer MLP (Linear, GELU, Linear), H's `arc_in` one
+    Linear: it gets the MLP's least-squares fit on unit-norm ArcFace embeddings. So that the tokens reach A as
+    FaceID's reach its K/V, H starts as a pass-through: `arc_norm` plain, `norm_out` = FaceID's LayerNorm, `proj_out`
+    = identity, the residual branches of its 4 layers (`to_out`, the FFN's last Linear) zero - the pose keys act
+    from step 1 on. Returns the fit's R²."""
     mlp, (nw, nb) = faceid_mlp(proj)
     arc_in = head.arc_in
     out_dim = int(proj["proj.2.weight"].shape[0])
@@ -191,7 +176,10 @@ def controlnet_hint_convs(sd: dict[str, torch.Tensor]) -> list[tuple[torch.Tenso
 
 def init_pose_encoder_from_controlnet(pose_encoder: nn.Module, convs: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
     """E_pose's conv stack <- the hint encoder's convs (same order, same strides: `ConvStack` mirrors it), the first
-    rescaled for E_pose's [-1, 1] input. Returns the convs set; raises when the widths differ."""
+    rescaled for E_pose's [-1, 1] input (W/2, b + ΣW/2: exact except the outermost 3 cells of the 1/8-resolution
+    features, where the zero padding is black for ControlNet and grey for E_pose). The hint encoder's last conv (to
+    the UNet's 320 features) has no counterpart: E_pose's `to_input` stays zero. Returns the convs set; raises when
+    the widths differ."""
     ours = [m for m in pose_encoder.stack.net if isinstance(m, nn.Conv2d)]
     theirs = [tuple(w.shape) for w, _ in convs]
     if [tuple(m.weight.shape) for m in ours] != theirs:
@@ -216,7 +204,7 @@ def init_pose_encoder_from_controlnet(pose_encoder: nn.Module, convs: list[tuple
 def apply_public_init(model: nn.Module, *, ip_adapter: str | os.PathLike | None = None,
                       controlnet: str | os.PathLike | None = None, motion_module: str | os.PathLike | None = None,
                       inpainting_base: str | os.PathLike | None = None) -> list[InitLine]:
-    """Initialise an M2HModel's parts from the public files given (module docstring); returns what came from where.
+    """Initialise an M2HModel's parts from the public files given (the module docstring); returns what came from where.
     `motion_module` / `inpainting_base` were loaded by the model's builder and are only reported here."""
     from ..public_weights import load_ip_adapter, read_tensors
 

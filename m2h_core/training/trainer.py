@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..config import M2HConfig
+from ..frames import to_nhwc, to_uint8
 from ..inference.encoders import FrozenEncoders
 from ..models.m2h import M2HModel
 from .components import apply_lora, build_components, enable_gradient_checkpointing, make_train_scheduler
@@ -363,7 +363,7 @@ class Trainer:
         finally:
             model.train()
         both = torch.cat([item["frames"], res.frames], dim=-1)
-        video = (both.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        video = to_uint8(to_nhwc(both))
         path = self.out / "validation" / f"step_{self.step:08d}.gif"
         path.parent.mkdir(parents=True, exist_ok=True)
         write_video(path, video, 8)
