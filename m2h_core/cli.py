@@ -131,6 +131,9 @@ def _regen_mask(a) -> int:
     from .inference.regen_mask import RegenMaskSettings
     from .pose_render import load_openpose_json
 
+    from .inference.inputs import must_exist
+
+    must_exist(a.video, "the mannequin video")  # the inputs before any model
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
     keypoints, detect, parser, notes = None, None, None, []
     if a.keypoints not in ("dwpose", "none"):
@@ -172,6 +175,10 @@ def _composite(a) -> int:
 
     if not (a.garment_lock or a.keep_background):
         raise ValueError("nothing to do: give --garment-lock and/or --keep-background")
+    from .inference.inputs import must_exist
+
+    must_exist(a.generated, "the generated video")  # the inputs before any model
+    must_exist(a.source, "the source video")
     dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
     parser = Preprocessors(dirs).parser(a.parser)
     height = _first_height(a.generated)

@@ -99,3 +99,13 @@ def test_composite_command_keeps_the_sources_sound_for_the_frames_composited(fil
     assert abs(len(samples) / sr - 1.0) < 0.07 and abs(onset_of(samples, sr) - 0.5) < 0.03  # AAC: whole 1024s
     v = read_video(tmp_path / "out.mp4")  # longer than one 16-frame chunk: the fps is the source's, not a default
     assert v.num_frames == 12 and v.fps == 12
+
+
+def test_a_missing_input_video_is_named_before_any_model_is_looked_for(tmp_path):
+    """No parsing model anywhere: the missing video is what the user hears about, not the model."""
+    with pytest.raises(FileNotFoundError, match="the generated video not found"):
+        main(["composite", "--generated", str(tmp_path / "gen.mp4"), "--source", str(tmp_path / "src.mp4"),
+              "--out", str(tmp_path / "o.mp4"), "--garment-lock", "--models-dir", str(tmp_path / "none")])
+    with pytest.raises(FileNotFoundError, match="the mannequin video not found"):
+        main(["regen-mask", "--video", str(tmp_path / "m.mp4"), "--out", str(tmp_path / "r.mp4"),
+              "--models-dir", str(tmp_path / "none")])

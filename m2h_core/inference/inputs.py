@@ -236,7 +236,7 @@ def identity_photo_paths(spec: str | os.PathLike | Sequence[str | os.PathLike]) 
                 raise InputError(f"{s}: the identity folder holds no photos ({', '.join(PHOTO_EXTENSIONS)})")
             paths += found
         else:
-            _must_exist(s, "the identity photo")
+            must_exist(s, "the identity photo")
             paths.append(s)
     if not paths:
         raise InputError("no identity photo given")
@@ -332,7 +332,7 @@ def _unreadable(path: str | os.PathLike, what: str, e: BaseException, fix: str) 
                       f"{fix}")
 
 
-def _must_exist(path: str | os.PathLike, what: str) -> None:
+def must_exist(path: str | os.PathLike, what: str) -> None:
     s = os.fspath(path)
     if not os.path.exists(s) and not any(c in s for c in "*?["):
         raise FileNotFoundError(f"{what} not found: {s}")
@@ -371,7 +371,7 @@ def read_video_file(path: str | os.PathLike, max_frames: int | None = None, fps:
                     what: str = "the mannequin video", size: tuple[int, int] | None = None):
     """`video_io.read_video` (or, with `size`, `read_fitted`: frames streamed and fitted to the working size) with
     a one-line message for a file that does not decode."""
-    _must_exist(path, what)
+    must_exist(path, what)
     try:
         if size is not None:
             return read_fitted(path, size, max_frames=max_frames, fps=fps)
@@ -385,7 +385,7 @@ def read_video_file(path: str | os.PathLike, max_frames: int | None = None, fps:
 
 def read_photo(path: str | os.PathLike, what: str = "the identity photo") -> np.ndarray:
     """`video_io.read_image` (uint8 RGB) with a one-line message for a file that does not decode."""
-    _must_exist(path, what)
+    must_exist(path, what)
     try:
         return read_image(path)
     except FileNotFoundError:
@@ -400,7 +400,7 @@ def read_mask_file(path: str | os.PathLike, num_frames: int, capped: bool = Fals
     capped: the video was cut to its first `num_frames` frames (--frames): longer mask sequences are cut too."""
     from ..preprocess.masks import load_mask_sequence
 
-    _must_exist(path, "the clothing masks")
+    must_exist(path, "the clothing masks")
     try:
         masks = load_mask_sequence(path, num_frames=None)
     except Exception as e:  # noqa: BLE001
