@@ -188,7 +188,7 @@ def test_init_public_config_and_trainer_report(tmp_path):
 
 
 def test_mappings_fit_the_real_sd15_shapes():
-    """w28a's real-key tables at the paper's size: FaceID's K/V onto A's 16 layers and ControlNet 1.1's hint encoder
+    """The real-key tables at the paper's size: FaceID's K/V onto A's 16 layers and ControlNet 1.1's hint encoder
     onto E_pose at its widths (meta device, no memory); FaceID's projection onto H at SD-1.5 widths (real values)."""
     from m2h_core.config import sd15
     from m2h_core.models.head_encoder import HeadEncoder
