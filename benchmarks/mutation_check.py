@@ -71,19 +71,10 @@ T_FACE = ["tests/test_small_face.py", "tests/test_multi_photo.py"]
 T_DATA = ["tests/test_short_clips.py", "tests/test_dataset.py"]
 T_OPTIONS = ["tests/test_options.py"]
 T_BOUNDARY = ["tests/test_model_boundaries.py"]
-CLI_GENERATE_SETTINGS = (
-    'a.clip_vision, a.device, getattr(torch, DTYPES[a.precision]))\n'
-    '    settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.'
-    'scheduler, seed=a.seed,\n'
-    '                               context_frames=a.context, context_overlap=a.overl'
-    'ap, chunk_frames=a.chunk_frames,\n'
-    '                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength'
-)
-CLI_BATCH_SETTINGS = (
-    'a.clip_vision, device, getattr(torch, DTYPES[a.precision]))\n'
-    '    settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.'
-    'scheduler, seed=a.seed,\n'
-    '                               context_frames=a.context, context_overlap=a.overlap'
+CLI_SETTINGS = (  # cli._sampler_settings: the sampling options of m2h generate (M2H and zero-shot) and m2h batch
+    '    return SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,\n'
+    '                           context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,\n'
+    '                           batch_cfg=a.batch_cfg, pose_strength=a.pose_strength,\n'
 )
 
 MUTANTS: list[Mutant] = [
@@ -239,11 +230,10 @@ MUTANTS: list[Mutant] = [
       [(DATASET, "    if n < num_frames:\n        raise ValueError(",
         ("    if n < num_frames:\n        return (int(rng.integers(0, n)) + np.arange(num_frames)) % n\n"
          "        raise ValueError("))]),
-    m("cli-generate-drops-pose-strength", "m2h generate ignores --pose-strength", T_OPTIONS,
-      [("m2h_core/cli.py", CLI_GENERATE_SETTINGS, CLI_GENERATE_SETTINGS.replace("pose_strength=a.pose_strength",
-                                                                                "pose_strength=1.0"))]),
-    m("cli-batch-swaps-context-overlap", "m2h batch swaps --context and --overlap", T_OPTIONS,
-      [("m2h_core/cli.py", CLI_BATCH_SETTINGS, CLI_BATCH_SETTINGS.replace(
+    m("cli-drops-pose-strength", "m2h generate / batch ignore --pose-strength", T_OPTIONS,
+      [("m2h_core/cli.py", CLI_SETTINGS, CLI_SETTINGS.replace("pose_strength=a.pose_strength", "pose_strength=1.0"))]),
+    m("cli-swaps-context-overlap", "m2h generate / batch swap --context and --overlap", T_OPTIONS,
+      [("m2h_core/cli.py", CLI_SETTINGS, CLI_SETTINGS.replace(
           "context_frames=a.context, context_overlap=a.overlap",
           "context_frames=a.overlap, context_overlap=a.context"))]),
     m("jobs-overlap-column-to-context", "jobs.csv's overlap column sets the context window", T_OPTIONS,

@@ -39,6 +39,21 @@ def _add_zero_shot(p) -> None:
                    help="how the regenerate mask's soft edge is used (default latent_blend)")
 
 
+def _models_dirs(a) -> list[str]:
+    """--models-dir folders, then $M2H_MODELS."""
+    return a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
+
+
+def _sampler_settings(a):
+    """The sampling options `m2h generate` (M2H or zero-shot) and `m2h batch` share, checked where they are made."""
+    from .inference.sampler import SamplerSettings
+
+    return SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
+                           context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,
+                           batch_cfg=a.batch_cfg, pose_strength=a.pose_strength,
+                           identity_strength=a.identity_strength)
+
+
 def _add_common(p) -> None:
     """Model, preprocessing, sampling and compositing options `m2h generate` and `m2h batch` share."""
     from .inference import defaults as d
@@ -134,7 +149,7 @@ def _regen_mask(a) -> int:
     from .inference.inputs import must_exist
 
     must_exist(a.video, "the mannequin video")  # the inputs before any model
-    dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
+    dirs = _models_dirs(a)
     keypoints, detect, parser, notes = None, None, None, []
     if a.keypoints not in ("dwpose", "none"):
         keypoints = load_openpose_json(a.keypoints)
@@ -179,7 +194,7 @@ def _composite(a) -> int:
 
     must_exist(a.generated, "the generated video")  # the inputs before any model
     must_exist(a.source, "the source video")
-    dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
+    dirs = _models_dirs(a)
     parser = Preprocessors(dirs).parser(a.parser)
     height = _first_height(a.generated)
     settings = CompositeSettings.for_height(height, a.garment_lock, a.keep_background, a.seam)
@@ -290,17 +305,13 @@ def _generate(a) -> int:
     import torch
 
     from .inference.generate import GenerateRequest, ModelFiles, generate
-    from .inference.sampler import SamplerSettings
 
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" of the parsing model: noise to a user of this command
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, a.device, getattr(torch, DTYPES[a.precision]))
-    settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
-                               context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,
-                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength,
-                               identity_strength=a.identity_strength)
-    dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
+    settings = _sampler_settings(a)
+    dirs = _models_dirs(a)
     identity = a.identity[0] if len(a.identity) == 1 else a.identity
     req = GenerateRequest(a.video, identity, a.out, a.masks, a.poses, a.frames, a.parser, a.face_pack, dirs,
                           a.garment_lock, a.keep_background)
@@ -316,7 +327,6 @@ def _generate_zero_shot(a) -> int:
     import torch
 
     from .inference.generate import GenerateRequest
-    from .inference.sampler import SamplerSettings
     from .inference.zero_shot_generate import generate_zero_shot
     from .inference.zero_shot_loader import PublicFiles
 
@@ -325,11 +335,8 @@ def _generate_zero_shot(a) -> int:
                          "--motion and --controlnet are strongly advised (docs/zero-shot.md)")
     files = PublicFiles(base=a.base, ip_adapter=a.ip_adapter, motion=a.motion, controlnet=a.controlnet,
                         ip_lora=a.ip_lora, clip_vision=a.clip_vision, lora_strength=a.lora_strength)
-    settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
-                               context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,
-                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength,
-                               identity_strength=a.identity_strength)
-    dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
+    settings = _sampler_settings(a)
+    dirs = _models_dirs(a)
     identity = a.identity[0] if len(a.identity) == 1 else a.identity
     req = GenerateRequest(a.video, identity, a.out, a.masks, a.poses, a.frames, a.parser, a.face_pack, dirs)
     with _ProgressBar("sampling") as bar:
@@ -346,7 +353,6 @@ def _batch(a) -> int:
 
     from .inference.batch import distributed, run_batch
     from .inference.generate import ModelFiles
-    from .inference.sampler import SamplerSettings
 
     from transformers.utils import logging as hf_logging
 
@@ -354,11 +360,8 @@ def _batch(a) -> int:
     state = distributed(cpu=a.device == "cpu")
     device = str(state.device) if a.device != "cpu" and state.num_processes > 1 else a.device
     files = ModelFiles(a.checkpoint, a.base, a.clip_vision, device, getattr(torch, DTYPES[a.precision]))
-    settings = SamplerSettings(steps=a.steps, guidance_scale=a.cfg, scheduler=a.scheduler, seed=a.seed,
-                               context_frames=a.context, context_overlap=a.overlap, chunk_frames=a.chunk_frames,
-                               batch_cfg=a.batch_cfg, pose_strength=a.pose_strength,
-                               identity_strength=a.identity_strength)
-    dirs = a.models_dir + ([os.environ["M2H_MODELS"]] if os.environ.get("M2H_MODELS") else [])
+    settings = _sampler_settings(a)
+    dirs = _models_dirs(a)
     defaults = {"parser": a.parser, "face_pack": a.face_pack, "search_dirs": dirs, "garment_lock": a.garment_lock,
                 "keep_background": a.keep_background}
     tag = f"[{state.process_index}/{state.num_processes}] " if state.num_processes > 1 else ""
