@@ -60,7 +60,8 @@ def _add_common(p) -> None:
 
     p.add_argument("--checkpoint", help="M2H checkpoint (.safetensors); required unless --zero-shot")
     p.add_argument("--base", help="SD-1.5 checkpoint for the VAE (unless the M2H checkpoint embeds it)")
-    p.add_argument("--clip-vision", help="CLIP ViT-L/14 image encoder (unless embedded)")
+    p.add_argument("--clip-vision", help="CLIP image encoder: ViT-L/14 for an M2H checkpoint (unless embedded); "
+                   "ViT-H/14 for --zero-shot with FaceID-PlusV2 / Plus-Face")
     p.add_argument("--models-dir", action="append", default=[],
                    help="folder(s) with DWPose / parsing / insightface files (also $M2H_MODELS)")
     p.add_argument("--parser", default="auto", help="parsing model file/folder name (default: first found)")

@@ -429,6 +429,10 @@ def test_head_conditioning_resizes_for_keep_mode():
     other = cond.at_size(128, 64)
     assert tuple(other.image.shape) == (3, 128, 64) and other.arcface is cond.arcface
     assert cond.at_size(64, 32) is cond
+    # the face box follows (the zero-shot model crops the face for CLIP with it): same aspect, twice the size
+    assert cond.face_box is not None
+    x1, y1, x2, y2 = cond.face_box
+    np.testing.assert_allclose(other.face_box, (2 * x1 + 0.5, 2 * y1 + 0.5, 2 * x2 + 0.5, 2 * y2 + 0.5), atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------ sampling

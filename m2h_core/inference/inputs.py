@@ -124,7 +124,11 @@ class IdentityInputs:
         both = torch.stack([self.image, self.landmarks]).permute(0, 2, 3, 1).numpy()
         out, _ = fit_frames(both, height, width)
         img, lmk = torch.from_numpy(out).permute(0, 3, 1, 2)
-        return IdentityInputs(img.contiguous(), lmk.contiguous(), self.arcface, self.description, None)
+        box = self.face_box
+        if box is not None:  # the face box follows the same crop (the zero-shot model crops the face with it)
+            info = compute_center_crop(self.height, self.width, height, width)
+            box = tuple(float(v) for v in info.map_points(np.asarray(box, np.float64).reshape(2, 2)).ravel())
+        return IdentityInputs(img.contiguous(), lmk.contiguous(), self.arcface, self.description, box)
 
 
 def check_pair(video: VideoInputs, identity: IdentityInputs, multiple: int) -> None:

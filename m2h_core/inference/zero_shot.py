@@ -36,7 +36,7 @@ from ..models.adapter import (
     install_adapter,
     is_spatial_cross_attention,
 )
-from ..models.unet import MotionWindows, windowed_motion
+from ..models.unet import MotionWindows, run_unet
 from .encoders import CLIP_MEAN, CLIP_STD, DiffusersVAE, VAECodec
 from .inputs import IdentityInputs, InputError, VideoInputs
 from .sampler import SampleResult, SamplerSettings, denoise_latents
@@ -207,7 +207,7 @@ class ZeroShotModel(nn.Module):
                 frames: torch.Tensor | slice | None = None, motion_windows: MotionWindows | None = None,
                 shared_first: dict | None = None) -> torch.Tensor:
         """ε for z_t (B', Fw, c, h, w), the frames `frames` of the video (the sampler's model interface)."""
-        b, f = z_t.shape[:2]
+        b = z_t.shape[0]
         if b != cond.text.shape[0]:
             raise ValueError(f"z_t has batch {b} but the conditioning {cond.text.shape[0]}")
         kv = cond.kv.frames(frames)
@@ -226,23 +226,7 @@ class ZeroShotModel(nn.Module):
         if cond.inpaint is not None:  # inpainting UNet: [z_t, mask, masked-image latents] (the ControlNet sees z_t)
             known = cond.inpaint if frames is None else cond.inpaint[frames]
             sample = torch.cat([sample, known[None].to(sample.dtype).expand(b, -1, -1, -1, -1)], dim=2)
-        if isinstance(self.unet, UNetMotionModel):
-            ctx = windowed_motion(self.unet, motion_windows) if motion_windows is not None else _null()
-            with ctx:
-                out = self.unet(sample.transpose(1, 2), t, encoder_hidden_states=None,
-                                cross_attention_kwargs={"m2h_kv": kv}, **extra).sample
-            return out.transpose(1, 2)
-        out = self.unet(sample.flatten(0, 1), t.repeat_interleave(f), encoder_hidden_states=None,
-                        cross_attention_kwargs={"m2h_kv": kv}, **extra).sample
-        return out.unflatten(0, (b, f))
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+        return run_unet(self.unet, sample, t, kv, motion_windows, **extra)
 
 
 def load_ip_kv(processors: dict[str, HeadClothingAdapterProcessor],
@@ -291,13 +275,13 @@ class LatentBlend:
     def __call__(self, latents: torch.Tensor, scheduler, step: int) -> torch.Tensor:
         timesteps = scheduler.timesteps
         total = len(timesteps)
-        m = self.step_mask(step, total).to(latents.device, latents.dtype)
-        src = self.source.to(latents.device, latents.dtype)
+        m = self.step_mask(step, total).to(latents.dtype)  # no-op casts: the tensors are on the latents' device
+        src = self.source.to(latents.dtype)
         if step >= total:
             known = src
         else:
             t = timesteps[step].reshape(1)
-            known = scheduler.add_noise(src, self.noise.to(latents.device, latents.dtype), t)
+            known = scheduler.add_noise(src, self.noise.to(latents.dtype), t)
         return m * latents + (1 - m) * known
 
 
@@ -434,7 +418,7 @@ def sample_zero_shot(pipe: ZeroShotPipeline, video: VideoInputs, identity: Ident
     if mask_mode not in MASK_MODES:
         raise InputError(f"mask_mode must be one of {', '.join(MASK_MODES)}, got {mask_mode!r}")
     model, enc = pipe.model, pipe.encoders
-    settings, _ = (settings or SamplerSettings()).for_video(model.cfg, video.num_frames)
+    settings, notes = (settings or SamplerSettings()).for_video(model.cfg, video.num_frames)
     mask = check_regen_mask(regen_mask, video)
     down = model.cfg.vae.downscale
     if video.height % down or video.width % down:
@@ -454,7 +438,8 @@ def sample_zero_shot(pipe: ZeroShotPipeline, video: VideoInputs, identity: Ident
             cond.inpaint = inpaint_condition(enc, video.frames, mask, down).to(model.device, model.dtype)
     shape = tuple(source.shape)
     noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(settings.seed), dtype=torch.float32)
-    blend = LatentBlend(source, latent_mask(mask, down)[None], noise, mask_mode)
+    dev = model.device  # the blend's tensors live where the latents do (it runs before every step)
+    blend = LatentBlend(source.to(dev), latent_mask(mask, down)[None].to(dev), noise.to(dev), mask_mode)
     latents = denoise_latents(model, cond, shape, settings, progress, cancel, preview, blend=blend)[0].float().cpu()
     del cond
-    return SampleResult(frames=enc.decode(latents) if decode else None, latents=latents)
+    return SampleResult(frames=enc.decode(latents) if decode else None, latents=latents, notes=notes)

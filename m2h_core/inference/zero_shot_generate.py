@@ -31,7 +31,7 @@ def generate_zero_shot(files: PublicFiles, req: GenerateRequest, settings: Sampl
     check_output_path(req.out, create=False)
     cfg = zero_shot_config(files.check())
     src = read_sources(req, (cfg.height, cfg.width))
-    settings, notes = (settings or SamplerSettings()).for_video(cfg, len(src.frames))
+    settings, notes = settings or SamplerSettings(), []
     models = models or Preprocessors(req.search_dirs)
     req = replace(req, garment_lock=True, keep_background=True)
     h, w = cfg.height, cfg.width
@@ -62,5 +62,6 @@ def generate_zero_shot(files: PublicFiles, req: GenerateRequest, settings: Sampl
     photo = to_nchw(to_float(chosen.photo))  # the face crop from the photo
     res = sample_zero_shot(pipe, video, ident, torch.from_numpy(regen), settings, mask_mode, progress=progress,
                            decode=False, face=face_crop(photo, chosen.face.bbox))
+    notes += res.notes
     written = write_output(res.latents, pipe.encoders, video, req, models, src.fps, notes)
     return GenerateReport(req.out, written, src.fps, w, h, src.notes + notes)

@@ -148,19 +148,21 @@ def windowed_motion(unet: nn.Module, windows: MotionWindows):
 
 
 def run_unet(unet: nn.Module, sample: torch.Tensor, timestep: torch.Tensor, m2h_kv: dict,
-             motion_windows: MotionWindows | None = None) -> torch.Tensor:
+             motion_windows: MotionWindows | None = None, **unet_kwargs) -> torch.Tensor:
     """sample (B, F, C, h, w) -> epsilon (B, F, c, h, w), for the motion UNet and the frame-wise 2-D UNet alike.
 
     motion_windows: the F frames are a chunk of several context windows; the spatial layers run once per frame and
-    each motion module per window (`windowed_motion`). None: the F frames are one window."""
+    each motion module per window (`windowed_motion`). None: the F frames are one window. unet_kwargs: passed to
+    the UNet's forward (the zero-shot model's ControlNet residuals)."""
     b, f = sample.shape[:2]
     kwargs = {"m2h_kv": m2h_kv}
     if isinstance(unet, UNetMotionModel):
         ctx = windowed_motion(unet, motion_windows) if motion_windows is not None else contextlib.nullcontext()
         with ctx:
             out = unet(sample.transpose(1, 2), timestep, encoder_hidden_states=None,
-                       cross_attention_kwargs=kwargs).sample
+                       cross_attention_kwargs=kwargs, **unet_kwargs).sample
         return out.transpose(1, 2)
     t = timestep.repeat_interleave(f) if timestep.ndim else timestep
-    out = unet(sample.flatten(0, 1), t, encoder_hidden_states=None, cross_attention_kwargs=kwargs).sample
+    out = unet(sample.flatten(0, 1), t, encoder_hidden_states=None, cross_attention_kwargs=kwargs,
+               **unet_kwargs).sample
     return out.unflatten(0, (b, f))

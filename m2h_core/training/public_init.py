@@ -63,21 +63,15 @@ def init_adapter_from_ip(unet: nn.Module, ip) -> int:
     """A's to_k_id / to_v_id <- the IP-Adapter's to_k_ip / to_v_ip (`IPAdapterWeights.ip_kv`, keyed by the
     diffusers name of each spatial attn2). Returns the layers set; raises when a layer has no A or the shapes
     differ."""
-    n = 0
-    for name, (k, v) in ip.ip_kv.items():
-        proc = unet.get_submodule(name).processor
+    from ..inference.zero_shot import load_ip_kv  # the zero-shot mode's copy: the same mapping, one function
+
+    processors = {name: unet.get_submodule(name).processor for name in ip.ip_kv}
+    for name, proc in processors.items():
         if not hasattr(proc, "to_k_id"):
             raise ValueError(f"{name} has no identity projections (adapter A off?): nothing to warm-start from the "
                              "IP-Adapter")
-        for lin, w in ((proc.to_k_id, k), (proc.to_v_id, v)):
-            if lin.weight.shape != w.shape:
-                raise ValueError(f"{name}: the IP-Adapter's K/V are {tuple(w.shape)}, A's {tuple(lin.weight.shape)}")
-            with torch.no_grad():
-                lin.weight.copy_(w.to(lin.weight.dtype))
-                if lin.bias is not None:
-                    lin.bias.zero_()
-        n += 1
-    return n
+    load_ip_kv(processors, ip.ip_kv)
+    return len(processors)
 
 
 # -- H <- FaceID's projection --------------------------------------------------------------------------------------
