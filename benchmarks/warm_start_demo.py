@@ -44,7 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from m2h_core.demo.pretrained import load_pretrained, score_heldout
+from m2h_core.demo.evaluation import score_heldout
+from m2h_core.demo.pretrained import load_pretrained
 from m2h_core.demo.recipe import DemoSettings, quiet_tqdm, train_demo_model
 from m2h_core.demo.synthetic import generate_dataset
 
