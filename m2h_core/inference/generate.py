@@ -101,13 +101,6 @@ class GenerateReport:
         return f"{self.width}x{self.height} (WxH)"
 
 
-def parse_masks(frames: np.ndarray, parser: str, search_dirs: list[str], models: Preprocessors | None = None
-                ) -> np.ndarray:
-    """Clothing masks of uint8 model-size frames from the human-parsing model."""
-    models = models or Preprocessors(search_dirs)
-    return models.parser(parser).parse(frames, temporal_window=3).clothing_mask
-
-
 def detect_poses(frames: np.ndarray, fps: float, search_dirs: list[str], notes: list[str],
                  models: Preprocessors | None = None) -> tuple[np.ndarray, list]:
     """DWPose on uint8 model-size frames: rendered pose images and the smoothed keypoints."""
@@ -164,17 +157,30 @@ def read_sources(req: GenerateRequest, size: tuple[int, int] | None = None) -> S
     return Sources(clip.frames, clip.fps, photos[0], masks, poses, notes, photos, names)
 
 
+@dataclass
+class Preprocessed:
+    video: inputs.VideoInputs
+    identity: inputs.IdentityInputs
+    photos: inputs.PhotoSet  # the photo(s) and the face chosen (the zero-shot mode crops CLIP's face from it)
+    keypoints: list | None  # DWPose keypoints at the model's size (None with --poses)
+    person_mask: np.ndarray | None  # (N, h, w) bool, the parser's person (only when asked for)
+
+
 def preprocess(src: Sources, req: GenerateRequest, cfg: M2HConfig, notes: list[str],
-               models: Preprocessors | None = None) -> tuple[inputs.VideoInputs, inputs.IdentityInputs]:
-    """The preprocessing models, cheapest check first: parsing (an empty result stops here), DWPose, the face."""
+               models: Preprocessors | None = None, person_mask: bool = False) -> Preprocessed:
+    """The preprocessing models, cheapest check first: parsing (an empty result stops here), DWPose, the face.
+    person_mask: also the parser's person mask (the zero-shot mode's regenerate mask), parsing even with --masks."""
     models = models or Preprocessors(req.search_dirs)
     h, w = cfg.height, cfg.width
     fitted = None
-    if src.masks is None or src.poses is None:  # the models read the frames at the model's size
+    if src.masks is None or src.poses is None or person_mask:  # the models read the frames at the model's size
         fitted = inputs.to_uint8(inputs.fit_frames(src.frames, h, w)[0])
+    parsed = None
+    if src.masks is None or person_mask:
+        parsed = models.parser(req.parser).parse(fitted, temporal_window=3)
     masks = src.masks
     if masks is None:
-        masks = parse_masks(fitted, req.parser, req.search_dirs, models)
+        masks = parsed.clothing_mask
         if not masks.any():
             raise inputs.InputError(f"{req.video}: the parsing model found no clothing in any frame; check the "
                                     "video or give --masks")
@@ -191,7 +197,7 @@ def preprocess(src: Sources, req: GenerateRequest, cfg: M2HConfig, notes: list[s
                                             placement="head_from_pose" if keypoints else "fit_photo")
     notes += (([video.notes[1]] if req.masks else [])
               + face_notes + id_notes)
-    return video, ident
+    return Preprocessed(video, ident, chosen, keypoints, parsed.person_mask if person_mask else None)
 
 
 def composite_output(frames: np.ndarray, video: inputs.VideoInputs, req: GenerateRequest, models: Preprocessors,
@@ -219,7 +225,8 @@ def generate(files: ModelFiles, req: GenerateRequest, settings: SamplerSettings 
     src = read_sources(req, (cfg.height, cfg.width))
     notes: list[str] = []
     models = models or Preprocessors(req.search_dirs)
-    video, ident = preprocess(src, req, cfg, notes, models)
+    pre = preprocess(src, req, cfg, notes, models)
+    video, ident = pre.video, pre.identity
     if req.garment_lock or req.keep_background:
         models.parser(req.parser)  # a missing parsing model fails here, before sampling
     pipe = pipeline or files.load()

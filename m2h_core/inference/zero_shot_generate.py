@@ -15,7 +15,7 @@ from dataclasses import replace
 import torch
 
 from . import inputs
-from .generate import GenerateReport, GenerateRequest, Preprocessors, detect_poses, read_sources, write_output
+from .generate import GenerateReport, GenerateRequest, Preprocessors, preprocess, read_sources, write_output
 from .regen_mask import RegenMaskSettings, regenerate_mask
 from .sampler import SamplerSettings
 from .zero_shot import face_crop, sample_zero_shot, zero_shot_config
@@ -35,24 +35,10 @@ def generate_zero_shot(files: PublicFiles, req: GenerateRequest, settings: Sampl
     models = models or Preprocessors(req.search_dirs)
     req = replace(req, garment_lock=True, keep_background=True)
     h, w = cfg.height, cfg.width
-    fitted = inputs.to_uint8(inputs.fit_frames(src.frames, h, w)[0])
-    parsed = models.parser(req.parser).parse(fitted, temporal_window=3)
-    masks = src.masks if src.masks is not None else parsed.clothing_mask
-    if src.masks is None and not masks.any():
-        raise inputs.InputError(f"{req.video}: the parsing model found no clothing in any frame; check the video "
-                                "or give --masks")
-    poses, keypoints = src.poses, None
-    if poses is None:
-        poses, keypoints = detect_poses(fitted, src.fps, req.search_dirs, notes, models)
-    video = inputs.prepare_video(src.frames, masks, poses, h, w)
-    photos = src.photos or [src.photo]
-    names = src.photo_names or [str(req.identity)]
-    chosen = inputs.combine_photos(photos, models.face(req.face_pack), names)
-    ident, id_notes = inputs.place_identity(chosen.photo, chosen.face, h, w, poses=keypoints,
-                                            placement="head_from_pose" if keypoints else "fit_photo")
-    notes += list(chosen.notes) + id_notes
+    pre = preprocess(src, req, cfg, notes, models, person_mask=True)  # the same preprocessing as `m2h generate`
+    video, ident, chosen = pre.video, pre.identity, pre.photos
     cloth = video.clothing_masks.numpy() > 0.5
-    masks = regenerate_mask(cloth, parsed.person_mask | cloth, keypoints, RegenMaskSettings.for_height(h))
+    masks = regenerate_mask(cloth, pre.person_mask | cloth, pre.keypoints, RegenMaskSettings.for_height(h))
     regen = masks.regen
     notes += masks.notes
     if not regen.any():
